@@ -1,0 +1,178 @@
+"""Model references and loading.
+
+A reference is one of
+  * ``zoo:NAME``        a member of FuseBench's embedded tiny zoo (``bench zoo list``),
+  * a local directory   an HF model folder (``config.json`` + weights + tokenizer),
+  * an HF hub id        ``org/name`` (needs the hub, or a populated HF cache).
+
+Loading is transformers on CPU (or CUDA when present); lm-eval's ``HFLM`` wraps the loaded model so
+every suite sees the same ``LM`` interface.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import BenchError
+
+if TYPE_CHECKING:
+    from lm_eval.api.model import LM
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Files whose bytes determine a model's behaviour (weights, architecture, tokenizer, chat template).
+_IDENTITY_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja")
+_FULL_HASH_LIMIT = 64 << 20  # bigger files are fingerprinted by size + head + tail
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model reference. ``path`` is set for zoo members and local folders."""
+
+    spec: str  # what the user wrote
+    kind: str  # "zoo" | "local" | "hub"
+    path: Path | None = None
+    revision: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Short display name: ``zoo:llama-code``, the folder name, or the hub id."""
+        if self.kind == "local" and self.path is not None:
+            return self.path.name
+        return self.spec
+
+    @property
+    def load_id(self) -> str:
+        """What ``from_pretrained`` receives."""
+        return str(self.path) if self.path is not None else self.spec
+
+    def content_hash(self) -> str:
+        """A hash of everything that determines the model's outputs (cached per path+mtime)."""
+        if self.path is None:
+            return hashlib.sha256(f"hub:{self.spec}@{self.revision or 'main'}".encode()).hexdigest()[:16]
+        return directory_hash(self.path)
+
+
+def resolve(spec: str, *, build_missing_zoo: bool = False) -> ModelRef:
+    """Turn what the user wrote into a :class:`ModelRef`, failing fast with a fix when it cannot load."""
+    spec = spec.strip()
+    if not spec:
+        raise BenchError("empty model reference", "give zoo:NAME, a local model folder or an HF id")
+    if spec.startswith("zoo:"):
+        from harness import zoo
+
+        return ModelRef(spec=spec, kind="zoo", path=zoo.resolve(spec[4:], build_missing=build_missing_zoo))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise BenchError(f"{spec} is not a model folder (no config.json)", "point at a save_pretrained directory")
+        return ModelRef(spec=spec, kind="local", path=path.resolve())
+    name, _, revision = spec.partition("@")
+    if _HUB_ID.match(name) and not spec.startswith((".", "/", "~")):
+        _check_hub_available(name)
+        return ModelRef(spec=name, kind="hub", revision=revision or None)
+    raise BenchError(f"model {spec!r} not found", "give zoo:NAME (see `bench zoo list`), an existing folder or an HF id")
+
+
+def _check_hub_available(repo_id: str) -> None:
+    """In offline mode a hub id only works when it is already in the local HF cache."""
+    if os.environ.get("HF_HUB_OFFLINE") not in ("1", "true", "True"):
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        raise BenchError(
+            f"model {repo_id!r} is not in the local HF cache and HF_HUB_OFFLINE is set",
+            "download it first, unset HF_HUB_OFFLINE, or give a local folder / zoo:NAME",
+        )
+
+
+# --- hashing ------------------------------------------------------------------------------------
+
+_hash_memo: dict[tuple[str, float, int], str] = {}
+
+
+def directory_hash(path: Path) -> str:
+    """Content hash of a model folder: names and bytes of its identity files."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(_IDENTITY_SUFFIXES))
+    stamp = (str(path), max((p.stat().st_mtime for p in files), default=0.0), len(files))
+    if stamp in _hash_memo:
+        return _hash_memo[stamp]
+    h = hashlib.sha256()
+    for p in files:
+        if p.name in ("fusebench.json", "zoo.json"):  # cards carry timings, not behaviour
+            continue
+        h.update(p.relative_to(path).as_posix().encode())
+        size = p.stat().st_size
+        h.update(str(size).encode())
+        with p.open("rb") as f:
+            if size <= _FULL_HASH_LIMIT:
+                h.update(f.read())
+            else:
+                h.update(f.read(1 << 20))
+                f.seek(-(1 << 20), os.SEEK_END)
+                h.update(f.read())
+    digest = h.hexdigest()[:16]
+    _hash_memo[stamp] = digest
+    return digest
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_hf(ref: ModelRef, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load model and tokenizer with transformers, offline when the model is on disk."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {}
+    if ref.path is not None:
+        kwargs["local_files_only"] = True
+    if ref.revision:
+        kwargs["revision"] = ref.revision
+    try:
+        tok = AutoTokenizer.from_pretrained(ref.load_id, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(ref.load_id, dtype=getattr(torch, dtype), **kwargs)
+    except OSError as e:
+        raise BenchError(f"cannot load model {ref.spec!r}: {str(e).splitlines()[0]}", "check the reference and that it is downloaded") from e
+    model.eval()
+    return model.to(device()), tok
+
+
+def max_length(model: PreTrainedModel) -> int:
+    """The context length, also for configs lm-eval does not read (MPT's ``max_seq_len``)."""
+    cfg = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "n_ctx", "seq_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def as_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 8) -> LM:
+    """Wrap an in-memory transformers model as an lm-eval ``LM``."""
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length(model), device=device())
+
+
+def load_lm(ref: ModelRef, batch_size: int = 8) -> LM:
+    model, tok = load_hf(ref)
+    return as_lm(model, tok, batch_size)
+
+
+def read_card(path: Path, name: str) -> dict[str, Any]:
+    f = path / name
+    return json.loads(f.read_text()) if f.is_file() else {}
