@@ -1,0 +1,6 @@
+"""Fusion methods. One file per method; register it here with one line (name -> "module:Class")."""
+
+BUILTIN: dict[str, str] = {
+    "merge": "fusers.merge:Merge",
+    "ensemble": "fusers.ensemble:Ensemble",
+}

@@ -1,0 +1,255 @@
+"""`bench`: the FuseBench command line.
+
+    bench zoo build                      train the embedded tiny model zoo (offline, minutes)
+    bench run --fuser merge              fuse, then evaluate the fused model and its sources
+    bench eval --model zoo:llama-base    evaluate models as they are
+    bench leaderboard                    one row per model, fused models beside their sources
+    bench runs                           what ran, with status
+
+Heavy libraries (torch, transformers, lm-eval) are imported inside the commands that need them,
+so `bench --help`, `bench runs` and `bench leaderboard` start fast. Bad input exits with code 2 and
+a one-line message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated
+
+import click
+import typer
+
+from harness.errors import BenchError
+from harness.paths import DEFAULT_DB
+
+app = typer.Typer(help="FuseBench: fuse LLMs, evaluate them against their sources, keep every result in SQLite.",
+                  no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+zoo_app = typer.Typer(help="The embedded tiny model zoo (trained offline by FuseBench).", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+DbOpt = Annotated[str, typer.Option("--db", help="Results DB (SQLite).", envvar="BENCH_DB")]
+SuiteOpt = Annotated[list[str] | None, typer.Option("--suite", help="Suite to run (repeatable). Default: perplexity.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override key=value (repeatable), e.g. method=ties.")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="Only the first N items per task.", min=1)]
+
+
+def _offline_defaults() -> None:
+    # Models on disk never need the hub; set offline mode unless the user chose otherwise.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get("BENCH_ALLOW_HUB") != "1":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+@app.command()
+def run(
+    fuser: Annotated[str | None, typer.Option("--fuser", help="Fusion method: merge, ensemble, ...")] = None,
+    sources: Annotated[list[str] | None, typer.Option("--sources", "--source",
+                       help="Source models, comma-separated or repeated (zoo:NAME, folder, HF id).")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Target / pivot / base model.")] = None,
+    suite: SuiteOpt = None,
+    config: Annotated[str | None, typer.Option("--config", help="Run YAML file.")] = None,
+    set_: SetOpt = None,
+    limit: LimitOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="A label for this run.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="Continue a failed/interrupted run by id.")] = None,
+    db: DbOpt = str(DEFAULT_DB),
+) -> None:
+    """Fuse the sources with FUSER, then evaluate the fused model and its sources on the same suites."""
+    from harness.config import RunConfig, build_run_config
+    from harness.runner import run_fusion, start
+    from harness.store import Store
+
+    _offline_defaults()
+    store = Store(db)
+    if resume:
+        row = store.get_run(resume)
+        if row["kind"] != "run":
+            raise BenchError(f"run {resume} is a `bench {row['kind']}` run", "resume only `bench run` runs")
+        cfg = RunConfig(**json.loads(row["config"]))
+        store.update_run(resume, status="running", error=None)
+        run_id = resume
+    else:
+        raw = {"fuser": fuser, "sources": _split(sources), "target": target, "suites": suite, "config_file": config,
+               "set": set_, "limit": limit, "name": name, "seed": seed}
+        run_id = start(store, "run", name, raw)
+        try:
+            cfg = build_run_config(config_file=config, fuser=fuser, sources=_split(sources), target=target,
+                                   suites=suite, sets=set_, name=name, limit=limit, seed=seed)
+        except BaseException as e:
+            store.finish_run(run_id, "error", error=e.one_line() if isinstance(e, BenchError) else repr(e))
+            raise
+        store.update_run(run_id, name=cfg.name, config=cfg.model_dump(mode="json"))
+    run_fusion(cfg, store, run_id, resume=bool(resume))
+    typer.echo(f"run {run_id} ok")
+    _print_leaderboard(store, cfg.suites, run_id=run_id)
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[list[str], typer.Option("--model", help="Model to evaluate (repeatable).")],
+    suite: SuiteOpt = None,
+    set_: SetOpt = None,
+    limit: LimitOpt = None,
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    db: DbOpt = str(DEFAULT_DB),
+) -> None:
+    """Evaluate one or more models as they are (no fusion)."""
+    from harness.config import build_eval_config
+    from harness.runner import run_eval, start
+    from harness.store import Store
+
+    _offline_defaults()
+    store = Store(db)
+    run_id = start(store, "eval", name, {"models": model, "suites": suite, "set": set_, "limit": limit})
+    try:
+        cfg = build_eval_config(suites=suite, sets=set_, limit=limit, name=name)
+    except BaseException as e:
+        store.finish_run(run_id, "error", error=e.one_line() if isinstance(e, BenchError) else repr(e))
+        raise
+    store.update_run(run_id, config=cfg.model_dump(mode="json"))
+    run_eval(_split(model), cfg, store, run_id)
+    typer.echo(f"run {run_id} ok")
+    _print_leaderboard(store, cfg.suites, run_id=run_id)
+
+
+def _print_leaderboard(store, suites: list[str] | None, run_id: str | None = None) -> None:  # noqa: ANN001
+    from harness import leaderboard
+
+    table, hib = leaderboard.build(store, suites)
+    typer.echo(leaderboard.render(table, hib, "table"))
+
+
+@app.command("leaderboard")
+def leaderboard_cmd(
+    suite: Annotated[list[str] | None, typer.Option("--suite", help="Only these suites (repeatable).")] = None,
+    format: Annotated[str, typer.Option("--format", help="table | markdown | csv | json")] = "table",
+    all_metrics: Annotated[bool, typer.Option("--all-metrics", help="Every metric, not just each suite's primary.")] = False,
+    db: DbOpt = str(DEFAULT_DB),
+) -> None:
+    """One row per model, a column per suite/task/metric; fused models beside their sources, best marked."""
+    from harness import leaderboard
+    from harness.store import Store
+
+    if format not in ("table", "markdown", "csv", "json"):
+        raise BenchError(f"unknown --format {format!r}", "use table, markdown, csv or json")
+    table, hib = leaderboard.build(Store(db), suite, all_metrics=all_metrics)
+    typer.echo(leaderboard.render(table, hib, format))
+
+
+@app.command()
+def runs(
+    db: DbOpt = str(DEFAULT_DB),
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 30,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List runs, newest first, with status and timings."""
+    from harness.store import Store
+
+    rows = Store(db).runs(limit)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        typer.echo("no runs yet")
+        return
+    for r in rows:
+        total = sum(json.loads(r["timings"]).values()) if r.get("timings") else None
+        secs = f"{total:7.1f}s" if total is not None else "       -"
+        err = f"  {r['error'].splitlines()[-1][:100]}" if r.get("error") else ""
+        typer.echo(f"{r['id']}  {r['status']:<7} {r['kind']:<5} {r.get('fuser') or '-':<10} {secs}  "
+                   f"{r.get('name') or ''}{err}")
+
+
+@app.command()
+def samples(
+    run_id: Annotated[str, typer.Argument(help="Run id (see `bench runs`).")],
+    suite: Annotated[str | None, typer.Option("--suite")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Only samples whose primary metric is 0.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 20,
+    db: DbOpt = str(DEFAULT_DB),
+) -> None:
+    """Print the stored per-example records of a run."""
+    from harness.store import Store
+
+    store = Store(db)
+    store.get_run(run_id)
+    sql = ("select s.*, m.name as model from samples s join models m on m.id = s.model_id where s.run_id = ?"
+           + (" and s.suite = ?" if suite else "") + " order by m.name, s.suite, s.task, s.doc_id")
+    rows = store.query(sql, [run_id, suite] if suite else [run_id])
+    if failed:
+        rows = [r for r in rows if any(v == 0 for v in json.loads(r["metrics"] or "{}").values())]
+    for r in rows[:limit]:
+        typer.echo(json.dumps({k: r[k] for k in ("model", "suite", "task", "doc_id", "prompt", "output",
+                                                  "extracted", "target", "metrics")}, ensure_ascii=False))
+    if len(rows) > limit:
+        typer.echo(f"... {len(rows) - limit} more (use --limit)")
+
+
+@zoo_app.command("build")
+def zoo_build(
+    only: Annotated[list[str] | None, typer.Option("--only", help="Build just these members (and their parents).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even when cached.")] = False,
+    preset: Annotated[str | None, typer.Option("--preset", help="default | micro (tests)")] = None,
+) -> None:
+    """Train the zoo's missing members, offline and seeded; cached members are skipped."""
+    import time
+
+    from harness import zoo
+
+    _offline_defaults()
+    t0 = time.perf_counter()
+    zoo.build(_split(only) or None, force=force, preset=preset, progress=True)
+    typer.echo(f"zoo ready in {time.perf_counter() - t0:.1f}s")
+
+
+@zoo_app.command("list")
+def zoo_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show the zoo's members: architecture, tokenizer, vocab, params, domain, training stats."""
+    from harness import zoo
+
+    members = zoo.list_all()
+    if as_json:
+        typer.echo(json.dumps(members, indent=1, default=str))
+        return
+    header = f"{'name':<14} {'arch':<9} {'tokenizer':<12} {'vocab':>6} {'params':>8} {'domain':<6} {'family':<13} built"
+    typer.echo(header)
+    for m in members:
+        params = m.get("params")
+        typer.echo(f"{m['name']:<14} {m.get('architecture', ''):<9} {str(m.get('tokenizer', '')):<12} "
+                   f"{m.get('vocab_size') or '-':>6} {f'{params / 1e6:.2f}M' if params else '-':>8} "
+                   f"{m.get('domain', ''):<6} {m.get('family', ''):<13} {'yes' if m.get('built') else 'no'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the typer app, turning BenchError into a one-line message and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="bench", standalone_mode=False)
+    except BenchError as e:
+        click.echo(f"error: {e.one_line()}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    if isinstance(code, int) and code:  # typer turns KeyboardInterrupt into exit code 130
+        if code == 130:
+            click.echo("interrupted: the run is recorded as error; continue it with `bench run --resume RUN_ID`", err=True)
+        sys.exit(code)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Run configuration: one YAML file (optional) + CLI flags + ``--set key=value`` overrides.
+
+Precedence: ``--set`` > CLI flags > YAML > the plugins' own defaults. A run file looks like::
+
+    # bench run --config configs/merge_ties.yaml
+    name: merge-ties
+    fuser: {name: merge, args: {method: ties, density: 0.5}}
+    sources: [zoo:llama-code, zoo:llama-docs, zoo:llama-math]
+    target: zoo:llama-base
+    suites: [perplexity]            # or [{name: perplexity, args: {max_docs: 16}}]
+    seed: 0
+
+``--set`` keys: a top-level field (``seed=1``, ``limit=20``), ``fuser.FIELD=…`` or a bare fuser field
+(``method=ties``), or ``SUITE.FIELD=…`` (``perplexity.max_docs=8``). Values are parsed as YAML, so
+``weights=[0.5,0.5]`` is a list. Everything is validated before any model is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.errors import BenchError, did_you_mean
+
+DEFAULT_SUITES = ["perplexity"]
+
+
+class RunConfig(BaseModel):
+    """What a run does. Everything here (plus the sources' content) goes into the run hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="A label for the run; `bench regress` can refer to runs by it.")
+    fuser: str | None = Field(None, description="Registered fuser name; None for `bench eval` runs.")
+    fuser_args: dict[str, Any] = Field(default_factory=dict, description="Arguments of the fuser's Config.")
+    sources: list[str] = Field(default_factory=list, description="Model refs; empty = the fuser's defaults.")
+    target: str | None = Field(None, description="Target / pivot / base model; None = the fuser's default.")
+    suites: list[str] = Field(default_factory=lambda: list(DEFAULT_SUITES))
+    suite_args: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    seed: int = 0
+    limit: int | None = Field(None, description="Evaluate only the first N items per task.")
+    batch_size: int = 8
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(exclude={"name"}), sort_keys=True, default=str)
+
+
+def stable_hash(*parts: Any, length: int = 16) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise BenchError(f"config file {path} not found", "give an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise BenchError(f"config file {path} is not valid YAML{at}: {getattr(e, 'problem', e)}",
+                         "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"config file {path} must be a mapping, got {type(data).__name__}", "write key: value pairs")
+    return data
+
+
+def _normalise_file(data: dict[str, Any]) -> dict[str, Any]:
+    """Accept the friendly YAML shapes (``fuser: {name, args}``, suites as dicts) and flatten them."""
+    out = dict(data)
+    fuser = out.get("fuser")
+    if isinstance(fuser, dict):
+        out["fuser"] = fuser.get("name")
+        out["fuser_args"] = {**fuser.get("args", {}), **out.get("fuser_args", {})}
+    suites = out.get("suites")
+    if isinstance(suites, list):
+        names, args = [], dict(out.get("suite_args", {}))
+        for entry in suites:
+            if isinstance(entry, dict):
+                names.append(entry.get("name"))
+                args[entry.get("name")] = {**entry.get("args", {}), **args.get(entry.get("name"), {})}
+            else:
+                names.append(entry)
+        out["suites"], out["suite_args"] = names, args
+    for key in ("sources",):
+        if isinstance(out.get(key), list):
+            out[key] = [s["path"] if isinstance(s, dict) else s for s in out[key]]
+    return out
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise BenchError(f"--set {item!r} is not key=value", "write it as --set key=value, e.g. --set method=ties")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def build_run_config(
+    *, config_file: str | None = None, fuser: str | None = None, sources: list[str] | None = None,
+    target: str | None = None, suites: list[str] | None = None, sets: list[str] | None = None,
+    name: str | None = None, limit: int | None = None, seed: int | None = None,
+) -> RunConfig:
+    """Merge file, flags and overrides into a validated :class:`RunConfig` (BenchError on any problem)."""
+    from harness.registry import fusers as fuser_registry
+    from harness.registry import suites as suite_registry
+
+    data = _normalise_file(read_yaml(config_file)) if config_file else {}
+    flags = {"fuser": fuser, "sources": sources or None, "target": target, "suites": suites or None,
+             "name": name, "limit": limit, "seed": seed}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if not data.get("fuser"):
+        raise BenchError("no fuser given", "pass --fuser NAME or set `fuser:` in the config file")
+    data.setdefault("fuser_args", {})
+    data.setdefault("suite_args", {})
+
+    fuser_registry().check(data["fuser"])
+    for suite in data.get("suites") or DEFAULT_SUITES:
+        suite_registry().check(suite)
+    fuser_cls = fuser_registry().get(data["fuser"])
+
+    top_level = set(RunConfig.model_fields) - {"fuser_args", "suite_args", "fuser", "suites"}
+    suite_names = set(data.get("suites") or DEFAULT_SUITES)
+    for item in sets or []:
+        key, value = parse_set(item)
+        head, _, rest = key.partition(".")
+        if key in top_level:
+            data[key] = value
+        elif head == "fuser" and rest:
+            data["fuser_args"][rest] = value
+        elif head in suite_names and rest:
+            data["suite_args"].setdefault(head, {})[rest] = value
+        elif not rest and key in fuser_cls.Config.model_fields:
+            data["fuser_args"][key] = value
+        else:
+            choices = sorted(top_level | set(fuser_cls.Config.model_fields))
+            raise BenchError(f"--set {key}: unknown key;{did_you_mean(key, choices)}",
+                             f"use a run field, a {data['fuser']} field ({', '.join(fuser_cls.Config.model_fields)}) "
+                             "or SUITE.FIELD")
+    try:
+        cfg = RunConfig(**data)
+    except ValidationError as e:
+        raise BenchError(f"invalid run config: {_first_error(e)}", "check the config file and flags") from None
+    validate_plugin_args(cfg)
+    return cfg
+
+
+def validate_plugin_args(cfg: RunConfig) -> tuple[BaseModel | None, dict[str, BaseModel]]:
+    """Instantiate the fuser's and suites' Config objects (the single place plugin args are checked)."""
+    from harness.registry import fusers as fuser_registry
+    from harness.registry import suites as suite_registry
+
+    fuser_cfg = plugin_config(fuser_registry().get(cfg.fuser), cfg.fuser_args, f"fuser {cfg.fuser}") if cfg.fuser else None
+    unknown = set(cfg.suite_args) - set(cfg.suites)
+    if unknown:
+        raise BenchError(f"arguments given for suite(s) not in the run: {sorted(unknown)}", "add them with --suite")
+    suite_cfgs = {s: plugin_config(suite_registry().get(s), cfg.suite_args.get(s, {}), f"suite {s}") for s in cfg.suites}
+    return fuser_cfg, suite_cfgs
+
+
+def plugin_config(cls: Any, args: dict[str, Any], what: str) -> BaseModel:
+    try:
+        return cls.Config(**args)
+    except ValidationError as e:
+        raise BenchError(f"invalid arguments for {what}: {_first_error(e)}",
+                         f"valid fields: {', '.join(cls.Config.model_fields)}") from None
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err.get("loc", ()))
+    more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{loc}: {err.get('msg')}{more}" if loc else f"{err.get('msg')}{more}"
+
+
+def build_eval_config(*, suites: list[str] | None, sets: list[str] | None, limit: int | None,
+                      name: str | None, seed: int | None = None) -> RunConfig:
+    """Config of a `bench eval` run: suites and their args (``--set SUITE.FIELD=value``), no fuser."""
+    from harness.registry import suites as suite_registry
+
+    names = suites or list(DEFAULT_SUITES)
+    for suite in names:
+        suite_registry().check(suite)
+    suite_args: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for item in sets or []:
+        key, value = parse_set(item)
+        head, _, rest = key.partition(".")
+        if head in names and rest:
+            suite_args.setdefault(head, {})[rest] = value
+        elif key in ("seed", "limit", "batch_size"):
+            top[key] = value
+        else:
+            raise BenchError(f"--set {key}: unknown key for bench eval", "use SUITE.FIELD=value, seed=, limit= or batch_size=")
+    fields = {"suites": names, "suite_args": suite_args, "name": name, **top}
+    if limit is not None:
+        fields["limit"] = limit
+    if seed is not None:
+        fields["seed"] = seed
+    try:
+        cfg = RunConfig(**fields)
+    except ValidationError as e:
+        raise BenchError(f"invalid eval config: {_first_error(e)}", "check the flags") from None
+    validate_plugin_args(cfg)
+    return cfg

@@ -1,0 +1,281 @@
+"""The runner: fuse -> evaluate the fused model and its sources on the same suites -> record.
+
+Every costly stage is cached by a content hash of everything that determines it:
+  * fused weights   ``$BENCH_HOME/artifacts/<fuse_hash>/``   (fuser, its args, the sources' bytes, seed)
+  * eval results    ``$BENCH_HOME/cache/evals/<eval_key>.json`` (model bytes, suite, version, args, limit)
+so repeating a run (or resuming a failed one with ``--resume``) only redoes what is missing. Cache
+entries are written to a temp name and renamed, so an interrupted stage never leaves a partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from harness import paths, provenance
+from harness.config import RunConfig, stable_hash, validate_plugin_args
+from harness.errors import BenchError
+from harness.model import ModelRef
+from harness.store import Store
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Evaluand:
+    """A model that a run evaluates, in one of the roles fused / target / source / model."""
+
+    id: str
+    name: str
+    role: str
+    kind: str  # "source" | "fused" | "runtime"
+    content_hash: str
+    ref: str | None = None
+    path: Path | None = None
+    model_ref: ModelRef | None = None
+    runtime: Callable[[], Any] | None = None
+    fuser: str | None = None
+    fuse_hash: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def store_row(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "kind": self.kind, "ref": self.ref,
+                "path": str(self.path) if self.path else None, "content_hash": self.content_hash,
+                "fuser": self.fuser, "fuse_hash": self.fuse_hash, "details": self.details}
+
+
+class Timings(dict):
+    """Wall seconds per stage, in the order the stages ran."""
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - start
+
+
+def command_line() -> str:
+    return " ".join(["bench", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("bench") else " ".join(sys.argv)
+
+
+# --- bench run ----------------------------------------------------------------------------------
+
+
+def start(store: Store, kind: str, name: str | None, config: dict[str, Any]) -> str:
+    """Open the run row first, so that every later failure is recorded against it."""
+    return store.start_run(kind=kind, name=name, command=command_line(), provenance=provenance.collect(), config=config)
+
+
+def run_fusion(cfg: RunConfig, store: Store, run_id: str, *, resume: bool = False) -> None:
+    """Fuse, then evaluate fused model + target + sources. Closes the run row as ok or error."""
+    timings = Timings()
+    try:
+        with timings.stage("validate"):
+            from harness.registry import fusers, suites
+
+            fuser_cls = fusers().get(cfg.fuser)
+            fuser_cfg, suite_cfgs = validate_plugin_args(cfg)
+            source_specs = cfg.sources or list(getattr(fuser_cls, "default_sources", []))
+            target_spec = cfg.target if cfg.target is not None else getattr(fuser_cls, "default_target", None)
+            if not source_specs:
+                raise BenchError(f"fuser {cfg.fuser} needs sources", "pass --sources A,B or --source A --source B")
+        with timings.stage("resolve"):
+            sources = [_resolve(s) for s in source_specs]
+            target = _resolve(target_spec) if target_spec else None
+        store.update_run(run_id, fuser=cfg.fuser, sources=[s.spec for s in sources],
+                         target=target.spec if target else None,
+                         run_hash=stable_hash(cfg.canonical_json(), [s.content_hash() for s in sources]))
+        console.log(f"run {run_id}: fuser [bold]{cfg.fuser}[/] on {', '.join(s.name for s in sources)}"
+                    + (f" (target {target.name})" if target else ""))
+        with timings.stage("fuse"):
+            fused = _fuse(fuser_cls, fuser_cfg, cfg, sources, target, run_name=cfg.name)
+        evaluands = [fused]
+        if target is not None:
+            evaluands.append(_source_evaluand(target, "target"))
+        evaluands += [_source_evaluand(s, "source") for s in sources]
+        evaluands = _dedupe(evaluands)
+        suite_objs = [(suites().get(name), suite_cfgs[name]) for name in cfg.suites]
+        _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings, resume=resume)
+    except BaseException as e:
+        store.finish_run(run_id, "error", error=_error_text(e), timings=timings)
+        raise
+    store.finish_run(run_id, "ok", timings=timings)
+
+
+def run_eval(refs: list[str], cfg: RunConfig, store: Store, run_id: str) -> None:
+    """`bench eval`: evaluate models as they are (no fusion)."""
+    timings = Timings()
+    try:
+        from harness.registry import suites
+
+        _, suite_cfgs = validate_plugin_args(cfg)
+        with timings.stage("resolve"):
+            evaluands = _dedupe([_source_evaluand(_resolve(r), "model") for r in refs])
+        store.update_run(run_id, sources=[e.ref for e in evaluands])
+        suite_objs = [(suites().get(name), suite_cfgs[name]) for name in cfg.suites]
+        _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings)
+    except BaseException as e:
+        store.finish_run(run_id, "error", error=_error_text(e), timings=timings)
+        raise
+    store.finish_run(run_id, "ok", timings=timings)
+
+
+def _error_text(e: BaseException) -> str:
+    if isinstance(e, BenchError):
+        return e.one_line()
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt)"
+    return "".join(traceback.format_exception(e))[-4000:]
+
+
+def _resolve(spec: str) -> ModelRef:
+    from harness.model import resolve
+
+    return resolve(spec, build_missing_zoo=True)
+
+
+def _source_evaluand(ref: ModelRef, role: str) -> Evaluand:
+    h = ref.content_hash()
+    return Evaluand(id=f"m-{h}", name=ref.name, role=role, kind="source", content_hash=h, ref=ref.spec, path=ref.path,
+                    model_ref=ref)
+
+
+def _dedupe(evaluands: list[Evaluand]) -> list[Evaluand]:
+    seen: set[str] = set()
+    out = []
+    for e in evaluands:
+        if e.id not in seen:
+            seen.add(e.id)
+            out.append(e)
+    return out
+
+
+# --- fusion (cached) ----------------------------------------------------------------------------
+
+
+def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef], target: ModelRef | None,
+          run_name: str | None) -> Evaluand:
+    from harness.api import FuseContext
+
+    fuse_hash = stable_hash(cfg.fuser, getattr(fuser_cls, "version", "1"), fuser_cfg.model_dump(mode="json"),
+                            [s.content_hash() for s in sources], target.content_hash() if target else None, cfg.seed)
+    label = run_name or f"{cfg.fuser}#{fuse_hash[:6]}"
+    fuser = fuser_cls()
+    if getattr(fuser_cls, "runtime_only", False):
+        ctx = FuseContext(out_dir=paths.cache_dir() / "runtime" / fuse_hash, seed=cfg.seed, batch_size=cfg.batch_size)
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        result = fuser.fuse(sources, target, fuser_cfg, ctx)
+        return Evaluand(id=f"rt-{fuse_hash}", name=label, role="fused", kind="runtime", content_hash=fuse_hash,
+                        runtime=result.runtime, fuser=cfg.fuser, fuse_hash=fuse_hash, details=result.details)
+
+    out_dir = paths.artifacts_dir() / fuse_hash
+    card_path = out_dir / "fusebench.json"
+    if card_path.is_file():
+        console.log(f"fuse: cached artifact {out_dir}")
+        card = json.loads(card_path.read_text())
+    else:
+        tmp = out_dir.with_name(f".tmp-{fuse_hash}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            start_t = time.perf_counter()
+            result = fuser.fuse(sources, target, fuser_cfg, FuseContext(out_dir=tmp, seed=cfg.seed,
+                                                                       batch_size=cfg.batch_size))
+            if result.path is None:
+                raise RuntimeError(f"fuser {cfg.fuser} returned no model path")
+            if Path(result.path).resolve() != tmp.resolve():
+                shutil.copytree(result.path, tmp, dirs_exist_ok=True)
+            card = {"fuser": cfg.fuser, "config": fuser_cfg.model_dump(mode="json"), "fuse_hash": fuse_hash,
+                    "sources": [s.spec for s in sources], "target": target.spec if target else None,
+                    "seed": cfg.seed, "seconds": round(time.perf_counter() - start_t, 3),
+                    "details": result.details, "provenance": provenance.collect()}
+            (tmp / "fusebench.json").write_text(json.dumps(card, indent=1, sort_keys=True, default=str))
+            shutil.rmtree(out_dir, ignore_errors=True)
+            tmp.rename(out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        console.log(f"fuse: wrote {out_dir} in {card['seconds']:.1f}s")
+    from harness.model import directory_hash
+
+    h = directory_hash(out_dir)
+    return Evaluand(id=f"m-{h}", name=label, role="fused", kind="fused", content_hash=h, ref=str(out_dir),
+                    path=out_dir, fuser=cfg.fuser, fuse_hash=fuse_hash, details=card.get("details", {}))
+
+
+# --- evaluation (cached) ------------------------------------------------------------------------
+
+
+def eval_key(model_hash: str, suite_cls: Any, suite_cfg: Any, cfg: RunConfig) -> str:
+    return stable_hash(model_hash, suite_cls.name, suite_cls.version, suite_cfg.model_dump(mode="json"),
+                       cfg.limit, cfg.seed)
+
+
+def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_objs: list[tuple[Any, Any]],
+                  cfg: RunConfig, timings: Timings, *, resume: bool = False) -> None:
+    from harness.api import EvalContext
+
+    for position, ev in enumerate(evaluands):
+        store.add_model(ev.store_row(), run_id, ev.role, position)
+        lm = None
+        try:
+            for suite_cls, suite_cfg in suite_objs:
+                if resume and store.has_scores(run_id, ev.id, suite_cls.name):
+                    continue
+                key = eval_key(ev.content_hash, suite_cls, suite_cfg, cfg)
+                cache_file = paths.cache_dir() / "evals" / f"{key}.json"
+                with timings.stage(f"eval:{ev.name}:{suite_cls.name}"):
+                    if cache_file.is_file():
+                        payload = json.loads(cache_file.read_text())
+                        console.log(f"eval {ev.name} on {suite_cls.name}: cached")
+                    else:
+                        if lm is None:
+                            with timings.stage(f"load:{ev.name}"):
+                                lm = _load(ev, cfg.batch_size)
+                        console.log(f"eval {ev.name} ({ev.role}) on {suite_cls.name} ...")
+                        workdir = paths.cache_dir() / "work" / key
+                        workdir.mkdir(parents=True, exist_ok=True)
+                        result = suite_cls().evaluate(lm, suite_cfg, EvalContext(
+                            workdir=workdir, seed=cfg.seed, limit=cfg.limit, batch_size=cfg.batch_size))
+                        payload = {"scores": [asdict(s) for s in result.scores],
+                                   "samples": [asdict(s) for s in result.samples]}
+                        _atomic_write(cache_file, json.dumps(payload, default=_plain_default))
+                        shutil.rmtree(workdir, ignore_errors=True)
+                    store.add_eval(run_id, ev.id, suite_cls.name, suite_cls.version, key,
+                                   payload["scores"], payload["samples"])
+        finally:
+            del lm
+
+
+def _load(ev: Evaluand, batch_size: int) -> Any:
+    if ev.runtime is not None:
+        return ev.runtime()
+    from harness.model import load_lm
+
+    ref = ev.model_ref or ModelRef(spec=str(ev.path), kind="local", path=ev.path)
+    return load_lm(ref, batch_size=batch_size)
+
+
+def _plain_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

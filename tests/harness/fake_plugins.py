@@ -1,0 +1,72 @@
+"""Torch-free fake plugins for testing the runner, store, CLI and leaderboard quickly.
+
+A fake "model" is a folder with a config.json holding a number ``quality``; FakeSuite reads it back
+through FakeLM. FakeAverage fuses by averaging the sources' qualities (so results are predictable).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from harness.api import EvalResult, FusionResult, Sample, Score
+
+CALLS = {"fuse": 0, "evaluate": 0}
+
+
+def make_model(path: Path, quality: float) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "fake", "quality": quality}))
+    return path
+
+
+class FakeLM:
+    def __init__(self, quality: float):
+        self.quality = quality
+
+
+def load(ev) -> FakeLM:  # noqa: ANN001 - replaces harness.runner._load in tests
+    if ev.runtime is not None:
+        return ev.runtime()
+    return FakeLM(json.loads((ev.path / "config.json").read_text())["quality"])
+
+
+class FakeAverage:
+    name: ClassVar[str] = "fake"
+    paper: ClassVar[str] = "https://example.org/fake"
+    runtime_only: ClassVar[bool] = False
+    default_sources: ClassVar[list[str]] = []
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        bonus: float = 0.0
+        fail: bool = False
+
+    def fuse(self, sources, target, cfg, ctx):  # noqa: ANN001
+        CALLS["fuse"] += 1
+        if cfg.fail:
+            raise RuntimeError("fuser exploded")
+        qs = [json.loads((s.path / "config.json").read_text())["quality"] for s in sources]
+        make_model(ctx.out_dir, sum(qs) / len(qs) + cfg.bonus)
+        return FusionResult(path=ctx.out_dir, details={"qualities": qs})
+
+
+class FakeSuite:
+    name: ClassVar[str] = "fakesuite"
+    version: ClassVar[str] = "1"
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        items: int = 3
+
+    def evaluate(self, lm, cfg, ctx):  # noqa: ANN001
+        CALLS["evaluate"] += 1
+        n = min(cfg.items, ctx.limit or cfg.items)
+        samples = [Sample(task="t", doc_id=i, prompt=f"p{i}", output=str(lm.quality), target="1",
+                          metrics={"acc": float(lm.quality > 0.5)}) for i in range(n)]
+        return EvalResult(scores=[Score(task="t", metric="acc", value=lm.quality, stderr=0.01, n=n),
+                                  Score(task="t", metric="loss", value=1 - lm.quality, higher_is_better=False, n=n)],
+                          samples=samples)
