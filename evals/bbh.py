@@ -1,0 +1,346 @@
+"""BIG-Bench Hard through lm-eval's own BBH task definitions, plus the offline ``bbh-mini``.
+
+Run:  bench eval --model zoo:llama-base --suite bbh --set bbh.data_dir=PATH/bbh/tasks --limit 20
+      bench eval --model zoo:llama-base --suite bbh-mini
+
+* ``bbh``: all 27 tasks, ``mode`` ``cot`` (3-shot chain of thought, default) or ``direct`` (3-shot
+  answer only). Prompts, few-shot exemplars, stop sequences and the answer filter are lm-eval's
+  (``bbh_cot_fewshot_*`` / ``bbh_fewshot_*``): FuseBench writes a small task YAML that ``include``s the
+  builtin one and only swaps the data source, so scores sit next to published lm-eval numbers.
+  Data: the hub dataset lm-eval names (when the hub is reachable), or ``data_dir`` = a directory in
+  the original BBH repo layout (``<task>.json`` = ``{"examples": [{"input", "target"}]}``).
+* ``bbh-mini``: seeded items for 7 algorithmic tasks from :mod:`evals._bbh_generators`, in BBH's exact
+  format, with FuseBench's own few-shot exemplars. Same lm-eval machinery; a different suite name so it
+  is never ranked with real BBH.
+
+Scores: exact match per task (``task = <bbh task>``), and two aggregates: ``macro`` (mean over
+tasks) and ``weighted`` (mean over all examples). Samples store the item's ``input`` as the prompt
+(the 3-shot prefix is fixed per task and version) and the extracted answer.
+
+``score_predictions`` replays answers produced elsewhere through the very same lm-eval task, filter
+and metric (a replay ``LM`` returns the given text for each item), so the answer extraction is
+identical to a live run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.api import EvalContext, EvalResult, Sample, Score
+from harness.errors import BenchError, did_you_mean
+
+_FILTER = {"cot": "get-answer", "direct": "none"}
+_BUILTIN_DIR = {"cot": "cot_fewshot", "direct": "fewshot"}
+
+
+def lm_eval_bbh_dir() -> Path:
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent / "bbh"
+
+
+def all_tasks() -> list[str]:
+    """The 27 BBH task names, read from lm-eval's task folder."""
+    folder = lm_eval_bbh_dir() / "cot_fewshot"
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.name.startswith("_"))
+
+
+def builtin_yaml(task: str, mode: str) -> Path:
+    return lm_eval_bbh_dir() / _BUILTIN_DIR[mode] / f"{task}.yaml"
+
+
+def builtin_generation_kwargs(mode: str) -> dict[str, Any]:
+    template = lm_eval_bbh_dir() / _BUILTIN_DIR[mode] / f"_{_BUILTIN_DIR[mode]}_template_yaml"
+    return dict(yaml.safe_load(template.read_text())["generation_kwargs"])
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["cot", "direct"] = Field("cot", description="cot: 3-shot chain of thought; direct: answer only.")
+    data_dir: str | None = Field(None, description="Directory of <task>.json files in the BBH repo layout.")
+    tasks: list[str] | None = Field(None, description="A subset of tasks (default: all).")
+    max_gen_toks: int | None = Field(None, description="Cap on generated tokens (default: lm-eval's).")
+
+
+class MiniConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["cot", "direct"] = "cot"
+    tasks: list[str] | None = None
+    n_per_task: int = Field(30, ge=1, description="Generated items per task.")
+    data_seed: int = Field(0, description="Seed of the item generator (not of the model).")
+    max_gen_toks: int | None = Field(128, description="Cap on generated tokens; tiny models ramble.")
+
+
+# --- task construction --------------------------------------------------------------------------
+
+
+def _task_yaml(name: str, task: str, mode: str, data_file: Path, max_gen_toks: int | None,
+               exemplars: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """A task config that includes lm-eval's builtin BBH task and swaps the data (and, for bbh-mini, the exemplars)."""
+    cfg: dict[str, Any] = {
+        "include": str(builtin_yaml(task, mode)),
+        "task": name,
+        "dataset_path": "json",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"test": str(data_file.resolve())}},
+        "test_split": "test",
+    }
+    if data_file.suffix == ".json":
+        cfg["dataset_kwargs"]["field"] = "examples"
+    if max_gen_toks is not None:
+        cfg["generation_kwargs"] = {**builtin_generation_kwargs(mode), "max_gen_toks": max_gen_toks}
+    if exemplars is not None:
+        cfg["fewshot_config"] = {"sampler": "first_n", "samples": exemplars}
+    return cfg
+
+
+def _write_tasks(workdir: Path, configs: list[dict[str, Any]]) -> Path:
+    folder = workdir / "tasks"
+    folder.mkdir(parents=True, exist_ok=True)
+    for cfg in configs:
+        (folder / f"{cfg['task']}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    return folder
+
+
+def _check_tasks(requested: list[str] | None, available: list[str], suite: str) -> list[str]:
+    if not requested:
+        return available
+    for t in requested:
+        if t not in available:
+            raise BenchError(f"unknown {suite} task {t!r};{did_you_mean(t, available)}",
+                             f"choose from: {', '.join(available)}")
+    return list(requested)
+
+
+def real_bbh_configs(cfg: Config, workdir: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Task configs for real BBH from ``cfg.data_dir``; returns (configs, our task name -> BBH task)."""
+    tasks = _check_tasks(cfg.tasks, all_tasks(), "bbh")
+    if cfg.data_dir is None:
+        if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise BenchError("BBH data is on the HF hub and the hub is off (offline mode)",
+                             "pass --data-dir DIR with <task>.json files (BBH repo layout), "
+                             "or use the offline suite bbh-mini")
+        configs = []
+        for t in tasks:
+            c = {"include": str(builtin_yaml(t, cfg.mode)), "task": f"fb_bbh_{cfg.mode}_{t}"}
+            if cfg.max_gen_toks is not None:
+                c["generation_kwargs"] = {**builtin_generation_kwargs(cfg.mode), "max_gen_toks": cfg.max_gen_toks}
+            configs.append(c)
+        return configs, {c["task"]: t for c, t in zip(configs, tasks, strict=True)}
+    data_dir = Path(cfg.data_dir).expanduser()
+    if not data_dir.is_dir():
+        raise BenchError(f"BBH data dir {cfg.data_dir} does not exist", "give the folder holding <task>.json files")
+    missing = [t for t in tasks if not (data_dir / f"{t}.json").is_file()]
+    if missing:
+        raise BenchError(f"BBH data dir {cfg.data_dir} lacks {len(missing)} task file(s): {', '.join(missing[:4])}"
+                         + ("..." if len(missing) > 4 else ""),
+                         "add them, or pick tasks with --set bbh.tasks=[...]")
+    configs = [_task_yaml(f"fb_bbh_{cfg.mode}_{t}", t, cfg.mode, data_dir / f"{t}.json", cfg.max_gen_toks)
+               for t in tasks]
+    return configs, {c["task"]: t for c, t in zip(configs, tasks, strict=True)}
+
+
+def mini_configs(cfg: MiniConfig, workdir: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    from evals import _bbh_generators as gen
+
+    tasks = _check_tasks(cfg.tasks, sorted(gen.GENERATORS), "bbh-mini")
+    data = workdir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    configs = []
+    for t in tasks:
+        path = data / f"{t}.jsonl"
+        path.write_text("".join(json.dumps(i.as_row()) + "\n" for i in gen.generate(t, cfg.n_per_task, cfg.data_seed)))
+        shots = [{"input": e.input, "target": e.cot_target() if cfg.mode == "cot" else e.target}
+                 for e in gen.exemplars(t)]
+        configs.append(_task_yaml(f"fb_bbhmini_{cfg.mode}_{t}", t, cfg.mode, path, cfg.max_gen_toks, shots))
+    return configs, {c["task"]: t for c, t in zip(configs, tasks, strict=True)}
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+
+def run_and_score(lm: Any, configs: list[dict[str, Any]], names: dict[str, str], mode: str, ctx: EvalContext,
+                  suite: str) -> EvalResult:
+    from harness.lmeval import run_tasks
+
+    folder = _write_tasks(ctx.workdir, configs)
+    res = run_tasks(lm, list(names), limit=ctx.limit, seed=ctx.seed, include_path=folder, include_defaults=False)
+    return collect(res, names, mode, suite)
+
+
+def collect(res: dict[str, Any], names: dict[str, str], mode: str, suite: str) -> EvalResult:
+    filt = _FILTER[mode]
+    scores: list[Score] = []
+    samples: list[Sample] = []
+    total_correct = total_n = 0
+    per_task: list[float] = []
+    for lm_task, task in names.items():
+        rows = res.get("samples", {}).get(lm_task, [])
+        rows = [r for r in rows if r.get("filter", filt) == filt]
+        correct = [float(r["exact_match"]) for r in rows]
+        n = len(correct)
+        if n == 0:
+            continue
+        acc = sum(correct) / n
+        stderr = math.sqrt(acc * (1 - acc) / (n - 1)) if n > 1 else None
+        scores.append(Score(task=task, metric="exact_match", value=acc, stderr=stderr, n=n))
+        per_task.append(acc)
+        total_correct += sum(correct)
+        total_n += n
+        for r in rows:
+            samples.append(Sample(
+                task=task, doc_id=int(r["doc_id"]), prompt=r["doc"]["input"], output=_first_response(r),
+                target=str(r["target"]), extracted=_first_filtered(r), metrics={"exact_match": float(r["exact_match"])},
+            ))
+    if per_task:
+        k = len(per_task)
+        mean = sum(per_task) / k
+        sd = math.sqrt(sum((x - mean) ** 2 for x in per_task) / (k - 1)) / math.sqrt(k) if k > 1 else None
+        scores.append(Score(task="macro", metric="exact_match", value=mean, stderr=sd, n=k))
+        w = total_correct / total_n
+        scores.append(Score(task="weighted", metric="exact_match", value=w,
+                            stderr=math.sqrt(w * (1 - w) / (total_n - 1)) if total_n > 1 else None, n=total_n))
+    return EvalResult(scores=scores, samples=samples)
+
+
+def _first_response(row: dict[str, Any]) -> str:
+    resps = row.get("resps") or [[""]]
+    first = resps[0]
+    return str(first[0] if isinstance(first, list) else first)
+
+
+def _first_filtered(row: dict[str, Any]) -> str:
+    filtered = row.get("filtered_resps") or [""]
+    first = filtered[0]
+    return str(first[0] if isinstance(first, list) else first)
+
+
+# --- suites -------------------------------------------------------------------------------------
+
+
+class BBH:
+    """BIG-Bench Hard (Suzgun et al. 2022, https://arxiv.org/abs/2210.09261) via lm-eval's task definitions."""
+
+    name: ClassVar[str] = "bbh"
+    version: ClassVar[str] = "1"
+    Config: ClassVar[type[BaseModel]] = Config
+
+    def evaluate(self, lm: Any, cfg: Config, ctx: EvalContext) -> EvalResult:
+        configs, names = real_bbh_configs(cfg, ctx.workdir)
+        return run_and_score(lm, configs, names, cfg.mode, ctx, self.name)
+
+
+class BBHMini:
+    """Generated BBH-format items for 7 algorithmic tasks; offline; its own suite name."""
+
+    name: ClassVar[str] = "bbh-mini"
+    version: ClassVar[str] = "1"
+    Config: ClassVar[type[BaseModel]] = MiniConfig
+
+    def evaluate(self, lm: Any, cfg: MiniConfig, ctx: EvalContext) -> EvalResult:
+        configs, names = mini_configs(cfg, ctx.workdir)
+        return run_and_score(lm, configs, names, cfg.mode, ctx, self.name)
+
+
+# --- bench score: predictions made elsewhere -----------------------------------------------------
+
+
+def load_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """JSONL lines ``{"task", "input" | "index", "output"}`` (``index`` = position in the task file)."""
+    p = Path(path)
+    if not p.is_file():
+        raise BenchError(f"predictions file {path} not found", "give a JSONL file of {task, input|index, output}")
+    rows = []
+    for number, line in enumerate(p.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BenchError(f"{path}:{number} is not valid JSON ({e.msg})", "write one JSON object per line") from None
+        if not isinstance(row, dict) or "task" not in row or "output" not in row or not ({"input", "index"} & set(row)):
+            raise BenchError(f"{path}:{number} needs keys task, output and input or index",
+                             'write lines like {"task": "navigate", "index": 0, "output": "... So the answer is No."}')
+        rows.append(row)
+    if not rows:
+        raise BenchError(f"predictions file {path} is empty", "write one JSON line per example")
+    return rows
+
+
+def score_predictions(predictions_file: str | Path, cfg: Config, workdir: Path) -> EvalResult:
+    """Score predictions with the same lm-eval task, filter and metric as a live run."""
+    from harness.lmeval import run_tasks
+
+    if cfg.data_dir is None:
+        raise BenchError("scoring BBH predictions needs the data", "pass --data-dir DIR with <task>.json files")
+    preds = load_predictions(predictions_file)
+    by_task: dict[str, dict[Any, str]] = {}
+    for row in preds:
+        key = ("index", int(row["index"])) if "index" in row else ("input", row["input"])
+        by_task.setdefault(row["task"], {})[key] = str(row["output"])
+    tasks = sorted(by_task)
+    cfg = cfg.model_copy(update={"tasks": _check_tasks(tasks, all_tasks(), "bbh")})
+    configs, names = real_bbh_configs(cfg, workdir)
+    data_dir = Path(cfg.data_dir)
+    for task in tasks:
+        examples = json.loads((data_dir / f"{task}.json").read_text())["examples"]
+        index_of = {ex["input"]: i for i, ex in enumerate(examples)}
+        table = by_task[task]
+        for kind, value in list(table):
+            if kind == "input" and value not in index_of:
+                raise BenchError(f"prediction for {task} has an input not in {data_dir / (task + '.json')}",
+                                 "copy the input text exactly, or give its index")
+            if kind == "index" and not 0 <= value < len(examples):
+                raise BenchError(f"prediction for {task} has index {value}, the task has {len(examples)} examples",
+                                 "use 0-based indices")
+        missing = len(examples) - len({index_of.get(v, v) if k == "input" else v for k, v in table})
+        if missing:
+            raise BenchError(f"predictions for {task} cover {len(examples) - missing} of {len(examples)} examples",
+                             "give one prediction per example")
+    folder = _write_tasks(workdir, configs)
+    lm = ReplayLM(by_task, names)
+    res = run_tasks(lm, list(names), limit=None, include_path=folder, include_defaults=False)
+    return collect(res, names, cfg.mode, "bbh")
+
+
+def _replay_lm_class() -> type:
+    from lm_eval.api.model import LM
+
+    class _ReplayLM(LM):
+        """An lm-eval ``LM`` that answers each BBH item with a given prediction (for `bench score`)."""
+
+        def __init__(self, by_task: dict[str, dict[Any, str]], names: dict[str, str]):
+            super().__init__()
+            self.by_task = by_task
+            self.names = names
+            self.index: dict[tuple[str, str], int] = {}
+
+        def generate_until(self, requests: list[Any]) -> list[str]:
+            out = []
+            for r in requests:
+                task_name, doc_id, _ = r.metadata
+                table = self.by_task[self.names[task_name]]
+                by_index = table.get(("index", int(doc_id)))
+                out.append(by_index if by_index is not None else table[("input", r.doc["input"])])
+            return out
+
+        def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
+            raise NotImplementedError("BBH only generates")
+
+        def loglikelihood_rolling(self, requests: list[Any]) -> list[float]:
+            raise NotImplementedError("BBH only generates")
+
+    return _ReplayLM
+
+
+def ReplayLM(by_task: dict[str, dict[Any, str]], names: dict[str, str]) -> Any:  # noqa: N802 - a factory
+    return _replay_lm_class()(by_task, names)
