@@ -34,6 +34,22 @@ SuiteOpt = Annotated[list[str] | None, typer.Option("--suite", help="Suite to ru
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override key=value (repeatable), e.g. method=ties.")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Only the first N items per task.", min=1)]
 
+# Suite options: each sets the field of every suite in the run whose Config has it.
+DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="bbh: folder of <task>.json (BBH repo layout).")]
+QuestionsOpt = Annotated[str | None, typer.Option("--questions", help="mtbench: question.jsonl (FastChat format).")]
+JudgeUrlOpt = Annotated[str | None, typer.Option("--judge-url", help="mtbench: OpenAI-compatible judge endpoint.")]
+JudgeModelOpt = Annotated[str | None, typer.Option("--judge-model", help="mtbench: judge model (name or local ref).")]
+JudgePromptsOpt = Annotated[str | None, typer.Option("--judge-prompts", help="mtbench: FastChat judge_prompts.jsonl.")]
+JudgeRepeatsOpt = Annotated[int | None, typer.Option("--judge-repeats", min=1, help="mtbench: judge N times (mean, std).")]
+CodeExecOpt = Annotated[bool, typer.Option("--allow-code-exec", help="humaneval: run model code in the sandbox.",
+                                           envvar="BENCH_ALLOW_CODE_EXEC")]
+SamplesOpt = Annotated[int | None, typer.Option("--samples", min=1, help="humaneval: completions per problem (pass@k).")]
+TemperatureOpt = Annotated[float | None, typer.Option("--temperature", min=0.0, help="humaneval: sampling temperature.")]
+
+
+def _suite_flags(**flags: object) -> dict[str, object]:
+    return {k: v for k, v in flags.items() if v is not None and v is not False}
+
 
 def _offline_defaults() -> None:
     # Models on disk never need the hub; set offline mode unless the user chose otherwise.
@@ -60,6 +76,9 @@ def run(
     name: Annotated[str | None, typer.Option("--name", help="A label for this run.")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue a failed/interrupted run by id.")] = None,
+    data_dir: DataDirOpt = None, questions: QuestionsOpt = None, judge_url: JudgeUrlOpt = None,
+    judge_model: JudgeModelOpt = None, judge_prompts: JudgePromptsOpt = None, judge_repeats: JudgeRepeatsOpt = None,
+    allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Fuse the sources with FUSER, then evaluate the fused model and its sources on the same suites."""
@@ -81,8 +100,11 @@ def run(
                "set": set_, "limit": limit, "name": name, "seed": seed}
         run_id = start(store, "run", name, raw)
         try:
+            flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
+                                 judge_prompts=judge_prompts, judge_repeats=judge_repeats,
+                                 allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
             cfg = build_run_config(config_file=config, fuser=fuser, sources=_split(sources), target=target,
-                                   suites=suite, sets=set_, name=name, limit=limit, seed=seed)
+                                   suites=suite, sets=set_, name=name, limit=limit, seed=seed, suite_flags=flags)
         except BaseException as e:
             store.finish_run(run_id, "error", error=e.one_line() if isinstance(e, BenchError) else repr(e))
             raise
@@ -99,6 +121,9 @@ def eval_(
     set_: SetOpt = None,
     limit: LimitOpt = None,
     name: Annotated[str | None, typer.Option("--name")] = None,
+    data_dir: DataDirOpt = None, questions: QuestionsOpt = None, judge_url: JudgeUrlOpt = None,
+    judge_model: JudgeModelOpt = None, judge_prompts: JudgePromptsOpt = None, judge_repeats: JudgeRepeatsOpt = None,
+    allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Evaluate one or more models as they are (no fusion)."""
@@ -110,12 +135,46 @@ def eval_(
     store = Store(db)
     run_id = start(store, "eval", name, {"models": model, "suites": suite, "set": set_, "limit": limit})
     try:
-        cfg = build_eval_config(suites=suite, sets=set_, limit=limit, name=name)
+        flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
+                             judge_prompts=judge_prompts, judge_repeats=judge_repeats,
+                             allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
+        cfg = build_eval_config(suites=suite, sets=set_, limit=limit, name=name, suite_flags=flags)
     except BaseException as e:
         store.finish_run(run_id, "error", error=e.one_line() if isinstance(e, BenchError) else repr(e))
         raise
     store.update_run(run_id, config=cfg.model_dump(mode="json"))
     run_eval(_split(model), cfg, store, run_id)
+    typer.echo(f"run {run_id} ok")
+    _print_leaderboard(store, cfg.suites, run_id=run_id)
+
+
+@app.command()
+def score(
+    suite: Annotated[str, typer.Option("--suite", help="bbh or humaneval.")],
+    predictions: Annotated[str, typer.Option("--predictions", help="JSONL of model outputs made elsewhere.")],
+    data_dir: DataDirOpt = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="bbh: cot (default) or direct.")] = None,
+    allow_code_exec: CodeExecOpt = False,
+    set_: SetOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="Label of the predictions (default: file name).")] = None,
+    db: DbOpt = str(DEFAULT_DB),
+) -> None:
+    """Score predictions made elsewhere with the suite's own answer extraction, and record them as a run."""
+    from harness.config import build_eval_config
+    from harness.runner import run_score, start
+    from harness.store import Store
+
+    _offline_defaults()
+    store = Store(db)
+    run_id = start(store, "score", name, {"suite": suite, "predictions": predictions, "set": set_})
+    try:
+        flags = _suite_flags(data_dir=data_dir, mode=mode, allow_code_exec=allow_code_exec)
+        cfg = build_eval_config(suites=[suite], sets=set_, limit=None, name=name, suite_flags=flags)
+    except BaseException as e:
+        store.finish_run(run_id, "error", error=e.one_line() if isinstance(e, BenchError) else repr(e))
+        raise
+    store.update_run(run_id, config=cfg.model_dump(mode="json"))
+    run_score(predictions, cfg, store, run_id)
     typer.echo(f"run {run_id} ok")
     _print_leaderboard(store, cfg.suites, run_id=run_id)
 
@@ -132,6 +191,7 @@ def leaderboard_cmd(
     suite: Annotated[list[str] | None, typer.Option("--suite", help="Only these suites (repeatable).")] = None,
     format: Annotated[str, typer.Option("--format", help="table | markdown | csv | json")] = "table",
     all_metrics: Annotated[bool, typer.Option("--all-metrics", help="Every metric, not just each suite's primary.")] = False,
+    per_task: Annotated[bool, typer.Option("--per-task", help="Every task, not just each suite's summary.")] = False,
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """One row per model, a column per suite/task/metric; fused models beside their sources, best marked."""
@@ -140,7 +200,7 @@ def leaderboard_cmd(
 
     if format not in ("table", "markdown", "csv", "json"):
         raise BenchError(f"unknown --format {format!r}", "use table, markdown, csv or json")
-    table, hib = leaderboard.build(Store(db), suite, all_metrics=all_metrics)
+    table, hib = leaderboard.build(Store(db), suite, all_metrics=all_metrics, per_task=per_task)
     typer.echo(leaderboard.render(table, hib, format))
 
 

@@ -94,6 +94,29 @@ def _normalise_file(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: CLI flags that set a field of every suite in the run whose Config has it (flag -> field).
+SUITE_FLAG_FIELDS = ("data_dir", "questions", "references", "judge_url", "judge_model", "judge_prompts",
+                     "judge_repeats", "allow_code_exec", "samples", "temperature", "mode")
+
+
+def apply_suite_flags(suite_names: list[str], suite_args: dict[str, dict[str, Any]], flags: dict[str, Any] | None) -> None:
+    """Route suite flags (``--data-dir``, ``--judge-url`` ...) to the suites whose Config has the field."""
+    from harness.registry import suites as suite_registry
+
+    for field, value in (flags or {}).items():
+        if value is None or value is False:
+            continue
+        takers = [s for s in suite_names if field in suite_registry().get(s).Config.model_fields]
+        if not takers:
+            flag = "--" + field.replace("_", "-")
+            owners = [s for s in suite_registry().names()
+                      if field in getattr(suite_registry().get(s), "Config").model_fields]
+            raise BenchError(f"{flag} applies to suite(s) {', '.join(owners) or 'none'}, not to {', '.join(suite_names)}",
+                             f"add --suite {owners[0]}" if owners else f"drop {flag}")
+        for s in takers:
+            suite_args.setdefault(s, {}).setdefault(field, value)
+
+
 def parse_set(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
@@ -109,6 +132,7 @@ def build_run_config(
     *, config_file: str | None = None, fuser: str | None = None, sources: list[str] | None = None,
     target: str | None = None, suites: list[str] | None = None, sets: list[str] | None = None,
     name: str | None = None, limit: int | None = None, seed: int | None = None,
+    suite_flags: dict[str, Any] | None = None,
 ) -> RunConfig:
     """Merge file, flags and overrides into a validated :class:`RunConfig` (BenchError on any problem)."""
     from harness.registry import fusers as fuser_registry
@@ -146,6 +170,7 @@ def build_run_config(
             raise BenchError(f"--set {key}: unknown key;{did_you_mean(key, choices)}",
                              f"use a run field, a {data['fuser']} field ({', '.join(fuser_cls.Config.model_fields)}) "
                              "or SUITE.FIELD")
+    apply_suite_flags(list(suite_names), data["suite_args"], suite_flags)
     try:
         cfg = RunConfig(**data)
     except ValidationError as e:
@@ -183,7 +208,8 @@ def _first_error(e: ValidationError) -> str:
 
 
 def build_eval_config(*, suites: list[str] | None, sets: list[str] | None, limit: int | None,
-                      name: str | None, seed: int | None = None) -> RunConfig:
+                      name: str | None, seed: int | None = None,
+                      suite_flags: dict[str, Any] | None = None) -> RunConfig:
     """Config of a `bench eval` run: suites and their args (``--set SUITE.FIELD=value``), no fuser."""
     from harness.registry import suites as suite_registry
 
@@ -201,6 +227,7 @@ def build_eval_config(*, suites: list[str] | None, sets: list[str] | None, limit
             top[key] = value
         else:
             raise BenchError(f"--set {key}: unknown key for bench eval", "use SUITE.FIELD=value, seed=, limit= or batch_size=")
+    apply_suite_flags(names, suite_args, suite_flags)
     fields = {"suites": names, "suite_args": suite_args, "name": name, **top}
     if limit is not None:
         fields["limit"] = limit

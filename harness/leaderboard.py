@@ -36,13 +36,18 @@ def scores_frame(store: Store, suites: list[str] | None = None) -> pd.DataFrame:
 
 
 def column_name(suite: str, task: str, metric: str, version: str, all_versions: set[str]) -> str:
-    v = f"@v{version}" if len(all_versions) > 1 else ""
-    return f"{suite}{v}/{task}/{metric}"
-
-
-def build(store: Store, suites: list[str] | None = None, all_metrics: bool = False) -> tuple[pd.DataFrame, dict[str, bool]]:
-    """Return (table, higher_is_better per column). Table columns: group, model, role, then metrics."""
+    """``suite/task`` for the suite's primary metric, ``suite/task/metric`` otherwise (+ ``@vN`` when versions mix)."""
     from evals import PRIMARY_METRIC
+
+    v = f"@v{version}" if len(all_versions) > 1 else ""
+    tail = "" if PRIMARY_METRIC.get(suite) == metric else f"/{metric}"
+    return f"{suite}{v}/{task}{tail}"
+
+
+def build(store: Store, suites: list[str] | None = None, all_metrics: bool = False,
+          per_task: bool = False) -> tuple[pd.DataFrame, dict[str, bool]]:
+    """Return (table, higher_is_better per column). Table columns: group, model, role, then metrics."""
+    from evals import PRIMARY_METRIC, SUMMARY_TASKS
 
     df = scores_frame(store, suites)
     if df.empty:
@@ -50,6 +55,11 @@ def build(store: Store, suites: list[str] | None = None, all_metrics: bool = Fal
     if not all_metrics:
         primary = df["suite"].map(PRIMARY_METRIC)
         df = df[primary.isna() | (df["metric"] == primary)]
+    if not per_task:
+        keep = [SUMMARY_TASKS.get(s) is None or t in SUMMARY_TASKS[s] for s, t in zip(df["suite"], df["task"], strict=True)]
+        df = df[keep]
+    if df.empty:
+        return pd.DataFrame(), {}
     versions = df.groupby("suite")["suite_version"].agg(lambda v: set(v)).to_dict()
     df = df.assign(column=[column_name(s, t, m, v, versions[s]) for s, t, m, v in
                            zip(df["suite"], df["task"], df["metric"], df["suite_version"], strict=True)])

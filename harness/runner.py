@@ -133,6 +133,43 @@ def run_eval(refs: list[str], cfg: RunConfig, store: Store, run_id: str) -> None
     store.finish_run(run_id, "ok", timings=timings)
 
 
+def run_score(predictions: str, cfg: RunConfig, store: Store, run_id: str) -> None:
+    """`bench score`: score a predictions file with the suite's own extraction; the 'model' is the file."""
+    import hashlib
+    import inspect
+
+    timings = Timings()
+    try:
+        from harness.registry import suites
+
+        _, suite_cfgs = validate_plugin_args(cfg)
+        (suite_name,) = cfg.suites
+        suite_cls = suites().get(suite_name)
+        module = sys.modules[suite_cls.__module__]
+        if not hasattr(module, "score_predictions"):
+            raise BenchError(f"suite {suite_name} cannot score external predictions", "use bbh or humaneval")
+        path = Path(predictions)
+        if not path.is_file():
+            raise BenchError(f"predictions file {predictions} not found", "give an existing JSONL file")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        ev = Evaluand(id=f"pred-{digest}", name=cfg.name or path.name, role="model", kind="predictions",
+                      content_hash=digest, ref=str(path.resolve()))
+        store.add_model(ev.store_row(), run_id, ev.role, 0)
+        workdir = paths.cache_dir() / "work" / f"score-{run_id}"
+        with timings.stage(f"score:{suite_name}"):
+            fn = module.score_predictions
+            kwargs = {"workdir": workdir} if "workdir" in inspect.signature(fn).parameters else {}
+            result = fn(path, suite_cfgs[suite_name], **kwargs)
+        shutil.rmtree(workdir, ignore_errors=True)
+        key = stable_hash(digest, suite_cls.name, suite_cls.version, suite_cfgs[suite_name].model_dump(mode="json"))
+        store.add_eval(run_id, ev.id, suite_cls.name, suite_cls.version, key,
+                       [asdict(s) for s in result.scores], [asdict(s) for s in result.samples])
+    except BaseException as e:
+        store.finish_run(run_id, "error", error=_error_text(e), timings=timings)
+        raise
+    store.finish_run(run_id, "ok", timings=timings)
+
+
 def _error_text(e: BaseException) -> str:
     if isinstance(e, BenchError):
         return e.one_line()
