@@ -256,8 +256,31 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
 
 
 def eval_key(model_hash: str, suite_cls: Any, suite_cfg: Any, cfg: RunConfig) -> str:
-    return stable_hash(model_hash, suite_cls.name, suite_cls.version, suite_cfg.model_dump(mode="json"),
+    """What determines an evaluation: model bytes, suite + version, its args, the bytes of any data files
+    those args point to (editing a question file in place must not reuse an old result), limit and seed."""
+    args = suite_cfg.model_dump(mode="json")
+    return stable_hash(model_hash, suite_cls.name, suite_cls.version, args, data_fingerprints(args),
                        cfg.limit, cfg.seed)
+
+
+def data_fingerprints(args: dict[str, Any]) -> dict[str, str]:
+    """sha256 of every file (or directory of files) named by a string argument."""
+    import hashlib
+
+    found = {}
+    values = [v for v in args.values() if isinstance(v, str)]
+    values += [x for v in args.values() if isinstance(v, list) for x in v if isinstance(x, str)]
+    for value in values:
+        path = Path(value).expanduser()
+        if not value or not path.exists():
+            continue
+        h = hashlib.sha256()
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        found[value] = h.hexdigest()[:16]
+    return found
 
 
 def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_objs: list[tuple[Any, Any]],

@@ -1,0 +1,498 @@
+"""MT-Bench-style two-turn chat evaluation, graded 1-10 by an LLM judge.
+
+Run:  bench eval --model zoo:llama-base --suite mtbench --set mtbench.max_gen_toks=64
+      bench eval --model ./chat-model --suite mtbench \\
+          --set mtbench.judge_url=http://localhost:8000/v1 --set mtbench.judge_model=judge-llm
+      bench eval --model ./chat-model --suite mtbench --set mtbench.questions=PATH/question.jsonl \\
+          --set mtbench.references=PATH/reference_answer/gpt-4.jsonl --set mtbench.judge_prompts=PATH/judge_prompts.jsonl
+
+**Questions** are FastChat's ``question.jsonl`` format: one JSON object a line with ``question_id``
+(int), ``category``, ``turns`` (two user messages) and optionally ``reference`` (reference answers,
+one per turn). Reference answers may also come from a FastChat *answer* file (``references``:
+``question_id`` + ``choices[0].turns``), which wins over an inline ``reference``. Without
+``questions`` the embedded ``evals/data/mtbench_mini.jsonl`` is used: 24 short questions of FuseBench's
+own, three for each of MT-Bench's eight categories, with references for math, reasoning and coding.
+
+**Answers.** Turn 1 sends ``[user q1]``; turn 2 sends ``[user q1, assistant a1, user q2]`` with the
+model's own first answer, so the second turn tests whether the model follows up on its own
+conversation. A model whose tokenizer has a chat template is prompted through it (stopping at the
+template's end-of-turn marker, plus EOS); anything else — a tokenizer without a template, or a runtime
+``LM`` without a tokenizer such as an ensemble — gets a plain transcript::
+
+    User: <q1>
+    Assistant: <a1>
+    User: <q2>
+    Assistant:
+
+and stops at the next ``"\\nUser:"``. Decoding is greedy; all turn-1 prompts go to the model in one
+``generate_until`` call, then all turn-2 prompts.
+
+**Judging** is single-answer grading on 1-10. Questions in math/reasoning/coding are graded against
+their reference answer (when it has one); a turn-2 verdict sees the whole conversation but grades the
+second reply. The four judge prompts (plain / with reference, turn 1 / turn 2) are FuseBench's own
+wording unless ``judge_prompts`` points at FastChat's ``judge_prompts.jsonl`` (entries ``single-v1``,
+``single-math-v1``, ``single-v1-multi-turn``, ``single-math-v1-multi-turn``). The judge is an
+OpenAI-compatible endpoint (``judge_url``) or a local model (``judge_model`` alone); see
+:mod:`evals._judge`. Each answer is judged ``judge_repeats`` times. The rating is the last ``[[N]]`` in
+the judge's reply; a reply without one is a *judge failure*: counted, and left out of the mean.
+
+**Without a judge** answers are generated and stored, and scores carry only ``judged = 0``: an
+ungraded answer never gets a made-up rating.
+
+Scores, for tasks ``turn1``, ``turn2``, ``overall`` (both turns) and ``category/<name>``:
+``score`` (mean rating, stderr = sample std of the answers' ratings / sqrt(n), n = answers rated),
+``judge_std`` (mean over answers of the population std across repeats; lower = a steadier judge),
+``judge_failures`` (replies without a rating, over all repeats) and ``judged`` (1 graded, 0 not).
+Samples: one per (question, turn), with the exact prompt the model saw and the judge's first reply.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+import string
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.api import EvalContext, EvalResult, Sample, Score
+from harness.errors import BenchError, did_you_mean
+
+if TYPE_CHECKING:
+    from lm_eval.api.model import LM
+
+    from evals._judge import ChatJudge, Message, Verdict
+
+logger = logging.getLogger(__name__)
+
+#: Categories whose answers are judged against a reference answer (as in MT-Bench).
+REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
+#: Stop sequence of the plain transcript rendering: the model starting the user's next line.
+PLAIN_STOP = "\nUser:"
+NOT_JUDGED_HINT = ("not judged: pass --judge-url/--judge-model (--set mtbench.judge_url=... or "
+                   "mtbench.judge_model=...) to grade answers")
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    questions: str | None = Field(None, description="FastChat question.jsonl; None = the embedded 24 questions.")
+    references: str | None = Field(None, description="FastChat answer file used as reference answers.")
+    judge_prompts: str | None = Field(None, description="FastChat judge_prompts.jsonl; None = FuseBench's own.")
+    judge_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1.")
+    judge_model: str | None = Field(None, description="Model name at judge_url, or (no url) a local model ref.")
+    judge_api_key_env: str = Field("OPENAI_API_KEY", description="Env var holding the endpoint's API key.")
+    judge_repeats: int = Field(1, ge=1, description="Times each answer is judged (mean and std are kept).")
+    judge_temperature: float = Field(0.0, ge=0.0, description="Judge sampling temperature (0 = greedy).")
+    judge_max_tokens: int = Field(1024, ge=1, description="Cap on each judge reply.")
+    judge_timeout: float = Field(120.0, gt=0, description="Seconds per judge request.")
+    max_gen_toks: int = Field(256, ge=1, description="Cap on each generated answer, in tokens.")
+    categories: list[str] | None = Field(None, description="Only these categories (default: all).")
+
+
+# --- questions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Question:
+    qid: int
+    category: str
+    turns: tuple[str, str]
+    reference: tuple[str, ...] = ()
+
+    def reference_for(self, turn: int) -> str | None:
+        """The reference answer of turn 1 or 2, if there is one."""
+        return self.reference[turn - 1] if len(self.reference) >= turn and self.reference[turn - 1] else None
+
+    def doc(self) -> dict[str, Any]:
+        return {"question_id": self.qid, "category": self.category, "turns": list(self.turns),
+                **({"reference": list(self.reference)} if self.reference else {})}
+
+
+def embedded_questions() -> Path:
+    return Path(str(resources.files("evals") / "data" / "mtbench_mini.jsonl"))
+
+
+def _read_jsonl(path: Path, what: str, fix: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; BenchError naming the line otherwise."""
+    if not path.is_file():
+        raise BenchError(f"{what} file {path} not found", fix)
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BenchError(f"{path}:{number}: not valid JSON ({e.msg})", fix) from None
+        if not isinstance(row, dict):
+            raise BenchError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}", fix)
+        rows.append((number, row))
+    return rows
+
+
+def load_questions(path: str | Path | None = None) -> list[Question]:
+    """Questions from a FastChat ``question.jsonl`` (None: the embedded set), validated line by line."""
+    file = Path(path).expanduser() if path else embedded_questions()
+    fix = 'one JSON object a line: {"question_id": 1, "category": "...", "turns": ["...", "..."]}'
+    questions: list[Question] = []
+    seen: set[int] = set()
+    for number, row in _read_jsonl(file, "question", fix):
+        where = f"{file}:{number}"
+        qid, category, turns, ref = row.get("question_id"), row.get("category"), row.get("turns"), row.get("reference")
+        if isinstance(qid, bool) or not isinstance(qid, int):
+            raise BenchError(f"{where}: question_id must be an integer, got {qid!r}", fix)
+        if qid in seen:
+            raise BenchError(f"{where}: duplicate question_id {qid}", "give every question its own id")
+        if not isinstance(category, str) or not category:
+            raise BenchError(f"{where}: category must be a non-empty string", fix)
+        if not (isinstance(turns, list) and len(turns) == 2 and all(isinstance(t, str) and t for t in turns)):
+            raise BenchError(f"{where}: turns must be a list of two non-empty strings", fix)
+        if ref is not None and not (isinstance(ref, list) and 1 <= len(ref) <= 2
+                                    and all(isinstance(r, str) for r in ref)):
+            raise BenchError(f"{where}: reference must be a list of one or two strings", fix)
+        seen.add(qid)
+        questions.append(Question(qid, category, (turns[0], turns[1]), tuple(ref or ())))
+    if not questions:
+        raise BenchError(f"question file {file} holds no questions", fix)
+    return questions
+
+
+def load_references(path: str | Path) -> dict[int, tuple[str, ...]]:
+    """Reference answers per question id from a FastChat answer file (``choices[0].turns``)."""
+    file = Path(path).expanduser()
+    fix = 'one JSON object a line: {"question_id": 1, "choices": [{"turns": ["...", "..."]}]}'
+    refs: dict[int, tuple[str, ...]] = {}
+    for number, row in _read_jsonl(file, "reference answer", fix):
+        try:
+            qid, turns = row["question_id"], row["choices"][0]["turns"]
+        except (KeyError, IndexError, TypeError):
+            raise BenchError(f"{file}:{number}: needs question_id and choices[0].turns", fix) from None
+        if not (isinstance(turns, list) and turns and all(isinstance(t, str) for t in turns)):
+            raise BenchError(f"{file}:{number}: choices[0].turns must be a list of strings", fix)
+        refs[qid] = tuple(turns[:2])
+    return refs
+
+
+def with_references(questions: list[Question], refs: dict[int, tuple[str, ...]]) -> list[Question]:
+    """The file's references replace inline ones: the user picked that file on purpose."""
+    return [Question(q.qid, q.category, q.turns, refs.get(q.qid, q.reference)) for q in questions]
+
+
+def select(questions: list[Question], categories: list[str] | None, limit: int | None) -> list[Question]:
+    """Keep the asked categories (in file order), then the first ``limit`` questions."""
+    if categories:
+        known = list(dict.fromkeys(q.category for q in questions))
+        for name in categories:
+            if name not in known:
+                raise BenchError(f"mtbench has no category {name!r}.{did_you_mean(name, known)}",
+                                 f"choose from {', '.join(known)}")
+        questions = [q for q in questions if q.category in categories]
+    return questions[:limit] if limit is not None else questions
+
+
+# --- judge prompts ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    """A system prompt and a user template with ``str.format`` placeholders (FastChat's convention)."""
+
+    name: str
+    system: str
+    template: str
+
+    def messages(self, fields: dict[str, str]) -> list[Message]:
+        system = [{"role": "system", "content": self.system}] if self.system.strip() else []
+        return [*system, {"role": "user", "content": self.template.format(**fields)}]
+
+
+_FORMAT_RULE = ("Write a short justification first. Then, on the last line, give your score from 1 (useless) "
+                "to 10 (excellent) in double square brackets, exactly like this with N replaced: Rating: [[N]]")
+_SYSTEM = ("You grade the replies of AI assistants. You are strict, fair and consistent, and you never let "
+           "the length of a reply, or its confidence, stand in for its quality.")
+
+#: FuseBench's own judge prompts, by role: single / single-ref (turn 1), multi / multi-ref (turn 2).
+DEFAULT_PROMPTS: dict[str, JudgePrompt] = {
+    "single": JudgePrompt("fusebench-single", _SYSTEM, (
+        "Grade the assistant's reply to the user's request below. Consider whether it does what was "
+        "asked, and how correct, relevant, clear and complete it is.\n" + _FORMAT_RULE + "\n\n"
+        "=== User request ===\n{question}\n\n=== Assistant reply ===\n{answer}\n=== End of reply ===")),
+    "single-ref": JudgePrompt("fusebench-single-ref", _SYSTEM, (
+        "Grade the assistant's reply to the user's request below against the reference answer, which "
+        "is correct. Correctness comes first: check the reply's result and steps against the reference "
+        "and name any error. Then consider clarity and helpfulness.\n" + _FORMAT_RULE + "\n\n"
+        "=== User request ===\n{question}\n\n=== Reference answer ===\n{ref_answer_1}\n\n"
+        "=== Assistant reply ===\n{answer}\n=== End of reply ===")),
+    "multi": JudgePrompt("fusebench-multi", _SYSTEM, (
+        "Below is a conversation of two exchanges between a user and an assistant. Grade only the "
+        "assistant's SECOND reply; the first exchange is context that the second request may build on. "
+        "Consider whether it does what was asked, and how correct, relevant, clear and complete it is.\n"
+        + _FORMAT_RULE + "\n\n"
+        "=== User, first request ===\n{question_1}\n\n=== Assistant, first reply ===\n{answer_1}\n\n"
+        "=== User, second request ===\n{question_2}\n\n=== Assistant, second reply (grade this) ===\n"
+        "{answer_2}\n=== End of conversation ===")),
+    "multi-ref": JudgePrompt("fusebench-multi-ref", _SYSTEM, (
+        "Below is a conversation of two exchanges between a user and an assistant, and reference answers "
+        "to both requests, which are correct. Grade only the assistant's SECOND reply, against the second "
+        "reference answer. Correctness comes first: check the reply's result and steps and name any "
+        "error. Then consider clarity and helpfulness.\n" + _FORMAT_RULE + "\n\n"
+        "=== User, first request ===\n{question_1}\n\n=== Reference, first answer ===\n{ref_answer_1}\n\n"
+        "=== User, second request ===\n{question_2}\n\n=== Reference, second answer ===\n{ref_answer_2}\n\n"
+        "=== Assistant, first reply ===\n{answer_1}\n\n=== Assistant, second reply (grade this) ===\n"
+        "{answer_2}\n=== End of conversation ===")),
+}
+
+#: Which FastChat ``judge_prompts.jsonl`` entry plays which role.
+FASTCHAT_PROMPTS = {"single": "single-v1", "single-ref": "single-math-v1",
+                    "multi": "single-v1-multi-turn", "multi-ref": "single-math-v1-multi-turn"}
+
+# Placeholders each role can fill (turn 2 also offers ``question``/``answer`` = the second exchange).
+_FIELDS = {
+    "single": {"question", "answer", "question_1", "answer_1"},
+    "single-ref": {"question", "answer", "question_1", "answer_1", "ref_answer_1"},
+    "multi": {"question", "answer", "question_1", "answer_1", "question_2", "answer_2"},
+    "multi-ref": {"question", "answer", "question_1", "answer_1", "question_2", "answer_2",
+                  "ref_answer_1", "ref_answer_2"},
+}
+
+
+def load_judge_prompts(path: str | Path) -> dict[str, JudgePrompt]:
+    """The four single-grading prompts of a FastChat ``judge_prompts.jsonl``, checked for placeholders."""
+    file = Path(path).expanduser()
+    fix = "give FastChat's judge_prompts.jsonl (entries with name, system_prompt, prompt_template)"
+    by_name = {row.get("name"): (number, row) for number, row in _read_jsonl(file, "judge prompt", fix)}
+    prompts = {}
+    for role, name in FASTCHAT_PROMPTS.items():
+        if name not in by_name:
+            raise BenchError(f"judge prompt file {file} has no entry named {name!r}", fix)
+        number, row = by_name[name]
+        system, template = row.get("system_prompt", ""), row.get("prompt_template")
+        if not isinstance(template, str) or not isinstance(system, str):
+            raise BenchError(f"{file}:{number}: {name} needs string system_prompt and prompt_template", fix)
+        try:
+            used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        except ValueError as e:
+            raise BenchError(f"{file}:{number}: {name}'s prompt_template is not a valid template ({e})",
+                             "escape literal braces as {{ and }}") from None
+        unknown = used - _FIELDS[role]
+        if unknown:
+            raise BenchError(f"{file}:{number}: {name} uses unknown placeholder(s) {sorted(unknown)}",
+                             f"use only {sorted(_FIELDS[role])}")
+        prompts[role] = JudgePrompt(name, system, template)
+    return prompts
+
+
+# --- answer generation --------------------------------------------------------------------------
+
+
+@dataclass
+class Transcript:
+    """One question's two rendered prompts and the model's two answers."""
+
+    question: Question
+    prompts: list[str]
+    answers: list[str]
+
+
+class ChatFormat:
+    """How conversations become prompt text for ``lm``: its chat template, or the plain transcript."""
+
+    def __init__(self, lm: LM):
+        tok = getattr(lm, "tokenizer", None)
+        has_template = bool(getattr(tok, "chat_template", None)) and callable(getattr(tok, "apply_chat_template", None))
+        self.tokenizer = tok if has_template else None
+        self.stop = _end_of_turn(tok) if has_template else [PLAIN_STOP]
+
+    @property
+    def kind(self) -> str:
+        return "chat template" if self.tokenizer is not None else "plain transcript"
+
+    def render(self, messages: list[Message]) -> str:
+        if self.tokenizer is None:
+            lines = [f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in messages]
+            return "\n".join(lines) + "\nAssistant:"
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:
+            raise BenchError(f"the model's chat template failed on a user/assistant/user conversation: {e}",
+                             "fix the tokenizer's chat_template, or remove it to use the plain transcript") from None
+
+
+def _end_of_turn(tok: Any) -> list[str]:
+    """The text a chat template writes after an assistant message (``<|im_end|>``, ``<|eot_id|>`` …).
+
+    Found by rendering a probe conversation: generation stops there even when it is not the EOS token
+    (lm-eval adds EOS itself). Empty when the template writes nothing recognisable after a reply.
+    """
+    probe = "\x00FUSEBENCH-PROBE\x00"
+    try:
+        text = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}],
+                                       tokenize=False)
+    except Exception:
+        return []
+    tail = text.split(probe, 1)[1] if probe in text else ""
+    first = next((line.strip() for line in tail.splitlines() if line.strip()), "")
+    return [first] if first else []
+
+
+def generate_answers(lm: LM, questions: list[Question], max_gen_toks: int) -> list[Transcript]:
+    """Two greedy turns per question: every turn-1 prompt in one call, then every turn-2 prompt."""
+    fmt = ChatFormat(lm)
+    logger.info("mtbench: %d questions, prompts via %s", len(questions), fmt.kind)
+    first_prompts = [fmt.render([{"role": "user", "content": q.turns[0]}]) for q in questions]
+    first = _generate(lm, questions, first_prompts, fmt.stop, max_gen_toks, turn=1)
+    second_prompts = [
+        fmt.render([{"role": "user", "content": q.turns[0]}, {"role": "assistant", "content": a1},
+                    {"role": "user", "content": q.turns[1]}])
+        for q, a1 in zip(questions, first, strict=True)
+    ]
+    second = _generate(lm, questions, second_prompts, fmt.stop, max_gen_toks, turn=2)
+    return [Transcript(q, [p1, p2], [a1, a2])
+            for q, p1, p2, a1, a2 in zip(questions, first_prompts, second_prompts, first, second, strict=True)]
+
+
+def _generate(lm: LM, questions: list[Question], prompts: list[str], stop: list[str], max_gen_toks: int,
+              turn: int) -> list[str]:
+    from lm_eval.api.instance import Instance
+
+    requests = [
+        Instance(request_type="generate_until", doc={**q.doc(), "turn": turn},
+                 arguments=(p, {"until": list(stop), "max_gen_toks": max_gen_toks, "do_sample": False}),
+                 idx=0, metadata=("mtbench", q.qid, 1))
+        for q, p in zip(questions, prompts, strict=True)
+    ]
+    outputs = lm.generate_until(requests) if requests else []
+    return [str(o).strip() for o in outputs]
+
+
+# --- judging ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One answer to grade: question + turn, within its transcript."""
+
+    transcript: Transcript
+    turn: int
+
+    @property
+    def question(self) -> Question:
+        return self.transcript.question
+
+    @property
+    def reference_guided(self) -> bool:
+        """Graded against references: a reference category with references for every turn shown."""
+        q = self.question
+        return q.category in REFERENCE_CATEGORIES and all(q.reference_for(t) for t in range(1, self.turn + 1))
+
+    def judge_messages(self, prompts: dict[str, JudgePrompt]) -> list[Message]:
+        q, (a1, a2) = self.question, self.transcript.answers
+        fields = {"question": q.turns[self.turn - 1], "answer": self.transcript.answers[self.turn - 1],
+                  "question_1": q.turns[0], "answer_1": a1, "question_2": q.turns[1], "answer_2": a2,
+                  "ref_answer_1": q.reference_for(1) or "", "ref_answer_2": q.reference_for(2) or ""}
+        role = ("single" if self.turn == 1 else "multi") + ("-ref" if self.reference_guided else "")
+        return prompts[role].messages(fields)
+
+
+def units_of(transcripts: list[Transcript]) -> list[Unit]:
+    """All turn-1 answers, then all turn-2 answers (the order samples are stored in)."""
+    return [Unit(t, turn) for turn in (1, 2) for t in transcripts]
+
+
+# --- scores and samples -------------------------------------------------------------------------
+
+
+def task_groups(units: list[Unit]) -> dict[str, list[int]]:
+    """Indices of ``units`` per reported task: turn1, turn2, overall, category/<name>."""
+    groups: dict[str, list[int]] = {"turn1": [], "turn2": [], "overall": []}
+    for i, u in enumerate(units):
+        groups[f"turn{u.turn}"].append(i)
+        groups["overall"].append(i)
+    for cat in dict.fromkeys(u.question.category for u in units):
+        groups[f"category/{cat}"] = [i for i, u in enumerate(units) if u.question.category == cat]
+    return groups
+
+
+def build_scores(units: list[Unit], verdicts: list[Verdict] | None, repeats: int = 1) -> list[Score]:
+    """Scores per task. ``verdicts`` None = not judged: only the ``judged = 0`` marker, never a rating."""
+    scores = []
+    for task, idx in task_groups(units).items():
+        if verdicts is None:
+            scores.append(Score(task, "judged", 0.0, n=len(idx)))
+            continue
+        rated = [verdicts[i] for i in idx if verdicts[i].rating is not None]
+        ratings = [v.rating for v in rated if v.rating is not None]
+        if ratings:
+            n = len(ratings)
+            stderr = statistics.stdev(ratings) / math.sqrt(n) if n > 1 else None
+            scores.append(Score(task, "score", statistics.fmean(ratings), stderr=stderr, n=n))
+            scores.append(Score(task, "judge_std", statistics.fmean(v.std or 0.0 for v in rated),
+                                higher_is_better=False, n=n))
+        scores.append(Score(task, "judge_failures", float(sum(verdicts[i].failures for i in idx)),
+                            higher_is_better=False, n=len(idx) * repeats))
+        scores.append(Score(task, "judged", 1.0, n=len(ratings)))
+    return scores
+
+
+def build_samples(units: list[Unit], verdicts: list[Verdict] | None) -> list[Sample]:
+    samples = []
+    for i, u in enumerate(units):
+        metrics: dict[str, float] = {}
+        extracted = None
+        if verdicts is not None:
+            v = verdicts[i]
+            extracted = v.raw[0] if v.raw else None
+            if v.rating is not None:
+                metrics["rating"] = v.rating
+                metrics["rating_std"] = v.std or 0.0
+            if len(v.raw) > 1:  # each repeat's rating, in order of the ratings that parsed
+                metrics.update({f"rating_{k}": r for k, r in enumerate(v.ratings, start=1)})
+            metrics["judge_failures"] = float(v.failures)
+            metrics["reference_guided"] = float(u.reference_guided)
+        samples.append(Sample(task=f"turn{u.turn}", doc_id=u.question.qid, prompt=u.transcript.prompts[u.turn - 1],
+                              output=u.transcript.answers[u.turn - 1], target=u.question.reference_for(u.turn) or "",
+                              metrics=metrics, extracted=extracted))
+    return samples
+
+
+# --- the suite ----------------------------------------------------------------------------------
+
+
+class MTBench:
+    name: ClassVar[str] = "mtbench"
+    version: ClassVar[str] = "1"
+    Config: ClassVar[type[BaseModel]] = Config
+
+    def evaluate(self, lm: LM, cfg: Config, ctx: EvalContext) -> EvalResult:
+        from evals._judge import build_judge, judge_many
+
+        # Everything that can be wrong with the input fails here, before minutes of generation.
+        questions = load_questions(cfg.questions)
+        if cfg.references:
+            questions = with_references(questions, load_references(cfg.references))
+        questions = select(questions, cfg.categories, ctx.limit)
+        prompts = load_judge_prompts(cfg.judge_prompts) if cfg.judge_prompts else DEFAULT_PROMPTS
+        judge: ChatJudge | None = build_judge(
+            url=cfg.judge_url, model=cfg.judge_model, api_key_env=cfg.judge_api_key_env,
+            temperature=cfg.judge_temperature, max_tokens=cfg.judge_max_tokens, timeout=cfg.judge_timeout,
+            batch_size=ctx.batch_size, seed=ctx.seed)
+
+        units = units_of(generate_answers(lm, questions, cfg.max_gen_toks))
+        verdicts = None
+        if judge is None:
+            logger.warning(NOT_JUDGED_HINT)
+        else:
+            logger.info("mtbench: judging %d answers x %d with %s", len(units), cfg.judge_repeats, judge.describe())
+            verdicts = judge_many(judge, [u.judge_messages(prompts) for u in units], cfg.judge_repeats)
+            failed = sum(v.rating is None for v in verdicts)
+            if failed:
+                logger.warning("mtbench: %d of %d answers got no parseable [[rating]] from the judge", failed,
+                               len(units))
+        return EvalResult(scores=build_scores(units, verdicts, cfg.judge_repeats),
+                          samples=build_samples(units, verdicts))
