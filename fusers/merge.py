@@ -1,0 +1,336 @@
+"""Weight merging: one model whose parameters combine the sources', through mergekit.
+
+The baseline is the uniform "model soup" (Wortsman et al., https://arxiv.org/abs/2203.05482):
+``θ = Σ_k w_k θ_k`` with ``w_k = 1/K``, FuseLLM's "Weight Merging" row (arXiv 2401.10491, Table 7).
+Every merge method registered in mergekit (Goddard et al., https://arxiv.org/abs/2403.13257) can be
+chosen with ``method``: task_arithmetic, ties, dare_ties/dare_linear, breadcrumbs, della, sce
+(FuseChat v2's merge), slerp (exactly two models), model_stock … Methods that work on task vectors
+(``θ_k − θ_base``) get the target as their base model unless ``use_base=false``.
+
+Weight merging needs the same architecture, parameter shapes and vocabulary everywhere. That is
+checked from ``config.json``, the safetensors headers and ``tokenizer.json`` before mergekit runs, so
+a mismatch is a one-line error rather than a stack trace. The result is an HF model folder
+(weights, config, the base/first model's tokenizer) written to the run's output directory.
+
+Run::
+
+    bench run --fuser merge --sources zoo:llama-code,zoo:llama-docs --target zoo:llama-base --set method=ties --set density=0.5
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from harness.api import FuseContext, FusionResult
+from harness.errors import BenchError, did_you_mean
+
+if TYPE_CHECKING:
+    from harness.model import ModelRef
+
+# Known to mergekit 0.1.5; other names are looked up in mergekit's registry (that imports torch).
+_COMMON_METHODS = frozenset({"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp", "sce",
+                             "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock"})
+_DTYPES = ("float32", "float16", "bfloat16", "float64")
+_INCOMPATIBLE_FIX = "weight merging needs same-architecture models with one vocabulary; use --fuser ensemble or fusellm"
+# Config field -> mergekit parameter name (``weight`` is handled separately: it has a default).
+_PARAMETERS = {"density": "density", "select_topk": "select_topk", "t": "t", "normalize": "normalize",
+               "lambda_": "lambda"}
+
+
+class Merge:
+    """Weight merging of same-architecture models with any mergekit method (default: uniform average)."""
+
+    name: ClassVar[str] = "merge"
+    paper: ClassVar[str] = "https://arxiv.org/abs/2203.05482"
+    runtime_only: ClassVar[bool] = False
+    default_sources: ClassVar[list[str]] = ["zoo:llama-code", "zoo:llama-docs", "zoo:llama-math"]
+    default_target: ClassVar[str] = "zoo:llama-base"
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+        method: str = Field("linear", description="A mergekit merge method: linear, ties, dare_ties, slerp, sce, ...")
+        weights: list[float] | None = Field(None, description="Weight per source (default 1/K).")
+        density: float | None = Field(None, description="Fraction of each task vector kept (ties, dare, della, ...).")
+        select_topk: float | None = Field(None, description="sce: fraction of high-variance elements kept.")
+        t: float | None = Field(None, description="slerp: interpolation factor (exactly two models).")
+        normalize: bool | None = Field(None, description="Divide by the sum of weights (method default if unset).")
+        lambda_: float | None = Field(None, alias="lambda", description="Scale of the merged task vector.")
+        dtype: str = Field("float32", description="Dtype the merge is computed and saved in.")
+        use_base: bool | None = Field(None, description="None: methods that need a base use the target.")
+
+        @field_validator("method")
+        @classmethod
+        def _known_method(cls, method: str) -> str:
+            if method not in _COMMON_METHODS:
+                names = merge_method_names()
+                if method not in names:
+                    raise BenchError(f"unknown merge method {method!r};{did_you_mean(method, names)}",
+                                     f"choose one of {', '.join(names)}")
+            return method
+
+        @field_validator("dtype")
+        @classmethod
+        def _known_dtype(cls, dtype: str) -> str:
+            if dtype not in _DTYPES:
+                raise BenchError(f"unsupported merge dtype {dtype!r};{did_you_mean(dtype, list(_DTYPES))}",
+                                 f"choose one of {', '.join(_DTYPES)}")
+            return dtype
+
+    def fuse(self, sources: list[ModelRef], target: ModelRef | None, cfg: BaseModel, ctx: FuseContext) -> FusionResult:
+        cfg = cfg if isinstance(cfg, self.Config) else self.Config.model_validate(cfg, from_attributes=True)
+        spec = _method_spec(cfg.method)
+        models, base = choose_inputs(spec, sources, target, cfg.use_base)
+        involved = list(dict.fromkeys([*models, *([base] if base else [])]))
+        dirs = {ref.spec: _local_dir(ref) for ref in involved}
+        check_compatible([(ref.name, dirs[ref.spec]) for ref in involved])  # before mergekit touches weights
+
+        config = mergekit_config(spec, cfg, [dirs[m.spec] for m in models], dirs[base.spec] if base else None)
+        out_dir = Path(ctx.out_dir).resolve()
+        _run_mergekit(config, out_dir, seed=ctx.seed, neox=_read_config(dirs[involved[0].spec]).get("model_type") == "gpt_neox")
+        return FusionResult(path=out_dir, details={
+            "mergekit_config": config,
+            "method": cfg.method,
+            "weights": _weights_of(config),
+            "models": [m.spec for m in models],
+            "base": base.spec if base else None,
+        })
+
+
+# --- which models go in, and in which role ------------------------------------------------------
+
+
+def choose_inputs(spec: Any, sources: list[ModelRef], target: ModelRef | None,
+                  use_base: bool | None) -> tuple[list[ModelRef], ModelRef | None]:
+    """(models to merge, base model or None) from the method's input contract.
+
+    Pairwise methods (slerp, nearswap: two inputs, one of them the base) interpolate from the first
+    source to the second, or from the target to a single source when ``use_base`` is set.
+    """
+    from mergekit.merge_methods.base import BasePolicy
+
+    policy, method = spec.contract.base, spec.name
+    if not sources:
+        raise BenchError(f"merge method {method} needs source models", "pass --sources A,B")
+    if policy == BasePolicy.REQUIRED and spec.contract.max_inputs == 2:
+        if use_base or len(sources) == 1:
+            if target is None or len(sources) != 1:
+                raise BenchError(f"{method} merges exactly two models", "give two sources, or one source and --target")
+            return [target, sources[0]], target
+        if len(sources) != 2:
+            raise BenchError(f"{method} merges exactly two models, got {len(sources)} sources", "give exactly two sources")
+        return list(sources), sources[0]
+    if policy == BasePolicy.REQUIRED:
+        if use_base is False:
+            raise BenchError(f"merge method {method} needs a base model", "drop use_base=false")
+        if target is None:
+            raise BenchError(f"merge method {method} needs a base model", "pass --target BASE")
+        return list(sources), target
+    if policy == BasePolicy.OPTIONAL:
+        if use_base and target is None:
+            raise BenchError("use_base is set but there is no target", "pass --target BASE")
+        return list(sources), target if use_base else None
+    if use_base:
+        raise BenchError(f"merge method {method} does not use a base model", "drop use_base or pick e.g. task_arithmetic")
+    return list(sources), None
+
+
+def mergekit_config(spec: Any, cfg: Merge.Config, model_dirs: list[Path], base_dir: Path | None) -> dict[str, Any]:
+    """The mergekit YAML as a dict: per-model parameters, shared parameters, absolute paths."""
+    from mergekit.merge_methods.base import ParameterScope
+
+    params = {p.name: p for p in spec.parameters}
+    per_model: dict[str, Any] = {}
+    shared: dict[str, Any] = {}
+    for field, name in _PARAMETERS.items():
+        value = getattr(cfg, field)
+        if value is None:
+            continue
+        if name not in params:
+            raise BenchError(f"merge method {spec.name} has no parameter {name!r}",
+                             f"its parameters: {', '.join(params) or 'none'}")
+        (shared if params[name].scope == ParameterScope.SHARED else per_model)[name] = value
+
+    merged = [d for d in model_dirs if d != base_dir] if "weight" in params else model_dirs
+    weights: list[float] | None = None
+    if "weight" in params:
+        weights = cfg.weights or [1.0 / len(merged)] * len(merged)
+        if len(weights) != len(merged):
+            raise BenchError(f"{len(weights)} merge weights for {len(merged)} models", f"give {len(merged)} weights")
+    elif cfg.weights is not None:
+        raise BenchError(f"merge method {spec.name} takes no weights", "drop weights (slerp uses t)")
+    missing = [p.name for p in spec.parameters if p.required and p.name != "weight"
+               and p.name not in shared and p.name not in per_model]
+    if missing:
+        raise BenchError(f"merge method {spec.name} needs {', '.join(missing)}", f"e.g. --set {missing[0]}=0.5")
+
+    models = []
+    for d in model_dirs:
+        p = dict(per_model)
+        if weights is not None and d in merged:
+            p["weight"] = weights[merged.index(d)]
+        models.append({"model": str(d), "parameters": p})
+    config: dict[str, Any] = {"merge_method": spec.name, "dtype": cfg.dtype, "models": models}
+    if base_dir is not None:
+        config["base_model"] = str(base_dir)
+    if shared:
+        config["parameters"] = shared
+    return config
+
+
+def _weights_of(config: dict[str, Any]) -> list[float | None] | None:
+    weights = [m["parameters"].get("weight") for m in config["models"]]
+    return weights if any(w is not None for w in weights) else None
+
+
+# --- compatibility, read from the files ---------------------------------------------------------
+
+
+def check_compatible(models: list[tuple[str, Path]]) -> None:
+    """BenchError unless all models share architecture, vocabulary, parameter names and shapes."""
+    first_name, first_dir = models[0]
+    first = _signature(first_dir)
+    for name, path in models[1:]:
+        other = _signature(path)
+        reason = _difference(first, other)
+        if reason:
+            raise BenchError(f"cannot merge {first_name} and {name}: {reason}", _INCOMPATIBLE_FIX)
+
+
+def _signature(path: Path) -> dict[str, Any]:
+    config = _read_config(path)
+    return {"model_type": config.get("model_type"), "architectures": config.get("architectures"),
+            "vocab_size": config.get("vocab_size") or config.get("text_config", {}).get("vocab_size"),
+            "tokens": _token_ids(path), "shapes": weight_shapes(path)}
+
+
+def _difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    if (a["model_type"], a["architectures"]) != (b["model_type"], b["architectures"]):
+        return f"different architectures ({a['model_type']} vs {b['model_type']})"
+    if a["vocab_size"] != b["vocab_size"]:
+        return f"different vocabulary sizes ({a['vocab_size']} vs {b['vocab_size']})"
+    if a["tokens"] is not None and b["tokens"] is not None and a["tokens"] != b["tokens"]:
+        return "different tokenizers (the same ids stand for different tokens)"
+    only_a, only_b = sorted(set(a["shapes"]) - set(b["shapes"])), sorted(set(b["shapes"]) - set(a["shapes"]))
+    if only_a or only_b:
+        return f"different parameter names (only in one: {', '.join((only_a + only_b)[:3])})"
+    for key, shape in a["shapes"].items():
+        if b["shapes"][key] != shape:
+            return f"different shapes for {key} ({list(shape)} vs {list(b['shapes'][key])})"
+    return None
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape from safetensors headers (or a lazily mapped .bin); no weights loaded."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for f in files for k, v in _safetensors_shapes(path / f).items()}
+    single = path / "model.safetensors"
+    if single.is_file():
+        return _safetensors_shapes(single)
+    bins = sorted(path.glob("pytorch_model*.bin"))
+    if bins:
+        import torch
+
+        shapes: dict[str, tuple[int, ...]] = {}
+        for f in bins:
+            state = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+            shapes.update({k: tuple(v.shape) for k, v in state.items()})
+        return shapes
+    raise BenchError(f"no weights found in {path}", "point at a folder with model.safetensors")
+
+
+def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    # Format: 8-byte little-endian header length, then a JSON header {name: {dtype, shape, offsets}}.
+    with file.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+
+def _token_ids(path: Path) -> Any:
+    """The tokenizer's token list (None without a tokenizer.json): same size is not same vocabulary."""
+    file = path / "tokenizer.json"
+    if not file.is_file():
+        return None
+    vocab = json.loads(file.read_text()).get("model", {}).get("vocab")
+    if isinstance(vocab, list):  # Unigram: [[piece, score], ...]
+        return [piece[0] for piece in vocab]
+    return vocab
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    return json.loads((path / "config.json").read_text())
+
+
+def _local_dir(ref: ModelRef) -> Path:
+    """An absolute model folder (mergekit probes relative `a/b` paths on the hub)."""
+    if ref.path is not None:
+        return Path(ref.path).resolve()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(ref.spec, revision=ref.revision)).resolve()
+    except Exception as e:  # offline, missing, gated ...
+        raise BenchError(f"cannot fetch {ref.spec} for merging: {str(e).splitlines()[0]}",
+                         "download it first or pass a local folder") from e
+
+
+# --- mergekit -----------------------------------------------------------------------------------
+
+
+def merge_method_names() -> list[str]:
+    from mergekit.merge_methods import registered_methods
+
+    return sorted(m.spec.name for m in registered_methods())
+
+
+def _method_spec(method: str) -> Any:
+    from mergekit.merge_methods import get
+
+    try:
+        return get(method).spec
+    except RuntimeError:
+        names = merge_method_names()
+        raise BenchError(f"unknown merge method {method!r};{did_you_mean(method, names)}",
+                         f"choose one of {', '.join(names)}") from None
+
+
+def _run_mergekit(config: dict[str, Any], out_dir: Path, *, seed: int, neox: bool) -> None:
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    merge_config = MergeConfiguration.model_validate(config)
+    options = MergeOptions(copy_tokenizer=True, write_model_card=False, random_seed=seed, quiet=True,
+                           lazy_unpickle=False)
+    with _without_json_architecture("GPTNeoXForCausalLM" if neox else None):
+        run_merge(merge_config, out_path=str(out_dir), options=options)
+
+
+@contextlib.contextmanager
+def _without_json_architecture(name: str | None) -> Iterator[None]:
+    """Let mergekit infer a layout from the weight names instead of its JSON definition.
+
+    mergekit's gpt-neox definition requires ``attention.bias``/``masked_bias``/``rotary_emb.inv_freq``
+    buffers that transformers 5 no longer saves ("Tensor ... required but not present").
+    """
+    if name is None:
+        yield
+        return
+    from mergekit.architecture.json_definitions import NAME_TO_ARCH
+
+    removed = NAME_TO_ARCH.pop(name, None)
+    try:
+        yield
+    finally:
+        if removed is not None:
+            NAME_TO_ARCH[name] = removed

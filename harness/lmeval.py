@@ -1,0 +1,191 @@
+"""Small shared helpers around lm-eval: run task configs on an ``LM``, read metrics, plain numbers.
+
+Every suite built on lm-eval goes through :func:`run_tasks`::
+
+    res = run_tasks(lm, [task_dict, ...], limit=ctx.limit, seed=ctx.seed)
+    bpb = metric(res, "my_task", "bits_per_byte")        # a plain float, or None for "N/A"
+    rows = res["samples"]["my_task"]                      # per-document records (log_samples=True)
+
+Task dicts are lm-eval ``TaskConfig`` fields (``task``, ``dataset_path: json``, ``dataset_kwargs``,
+``output_type`` …) with **absolute** data-file paths: lm-eval resolves relative ``data_files`` against
+the current directory, not against anything of ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lm_eval.api.model import LM
+    from lm_eval.tasks import TaskManager
+
+# Loggers whose INFO chatter (task building, request counts, dataset generation) hides our own output.
+_NOISY_LOGGERS = ("lm_eval", "lm-eval", "datasets", "fsspec", "filelock")
+
+
+def run_tasks(
+    lm: LM,
+    tasks: Sequence[dict[str, Any] | str],
+    *,
+    limit: int | float | None = None,
+    log_samples: bool = True,
+    seed: int = 0,
+    include_path: str | Path | list[str | Path] | None = None,
+    include_defaults: bool | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Evaluate ``lm`` on lm-eval tasks and return lm-eval's result dict with plain Python values.
+
+    ``tasks`` are task dicts (YAML-free configs) or names of tasks found under ``include_path`` or
+    among lm-eval's builtins. Indexing the builtin tasks costs ~8 s, so it only happens when a task
+    is given by name (``include_defaults=None``) or when asked for. Extra ``kwargs`` go to
+    ``lm_eval.simple_evaluate`` (``confirm_run_unsafe_code``, ``gen_kwargs``, ``num_fewshot`` …).
+    The returned dict has ``results``, ``samples`` (when ``log_samples``), ``n-samples``,
+    ``higher_is_better``, ``versions`` and ``configs``; numpy/torch scalars become ``float``/``int``,
+    tuples become lists and anything else that JSON cannot hold becomes ``str``.
+    """
+    import lm_eval
+
+    if include_defaults is None:
+        include_defaults = any(isinstance(t, str) for t in tasks)
+    manager = task_manager(include_path, include_defaults)
+    ensure_context_length(lm)
+    with quiet():
+        res = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            task_manager=manager,
+            limit=limit,
+            log_samples=log_samples,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            **kwargs,
+        )
+    if res is None:  # only non-zero ranks of a distributed run get None
+        return {"results": {}, "samples": {}}
+    keep = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better",
+            "n-samples", "samples")
+    return to_plain({k: res[k] for k in keep if k in res})
+
+
+def metric(res: dict[str, Any], task: str, name: str, filter_name: str = "none") -> float | None:
+    """One aggregate value from :func:`run_tasks`'s result (``None`` where lm-eval says "N/A")."""
+    value = res["results"].get(task, {}).get(f"{name},{filter_name}")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def stderr(res: dict[str, Any], task: str, name: str, filter_name: str = "none") -> float | None:
+    """The standard error lm-eval reports for a metric (``None`` for "N/A")."""
+    return metric(res, task, f"{name}_stderr", filter_name)
+
+
+# --- the task manager ---------------------------------------------------------------------------
+
+
+def task_manager(include_path: str | Path | list[str | Path] | None = None,
+                 include_defaults: bool = True) -> TaskManager:
+    """A cached ``TaskManager`` (building one that indexes the builtin tasks takes seconds)."""
+    if isinstance(include_path, (list, tuple)):
+        key: tuple[str, ...] | None = tuple(str(Path(p).resolve()) for p in include_path)
+    else:
+        key = (str(Path(include_path).resolve()),) if include_path is not None else None
+    return _task_manager(key, include_defaults)
+
+
+@lru_cache(maxsize=8)
+def _task_manager(include_path: tuple[str, ...] | None, include_defaults: bool) -> TaskManager:
+    from lm_eval.tasks import TaskManager
+
+    with quiet():
+        return TaskManager(include_path=list(include_path) if include_path else None,
+                           include_defaults=include_defaults)
+
+
+# --- the LM -------------------------------------------------------------------------------------
+
+
+def ensure_context_length(lm: LM) -> None:
+    """Give an ``HFLM`` the real context length where lm-eval cannot read it from the config.
+
+    lm-eval looks only at ``n_positions``/``max_position_embeddings``/``n_ctx`` and otherwise uses
+    2048, so an MPT (``max_seq_len``) with a shorter context fails in ``loglikelihood_rolling``
+    (``The size of tensor a (517) must match the size of tensor b (512)``). Other LMs are untouched.
+    """
+    model = getattr(lm, "_model", None)
+    if model is None or not hasattr(lm, "_max_length") or getattr(lm, "_max_length", None):
+        return
+    from harness.model import max_length
+
+    known = max_length(model)
+    if known < lm.max_length:
+        lm._max_length = known
+
+
+# --- plain values -------------------------------------------------------------------------------
+
+
+def to_plain(obj: Any) -> Any:
+    """Recursively turn lm-eval / numpy / torch values into JSON-able Python values.
+
+    Needed because e.g. ``np.float32`` is silently stored as a BLOB by sqlite and ``torch.dtype``
+    breaks ``json.dumps``.
+    """
+    if obj is None or type(obj) in (bool, int, float, str):
+        return obj
+    if isinstance(obj, str):  # np.str_
+        return str(obj)
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):  # np.float64 subclasses float
+        return float(obj)
+    if isinstance(obj, dict):
+        return {str(k) if not isinstance(k, (str, int)) else k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [to_plain(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 0) == 0:  # numpy / torch scalars
+        with contextlib.suppress(TypeError, ValueError):
+            return obj.item()
+    if hasattr(obj, "tolist"):  # numpy arrays / tensors
+        return to_plain(obj.tolist())
+    return str(obj)
+
+
+# --- logging ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def quiet(level: int = logging.WARNING) -> Iterator[None]:
+    """Silence lm-eval's and datasets' INFO logging (and datasets' progress bars) inside the block."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(level, lg.level))
+    bars_were_on = _datasets_progress_bars(enable=False)
+    try:
+        yield
+    finally:
+        for lg, old in zip(loggers, before, strict=True):
+            lg.setLevel(old)
+        if bars_were_on:
+            _datasets_progress_bars(enable=True)
+
+
+def _datasets_progress_bars(enable: bool) -> bool:
+    """Switch datasets' progress bars; return whether they were on before."""
+    try:
+        from datasets.utils import logging as ds_logging
+    except ImportError:  # pragma: no cover - datasets comes with lm-eval
+        return False
+    was_on = ds_logging.is_progress_bar_enabled()
+    if enable:
+        ds_logging.enable_progress_bar()
+    else:
+        ds_logging.disable_progress_bar()
+    return was_on

@@ -1,0 +1,184 @@
+"""Micro models for the fuser tests, built once per session (a few seconds on 2 cores).
+
+* ``bpe``: a byte-level BPE tokenizer (vocab 300) trained on a few KB of stdlib source and docstrings;
+* ``llama-base`` (trained 20 steps on both texts), ``llama-code`` and ``llama-docs`` (10 more steps
+  each on one text): a homogeneous family, hidden 32, 2 layers, context 128, all with ``bpe``;
+* ``gpt2``: random GPT-2 with ``bpe`` (same vocabulary, other architecture);
+* ``neox-a``/``neox-b``: random GPT-NeoX with ``bpe`` (mergekit needs a workaround for it);
+* ``mpt-uni``: random MPT with its own Unigram tokenizer (different vocabulary, ``max_seq_len``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import inspect
+import shlex
+import textwrap
+from pathlib import Path
+
+import pytest
+
+CONTEXT = 128
+
+
+@contextlib.contextmanager
+def one_thread():  # noqa: ANN201
+    """Run torch on one thread: micro models gain nothing from two, and on a busy 2-core machine two
+    threads spin-wait (measured: 20 training steps 0.2 s on one thread, 18 s on two)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():  # noqa: ANN202
+    with one_thread():
+        yield
+
+
+def corpus() -> tuple[str, str]:
+    """Two small 'domains' that exist on every machine: stdlib source and builtin docstrings."""
+    code = inspect.getsource(textwrap) + inspect.getsource(shlex)
+    docs = "\n\n".join(f.__doc__ for f in vars(builtins).values() if callable(f) and f.__doc__)
+    return code, docs
+
+
+def bpe_tokenizer(texts: list[str], vocab_size: int = 300):  # noqa: ANN201
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>")
+
+
+def unigram_tokenizer(texts: list[str], vocab_size: int = 200):  # noqa: ANN201
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace("▁", prepend_scheme="first", split=True)
+    tok.decoder = decoders.Metaspace("▁", prepend_scheme="first", split=True)
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, unk_token="<unk>", show_progress=False,
+                                      special_tokens=["<unk>", "<s>", "</s>", "<pad>"])
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>")
+
+
+def special_ids(tok) -> dict[str, int]:  # noqa: ANN001
+    return {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+
+
+def llama(tok, seed: int = 0, **overrides):  # noqa: ANN001, ANN201
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    kw = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": CONTEXT,
+          "tie_word_embeddings": False, **special_ids(tok), **overrides}
+    return LlamaForCausalLM(LlamaConfig(**kw))
+
+
+def train(model, tok, text: str, steps: int, seed: int, lr: float = 3e-3) -> None:  # noqa: ANN001
+    """A few AdamW steps on random 64-token windows: enough to make experts differ."""
+    import torch
+
+    ids = torch.tensor(tok(text)["input_ids"])
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - 65, (8,), generator=gen)
+        batch = torch.stack([ids[s : s + 64] for s in starts])
+        model(input_ids=batch, labels=batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
+def save(model, tok, path: Path) -> Path:  # noqa: ANN001
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def micro(tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
+    """name -> saved model folder (see module docstring)."""
+    with one_thread():
+        return _build_micro(tmp_path_factory.mktemp("micro_fusers"))
+
+
+def _build_micro(root: Path) -> dict[str, Path]:
+    import copy
+
+    import torch
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        MptConfig,
+        MptForCausalLM,
+    )
+
+    code, docs = corpus()
+    bpe = bpe_tokenizer([code, docs])
+    out: dict[str, Path] = {}
+
+    base = llama(bpe, seed=0)
+    train(base, bpe, code + docs, steps=20, seed=0)
+    out["llama-base"] = save(base, bpe, root / "llama-base")
+    for name, text, seed in (("llama-code", code, 1), ("llama-docs", docs, 2)):
+        expert = copy.deepcopy(base)
+        train(expert, bpe, text, steps=10, seed=seed)
+        out[name] = save(expert, bpe, root / name)
+
+    torch.manual_seed(3)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(bpe), n_embd=32, n_layer=2, n_head=4, n_positions=CONTEXT,
+                                      **special_ids(bpe)))
+    out["gpt2"] = save(gpt2, bpe, root / "gpt2")
+    for name, seed in (("neox-a", 4), ("neox-b", 5)):
+        torch.manual_seed(seed)
+        neox = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(bpe), hidden_size=32, num_hidden_layers=2,
+                                                num_attention_heads=4, intermediate_size=64, rotary_pct=0.25,
+                                                max_position_embeddings=CONTEXT, **special_ids(bpe)))
+        out[name] = save(neox, bpe, root / name)
+
+    uni = unigram_tokenizer([code, docs])
+    torch.manual_seed(6)
+    mpt = MptForCausalLM(MptConfig(vocab_size=len(uni), d_model=32, n_layers=2, n_heads=4, expansion_ratio=2,
+                                   max_seq_len=64, **special_ids(uni)))
+    out["mpt-uni"] = save(mpt, uni, root / "mpt-uni")
+    return out
+
+
+@pytest.fixture(scope="session")
+def refs(micro):  # noqa: ANN001, ANN201
+    """name -> ModelRef of the micro models."""
+    from harness.model import resolve
+
+    return {name: resolve(str(path)) for name, path in micro.items()}
+
+
+@pytest.fixture(scope="session")
+def build():  # noqa: ANN201
+    """The builder functions above, for tests that need one more model."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(llama=llama, save=save, train=train, bpe_tokenizer=bpe_tokenizer,
+                           unigram_tokenizer=unigram_tokenizer)
