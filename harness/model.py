@@ -163,9 +163,15 @@ def max_length(model: PreTrainedModel) -> int:
 
 def as_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 8) -> LM:
     """Wrap an in-memory transformers model as an lm-eval ``LM``."""
+    import logging
+
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length(model), device=device())
+    from harness.lmeval import quiet
+
+    with quiet(logging.ERROR):  # HFLM warns that an in-memory model "is not of type str"
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length(model),
+                    device=device())
 
 
 def load_lm(ref: ModelRef, batch_size: int = 8) -> LM:
