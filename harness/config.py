@@ -110,7 +110,7 @@ def apply_suite_flags(suite_names: list[str], suite_args: dict[str, dict[str, An
         if not takers:
             flag = "--" + field.replace("_", "-")
             owners = [s for s in suite_registry().names()
-                      if field in getattr(suite_registry().get(s), "Config").model_fields]
+                      if field in suite_registry().get(s).Config.model_fields]
             raise BenchError(f"{flag} applies to suite(s) {', '.join(owners) or 'none'}, not to {', '.join(suite_names)}",
                              f"add --suite {owners[0]}" if owners else f"drop {flag}")
         for s in takers:

@@ -181,7 +181,7 @@ def _error_text(e: BaseException) -> str:
 def _resolve(spec: str) -> ModelRef:
     from harness.model import resolve
 
-    return resolve(spec, build_missing_zoo=True)
+    return resolve(spec)
 
 
 def _source_evaluand(ref: ModelRef, role: str) -> Evaluand:
