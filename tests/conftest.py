@@ -1,0 +1,77 @@
+"""Shared test setup: opt-in markers, an isolated environment per test, and the micro zoo.
+
+* ``slow`` and ``gpu`` tests are skipped unless ``--run-slow`` / ``--run-gpu`` is given.
+* Every test runs with its own empty ``BENCH_HOME`` and with the Hugging Face hub switched off, so no test
+  can touch the user's data directory or wait on the network.
+* Tests that need zoo models request ``zoo_home``: the micro-preset zoo, built once per session (about
+  20-40 s on 2 cores) in a temporary directory, with ``BENCH_HOME`` pointing at it for that test. Set
+  ``FUSEBENCH_TEST_ZOO=/some/dir`` to keep that zoo between sessions (the build is then a no-op).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False, help="also run tests marked slow")
+    parser.addoption("--run-gpu", action="store_true", default=False, help="also run tests marked gpu")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for marker, option in (("slow", "--run-slow"), ("gpu", "--run-gpu")):
+        if config.getoption(option):
+            continue
+        skip = pytest.mark.skip(reason=f"{marker} test: run with {option}")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty ``BENCH_HOME`` for this test, the hub offline, and no inherited zoo preset."""
+    home = tmp_path / "bench_home"
+    monkeypatch.setenv("BENCH_HOME", str(home))
+    for key, value in _OFFLINE_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("BENCH_ZOO_PRESET", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def micro_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A ``BENCH_HOME`` holding the micro-preset zoo, built once per session."""
+    from harness import zoo
+
+    persistent = os.environ.get("FUSEBENCH_TEST_ZOO")
+    home = Path(persistent) if persistent else tmp_path_factory.mktemp("micro_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BENCH_HOME", str(home))
+        for key, value in _OFFLINE_ENV.items():
+            patch.setenv(key, value)
+        zoo.build(preset="micro", progress=False)
+    yield home
+
+
+@pytest.fixture
+def zoo_home(micro_home: Path, isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``BENCH_HOME`` pointed at the shared micro zoo for this test (after ``isolated_env`` set its own).
+
+    Use ``harness.zoo.resolve(NAME)`` or ``ModelRef("zoo:NAME")`` to get a member. Treat it as read-only:
+    other tests share it.
+    """
+    monkeypatch.setenv("BENCH_HOME", str(micro_home))
+    return micro_home
+
+
+@pytest.fixture
+def micro_zoo(zoo_home: Path) -> Path:
+    """Another name for ``zoo_home``."""
+    return zoo_home
