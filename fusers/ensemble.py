@@ -114,6 +114,9 @@ def _level_from_files(sources: list[ModelRef], requested: Level) -> Literal["tok
     """Decide the level from tokenizers and configs alone (no weights are loaded at fuse time)."""
     if requested == "sequence":
         return "sequence"
+    from_files = _shared_vocabulary_from_files(sources)
+    if from_files is not None:
+        return _resolve_level(requested, from_files, [s.name for s in sources])
     from transformers import AutoConfig, AutoTokenizer
 
     tokenizers, sizes = [], []
@@ -122,6 +125,22 @@ def _level_from_files(sources: list[ModelRef], requested: Level) -> Literal["tok
         tokenizers.append(AutoTokenizer.from_pretrained(ref.load_id, **kwargs))
         sizes.append(getattr(AutoConfig.from_pretrained(ref.load_id, **kwargs), "vocab_size", None))
     return _resolve_level(requested, shared_vocabulary(tokenizers, sizes), [s.name for s in sources])
+
+
+def _shared_vocabulary_from_files(sources: list[ModelRef]) -> bool | None:
+    """Compare ``tokenizer.json`` vocabularies and ``config.json`` widths without importing transformers
+    (keeps a cached re-run fast); None when a source has no such files (hub ids, slow tokenizers)."""
+    import json
+
+    signatures = set()
+    for ref in sources:
+        if ref.path is None or not (ref.path / "tokenizer.json").is_file() or not (ref.path / "config.json").is_file():
+            return None
+        tok = json.loads((ref.path / "tokenizer.json").read_text())
+        added = sorted((t["id"], t["content"]) for t in tok.get("added_tokens", []))
+        width = json.loads((ref.path / "config.json").read_text()).get("vocab_size")
+        signatures.add(json.dumps([tok.get("model", {}).get("vocab"), added, width], sort_keys=True))
+    return len(signatures) == 1
 
 
 def _resolve_level(requested: Level, shared: bool, names: list[str]) -> Literal["token", "sequence"]:

@@ -136,7 +136,9 @@ def load_hf(ref: ModelRef, dtype: str = "float32") -> tuple[PreTrainedModel, Pre
     """Load model and tokenizer with transformers, offline when the model is on disk."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per tiny model is noise, not progress
     kwargs: dict[str, Any] = {}
     if ref.path is not None:
         kwargs["local_files_only"] = True
