@@ -102,3 +102,35 @@ def test_zoo_list_json(home, capsys):
     assert len({(m["tokenizer"], m["vocab_size"]) for m in hetero}) >= 2
     assert {"llama-base", "llama-code", "llama-docs", "llama-math"} <= set(members)
     assert all(m["built"] for m in members.values())
+
+
+def test_eval_all_suites_offline_with_a_loopback_judge(home, tmp_path, capsys):
+    from tests.evals.test_judge import serving
+
+    db = tmp_path / "bench.db"
+    with serving(lambda body: "Short and mostly relevant.\nRating: [[7]]") as judge:
+        code = bench("eval", "--model", "zoo:llama-base", "--suite", "bbh-mini", "--suite", "humaneval",
+                     "--suite", "mtbench", "--allow-code-exec", "--judge-url", judge.url, "--judge-model", "judge",
+                     "--judge-repeats", "2", "--limit", "2", "--set", "mtbench.max_gen_toks=8",
+                     "--set", "humaneval.max_gen_toks=16", "--set", "bbh-mini.max_gen_toks=16", "--db", str(db))
+    assert code == 0
+    (run,) = rows(db, "select * from runs")
+    assert run["status"] == "ok" and run["kind"] == "eval"
+    per_suite = {r["suite"]: r["n"] for r in rows(db, "select suite, count(*) as n from samples group by suite")}
+    assert per_suite == {"bbh-mini": 7 * 2, "humaneval": 2, "mtbench": 2 * 2}
+    scores = {(r["suite"], r["task"], r["metric"]): r["value"] for r in rows(db, "select * from scores")}
+    assert scores[("mtbench", "overall", "score")] == 7.0
+    assert scores[("mtbench", "overall", "judge_std")] == 0.0
+    assert 0.0 <= scores[("humaneval", "humaneval", "pass@1")] <= 1.0
+    assert 0.0 <= scores[("bbh-mini", "macro", "exact_match")] <= 1.0
+    out = capsys.readouterr().out
+    assert "mtbench/overall" in out and "bbh-mini/macro" in out and "humaneval/humaneval" in out
+
+
+def test_humaneval_refuses_without_opt_in(home, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("BENCH_ALLOW_CODE_EXEC", raising=False)
+    db = tmp_path / "bench.db"
+    assert bench("eval", "--model", "zoo:llama-base", "--suite", "humaneval", "--limit", "1", "--db", str(db)) == 2
+    assert "--allow-code-exec" in capsys.readouterr().err
+    assert rows(db, "select status from runs") == [{"status": "error"}]
+    assert rows(db, "select * from samples") == []

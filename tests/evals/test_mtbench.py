@@ -33,7 +33,7 @@ from harness.api import EvalContext, EvalResult
 from harness.errors import BenchError
 from tests.evals.test_judge import closed_port_url, serving
 
-SHARED = Path("/work/shared/data/mt_bench")
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mt_bench"
 CATEGORIES = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
 
 
