@@ -279,13 +279,17 @@ def zoo_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         typer.echo(json.dumps(members, indent=1, default=str))
         return
-    header = f"{'name':<14} {'arch':<9} {'tokenizer':<12} {'vocab':>6} {'params':>8} {'domain':<6} {'family':<13} built"
+    header = (f"{'name':<12} {'arch':<9} {'tokenizer':<9} {'vocab':>5} {'params':>7} {'domain':<6} "
+              f"{'family':<13} {'steps':>5} {'train s':>7} {'loss':>11}  val bits/byte code/docs/math")
     typer.echo(header)
     for m in members:
-        params = m.get("params")
-        typer.echo(f"{m['name']:<14} {m.get('architecture', ''):<9} {str(m.get('tokenizer', '')):<12} "
-                   f"{m.get('vocab_size') or '-':>6} {f'{params / 1e6:.2f}M' if params else '-':>8} "
-                   f"{m.get('domain', ''):<6} {m.get('family', ''):<13} {'yes' if m.get('built') else 'no'}")
+        params, train, val = m.get("params"), m.get("train") or {}, m.get("val_bits_per_byte") or {}
+        loss = f"{train['first_loss']:.2f}->{train['final_loss']:.2f}" if train.get("final_loss") else "-"
+        bpb = "/".join(f"{val[d]:.3f}" for d in ("code", "docs", "math") if d in val) or "not built"
+        typer.echo(f"{m['name']:<12} {m.get('architecture', ''):<9} {str(m.get('tokenizer', '')):<9} "
+                   f"{m.get('vocab_size') or '-':>5} {f'{params / 1e6:.2f}M' if params else '-':>7} "
+                   f"{m.get('domain', ''):<6} {m.get('family', ''):<13} {train.get('steps', '-'):>5} "
+                   f"{train.get('seconds', '-'):>7} {loss:>11}  {bpb}")
 
 
 def main(argv: list[str] | None = None) -> None:
