@@ -41,7 +41,7 @@ _DTYPES = ("float32", "float16", "bfloat16", "float64")
 _INCOMPATIBLE_FIX = "weight merging needs same-architecture models with one vocabulary; use --fuser ensemble or fusellm"
 # Config field -> mergekit parameter name (``weight`` is handled separately: it has a default).
 _PARAMETERS = {"density": "density", "select_topk": "select_topk", "t": "t", "normalize": "normalize",
-               "lambda_": "lambda"}
+               "lambda_": "lambda", "variant": "variant", "equal_weights": "equal_weights"}
 
 
 class Merge:
@@ -65,6 +65,8 @@ class Merge:
         lambda_: float | None = Field(None, alias="lambda", description="Scale of the merged task vector.")
         dtype: str = Field("float32", description="Dtype the merge is computed and saved in.")
         use_base: bool | None = Field(None, description="None: methods that need a base use the target.")
+        variant: str | None = Field(None, description="fusechat_sce: paper | fuseai_fork | mergekit.")
+        equal_weights: bool | None = Field(None, description="varm: the released code's equal weights (quirk Q7).")
 
         @field_validator("method")
         @classmethod
@@ -288,12 +290,14 @@ def _local_dir(ref: ModelRef) -> Path:
 
 
 def merge_method_names() -> list[str]:
+    import fusers._merge_methods  # noqa: F401  (registers FuseChat's varm and fusechat_sce with mergekit)
     from mergekit.merge_methods import registered_methods
 
     return sorted(m.spec.name for m in registered_methods())
 
 
 def _method_spec(method: str) -> Any:
+    import fusers._merge_methods  # noqa: F401  (registers FuseChat's varm and fusechat_sce with mergekit)
     from mergekit.merge_methods import get
 
     try:
