@@ -290,15 +290,17 @@ def _local_dir(ref: ModelRef) -> Path:
 
 
 def merge_method_names() -> list[str]:
-    import fusers._merge_methods  # noqa: F401  (registers FuseChat's varm and fusechat_sce with mergekit)
     from mergekit.merge_methods import registered_methods
+
+    import fusers._merge_methods  # noqa: F401  (registers FuseChat's varm and fusechat_sce with mergekit)
 
     return sorted(m.spec.name for m in registered_methods())
 
 
 def _method_spec(method: str) -> Any:
-    import fusers._merge_methods  # noqa: F401  (registers FuseChat's varm and fusechat_sce with mergekit)
     from mergekit.merge_methods import get
+
+    import fusers._merge_methods  # noqa: F401  (registers FuseChat's varm and fusechat_sce with mergekit)
 
     try:
         return get(method).spec
