@@ -7,7 +7,7 @@ BENCH := $(VENV)/bin/bench
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.fusebench-installed
 
-.PHONY: install demo test lint bench-perf clean-results
+.PHONY: install demo test lint bench-perf clean-results regress
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,28 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
+	$(MAKE) regress
+
+# Quality gate: a short, seeded fusion on the micro zoo (its Llama family only; a fresh temp BENCH_HOME),
+# checked against the committed baseline; exits non-zero when a fuser got worse beyond noise.
+# After an intended change of the numbers: `make regress REGRESS_UPDATE=1` rewrites the baseline.
+# REGRESS_ZOO=DIR keeps the trained micro zoo in DIR between runs (a CI cache); fused models and
+# evaluations are always recomputed, so a changed fuser cannot hide behind a cached result.
+REGRESS_BASELINE ?= results/baselines/ci_micro.json
+REGRESS_SET := --set perplexity.max_docs=8 --set perplexity.max_chars_per_doc=1000
+REGRESS_ZOO ?=
+regress: install
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	export BENCH_HOME="$$tmp/home" BENCH_ZOO_PRESET=micro; db="$$tmp/ci.db"; \
+	if [ -n "$(REGRESS_ZOO)" ]; then mkdir -p "$(REGRESS_ZOO)" "$$BENCH_HOME"; ln -s "$(abspath $(REGRESS_ZOO))" "$$BENCH_HOME/zoo"; fi; \
+	$(BENCH) zoo build --preset micro --only llama-code,llama-docs,llama-math; \
+	$(BENCH) run --fuser merge --name ci-merge $(REGRESS_SET) --db "$$db" >/dev/null; \
+	$(BENCH) run --fuser ensemble --name ci-ensemble $(REGRESS_SET) --db "$$db" >/dev/null; \
+	if [ "$(REGRESS_UPDATE)" = 1 ]; then \
+	  $(BENCH) regress --save-baseline ci-merge,ci-ensemble $(REGRESS_BASELINE) --db "$$db"; \
+	else \
+	  $(BENCH) regress --baseline $(REGRESS_BASELINE) --candidate ci-merge --candidate ci-ensemble --db "$$db"; \
+	fi
 
 lint: install
 	$(VENV)/bin/ruff check harness fusers evals tests benchmarks

@@ -292,6 +292,72 @@ def zoo_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
                    f"{train.get('seconds', '-'):>7} {loss:>11}  {bpb}")
 
 
+@app.command()
+def report(
+    out: Annotated[str, typer.Option("--out", help="Folder to write report.html (or report.md) into.")],
+    run_refs: Annotated[list[str] | None, typer.Option("--run", help="Run id or name (repeatable). "
+                        "Default: the newest ok run of each run name / config.")] = None,
+    suite: Annotated[list[str] | None, typer.Option("--suite", help="Only these suites (repeatable).")] = None,
+    format: Annotated[str, typer.Option("--format", help="html (self-contained page) | markdown")] = "html",
+    db: DbOpt = str(DEFAULT_DB),
+) -> None:
+    """Write a static report: leaderboard with gains over the best source, per-task breakdowns, plots, provenance."""
+    import time
+    from pathlib import Path
+
+    from harness import report as report_mod
+    from harness.store import Store
+
+    if format not in ("html", "markdown"):
+        raise BenchError(f"unknown --format {format!r}", "use html or markdown")
+    t0 = time.perf_counter()
+    path = report_mod.write(Store(db), Path(out), runs=_split(run_refs) or None, suites=_split(suite) or None,
+                            fmt=format)
+    typer.echo(f"wrote {path} in {time.perf_counter() - t0:.2f}s")
+
+
+@app.command()
+def regress(
+    baseline: Annotated[list[str] | None, typer.Option("--baseline", help="REF: run id, run name (newest ok run) "
+                        "or baseline .json file (repeatable).")] = None,
+    candidate: Annotated[list[str] | None, typer.Option("--candidate", help="REF of the runs to check (repeatable).")] = None,
+    suite: Annotated[list[str] | None, typer.Option("--suite", help="Only these suites (repeatable).")] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Absolute change (metric units) always "
+                         "tolerated.")] = 1e-3,
+    sigmas: Annotated[float, typer.Option("--sigmas", help="A change must also exceed SIGMAS x the combined "
+                      "standard error.")] = 2.0,
+    save_baseline: Annotated[tuple[str, str] | None, typer.Option("--save-baseline", metavar="RUN FILE",
+                             help="Write the scores of RUN (id or name; comma-separated for several) to FILE "
+                             "(.json) and exit.")] = None,
+    db: DbOpt = str(DEFAULT_DB),
+) -> None:
+    """Compare candidate runs with a baseline: exit 1 on a regression beyond noise, 0 otherwise, 2 on bad input."""
+    from pathlib import Path
+
+    from harness import regress as rg
+    from harness.store import Store
+
+    if save_baseline:
+        refs, file = _split([save_baseline[0]]), Path(save_baseline[1])
+        if file.suffix != ".json":
+            raise BenchError(f"baseline file {file} must end in .json", "name it e.g. results/baselines/mine.json")
+        runs = rg.save_baseline(Store(db), refs, file)
+        typer.echo(f"wrote {file}: {sum(len(r.rows) for r in runs)} scores of run(s) "
+                   + ", ".join(f"{r.label} ({r.meta['id']})" for r in runs))
+        return
+    if not baseline or not candidate:
+        raise BenchError("bench regress needs --baseline REF and --candidate REF",
+                         "e.g. bench regress --baseline results/baselines/ci_micro.json --candidate my-run")
+    needs_db = [r for r in [*baseline, *candidate] if not r.endswith(".json")]
+    store = Store(db) if needs_db else None
+    base = [run for ref in baseline for run in rg.load_ref(ref, store)]
+    cand = [run for ref in candidate for run in rg.load_ref(ref, store)]
+    result = rg.compare(base, cand, suites=_split(suite) or None, tolerance=tolerance, sigmas=sigmas)
+    typer.echo(rg.render(result, rg.describe(base, " ".join(baseline)), rg.describe(cand, " ".join(candidate))))
+    if result.of("regression"):
+        raise typer.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the typer app, turning BenchError into a one-line message and exit code 2."""
     command = typer.main.get_command(app)
