@@ -59,6 +59,20 @@ def _offline_defaults() -> None:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+def _open_run(store, kind: str, name: str | None, raw: dict, build):  # noqa: ANN001, ANN202
+    """Record the run row first (with the raw flags), then validate the config; a bad config closes it as error."""
+    from harness.runner import start
+
+    run_id = start(store, kind, name, raw)
+    try:
+        cfg = build()
+    except BaseException as e:
+        store.finish_run(run_id, "error", error=e.one_line() if isinstance(e, BenchError) else repr(e))
+        raise
+    store.update_run(run_id, name=cfg.name, config=cfg.model_dump(mode="json"))
+    return run_id, cfg
+
+
 def _split(values: list[str] | None) -> list[str]:
     return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
@@ -83,7 +97,7 @@ def run(
 ) -> None:
     """Fuse the sources with FUSER, then evaluate the fused model and its sources on the same suites."""
     from harness.config import RunConfig, build_run_config
-    from harness.runner import run_fusion, start
+    from harness.runner import run_fusion
     from harness.store import Store
 
     _offline_defaults()
@@ -98,17 +112,12 @@ def run(
     else:
         raw = {"fuser": fuser, "sources": _split(sources), "target": target, "suites": suite, "config_file": config,
                "set": set_, "limit": limit, "name": name, "seed": seed}
-        run_id = start(store, "run", name, raw)
-        try:
-            flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
-                                 judge_prompts=judge_prompts, judge_repeats=judge_repeats,
-                                 allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
-            cfg = build_run_config(config_file=config, fuser=fuser, sources=_split(sources), target=target,
-                                   suites=suite, sets=set_, name=name, limit=limit, seed=seed, suite_flags=flags)
-        except BaseException as e:
-            store.finish_run(run_id, "error", error=e.one_line() if isinstance(e, BenchError) else repr(e))
-            raise
-        store.update_run(run_id, name=cfg.name, config=cfg.model_dump(mode="json"))
+        flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
+                             judge_prompts=judge_prompts, judge_repeats=judge_repeats,
+                             allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
+        run_id, cfg = _open_run(store, "run", name, raw, lambda: build_run_config(
+            config_file=config, fuser=fuser, sources=_split(sources), target=target, suites=suite, sets=set_,
+            name=name, limit=limit, seed=seed, suite_flags=flags))
     run_fusion(cfg, store, run_id, resume=bool(resume))
     typer.echo(f"run {run_id} ok")
     _print_leaderboard(store, cfg.suites, run_id=run_id)
@@ -128,21 +137,16 @@ def eval_(
 ) -> None:
     """Evaluate one or more models as they are (no fusion)."""
     from harness.config import build_eval_config
-    from harness.runner import run_eval, start
+    from harness.runner import run_eval
     from harness.store import Store
 
     _offline_defaults()
     store = Store(db)
-    run_id = start(store, "eval", name, {"models": model, "suites": suite, "set": set_, "limit": limit})
-    try:
-        flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
-                             judge_prompts=judge_prompts, judge_repeats=judge_repeats,
-                             allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
-        cfg = build_eval_config(suites=suite, sets=set_, limit=limit, name=name, suite_flags=flags)
-    except BaseException as e:
-        store.finish_run(run_id, "error", error=e.one_line() if isinstance(e, BenchError) else repr(e))
-        raise
-    store.update_run(run_id, config=cfg.model_dump(mode="json"))
+    flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
+                         judge_prompts=judge_prompts, judge_repeats=judge_repeats,
+                         allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
+    run_id, cfg = _open_run(store, "eval", name, {"models": model, "suites": suite, "set": set_, "limit": limit},
+                            lambda: build_eval_config(suites=suite, sets=set_, limit=limit, name=name, suite_flags=flags))
     run_eval(_split(model), cfg, store, run_id)
     typer.echo(f"run {run_id} ok")
     _print_leaderboard(store, cfg.suites, run_id=run_id)
@@ -161,19 +165,14 @@ def score(
 ) -> None:
     """Score predictions made elsewhere with the suite's own answer extraction, and record them as a run."""
     from harness.config import build_eval_config
-    from harness.runner import run_score, start
+    from harness.runner import run_score
     from harness.store import Store
 
     _offline_defaults()
     store = Store(db)
-    run_id = start(store, "score", name, {"suite": suite, "predictions": predictions, "set": set_})
-    try:
-        flags = _suite_flags(data_dir=data_dir, mode=mode, allow_code_exec=allow_code_exec)
-        cfg = build_eval_config(suites=[suite], sets=set_, limit=None, name=name, suite_flags=flags)
-    except BaseException as e:
-        store.finish_run(run_id, "error", error=e.one_line() if isinstance(e, BenchError) else repr(e))
-        raise
-    store.update_run(run_id, config=cfg.model_dump(mode="json"))
+    flags = _suite_flags(data_dir=data_dir, mode=mode, allow_code_exec=allow_code_exec)
+    run_id, cfg = _open_run(store, "score", name, {"suite": suite, "predictions": predictions, "set": set_},
+                            lambda: build_eval_config(suites=[suite], sets=set_, limit=None, name=name, suite_flags=flags))
     run_score(predictions, cfg, store, run_id)
     typer.echo(f"run {run_id} ok")
     _print_leaderboard(store, cfg.suites, run_id=run_id)
