@@ -3,4 +3,5 @@
 BUILTIN: dict[str, str] = {
     "merge": "fusers.merge:Merge",
     "ensemble": "fusers.ensemble:Ensemble",
+    "fusellm": "fusers.fusellm:FuseLLM",
 }

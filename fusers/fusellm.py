@@ -1,0 +1,365 @@
+"""FuseLLM: knowledge fusion of LLMs by continual training on their fused next-token distributions.
+
+Wan et al., ICLR 2024, https://arxiv.org/abs/2401.10491 (spec ``fusion-algorithms.md`` §5). The target (the
+"pivot") starts from one model and is trained on a corpus with
+
+    L = λ·CLM + (1-λ)·CE_soft(student, fused teacher distribution),        λ = 0.9,
+
+where, per position, the teacher distribution is fused from the candidates: the target's own initial
+distribution (the reference's "ref model") and every other source's top-k distribution moved into the target's
+positions and vocabulary by token alignment. The fusion function is MinCE (the candidate with the lowest
+cross-entropy on the text wins) or AvgCE (candidates weighted by their CE), judged per chunk of a document
+(``sequence``), per token, or per packed block (``block``, the reference's accidental behaviour).
+
+Stages (all in :mod:`fusers._distill`): chunk the corpus so that every model reads the same text ->
+teacher top-k per source (stored in memory-mapped shards under ``$BENCH_HOME/cache/distill``, keyed by
+content and resumable, or computed per batch with ``teacher_mode=online``) -> alignment into the target
+(stored the same way) -> training with ``harness.train`` under ``accelerate`` (``accelerate launch`` scales it
+to several processes) -> the trained target saved with its tokenizer.
+
+Defaults fit the embedded zoo: the target is ``gpt2-code`` (it also shares its byte-level BPE with the Llama
+family), fused with the docs and math experts, whose tokenizers differ (Unigram, SentencePiece-style BPE),
+on the union of the three domains' training text. ``reference_compat`` takes quirk ids (q1, q5, q6, q11, q12,
+q13) or ``"all"``, which also switches the alignment to FuseLLM's matching rules (spec §11).
+
+Run::
+
+    bench run --fuser fusellm
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from harness.api import FuseContext, FusionResult
+from harness.errors import BenchError
+
+if TYPE_CHECKING:
+    from harness.model import ModelRef
+
+# The reference quirks this fuser can reproduce (spec §11); "all" means these.
+QUIRKS = ("q1", "q5", "q6", "q11", "q12", "q13")
+
+
+class FuseLLM:
+    """Continual training of the target on MinCE/AvgCE-fused source distributions (cross-tokenizer)."""
+
+    name: ClassVar[str] = "fusellm"
+    #: Part of the runner's artifact key: bump when the same config would now train a different model.
+    version: ClassVar[str] = "1"
+    paper: ClassVar[str] = "https://arxiv.org/abs/2401.10491"
+    runtime_only: ClassVar[bool] = False
+    default_sources: ClassVar[list[str]] = ["zoo:gpt2-code", "zoo:neox-docs", "zoo:mpt-math"]
+    default_target: ClassVar[str] = "zoo:gpt2-code"
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        top_k: int = Field(10, ge=1, description="Entries kept per position and teacher (reference: 10).")
+        lam: float = Field(0.9, ge=0.0, le=1.0, description="Weight of the CLM loss; 1-lam goes to the fusion loss.")
+        fusion: Literal["min_ce", "avg_ce", "avg_ce_softmax"] = Field(
+            "min_ce", description="min_ce; avg_ce = softmax(exp(-CE)) (reference); avg_ce_softmax = softmax(-CE/tau).")
+        granularity: Literal["sequence", "token", "block"] = Field(
+            "sequence", description="What a CE is measured over: a document chunk, a token, or a packed block (Q6).")
+        temperature: float = Field(1.0, gt=0.0, description="Teacher temperature on the kept top-k logits.")
+        tau: float = Field(1.0, gt=0.0, description="Temperature of avg_ce_softmax.")
+        align: Literal["offsets", "dtw_ed"] = Field("offsets", description="Token alignment: byte offsets or the reference MinED DTW.")
+        steps: int = Field(400, ge=1, description="Optimizer steps.")
+        batch_size: int = Field(8, ge=1, description="Global batch in blocks of seq_len tokens.")
+        seq_len: int = Field(256, ge=8, description="Tokens per training block, and the most any model reads per chunk.")
+        lr: float = Field(1e-3, gt=0.0, description="Peak learning rate (AdamW, warmup then cosine).")
+        warmup_steps: int = Field(20, ge=0, description="Linear warmup steps.")
+        corpus_domains: list[str] = Field(default_factory=lambda: ["code", "docs", "math"],
+                                          description="Training text: the union of these domains' training splits.")
+        corpus_chars: int = Field(900_000, ge=1_000, description="Characters of training text, split evenly across domains.")
+        teacher_mode: Literal["stored", "online"] = Field(
+            "stored", description="stored: teacher top-k cached on disk (resumable); online: computed per batch.")
+        reference_compat: list[str] | Literal["all"] = Field(
+            default_factory=list, description=f"Reference quirks to reproduce: any of {', '.join(QUIRKS)}, or 'all'.")
+
+        @field_validator("corpus_domains")
+        @classmethod
+        def _known_domains(cls, domains: list[str]) -> list[str]:
+            from harness.corpus import DOMAINS
+
+            unknown = [d for d in domains if d not in DOMAINS]
+            if unknown or not domains:
+                raise ValueError(f"corpus_domains must be a non-empty subset of {list(DOMAINS)}, got {domains}")
+            return domains
+
+        @field_validator("reference_compat", mode="before")
+        @classmethod
+        def _known_quirks(cls, value: Any) -> Any:
+            if isinstance(value, str) and value != "all":
+                value = [value]
+            if isinstance(value, list):
+                bad = [q for q in value if q not in QUIRKS]
+                if bad:
+                    raise ValueError(f"fusellm reproduces quirks {', '.join(QUIRKS)} (or 'all'); got {bad}")
+            return value
+
+        @model_validator(mode="after")
+        def _steps_and_warmup(self) -> FuseLLM.Config:
+            if self.warmup_steps > self.steps:
+                raise ValueError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}")
+            return self
+
+        @property
+        def compat(self) -> frozenset[str]:
+            return frozenset(QUIRKS) if self.reference_compat == "all" else frozenset(self.reference_compat)
+
+    def fuse(self, sources: list[ModelRef], target: ModelRef | None, cfg: BaseModel, ctx: FuseContext) -> FusionResult:
+        cfg = cfg if isinstance(cfg, self.Config) else self.Config.model_validate(cfg, from_attributes=True)
+        if not sources and target is None:
+            raise BenchError("fusellm needs sources", "pass --sources A,B (the target defaults to the first)")
+        return _Run(cfg, sources, target, ctx).run()
+
+
+def fusion_documents(domains: list[str], max_chars: int) -> list[str]:
+    """The union of the domains' training text, ``max_chars`` in all, in one fixed shuffled order.
+
+    The order does not depend on the run's seed, so the teacher caches are shared across seeds; the
+    training order of blocks does.
+    """
+    from harness.corpus import train_slice
+
+    docs = [doc for domain in domains for doc in train_slice(domain, max_chars // len(domains))]
+    random.Random(0).shuffle(docs)
+    return docs
+
+
+def effective_settings(cfg: FuseLLM.Config) -> tuple[str, bool, Any]:
+    """``(granularity, per_token_ce, AlignOptions)`` after ``reference_compat``.
+
+    Q1: fallback one-hot on the current token; Q5: the first of colliding top-k entries; Q6: MinCE/AvgCE per
+    packed block (whatever ``granularity`` says, as the reference averages even token-level CEs per block);
+    Q13: CE per token instead of per UTF-8 byte. ``"all"`` also applies FuseLLM's matching rules (soft MinED
+    match without the same-end check, one-to-many positions fall back).
+    """
+    from fusers._distill import AlignOptions
+
+    compat = cfg.compat
+    everything = cfg.reference_compat == "all"
+    options = AlignOptions(mode=cfg.align, fallback="current" if "q1" in compat else "next",
+                           collision="first" if "q5" in compat else "sum",
+                           match="reference" if everything else "surface",
+                           one_to_many="fallback" if everything else "last", same_end=not everything)
+    return ("block" if "q6" in compat else cfg.granularity), "q13" in compat, options
+
+
+def source_vocab_map(source_tokenizer: Any, target_tokenizer: Any, source_width: int, target_width: int,
+                     compat: frozenset[str], by_surface: bool = True):  # noqa: ANN201 - _align.VocabMap
+    """Map a source's ids to the target's: the reference MinED map (Q12: also its string-keyed dictionary),
+    then, unless ``by_surface`` is off (``reference_compat="all"``), exact byte twins first
+    (:func:`fusers._distill.surface_vocab_map`: newline to newline, EOS to EOS)."""
+    from fusers._align import vocab_map_for_tokenizers
+    from fusers._distill import surface_vocab_map
+
+    vmap = vocab_map_for_tokenizers(source_tokenizer, target_tokenizer, source_width=source_width,
+                                    base_width=target_width, reference_compat=compat & {"q12"})
+    return surface_vocab_map(vmap, source_tokenizer, target_tokenizer, target_width) if by_surface else vmap
+
+
+class _Run:
+    """One fusion run: the stages of the module docstring, in order, with what they measured."""
+
+    def __init__(self, cfg: FuseLLM.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
+        self.cfg, self.ctx = cfg, ctx
+        self.pivot = target if target is not None else sources[0]
+        pivot_hash = self.pivot.content_hash()
+        seen = {pivot_hash}
+        self.others: list[ModelRef] = []
+        for ref in sources:  # the target's own distribution is candidate 0; a source equal to it adds nothing
+            h = ref.content_hash()
+            if h not in seen:
+                seen.add(h)
+                self.others.append(ref)
+        self.timings: dict[str, float] = {}
+        self.granularity, self.per_token, self.options = effective_settings(cfg)
+
+    def run(self) -> FusionResult:
+        from fusers import _distill as D
+        from fusers._align import target_width
+        from harness.model import load_hf
+        from harness.train import TrainConfig
+
+        cfg, compat = self.cfg, self.cfg.compat
+        accelerator = D.make_accelerator()
+        model, tokenizer = load_hf(self.pivot)
+        _check_context(self.pivot, model, cfg.seq_len)
+        self.width = target_width(D.logit_width(model), len(tokenizer.get_vocab()), reference_compat=compat)
+        self.target = D.ChunkEncoder(tokenizer)
+        self.encoders = [D.ChunkEncoder(_load_tokenizer(ref)) for ref in self.others]
+
+        start = time.perf_counter()
+        docs = fusion_documents(cfg.corpus_domains, cfg.corpus_chars)
+        self.chunks = D.chunk_documents(docs, [self.target.tokenizer, *(e.tokenizer for e in self.encoders)],
+                                        cfg.seq_len)
+        self.fingerprint = D.chunks_fingerprint(self.chunks, cfg.seq_len)
+        self.shared = [D.shares_vocabulary(e.tokenizer, tokenizer) for e in self.encoders]
+        # also for a shared vocabulary (then the identity): a chunk it tokenizes differently is aligned
+        self.vocabs = [self._vocab_map(ref, e.tokenizer, tokenizer) for ref, e in zip(self.others, self.encoders,
+                                                                                     strict=True)]
+        self.timings["corpus"] = time.perf_counter() - start
+
+        names = [self.pivot.name, *(ref.name for ref in self.others)]
+        if cfg.teacher_mode == "stored":
+            with accelerator.main_process_first():
+                candidates, input_ids, report = self._stored(model)
+        else:
+            candidates, input_ids, report = self._online(model)
+        corpus = D.FusionCorpus(input_ids, candidates, seq_len=cfg.seq_len, fusion=cfg.fusion,
+                                granularity=self.granularity, temperature=cfg.temperature, tau=cfg.tau,
+                                per_token=self.per_token)
+        train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
+                                warmup_steps=cfg.warmup_steps, seed=self.ctx.seed)
+        start = time.perf_counter()
+        model.train()
+        model, stats = D.train_with_accelerate(
+            model, corpus, train_cfg, D.fusion_loss(cfg.lam, D.mean_across_processes(accelerator)),
+            accelerator=accelerator)
+        self.timings["train"] = time.perf_counter() - start
+
+        out_dir = Path(self.ctx.out_dir)
+        if accelerator.is_main_process:
+            model.eval()
+            model.save_pretrained(out_dir)
+            tokenizer.save_pretrained(out_dir)
+        accelerator.wait_for_everyone()
+        details = {
+            "target": self.pivot.spec,
+            "candidates": [{"name": n, **r} for n, r in zip(names, report, strict=True)],
+            "corpus": {"documents": len(docs), "chunks": len(self.chunks), "target_tokens": int(len(input_ids)),
+                       "blocks": len(corpus), "epochs": round(cfg.steps * cfg.batch_size / len(corpus), 3),
+                       "fingerprint": self.fingerprint},
+            "effective": {"granularity": self.granularity, "ce_per": "token" if self.per_token else "byte",
+                          "align": self.options.to_dict(), "width": self.width, "processes": accelerator.num_processes},
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+            **D.details_of(stats, cfg.lam, names, corpus.selected),
+        }
+        return FusionResult(path=out_dir, details=details)
+
+    # --- stages -----------------------------------------------------------------------------------
+
+    def _vocab_map(self, ref: ModelRef, source_tokenizer: Any, target_tokenizer: Any):  # noqa: ANN202
+        from fusers._align import target_width
+
+        width = target_width(_config_width(ref), len(source_tokenizer.get_vocab()), reference_compat=self.cfg.compat)
+        return source_vocab_map(source_tokenizer, target_tokenizer, width, self.width, self.cfg.compat,
+                                by_surface=self.cfg.reference_compat != "all")
+
+    def _stored(self, model: Any) -> tuple[Any, Any, list[dict[str, Any]]]:
+        """Teacher stores (target first), then aligned stores; both content-keyed under the cache dir."""
+        from fusers import _distill as D
+        from harness import paths
+        from harness.model import load_hf
+
+        cfg = self.cfg
+        root = paths.cache_dir() / "distill"
+        start = time.perf_counter()
+        teacher_keys = [D.store_key("teacher", ref.content_hash(), self.fingerprint, cfg.top_k)
+                        for ref in (self.pivot, *self.others)]
+
+        def loader(ref: ModelRef):  # noqa: ANN202
+            def load() -> Any:
+                m, _ = load_hf(ref)
+                _check_context(ref, m, cfg.seq_len)
+                return m
+            return load
+
+        target_store = D.ensure_teacher_store(root / "teachers" / teacher_keys[0], self.chunks, self.target,
+                                              lambda: model, cfg.top_k, about={"model": self.pivot.spec})
+        teacher_stores = [D.ensure_teacher_store(root / "teachers" / key, self.chunks, enc, loader(ref), cfg.top_k,
+                                                 about={"model": ref.spec})
+                          for ref, enc, key in zip(self.others, self.encoders, teacher_keys[1:], strict=True)]
+        self.timings["teachers"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        aligned = []
+        for ref, enc, store, key, vocab, shared in zip(self.others, self.encoders, teacher_stores, teacher_keys[1:],
+                                                       self.vocabs, self.shared, strict=True):
+            vocab_hash = None if vocab is None else hashlib.sha256(vocab.ids.tobytes()).hexdigest()[:16]
+            akey = D.store_key("aligned", key, self.pivot.content_hash(), self.width, self.options.to_dict(),
+                               vocab_hash)
+            aligned.append(D.ensure_aligned_store(root / "aligned" / akey, self.chunks, self.target, enc, store, vocab,
+                                                  self.width, self.options, shared_vocab=shared,
+                                                  about={"source": ref.spec, "target": self.pivot.spec}))
+        self.timings["align"] = time.perf_counter() - start
+
+        stores = [target_store, *aligned]
+        candidates = D.StreamCandidates.from_stores([self.pivot.name, *(r.name for r in self.others)], stores)
+        input_ids = target_store.rows("tokens")[:]
+        n_tokens = [len(target_store.rows("tokens")), *(len(s.rows("tokens")) for s in teacher_stores)]
+        report = []
+        for c, store in enumerate(stores):
+            teacher = target_store if c == 0 else teacher_stores[c - 1]
+            entry = {"role": "target" if c == 0 else "source",
+                     "teacher_bytes_per_token": round(teacher.nbytes() / max(n_tokens[c], 1), 2),
+                     "teacher_tokens": n_tokens[c]}
+            if c > 0:
+                entry["shared_vocab"] = self.shared[c - 1]
+                entry.update(_status_shares(store.rows("status")[:]))
+            report.append(entry)
+        return candidates, input_ids, report
+
+    def _online(self, model: Any) -> tuple[Any, Any, list[dict[str, Any]]]:
+        """Teachers kept in memory and run per batch; the target's initial distribution from a frozen copy."""
+        import numpy as np
+
+        from fusers import _distill as D
+        from harness.model import load_hf
+
+        frozen = copy.deepcopy(model).eval()
+        teachers = [D.OnlineTeacher(self.pivot.name, frozen, self.target)]
+        for ref, enc, vocab, shared in zip(self.others, self.encoders, self.vocabs, self.shared, strict=True):
+            m, _ = load_hf(ref)
+            _check_context(ref, m, self.cfg.seq_len)
+            teachers.append(D.OnlineTeacher(ref.name, m, enc, vocab, shared))
+        ids = [self.target.ids(c) for c in self.chunks]
+        offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])]).astype(np.int64)
+        candidates = D.OnlineCandidates(teachers, self.chunks, offsets, self.cfg.top_k, self.width, self.options)
+        report = [{"role": "target" if c == 0 else "source", "online": True} for c in range(len(teachers))]
+        return candidates, np.concatenate([np.asarray(x, dtype=np.int64) for x in ids]), report
+
+
+def _status_shares(status: Any) -> dict[str, float]:
+    import numpy as np
+
+    from fusers._align import EMPTY, FALLBACK, MAPPED
+
+    n = max(len(status), 1)
+    counts = np.bincount(np.asarray(status, dtype=np.int64), minlength=3)
+    return {"mapped": round(counts[MAPPED] / n, 4), "fallback": round(counts[FALLBACK] / n, 4),
+            "empty": round(counts[EMPTY] / n, 4)}
+
+
+def _load_tokenizer(ref: ModelRef) -> Any:
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"local_files_only": True} if ref.path is not None else {}
+    if ref.revision:
+        kwargs["revision"] = ref.revision
+    return AutoTokenizer.from_pretrained(ref.load_id, **kwargs)
+
+
+def _config_width(ref: ModelRef) -> int:
+    """A source's logit width from its config (no weights loaded): ``vocab_size``."""
+    from transformers import AutoConfig
+
+    kwargs: dict[str, Any] = {"local_files_only": True} if ref.path is not None else {}
+    return int(AutoConfig.from_pretrained(ref.load_id, **kwargs).vocab_size)
+
+
+def _check_context(ref: ModelRef, model: Any, seq_len: int) -> None:
+    from harness.model import max_length
+
+    if seq_len > max_length(model):
+        raise BenchError(f"seq_len={seq_len} exceeds the context of {ref.name} ({max_length(model)} tokens)",
+                         f"set --set seq_len={max_length(model)} or less")

@@ -1,0 +1,157 @@
+"""FuseLLM end to end on the micro zoo: `bench run --fuser fusellm`, config checks, quirks Q11/Q12 through the fuser.
+
+Runs are tiny (a few thousand characters of corpus, a few steps): they check the plumbing and what is
+recorded, not that fusion helps (that is measured on the default zoo, see the fuser's docstring).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+
+from fusers.fusellm import FuseLLM, effective_settings, source_vocab_map
+from harness.errors import BenchError
+
+TINY = {"steps": 3, "batch_size": 2, "seq_len": 48, "corpus_chars": 4_000, "top_k": 4, "warmup_steps": 1}
+
+
+@pytest.fixture(autouse=True)
+def _one_core():  # noqa: ANN202
+    from tests.fusers.test_distill import one_core
+
+    with one_core():
+        yield
+
+
+@pytest.fixture
+def home(zoo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private BENCH_HOME (own artifacts and caches) that sees the shared micro zoo."""
+    private = tmp_path / "home"
+    private.mkdir()
+    (private / "zoo").symlink_to(zoo_home / "zoo")
+    monkeypatch.setenv("BENCH_HOME", str(private))
+    return private
+
+
+def bench(*args: str) -> int:
+    from harness.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def test_config_defaults_and_validation() -> None:
+    cfg = FuseLLM.Config()
+    assert (cfg.top_k, cfg.lam, cfg.fusion, cfg.granularity, cfg.teacher_mode) == (10, 0.9, "min_ce", "sequence", "stored")
+    assert cfg.corpus_domains == ["code", "docs", "math"] and cfg.compat == frozenset()
+    assert FuseLLM.Config(reference_compat="all").compat == {"q1", "q5", "q6", "q11", "q12", "q13"}
+    assert FuseLLM.Config(reference_compat="q6").compat == {"q6"}
+    for bad in ({"reference_compat": ["q7"]}, {"corpus_domains": ["poetry"]}, {"fusion": "max_ce"},
+                {"warmup_steps": 50, "steps": 10}, {"learning_rate": 1e-3}):
+        with pytest.raises(ValueError):
+            FuseLLM.Config(**bad)
+    assert FuseLLM.default_target in FuseLLM.default_sources and FuseLLM.name == "fusellm"
+    import fusers.fusellm
+
+    assert "bench run --fuser fusellm" in fusers.fusellm.__doc__
+
+
+def test_effective_settings_follow_reference_compat() -> None:
+    granularity, per_token, options = effective_settings(FuseLLM.Config(granularity="token"))
+    assert (granularity, per_token, options.fallback, options.collision, options.match) == (
+        "token", False, "next", "sum", "surface")
+    granularity, per_token, options = effective_settings(FuseLLM.Config(granularity="token", reference_compat="all"))
+    assert (granularity, per_token, options.fallback, options.collision, options.match, options.one_to_many) == (
+        "block", True, "current", "first", "reference", "fallback")
+
+
+def test_bench_run_fusellm_scores_fused_target_and_sources(home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    db = tmp_path / "bench.db"
+    sets = [x for key, value in TINY.items() for x in ("--set", f"{key}={value}")]
+    code = bench("run", "--fuser", "fusellm", "--db", str(db), *sets,
+                 "--set", "perplexity.max_docs=4", "--set", "perplexity.max_chars_per_doc=400")
+    assert code == 0, capsys.readouterr().err[-2000:]
+    database = sqlite_utils.Database(db)
+    (run,) = database.query("select * from runs")
+    assert run["status"] == "ok" and run["fuser"] == "fusellm"
+    roles = list(database.query("select m.name, m.details, rm.role from run_models rm join models m "
+                                "on m.id = rm.model_id order by position"))
+    assert [r["role"] for r in roles] == ["fused", "target", "source", "source"]
+    assert {r["name"] for r in roles[1:]} == set(FuseLLM.default_sources)
+    scored = {r["model_id"] for r in database.query("select model_id from scores where metric = 'bits_per_byte'")}
+    assert len(scored) == 4
+    details = json.loads(roles[0]["details"])
+    curves = details["loss_curves"]
+    assert len(curves["total"]) == len(curves["clm"]) == len(curves["fuse"]) == TINY["steps"]
+    assert details["candidates"][0]["name"] == "zoo:gpt2-code" and len(details["candidates"]) == 3
+    assert all(0 < c["teacher_bytes_per_token"] <= 6 * TINY["top_k"] + 8 + 2 for c in details["candidates"])
+    assert sum(details["candidate_share"].values()) == pytest.approx(1.0, abs=1e-3)
+    (fused_dir,) = [p for p in (home / "artifacts").iterdir() if p.is_dir()]
+    assert (fused_dir / "config.json").is_file() and (fused_dir / "tokenizer.json").is_file()
+    # the teacher and alignment stages were cached by content: 3 teachers, 2 aligned sources
+    assert len(list((home / "cache" / "distill" / "teachers").iterdir())) == 3
+    assert len(list((home / "cache" / "distill" / "aligned").iterdir())) == 2
+
+
+def test_online_reference_mode_with_dtw_runs(home: Path, tmp_path: Path) -> None:
+    from harness.api import FuseContext
+    from harness.model import resolve
+
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = FuseLLM.Config(**TINY, teacher_mode="online", align="dtw_ed", fusion="avg_ce", reference_compat="all")
+    sources = [resolve(s) for s in ("zoo:gpt2-code", "zoo:mpt-math")]
+    result = FuseLLM().fuse(sources, sources[0], cfg, FuseContext(out_dir=out))
+    assert result.path == out and (out / "model.safetensors").is_file()
+    assert result.details["effective"]["granularity"] == "block" and result.details["effective"]["ce_per"] == "token"
+    assert not (home / "cache" / "distill").exists()  # online: nothing stored
+
+
+def padded_copy(ref_spec: str, extra: int, path: Path) -> Path:
+    """The micro member with ``extra`` unused output rows (config.vocab_size > tokenizer size, like Qwen1.5)."""
+    from harness.model import load_hf, resolve
+
+    model, tok = load_hf(resolve(ref_spec))
+    model.resize_token_embeddings(len(tok) + extra)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_q11_model_width_by_default_tokenizer_width_fails_in_compat(home: Path, tmp_path: Path) -> None:
+    from harness.api import FuseContext
+    from harness.model import resolve
+
+    target = resolve(str(padded_copy("zoo:gpt2-code", 8, tmp_path / "padded")))
+    sources = [target, resolve("zoo:neox-docs")]
+    out = tmp_path / "out"
+    out.mkdir()
+    result = FuseLLM().fuse(sources, target, FuseLLM.Config(**TINY), FuseContext(out_dir=out))
+    assert result.details["effective"]["width"] == json.loads((tmp_path / "padded" / "config.json").read_text())[
+        "vocab_size"]
+    with pytest.raises(RuntimeError, match=r"shape '\[-1, \d+\]' is invalid"):
+        FuseLLM().fuse(sources, target, FuseLLM.Config(**TINY, reference_compat=["q11"]), FuseContext(out_dir=out))
+
+
+def test_q12_string_keyed_map_gives_the_same_ids(home: Path) -> None:
+    from fusers.fusellm import _load_tokenizer
+    from harness.model import resolve
+
+    target = _load_tokenizer(resolve("zoo:gpt2-code"))
+    for name in ("zoo:neox-docs", "zoo:mpt-math"):
+        source = _load_tokenizer(resolve(name))
+        default = source_vocab_map(source, target, len(source), len(target), frozenset())
+        compat = source_vocab_map(source, target, len(source), len(target), frozenset({"q12"}))
+        assert default.by_string is None and isinstance(compat.by_string, dict) and compat.by_string
+        assert (default.ids == compat.ids).all()
+
+
+def test_missing_sources_is_a_bench_error() -> None:
+    with pytest.raises(BenchError, match="needs sources"):
+        FuseLLM().fuse([], None, FuseLLM.Config(), None)  # type: ignore[arg-type]
