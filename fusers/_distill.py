@@ -982,10 +982,9 @@ def train_with_accelerate(model: nn.Module, corpus: FusionCorpus, cfg: TrainConf
 
     ``accelerator.prepare`` wraps the model (DDP when launched with several processes: gradients are averaged
     in ``backward``) and the dataloader (each process builds only its slice of every global batch of
-    ``cfg.batch_size`` blocks). The shared loop then runs unchanged; it builds its own AdamW, which is plain
-    torch on the same parameters, so nothing is lost for fp32 DDP (mixed precision or gradient accumulation
-    would want ``accelerator.prepare(optimizer)`` and ``accelerator.backward`` inside the loop). Returns the
-    unwrapped model and the loop's stats (logged on every process; the progress bar on the main one only).
+    ``cfg.batch_size`` blocks). The shared loop prepares its AdamW with the same accelerator and runs backward
+    and clipping through it. Returns the unwrapped model and the loop's stats (logged on every process; the
+    progress bar on the main one only).
     """
     from harness.train import train
 
@@ -996,7 +995,7 @@ def train_with_accelerate(model: nn.Module, corpus: FusionCorpus, cfg: TrainConf
                                                                            cfg.seed), collate_fn=corpus.collate)
     wrapped, loader = acc.prepare(model, loader)
     stats = train(wrapped, iter(loader), cfg, loss_fn=loss_fn, progress=progress if acc.is_main_process else None,
-                  on_step=on_step)
+                  on_step=on_step, accelerator=acc)
     return acc.unwrap_model(wrapped), stats
 
 

@@ -132,6 +132,7 @@ def train(
     loss_fn: LossFn | None = None,
     progress: str | None = "training",
     on_step: Callable[[int, dict[str, float]], bool | None] | None = None,
+    accelerator: Any = None,
 ) -> TrainStats:
     """Train ``model`` in place for ``cfg.steps`` steps and return what was measured.
 
@@ -141,16 +142,21 @@ def train(
     and a dict of floats to log; the default is :func:`causal_lm_loss`. ``progress`` is the label of a
     progress bar on stderr showing loss and tokens/s (``None`` for none). ``on_step(step, logs)`` is called
     after every step with the loss, learning rate, gradient norm and the loss function's extras; returning
-    True stops training early.
+    True stops training early. With an ``accelerate.Accelerator`` (model and data already prepared by it), the
+    optimizer is prepared too and backward / clipping go through it (DDP, mixed precision).
     """
     import torch
 
     torch.manual_seed(cfg.seed)
-    torch.set_num_threads(_cpu_count())
+    if "OMP_NUM_THREADS" not in os.environ:  # the user's choice wins; several processes share the cores
+        torch.set_num_threads(max(1, _cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     loss_fn = loss_fn or causal_lm_loss
     next_batch = batches if callable(batches) else _step_indexed(iter(batches))
     device = next(model.parameters()).device
     optimizer = _adamw(model, cfg)
+    if accelerator is not None:
+        optimizer = accelerator.prepare(optimizer)
+        device = accelerator.device
     stats = TrainStats()
     was_training = model.training
     model.train()
@@ -166,8 +172,12 @@ def train(
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if accelerator is not None:
+                accelerator.backward(loss)
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            else:
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
 
             stats.steps = step + 1
