@@ -7,7 +7,7 @@ BENCH := $(VENV)/bin/bench
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.fusebench-installed
 
-.PHONY: install demo test lint bench-perf clean-results regress
+.PHONY: install demo test lint regress table7 regress
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -51,3 +51,11 @@ regress: install
 
 lint: install
 	$(VENV)/bin/ruff check harness fusers evals tests benchmarks
+
+# FuseLLM Table 7 at toy scale (homogeneous family): ensemble, weight merging and FuseLLM vs base and experts.
+table7: install
+	$(BENCH) zoo build
+	$(BENCH) run --config configs/table7_ensemble.yaml
+	$(BENCH) run --config configs/table7_merge.yaml
+	$(BENCH) run --config configs/table7_fusellm.yaml
+	$(BENCH) leaderboard --suite perplexity

@@ -3,5 +3,6 @@
 BUILTIN: dict[str, str] = {
     "merge": "fusers.merge:Merge",
     "ensemble": "fusers.ensemble:Ensemble",
+    "cool-fusion": "fusers.cool_fusion:CoolFusion",
     "fusellm": "fusers.fusellm:FuseLLM",
 }
