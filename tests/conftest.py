@@ -75,3 +75,27 @@ def zoo_home(micro_home: Path, isolated_env: Path, monkeypatch: pytest.MonkeyPat
 def micro_zoo(zoo_home: Path) -> Path:
     """Another name for ``zoo_home``."""
     return zoo_home
+
+
+@pytest.fixture
+def private_home(zoo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private ``BENCH_HOME`` (its own artifacts and caches) that sees the shared micro zoo.
+
+    Use it for `bench run` tests: cached stages from other tests can then never mask a recomputation.
+    """
+    private = tmp_path / "home"
+    private.mkdir()
+    (private / "zoo").symlink_to(zoo_home / "zoo")
+    monkeypatch.setenv("BENCH_HOME", str(private))
+    return private
+
+
+def bench(*args: str) -> int:
+    """Run the `bench` CLI in-process and return its exit code (0, 1 for a regression, 2 for bad input)."""
+    from harness.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0

@@ -8,25 +8,12 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from harness.cli import main
+from tests.conftest import bench
 
 
 @pytest.fixture
-def home(zoo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private BENCH_HOME (own artifacts and caches) that sees the shared micro zoo."""
-    private = tmp_path / "home"
-    private.mkdir()
-    (private / "zoo").symlink_to(zoo_home / "zoo")
-    monkeypatch.setenv("BENCH_HOME", str(private))
-    return private
-
-
-def bench(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
+def home(private_home: Path) -> Path:
+    return private_home
 
 
 def rows(db: Path, sql: str, params: tuple = ()) -> list[dict]:

@@ -25,16 +25,7 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from harness.cli import main
-
-
-def bench(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
+from tests.conftest import bench
 
 # --- a small DOM reader (the standard library's parser; the page has no scripts to run) ----------
 

@@ -14,6 +14,7 @@ import sqlite_utils
 
 from fusers.fusellm import FuseLLM, effective_settings, source_vocab_map
 from harness.errors import BenchError
+from tests.conftest import bench
 
 TINY = {"steps": 3, "batch_size": 2, "seq_len": 48, "corpus_chars": 4_000, "top_k": 4, "warmup_steps": 1}
 
@@ -27,23 +28,8 @@ def _one_core():  # noqa: ANN202
 
 
 @pytest.fixture
-def home(zoo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private BENCH_HOME (own artifacts and caches) that sees the shared micro zoo."""
-    private = tmp_path / "home"
-    private.mkdir()
-    (private / "zoo").symlink_to(zoo_home / "zoo")
-    monkeypatch.setenv("BENCH_HOME", str(private))
-    return private
-
-
-def bench(*args: str) -> int:
-    from harness.cli import main
-
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
+def home(private_home: Path) -> Path:
+    return private_home
 
 
 def test_config_defaults_and_validation() -> None:

@@ -10,15 +10,8 @@ import pytest
 import sqlite_utils
 
 from harness.cli import main
+from tests.conftest import bench
 from tests.harness import fake_plugins
-
-
-def bench(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def db_rows(path: str, table: str) -> list[dict]:

@@ -12,16 +12,8 @@ import json
 
 import pytest
 
-from harness.cli import main
 from harness.regress import ScoreRow, compare, why_not_comparable
-
-
-def bench(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
+from tests.conftest import bench
 
 
 @pytest.fixture
