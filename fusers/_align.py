@@ -48,11 +48,12 @@ id, a set of them, or ``"all"``) restores the reference:
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -643,10 +644,15 @@ def _cumulative(table: np.ndarray, row_codes: np.ndarray, col_codes: np.ndarray 
     float64 reference.
     """
     rows = len(row_codes)
-    per_piece = table if col_codes is None else np.take(table, col_codes, axis=1)  # C-contiguous rows
-    cols = per_piece.shape[1]
-    bound = int(per_piece.max(initial=0)) * (rows + cols)
+    cols = table.shape[1] if col_codes is None else len(col_codes)
+    bound = int(table.max(initial=0)) * (rows + cols)
     dtype = np.int32 if bound < 2**31 - 1 else np.int64
+    kernel = _compiled_cumulative()
+    if kernel is not None:  # the same integer recurrence, one compiled double loop reading the table directly
+        columns = np.arange(cols) if col_codes is None else col_codes
+        return kernel(np.ascontiguousarray(table, dtype=dtype), np.ascontiguousarray(row_codes, dtype=np.int64),
+                      np.ascontiguousarray(columns, dtype=np.int64))
+    per_piece = table if col_codes is None else np.take(table, col_codes, axis=1)  # C-contiguous rows
     per_piece = per_piece.astype(dtype, copy=False)
     prefix = np.empty_like(per_piece)
     for u in range(len(per_piece)):  # 1-D cumsums: numpy's axis=1 cumsum is several times slower
@@ -671,6 +677,83 @@ def _cumulative(table: np.ndarray, row_codes: np.ndarray, col_codes: np.ndarray 
         prefix_min()
         add(scan, s_rows[u], out=d_rows[r])
     return d
+
+
+@functools.cache
+def _compiled_cumulative() -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None:
+    """numba-compiled cell loop for :func:`_cumulative` (None when numba is not installed).
+
+    The row-wise numpy recurrence above is exact but pays one ufunc call per row; the compiled loop does
+    the same integer arithmetic cell by cell, a few nanoseconds each. ``cache=True`` keeps the compiled
+    code on disk, so only the first process ever compiles it.
+    """
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(cache=True, nogil=True)
+    def cumulative(table: np.ndarray, row_codes: np.ndarray, col_codes: np.ndarray) -> np.ndarray:  # pragma: no cover
+        rows, cols = row_codes.shape[0], col_codes.shape[0]
+        d = np.empty((rows, cols), dtype=table.dtype)
+        first = table[row_codes[0]]
+        acc = first[0] - first[0]
+        for c in range(cols):
+            acc += first[col_codes[c]]
+            d[0, c] = acc
+        for r in range(1, rows):
+            cost = table[row_codes[r]]
+            d[r, 0] = cost[col_codes[0]] + d[r - 1, 0]
+            for c in range(1, cols):
+                best = d[r - 1, c - 1]
+                if d[r - 1, c] < best:
+                    best = d[r - 1, c]
+                if d[r, c - 1] < best:
+                    best = d[r, c - 1]
+                d[r, c] = cost[col_codes[c]] + best
+        return d
+
+    return cumulative
+
+
+@functools.cache
+def _compiled_backtrack() -> Callable[..., tuple[np.ndarray, np.ndarray]] | None:
+    """numba-compiled :func:`_backtrack` (same moves, same tie order); None without numba."""
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(cache=True, nogil=True)
+    def backtrack(flat: np.ndarray, sj: int, si: int, n_src: int, n_base: int, c0: int, c1: int,
+                  c2: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+        out_j = np.empty(n_src + n_base, dtype=np.int64)
+        out_i = np.empty(n_src + n_base, dtype=np.int64)
+        vals = np.empty(3, dtype=np.float64)
+        j, i, n = n_src - 1, n_base - 1, 0
+        while j > 0 or i > 0:
+            out_j[n], out_i[n] = j, i
+            n += 1
+            k = j * sj + i * si
+            vals[0] = flat[k - sj - si] if (j > 0 and i > 0) else np.inf
+            vals[1] = flat[k - sj] if j > 0 else np.inf
+            vals[2] = flat[k - si] if i > 0 else np.inf
+            best = c0
+            if vals[c1] < vals[best]:
+                best = c1
+            if vals[c2] < vals[best]:
+                best = c2
+            if best == 0:
+                j -= 1
+                i -= 1
+            elif best == 1:
+                j -= 1
+            else:
+                i -= 1
+        out_j[n], out_i[n] = 0, 0
+        return out_j[: n + 1], out_i[: n + 1]
+
+    return backtrack
 
 
 def _backtrack(flat: memoryview, sj: int, si: int, n_src: int, n_base: int,
@@ -733,7 +816,11 @@ def _dtw(table: np.ndarray, src_codes: np.ndarray, base_codes: np.ndarray | None
         base_rows = np.arange(n_base) if base_codes is None else base_codes
         d = _cumulative(t, base_rows, src_codes)  # d[i, j]
         sj, si = 1, n_src
-    js, is_ = _backtrack(memoryview(d.reshape(-1)), sj, si, n_src, n_base, codes)
+    compiled = _compiled_backtrack()
+    if compiled is not None:
+        js, is_ = compiled(d.reshape(-1), sj, si, n_src, n_base, *codes)
+    else:
+        js, is_ = _backtrack(memoryview(d.reshape(-1)), sj, si, n_src, n_base, codes)
     return Alignment.from_pairs(np.asarray(is_), np.asarray(js), n_base, n_src, mode)
 
 

@@ -730,3 +730,23 @@ def test_compat_set() -> None:
 def test_vocab_map_type() -> None:
     vm = vocab_map(["a"], ["a"], source_marker="", base_marker="")
     assert isinstance(vm, VocabMap) and vm.ids.tolist() == [0]
+
+
+def test_compiled_and_numpy_dtw_agree(monkeypatch):
+    """The numba kernels and the pure-numpy fallback (used where numba is absent) give identical paths."""
+    import random
+
+    import fusers._align as align
+
+    rng = random.Random(7)
+    words = ["a", "ab", "abc", "b", "bc", "c", "", "x", "xy"]
+    for _ in range(20):
+        base = [rng.choice(words) for _ in range(rng.randint(1, 40))]
+        source = [rng.choice(words) for _ in range(rng.randint(1, 40))]
+        for tie in ("fusellm", "fusechat"):
+            compiled = align.dtw_align(base, source, tie).to_lists()
+            with monkeypatch.context() as m:
+                m.setattr(align, "_compiled_cumulative", lambda: None)
+                m.setattr(align, "_compiled_backtrack", lambda: None)
+                fallback = align.dtw_align(base, source, tie).to_lists()
+            assert compiled == fallback
