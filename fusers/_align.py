@@ -1140,7 +1140,7 @@ def _first_min_ed(queries: list[str], cands: list[str]) -> np.ndarray:
         result[near[better]] = first[better]
     left = np.flatnonzero(result == n_cands)
     if len(left):
-        d = process.cdist([queries[q] for q in left.tolist()], cands, scorer=Levenshtein.distance, workers=1,
+        d = process.cdist([queries[q] for q in left.tolist()], cands, scorer=Levenshtein.distance, workers=-1,
                           dtype=np.int64)
         result[left] = d.argmin(axis=1)  # np.argmin: the first minimum
     return result
