@@ -56,6 +56,8 @@ class FuseLLM:
     version: ClassVar[str] = "1"
     paper: ClassVar[str] = "https://arxiv.org/abs/2401.10491"
     runtime_only: ClassVar[bool] = False
+    #: fuse() is accelerate-aware: `bench run --processes N` runs it in N processes (DDP).
+    distributed: ClassVar[bool] = True
     default_sources: ClassVar[list[str]] = ["zoo:gpt2-code", "zoo:neox-docs", "zoo:mpt-math"]
     default_target: ClassVar[str] = "zoo:gpt2-code"
 

@@ -90,6 +90,8 @@ def run(
     name: Annotated[str | None, typer.Option("--name", help="A label for this run.")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue a failed/interrupted run by id.")] = None,
+    processes: Annotated[int | None, typer.Option("--processes", min=1,
+                         help="Train the fusion in N processes (accelerate launch; GPUs or CPU/gloo).")] = None,
     data_dir: DataDirOpt = None, questions: QuestionsOpt = None, judge_url: JudgeUrlOpt = None,
     judge_model: JudgeModelOpt = None, judge_prompts: JudgePromptsOpt = None, judge_repeats: JudgeRepeatsOpt = None,
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
@@ -117,7 +119,7 @@ def run(
                              allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
         run_id, cfg = _open_run(store, "run", name, raw, lambda: build_run_config(
             config_file=config, fuser=fuser, sources=_split(sources), target=target, suites=suite, sets=set_,
-            name=name, limit=limit, seed=seed, suite_flags=flags))
+            name=name, limit=limit, seed=seed, suite_flags=flags, processes=processes))
     run_fusion(cfg, store, run_id, resume=bool(resume))
     typer.echo(f"run {run_id} ok")
     _print_leaderboard(store, cfg.suites, run_id=run_id)

@@ -45,9 +45,11 @@ class RunConfig(BaseModel):
     seed: int = 0
     limit: int | None = Field(None, description="Evaluate only the first N items per task.")
     batch_size: int = 8
+    processes: int = Field(1, ge=1, description="Processes for the fusion's training (accelerate launch).")
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(exclude={"name"}), sort_keys=True, default=str)
+        # how a run executes (processes) does not change what it computes
+        return json.dumps(self.model_dump(exclude={"name", "processes"}), sort_keys=True, default=str)
 
 
 def stable_hash(*parts: Any, length: int = 16) -> str:
@@ -132,7 +134,7 @@ def build_run_config(
     *, config_file: str | None = None, fuser: str | None = None, sources: list[str] | None = None,
     target: str | None = None, suites: list[str] | None = None, sets: list[str] | None = None,
     name: str | None = None, limit: int | None = None, seed: int | None = None,
-    suite_flags: dict[str, Any] | None = None,
+    suite_flags: dict[str, Any] | None = None, processes: int | None = None,
 ) -> RunConfig:
     """Merge file, flags and overrides into a validated :class:`RunConfig` (BenchError on any problem)."""
     from harness.registry import fusers as fuser_registry
@@ -140,7 +142,7 @@ def build_run_config(
 
     data = _normalise_file(read_yaml(config_file)) if config_file else {}
     flags = {"fuser": fuser, "sources": sources or None, "target": target, "suites": suites or None,
-             "name": name, "limit": limit, "seed": seed}
+             "name": name, "limit": limit, "seed": seed, "processes": processes}
     data.update({k: v for k, v in flags.items() if v is not None})
     if not data.get("fuser"):
         raise BenchError("no fuser given", "pass --fuser NAME or set `fuser:` in the config file")

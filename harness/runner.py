@@ -88,6 +88,9 @@ def run_fusion(cfg: RunConfig, store: Store, run_id: str, *, resume: bool = Fals
 
             fuser_cls = fusers().get(cfg.fuser)
             fuser_cfg, suite_cfgs = validate_plugin_args(cfg)
+            if cfg.processes > 1 and not getattr(fuser_cls, "distributed", False):
+                raise BenchError(f"fuser {cfg.fuser} runs in one process", "drop --processes (only training fusers "
+                                 "such as fusellm scale over processes)")
             source_specs = cfg.sources or list(getattr(fuser_cls, "default_sources", []))
             target_spec = cfg.target if cfg.target is not None else getattr(fuser_cls, "default_target", None)
             if not source_specs:
@@ -229,8 +232,11 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
         tmp.mkdir(parents=True)
         try:
             start_t = time.perf_counter()
-            result = fuser.fuse(sources, target, fuser_cfg, FuseContext(out_dir=tmp, seed=cfg.seed,
-                                                                       batch_size=cfg.batch_size))
+            if cfg.processes > 1:
+                result = _fuse_in_processes(cfg, fuser_cfg, sources, target, tmp)
+            else:
+                result = fuser.fuse(sources, target, fuser_cfg, FuseContext(out_dir=tmp, seed=cfg.seed,
+                                                                           batch_size=cfg.batch_size))
             if result.path is None:
                 raise RuntimeError(f"fuser {cfg.fuser} returned no model path")
             if Path(result.path).resolve() != tmp.resolve():
@@ -250,6 +256,36 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
     h = directory_hash(out_dir)
     return Evaluand(id=f"m-{h}", name=label, role="fused", kind="fused", content_hash=h, ref=str(out_dir),
                     path=out_dir, fuser=cfg.fuser, fuse_hash=fuse_hash, details=card.get("details", {}))
+
+
+def _fuse_in_processes(cfg: RunConfig, fuser_cfg: Any, sources: list[ModelRef], target: ModelRef | None,
+                       out_dir: Path) -> Any:
+    """Run ``fuse()`` in ``cfg.processes`` processes under ``accelerate launch`` (DDP; gloo on CPU)."""
+    import subprocess
+
+    from harness.api import FusionResult
+    from harness.fuse_worker import RESULT_FILE, write_spec
+
+    spec = out_dir.parent / f".spec-{out_dir.name}.json"
+    write_spec(spec, fuser=cfg.fuser, config=fuser_cfg.model_dump(mode="json"), sources=sources, target=target,
+               out_dir=out_dir, seed=cfg.seed, batch_size=cfg.batch_size)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+               str(cfg.processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "harness.fuse_worker", str(spec)]
+    console.log(f"fuse: {cfg.processes} processes via accelerate launch")
+    try:  # the workers' progress goes to our stderr (stdout stays for the leaderboard)
+        to_stderr = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stream (tests)
+        to_stderr = None
+    try:
+        done = subprocess.run(command, stdout=to_stderr, stderr=subprocess.PIPE, text=True)
+    finally:
+        spec.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"fusion in {cfg.processes} processes failed:\n{done.stderr[-3000:]}")
+    result = json.loads((out_dir / RESULT_FILE).read_text())
+    (out_dir / RESULT_FILE).unlink()
+    return FusionResult(path=Path(result["path"]), details=result["details"])
 
 
 # --- evaluation (cached) ------------------------------------------------------------------------

@@ -141,3 +141,34 @@ def test_q12_string_keyed_map_gives_the_same_ids(home: Path) -> None:
 def test_missing_sources_is_a_bench_error() -> None:
     with pytest.raises(BenchError, match="needs sources"):
         FuseLLM().fuse([], None, FuseLLM.Config(), None)  # type: ignore[arg-type]
+
+
+def test_bench_run_processes_2_matches_one_process(home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """`bench run --processes 2` trains under accelerate launch (gloo on CPU) and gives the 1-process model."""
+    import torch
+    from safetensors.torch import load_file
+
+    sets = [x for key, value in TINY.items() for x in ("--set", f"{key}={value}")]
+    common = ("run", "--fuser", "fusellm", *sets, "--suite", "perplexity", "--set", "perplexity.max_docs=2",
+              "--set", "perplexity.max_chars_per_doc=200")
+    assert bench(*common, "--db", str(tmp_path / "one.db")) == 0, capsys.readouterr().err[-2000:]
+    artifacts = sorted((home / "artifacts").iterdir())
+    one = load_file(artifacts[0] / "model.safetensors")
+    for path in artifacts:  # same fuse hash for both: clear it so the 2-process run really trains
+        import shutil
+
+        shutil.rmtree(path)
+    assert bench(*common, "--processes", "2", "--db", str(tmp_path / "two.db")) == 0, capsys.readouterr().err[-3000:]
+    (two_dir,) = sorted((home / "artifacts").iterdir())
+    two = load_file(two_dir / "model.safetensors")
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], atol=1e-4, rtol=1e-4)
+    run = sqlite_utils.Database(tmp_path / "two.db")["runs"].get(
+        next(iter(sqlite_utils.Database(tmp_path / "two.db").query("select id from runs")))["id"])
+    assert run["status"] == "ok" and json.loads(run["config"])["processes"] == 2
+
+
+def test_processes_refused_for_single_process_fusers(home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    assert bench("run", "--fuser", "merge", "--processes", "2", "--db", str(tmp_path / "x.db")) == 2
+    assert "runs in one process" in capsys.readouterr().err
