@@ -325,6 +325,9 @@ def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_ob
 
     for position, ev in enumerate(evaluands):
         store.add_model(ev.store_row(), run_id, ev.role, position)
+        curves = ev.details.get("loss_curves") if isinstance(ev.details, dict) else None
+        if curves:
+            store.add_train_log(run_id, ev.id, {k: v for k, v in curves.items() if isinstance(v, list)})
         lm = None
         try:
             for suite_cls, suite_cfg in suite_objs:

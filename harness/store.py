@@ -73,6 +73,15 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["runs"].create_index(["name"])
 
 
+@migrations()
+def m002_train_log(db: sqlite_utils.Database) -> None:
+    """Per-step training curves of fusers that train (FuseLLM, FuseChat, ...): one row per (step, curve)."""
+    db["train_log"].create({"run_id": str, "model_id": str, "step": int, "name": str, "value": float},
+                           pk=("run_id", "model_id", "name", "step"))
+    db["train_log"].add_foreign_key("run_id", "runs", "id")
+    db["train_log"].add_foreign_key("model_id", "models", "id")
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -165,6 +174,15 @@ class Store:
                 {"run_id": run_id, "model_id": model["id"], "role": role, "position": position},
                 pk=("run_id", "model_id"), replace=True,
             )
+
+    def add_train_log(self, run_id: str, model_id: str, curves: dict[str, list[float]]) -> None:
+        """Store a fuser's per-step curves (``{"total": [...], "clm": [...], ...}``) in one transaction."""
+        rows = [{"run_id": run_id, "model_id": model_id, "step": step, "name": name, "value": plain(value)}
+                for name, values in curves.items() for step, value in enumerate(values)]
+        if rows:
+            with self.db.conn:
+                self.db["train_log"].insert_all(rows, pk=("run_id", "model_id", "name", "step"), replace=True,
+                                                batch_size=500)
 
     # --- scores and samples ---------------------------------------------------------------------
 

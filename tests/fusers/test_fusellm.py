@@ -72,6 +72,8 @@ def test_bench_run_fusellm_scores_fused_target_and_sources(home: Path, tmp_path:
     assert {r["name"] for r in roles[1:]} == set(FuseLLM.default_sources)
     scored = {r["model_id"] for r in database.query("select model_id from scores where metric = 'bits_per_byte'")}
     assert len(scored) == 4
+    curves = {r["name"]: r["n"] for r in database.query("select name, count(*) as n from train_log group by name")}
+    assert curves["total"] == curves["clm"] == curves["fuse"] == TINY["steps"]
     details = json.loads(roles[0]["details"])
     curves = details["loss_curves"]
     assert len(curves["total"]) == len(curves["clm"]) == len(curves["fuse"]) == TINY["steps"]
