@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import textwrap
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from lm_eval.api.model import LM
+
+from tests.conftest import one_thread
 
 
 class ScriptedLM(LM):
@@ -38,20 +39,6 @@ class ScriptedLM(LM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:  # noqa: ANN001
         return ["" for _ in requests]
-
-
-@contextlib.contextmanager
-def one_thread():  # noqa: ANN201
-    """Run torch on one thread: micro models gain nothing from two, and on a busy 2-core machine two
-    threads spin-wait (measured: 20 training steps 0.2 s on one thread, 18 s on two)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture

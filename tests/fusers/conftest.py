@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import builtins
-import contextlib
 import inspect
 import shlex
 import textwrap
@@ -19,21 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import one_thread
+
 CONTEXT = 128
-
-
-@contextlib.contextmanager
-def one_thread():  # noqa: ANN201
-    """Run torch on one thread: micro models gain nothing from two, and on a busy 2-core machine two
-    threads spin-wait (measured: 20 training steps 0.2 s on one thread, 18 s on two)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
