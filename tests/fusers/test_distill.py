@@ -464,7 +464,9 @@ def test_online_and_stored_candidates_build_the_same_batches(tmp_path, micro_mod
         for indices in ([0, 3], [len(corpora[0]) - 1, 1]):
             x, y = (c.collate(indices) for c in corpora)
             assert torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["fuse_ids"], y["fuse_ids"])
-            assert torch.allclose(x["fuse_probs"], y["fuse_probs"], atol=1e-6)
+            # equal up to float16 storage: a forward pass batched differently (shards of 16 chunks vs an online
+            # cache of 4) can round a teacher log-prob to the neighbouring float16 value (~1e-3 relative)
+            torch.testing.assert_close(x["fuse_probs"], y["fuse_probs"], atol=2e-3, rtol=2e-3)
     status = a_store.rows("status")[:]
     assert (status == MAPPED).mean() > 0.2
 
