@@ -718,69 +718,37 @@ def _compiled_cumulative() -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.
 
 @functools.cache
 def _compiled_backtrack() -> Callable[..., tuple[np.ndarray, np.ndarray]] | None:
-    """numba-compiled :func:`_backtrack` (same moves, same tie order); None without numba."""
+    """:func:`_backtrack` compiled by numba (None without numba: the plain function then runs as Python)."""
     try:
         import numba
     except ImportError:
         return None
-
-    @numba.njit(cache=True, nogil=True)
-    def backtrack(flat: np.ndarray, sj: int, si: int, n_src: int, n_base: int, c0: int, c1: int,
-                  c2: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
-        out_j = np.empty(n_src + n_base, dtype=np.int64)
-        out_i = np.empty(n_src + n_base, dtype=np.int64)
-        vals = np.empty(3, dtype=np.float64)
-        j, i, n = n_src - 1, n_base - 1, 0
-        while j > 0 or i > 0:
-            out_j[n], out_i[n] = j, i
-            n += 1
-            k = j * sj + i * si
-            vals[0] = flat[k - sj - si] if (j > 0 and i > 0) else np.inf
-            vals[1] = flat[k - sj] if j > 0 else np.inf
-            vals[2] = flat[k - si] if i > 0 else np.inf
-            best = c0
-            if vals[c1] < vals[best]:
-                best = c1
-            if vals[c2] < vals[best]:
-                best = c2
-            if best == 0:
-                j -= 1
-                i -= 1
-            elif best == 1:
-                j -= 1
-            else:
-                i -= 1
-        out_j[n], out_i[n] = 0, 0
-        return out_j[: n + 1], out_i[: n + 1]
-
-    return backtrack
+    return numba.njit(cache=True, nogil=True)(_backtrack)
 
 
-def _backtrack(flat: memoryview, sj: int, si: int, n_src: int, n_base: int,
-               codes: tuple[int, int, int]) -> tuple[list[int], list[int]]:
+def _backtrack(flat: np.ndarray, sj: int, si: int, n_src: int, n_base: int, c0: int, c1: int,
+               c2: int) -> tuple[np.ndarray, np.ndarray]:
     """The reference's greedy backtrack from (M-1, N-1): move to the smallest of diag/up/left, ties in
-    ``codes`` order (``np.argmin`` semantics: the first minimum wins), then add (0, 0).
+    ``(c0, c1, c2)`` order (``np.argmin`` semantics: the first minimum wins), then add (0, 0).
 
-    ``flat[j*sj + i*si]`` is D(j, i); "up" decrements the source index j, "left" the base index i.
+    ``flat[j*sj + i*si]`` is D(j, i); "up" decrements the source index j, "left" the base index i. Written in
+    the subset of Python numba compiles, so the compiled and the fallback path are one function.
     """
-    inf = math.inf
-    j, i = n_src - 1, n_base - 1
-    out_j: list[int] = []
-    out_i: list[int] = []
-    c0, c1, c2 = codes
+    out_j = np.empty(n_src + n_base, dtype=np.int64)
+    out_i = np.empty(n_src + n_base, dtype=np.int64)
+    vals = np.empty(3, dtype=np.float64)
+    j, i, n = n_src - 1, n_base - 1, 0
     while j > 0 or i > 0:
-        out_j.append(j)
-        out_i.append(i)
+        out_j[n], out_i[n] = j, i
+        n += 1
         k = j * sj + i * si
-        vals = (
-            flat[k - sj - si] if (j > 0 and i > 0) else inf,
-            flat[k - sj] if j > 0 else inf,
-            flat[k - si] if i > 0 else inf,
-        )
-        best, bv = c0, vals[c0]
-        if vals[c1] < bv:
-            best, bv = c1, vals[c1]
-        if vals[c2] < bv:
+        vals[0] = flat[k - sj - si] if (j > 0 and i > 0) else np.inf
+        vals[1] = flat[k - sj] if j > 0 else np.inf
+        vals[2] = flat[k - si] if i > 0 else np.inf
+        best = c0
+        if vals[c1] < vals[best]:
+            best = c1
+        if vals[c2] < vals[best]:
             best = c2
         if best == 0:
             j -= 1
@@ -789,9 +757,8 @@ def _backtrack(flat: memoryview, sj: int, si: int, n_src: int, n_base: int,
             j -= 1
         else:
             i -= 1
-    out_j.append(0)
-    out_i.append(0)
-    return out_j, out_i
+    out_j[n], out_i[n] = 0, 0
+    return out_j[: n + 1], out_i[: n + 1]
 
 
 def _dtw(table: np.ndarray, src_codes: np.ndarray, base_codes: np.ndarray | None, n_base: int,
@@ -816,11 +783,8 @@ def _dtw(table: np.ndarray, src_codes: np.ndarray, base_codes: np.ndarray | None
         base_rows = np.arange(n_base) if base_codes is None else base_codes
         d = _cumulative(t, base_rows, src_codes)  # d[i, j]
         sj, si = 1, n_src
-    compiled = _compiled_backtrack()
-    if compiled is not None:
-        js, is_ = compiled(d.reshape(-1), sj, si, n_src, n_base, *codes)
-    else:
-        js, is_ = _backtrack(memoryview(d.reshape(-1)), sj, si, n_src, n_base, codes)
+    backtrack = _compiled_backtrack() or _backtrack
+    js, is_ = backtrack(d.reshape(-1), sj, si, n_src, n_base, *codes)
     return Alignment.from_pairs(np.asarray(is_), np.asarray(js), n_base, n_src, mode)
 
 
