@@ -65,6 +65,7 @@ from fusers._align import (
     EMPTY,
     FALLBACK,
     MAPPED,
+    Alignment,
     Tokenization,
     TokenizerSpec,
     VocabMap,
@@ -196,6 +197,51 @@ def predicted_bytes(tz: Tokenization) -> np.ndarray:
     _, starts, ends = tz.byte_spans()
     out = np.zeros(len(tz), dtype=np.uint16)
     out[:-1] = np.clip(ends[1:] - starts[1:], 0, np.iinfo(np.uint16).max)
+    return out
+
+
+def text_byte_spans(text: str, char_spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """int64 [n, 2]: character spans of ``text`` as UTF-8 byte spans (what :meth:`Tokenization.byte_spans` uses)."""
+    return np.asarray([(len(text[:a].encode("utf-8")), len(text[:b].encode("utf-8"))) for a, b in char_spans],
+                      dtype=np.int64).reshape(-1, 2)
+
+
+def rows_predicting(tz: Tokenization, byte_spans: np.ndarray) -> np.ndarray:
+    """bool [n]: row t counts when token t+1 overlaps one of ``byte_spans`` (e.g. a chat response).
+
+    The response-only loss of FuseChat/ProFuser: the rows that predict instruction or template tokens are
+    masked. A token that straddles a span's edge counts (its bytes are partly response); tokens with no text
+    (EOS, special tokens outside the text) never do. The last row predicts nothing inside the chunk.
+    """
+    _, starts, ends = tz.byte_spans()
+    inside = np.zeros(len(tz), dtype=bool)
+    for a, b in np.asarray(byte_spans, dtype=np.int64).reshape(-1, 2):
+        inside |= (ends > a) & (starts < b) & (ends > starts)
+    rows = np.zeros(len(tz), dtype=bool)
+    rows[:-1] = inside[1:]
+    return rows
+
+
+def masked_sums(store: ShardedStore, row_masks: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per chunk, a teacher store's ``nats``/``n_tokens``/``n_bytes`` over the rows in ``row_masks[i]`` only.
+
+    ``row_masks[i]`` is in the store's own tokenization of chunk i (:func:`rows_predicting`). Sequence-level
+    MinCE then judges each teacher on the responses alone, as FuseChat does per dialogue. Sums come from the
+    stored float16 token CEs (the unmasked sums are exact float64; the difference is rounding).
+    """
+    offsets = store.item_offsets()
+    if len(row_masks) != len(offsets) - 1:
+        raise ValueError(f"{len(row_masks)} row masks for a store of {len(offsets) - 1} chunks")
+    ce, nbytes = store.rows("token_ce"), store.rows("token_bytes")
+    out = {name: np.zeros(len(row_masks), dtype=np.float64) for name in SUM_FIELDS}
+    for i, mask in enumerate(row_masks):
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        if len(mask) != b - a:
+            raise ValueError(f"chunk {i}: a row mask of {len(mask)} rows for {b - a} stored rows")
+        rows = np.asarray(mask, dtype=bool) & ~np.isnan(np.asarray(ce[a:b], dtype=np.float64))
+        out["nats"][i] = float(np.asarray(ce[a:b], dtype=np.float64)[rows].sum())
+        out["n_tokens"][i] = float(rows.sum())
+        out["n_bytes"][i] = float(np.asarray(nbytes[a:b], dtype=np.float64)[rows].sum())
     return out
 
 
@@ -496,14 +542,16 @@ def identity_rows(rows: TeacherRows, width: int) -> TargetRows:
 
 
 def target_rows(target: Tokenization, source: Tokenization, rows: TeacherRows, vocab: VocabMap | None,
-                width: int, options: AlignOptions, *, shared_vocab: bool = False) -> TargetRows:
+                width: int, options: AlignOptions, *, shared_vocab: bool = False,
+                alignment: Alignment | None = None) -> TargetRows:
     """Move one chunk's teacher rows onto the target's positions (spec §2).
 
     With ``shared_vocab`` and identical ids the rows are used as they are; otherwise the tokenizations are
     aligned (``options.mode``) and each target position takes the teacher distribution of its aligned
     position through the vocabulary map (``options.same_end``: only where both tokens end at the same byte).
     Under the corrected fallback (next token), a fallback on the chunk's last row has no next token in the
-    chunk and becomes EMPTY (the target's own distribution).
+    chunk and becomes EMPTY (the target's own distribution). ``alignment``: the chunk's alignment when the
+    caller has it already (FuseChat aligns once for its co-alignment statistics and reuses it here).
     """
     if len(source) != len(rows.tokens) or not np.array_equal(source.ids, rows.tokens):
         raise ValueError("the stored teacher rows were computed from another tokenization of this chunk")
@@ -511,7 +559,8 @@ def target_rows(target: Tokenization, source: Tokenization, rows: TeacherRows, v
         return identity_rows(rows, width)
     if vocab is None:
         raise ValueError("a teacher with another tokenization needs a vocabulary map")
-    alignment = align_sequences(target, source, mode=options.mode)  # type: ignore[arg-type]
+    if alignment is None:
+        alignment = align_sequences(target, source, mode=options.mode)  # type: ignore[arg-type]
     mapped = map_distribution(alignment, target, source, rows.topk_ids, rows.topk_logp.astype(np.float32), vocab,
                               one_to_many=options.one_to_many, fallback=options.fallback,
                               collision=options.collision, match=options.match, base_width=width,
@@ -582,8 +631,12 @@ def shares_vocabulary(a: Any, b: Any) -> bool:
 
 def ensure_aligned_store(root: Path, chunks: Sequence[TextChunk], target: ChunkEncoder, source: ChunkEncoder,
                          teacher: ShardedStore, vocab: VocabMap | None, width: int, options: AlignOptions, *,
-                         shared_vocab: bool, about: dict[str, Any] | None = None) -> ShardedStore:
-    """The aligned rows (target positions) of one teacher store, computing only the missing shards."""
+                         shared_vocab: bool, about: dict[str, Any] | None = None,
+                         alignments: Sequence[Alignment] | None = None) -> ShardedStore:
+    """The aligned rows (target positions) of one teacher store, computing only the missing shards.
+
+    ``alignments``: one per chunk, when already computed (else each chunk is aligned with ``options.mode``).
+    """
     store = ShardedStore(root, len(chunks), teacher.shard_size,
                          {"kind": "aligned", "width": width, **options.to_dict()}, about)
     missing = store.missing()
@@ -597,7 +650,8 @@ def ensure_aligned_store(root: Path, chunks: Sequence[TextChunk], target: ChunkE
                 a, b = int(offsets[i]), int(offsets[i + 1])
                 rows = TeacherRows(**{n: cols[n][a:b] for n in ROW_FIELDS}, **{n: sums[n][i].item() for n in SUM_FIELDS})
                 items.append(target_rows(target.encode(chunks[i]), source.encode(chunks[i]), rows, vocab, width,
-                                         options, shared_vocab=shared_vocab))
+                                         options, shared_vocab=shared_vocab,
+                                         alignment=None if alignments is None else alignments[i]))
             store.write(shard, items, TARGET_ROW_FIELDS, SUM_FIELDS)
     return store
 
@@ -862,12 +916,15 @@ class FusionCorpus(torch.utils.data.Dataset):
 
     def __init__(self, input_ids: np.ndarray, candidates: CandidateSource, *, seq_len: int, fusion: Fusion = "min_ce",
                  granularity: Granularity = "sequence", temperature: float = 1.0, tau: float = 1.0,
-                 per_token: bool = False):
+                 per_token: bool = False, loss_mask: np.ndarray | None = None):
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; expected one of {FUSIONS}")
         if granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {granularity!r}; expected one of {GRANULARITIES}")
         self.input_ids = np.asarray(input_ids, dtype=np.int64)
+        if loss_mask is not None and len(loss_mask) != len(self.input_ids):
+            raise ValueError(f"loss_mask has {len(loss_mask)} rows for {len(self.input_ids)} target tokens")
+        self.loss_mask = None if loss_mask is None else np.asarray(loss_mask, dtype=bool)
         self.candidates = candidates
         self.seq_len = int(seq_len)
         self.fusion, self.granularity = fusion, granularity
@@ -898,7 +955,10 @@ class FusionCorpus(torch.utils.data.Dataset):
                                         tau=self.tau)
         self.selected += weights.sum(dim=(0, 1)).double().numpy()
         input_ids = np.stack([self.input_ids[a:b] for a, b in spans])
-        return {"input_ids": torch.from_numpy(input_ids), "fuse_ids": ids.clamp_min(0), "fuse_probs": probs}
+        batch = {"input_ids": torch.from_numpy(input_ids), "fuse_ids": ids.clamp_min(0), "fuse_probs": probs}
+        if self.loss_mask is not None:
+            batch["loss_mask"] = torch.from_numpy(np.stack([self.loss_mask[a:b] for a, b in spans]))
+        return batch
 
 
 def sparse_soft_ce(logp: Tensor, ids: Tensor, probs: Tensor) -> Tensor:
@@ -917,14 +977,25 @@ def fusion_loss(lam: float, reduce: Callable[[Tensor], Tensor] | None = None):  
     which it saw). Both come from one log-softmax of the logits, so the fusion term costs a gather, not a
     second pass over the vocabulary. ``reduce`` (e.g. an all-reduce mean across processes) is applied to the
     logged values only.
+
+    A batch with a ``loss_mask`` [B, L] (row t counts when the token it predicts does, e.g. a chat response
+    token: FuseChat/ProFuser mask the instructions) averages both terms over the counted rows only.
     """
+
+    def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
+        if mask is None:
+            return values.mean()
+        mask = mask.to(values.dtype)
+        return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
     def loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         input_ids = batch["input_ids"]  # [B, L]
+        mask = batch.get("loss_mask")  # [B, L] or None
         logits = model(input_ids=input_ids).logits  # [B, L, V]
         logp = torch.log_softmax(logits.float(), dim=-1)  # [B, L, V]
-        clm = -logp[:, :-1].gather(-1, input_ids[:, 1:, None]).mean()
-        fuse = sparse_soft_ce(logp, batch["fuse_ids"], batch["fuse_probs"]).mean()
+        token_nll = -logp[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # [B, L-1]
+        clm = masked_mean(token_nll, None if mask is None else mask[:, :-1])
+        fuse = masked_mean(sparse_soft_ce(logp, batch["fuse_ids"], batch["fuse_probs"]), mask)
         loss = lam * clm + (1.0 - lam) * fuse
         logged = torch.stack([clm.detach(), fuse.detach()])
         if reduce is not None:
@@ -1031,7 +1102,7 @@ def details_of(stats: TrainStats, lam: float, names: Sequence[str], selected: np
 
 __all__ = [
     "FUSIONS", "GRANULARITIES", "TextChunk", "chunk_documents", "chunks_fingerprint", "ChunkEncoder",
-    "predicted_bytes", "TeacherRows", "teacher_rows", "logit_width", "store_key", "ShardedStore", "RowView",
+    "predicted_bytes", "text_byte_spans", "rows_predicting", "masked_sums", "TeacherRows", "teacher_rows", "logit_width", "store_key", "ShardedStore", "RowView",
     "ensure_teacher_store", "TargetRows", "AlignOptions", "identity_rows", "target_rows", "self_rows",
     "surface_vocab_map", "shares_vocabulary", "ensure_aligned_store", "CandidateBlock", "CandidateSource", "StreamCandidates",
     "OnlineTeacher", "OnlineCandidates", "candidate_scores", "fusion_weights", "fuse_topk", "FusionCorpus",

@@ -562,3 +562,78 @@ if __name__ == "__main__":  # a DDP worker of test_two_process_ddp_matches_one_p
         os.sched_setaffinity(0, {int(os.environ["FUSEBENCH_DDP_CPU"])})
     torch.set_num_threads(1)
     ddp_run(sys.argv[1])
+
+
+# ------------------------------------------------------------------------------------------ response-only loss
+
+
+def test_loss_mask_averages_both_terms_over_the_counted_rows_only() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32))
+    ids = torch.randint(0, 40, (2, 9))
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    mask[0, 2:6] = True
+    mask[1, 7:] = True  # row 8 (the block's last) only counts in the fusion term: it predicts outside the block
+    batch = {"input_ids": ids, "fuse_ids": torch.randint(0, 40, (2, 9, 3)),
+             "fuse_probs": torch.softmax(torch.randn(2, 9, 3), -1), "loss_mask": mask}
+    logp = torch.log_softmax(model(input_ids=ids).logits, -1)
+    nll = -logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    expected_clm = nll[mask[:, :-1]].mean()
+    expected_fuse = D.sparse_soft_ce(logp, batch["fuse_ids"], batch["fuse_probs"])[mask].mean()
+    loss, logs = D.fusion_loss(0.7)(model, batch)
+    assert logs["clm"] == pytest.approx(expected_clm.item(), rel=1e-5)
+    assert logs["fuse"] == pytest.approx(expected_fuse.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(0.7 * expected_clm.item() + 0.3 * expected_fuse.item(), rel=1e-5)
+    # an all-true mask is the unmasked loss
+    full = dict(batch, loss_mask=torch.ones(2, 9, dtype=torch.bool))
+    plain = {k: v for k, v in batch.items() if k != "loss_mask"}
+    assert D.fusion_loss(0.7)(model, full)[0].item() == pytest.approx(D.fusion_loss(0.7)(model, plain)[0].item(), rel=1e-6)
+
+
+def test_rows_predicting_marks_rows_whose_next_token_is_in_a_span(micro_models) -> None:  # noqa: ANN001
+    tokenizer = micro_models["gpt2-code"][1]
+    text = "User: add 2 and 3\nAssistant: 2 + 3 = 5\n"
+    start = text.index("2 + 3")
+    spans = D.text_byte_spans(text, [(start, len(text) - 1)])
+    tz = D.ChunkEncoder(tokenizer).encode(D.TextChunk(0, text, True))  # EOS first
+    rows = D.rows_predicting(tz, spans)
+    _, starts, ends = tz.byte_spans()
+    predicted = [text.encode()[starts[t + 1]:ends[t + 1]] for t in np.flatnonzero(rows)]
+    assert b"".join(predicted).strip() == b"2 + 3 = 5"
+    assert not rows[-1] and rows.sum() == len(predicted)
+    # non-ASCII text: character spans become byte spans
+    assert D.text_byte_spans("é=1", [(1, 3)]).tolist() == [[2, 4]]
+
+
+def test_masked_sums_restrict_the_sequence_ce_to_the_masked_rows(tmp_path, micro_models, chunks) -> None:  # noqa: ANN001
+    model, tokenizer = micro_models["gpt2-code"]
+    enc = D.ChunkEncoder(tokenizer)
+    store = D.ensure_teacher_store(tmp_path / "t", chunks[:5], enc, lambda: model, 3, shard_size=2)
+    offsets = store.item_offsets()
+    masks = [np.arange(int(offsets[i + 1] - offsets[i])) % 2 == 0 for i in range(5)]
+    sums = D.masked_sums(store, masks)
+    ce, nbytes = store.rows("token_ce")[:].astype(np.float64), store.rows("token_bytes")[:].astype(np.float64)
+    for i, m in enumerate(masks):
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        keep = m & ~np.isnan(ce[a:b])
+        assert sums["nats"][i] == pytest.approx(ce[a:b][keep].sum())
+        assert sums["n_tokens"][i] == keep.sum() and sums["n_bytes"][i] == nbytes[a:b][keep].sum()
+    everything = D.masked_sums(store, [np.ones(int(offsets[i + 1] - offsets[i]), bool) for i in range(5)])
+    assert np.allclose(everything["nats"], store.sums("nats"), rtol=2e-3)  # float16 rows vs float64 sums
+    assert np.array_equal(everything["n_bytes"], store.sums("n_bytes"))
+    with pytest.raises(ValueError, match="row masks"):
+        D.masked_sums(store, masks[:2])
+
+
+def test_fusion_corpus_carries_the_loss_mask_per_block() -> None:
+    corpus = synthetic_corpus()
+    mask = np.arange(len(corpus.input_ids)) % 3 == 0
+    masked = D.FusionCorpus(corpus.input_ids, corpus.candidates, seq_len=16, loss_mask=mask)
+    batch = masked.collate([1, 0])
+    assert batch["loss_mask"].tolist() == [mask[16:32].tolist(), mask[0:16].tolist()]
+    assert "loss_mask" not in corpus.collate([0])
+    with pytest.raises(ValueError, match="loss_mask"):
+        D.FusionCorpus(corpus.input_ids, corpus.candidates, seq_len=16, loss_mask=mask[:-1])
