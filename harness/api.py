@@ -85,11 +85,15 @@ class FusionResult:
     ``path``: an HF model directory (weights + tokenizer) that ``AutoModelForCausalLM`` loads.
     ``runtime``: a zero-argument factory returning an lm-eval ``LM`` (ensemble, Cool-Fusion).
     ``details``: anything worth recording (merge weights per matrix, loss curves, ...); must be JSON-able.
+    ``stages``: models the fuser built on the way and that deserve a row of their own (FuseChat's pairwise
+    targets), by name, as HF directories inside ``path``; the runner evaluates them beside the fused model.
+    ``details["stages"][name]`` may hold each one's own details (e.g. its ``loss_curves``).
     """
 
     path: Path | None = None
     runtime: Callable[[], LM] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass

@@ -104,8 +104,8 @@ def run_fusion(cfg: RunConfig, store: Store, run_id: str, *, resume: bool = Fals
         console.log(f"run {run_id}: fuser [bold]{cfg.fuser}[/] on {', '.join(s.name for s in sources)}"
                     + (f" (target {target.name})" if target else ""))
         with timings.stage("fuse"):
-            fused = _fuse(fuser_cls, fuser_cfg, cfg, sources, target, run_name=cfg.name)
-        evaluands = [fused]
+            fused, stages = _fuse(fuser_cls, fuser_cfg, cfg, sources, target, run_name=cfg.name)
+        evaluands = [fused, *stages]
         if target is not None:
             evaluands.append(_source_evaluand(target, "target"))
         evaluands += [_source_evaluand(s, "source") for s in sources]
@@ -207,7 +207,8 @@ def _dedupe(evaluands: list[Evaluand]) -> list[Evaluand]:
 
 
 def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef], target: ModelRef | None,
-          run_name: str | None) -> Evaluand:
+          run_name: str | None) -> tuple[Evaluand, list[Evaluand]]:
+    """The fused model (from the artifact cache when there) and the stage models it was built through."""
     from harness.api import FuseContext
 
     fuse_hash = stable_hash(cfg.fuser, getattr(fuser_cls, "version", "1"), fuser_cfg.model_dump(mode="json"),
@@ -219,7 +220,7 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         result = fuser.fuse(sources, target, fuser_cfg, ctx)
         return Evaluand(id=f"rt-{fuse_hash}", name=label, role="fused", kind="runtime", content_hash=fuse_hash,
-                        runtime=result.runtime, fuser=cfg.fuser, fuse_hash=fuse_hash, details=result.details)
+                        runtime=result.runtime, fuser=cfg.fuser, fuse_hash=fuse_hash, details=result.details), []
 
     out_dir = paths.artifacts_dir() / fuse_hash
     card_path = out_dir / "fusebench.json"
@@ -244,7 +245,9 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
             card = {"fuser": cfg.fuser, "config": fuser_cfg.model_dump(mode="json"), "fuse_hash": fuse_hash,
                     "sources": [s.spec for s in sources], "target": target.spec if target else None,
                     "seed": cfg.seed, "seconds": round(time.perf_counter() - start_t, 3),
-                    "details": result.details, "provenance": provenance.collect()}
+                    "details": result.details, "provenance": provenance.collect(),
+                    "stages": {name: _inside(Path(result.path), Path(stage_dir))
+                               for name, stage_dir in getattr(result, "stages", {}).items()}}
             (tmp / "fusebench.json").write_text(json.dumps(card, indent=1, sort_keys=True, default=str))
             shutil.rmtree(out_dir, ignore_errors=True)
             tmp.rename(out_dir)
@@ -254,8 +257,25 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
     from harness.model import directory_hash
 
     h = directory_hash(out_dir)
-    return Evaluand(id=f"m-{h}", name=label, role="fused", kind="fused", content_hash=h, ref=str(out_dir),
-                    path=out_dir, fuser=cfg.fuser, fuse_hash=fuse_hash, details=card.get("details", {}))
+    fused = Evaluand(id=f"m-{h}", name=label, role="fused", kind="fused", content_hash=h, ref=str(out_dir),
+                     path=out_dir, fuser=cfg.fuser, fuse_hash=fuse_hash, details=card.get("details", {}))
+    stages = []
+    stage_details = card.get("details", {}).get("stages", {})
+    for name, rel in card.get("stages", {}).items():
+        stage_dir = out_dir / rel
+        sh = directory_hash(stage_dir)
+        stages.append(Evaluand(id=f"m-{sh}", name=f"{label}/{name}", role="stage", kind="fused", content_hash=sh,
+                               ref=str(stage_dir), path=stage_dir, fuser=cfg.fuser, fuse_hash=fuse_hash,
+                               details=stage_details.get(name, {})))
+    return fused, stages
+
+
+def _inside(root: Path, stage_dir: Path) -> str:
+    """``stage_dir`` relative to the fused model's directory (stage models must be saved inside it)."""
+    try:
+        return str(stage_dir.resolve().relative_to(root.resolve()))
+    except ValueError:
+        raise RuntimeError(f"stage model {stage_dir} is not inside the fused model's directory {root}") from None
 
 
 def _fuse_in_processes(cfg: RunConfig, fuser_cfg: Any, sources: list[ModelRef], target: ModelRef | None,

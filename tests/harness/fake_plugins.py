@@ -44,6 +44,7 @@ class FakeAverage:
         model_config = ConfigDict(extra="forbid")
         bonus: float = 0.0
         fail: bool = False
+        stages: bool = False  # also return one stage model per source (as FuseChat's pairwise targets)
 
     def fuse(self, sources, target, cfg, ctx):  # noqa: ANN001
         CALLS["fuse"] += 1
@@ -51,7 +52,11 @@ class FakeAverage:
             raise RuntimeError("fuser exploded")
         qs = [json.loads((s.path / "config.json").read_text())["quality"] for s in sources]
         make_model(ctx.out_dir, sum(qs) / len(qs) + cfg.bonus)
-        return FusionResult(path=ctx.out_dir, details={"qualities": qs})
+        stages = {}
+        if cfg.stages:
+            stages = {f"half-{i}": make_model(ctx.out_dir / "stages" / f"half-{i}", q / 2) for i, q in enumerate(qs)}
+        return FusionResult(path=ctx.out_dir, details={"qualities": qs, "stages": {"half-0": {"note": "first"}}},
+                            stages=stages)
 
 
 class FakeSuite:

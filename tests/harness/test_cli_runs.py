@@ -51,6 +51,25 @@ def test_second_run_reuses_cached_stages(fake_plugins_registered):
     assert fake_plugins.CALLS == {"fuse": 2, "evaluate": 4}
 
 
+def test_stage_models_are_evaluated_beside_the_fused_model_and_cached(fake_plugins_registered, capsys):
+    env = fake_plugins_registered
+    args = ("run", "--fuser", "fake", "--sources", f"{env['a']},{env['b']}", "--suite", "fakesuite", "--db", env["db"],
+            "--set", "stages=true", "--name", "staged")
+    assert bench(*args) == 0
+    assert fake_plugins.CALLS == {"fuse": 1, "evaluate": 5}  # fused, 2 stages, 2 sources
+    models = {r["id"]: r for r in db_rows(env["db"], "models")}
+    stage_rows = [r for r in db_rows(env["db"], "run_models") if r["role"] == "stage"]
+    assert sorted(models[r["model_id"]]["name"] for r in stage_rows) == ["staged/half-0", "staged/half-1"]
+    assert json.loads(models[stage_rows[0]["model_id"]]["details"]) == {"note": "first"}
+    acc = {models[r["model_id"]]["name"]: r["value"] for r in db_rows(env["db"], "scores") if r["metric"] == "acc"}
+    assert acc["staged/half-0"] == pytest.approx(0.1) and acc["staged/half-1"] == pytest.approx(0.4)
+    assert bench(*args) == 0  # from the artifact cache: the stages come back from its card
+    assert fake_plugins.CALLS == {"fuse": 1, "evaluate": 5}
+    assert len([r for r in db_rows(env["db"], "run_models") if r["role"] == "stage"]) == 4
+    assert bench("leaderboard", "--db", env["db"]) == 0
+    assert "staged/half-1" in capsys.readouterr().out
+
+
 def test_limit_is_part_of_the_eval_cache_key(fake_plugins_registered):
     env = fake_plugins_registered
     base = ("run", "--fuser", "fake", "--sources", f"{env['a']},{env['b']}", "--suite", "fakesuite", "--db", env["db"])
