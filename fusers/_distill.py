@@ -909,14 +909,17 @@ class FusionCorpus(torch.utils.data.Dataset):
 
     The stream is every chunk's target tokens in corpus order (a document's first chunk after EOS), cut into
     ``seq_len``-token blocks; the last partial block is dropped. ``dataset[i]`` is just ``i``: the work
-    happens in :meth:`collate`, once per batch, so an online source can batch its teacher passes. A batch is
+    happens in :meth:`collate`, once per batch, so an online source can batch its teacher passes. ``rows``
+    restricts the blocks to a part ``[first, stop)`` of the stream (ProFuser keeps its two modes' data in one
+    stream and one corpus per mode). A batch is
     ``{"input_ids": [B, L], "fuse_ids": [B, L, K], "fuse_probs": [B, L, K]}``. :attr:`selected` accumulates
     each candidate's weight over all rows built so far (for the run's report).
     """
 
     def __init__(self, input_ids: np.ndarray, candidates: CandidateSource, *, seq_len: int, fusion: Fusion = "min_ce",
                  granularity: Granularity = "sequence", temperature: float = 1.0, tau: float = 1.0,
-                 per_token: bool = False, loss_mask: np.ndarray | None = None):
+                 per_token: bool = False, loss_mask: np.ndarray | None = None,
+                 rows: tuple[int, int] | None = None):
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; expected one of {FUSIONS}")
         if granularity not in GRANULARITIES:
@@ -925,6 +928,7 @@ class FusionCorpus(torch.utils.data.Dataset):
         if loss_mask is not None and len(loss_mask) != len(self.input_ids):
             raise ValueError(f"loss_mask has {len(loss_mask)} rows for {len(self.input_ids)} target tokens")
         self.loss_mask = None if loss_mask is None else np.asarray(loss_mask, dtype=bool)
+        self.first_row, self.stop_row = rows if rows is not None else (0, len(self.input_ids))
         self.candidates = candidates
         self.seq_len = int(seq_len)
         self.fusion, self.granularity = fusion, granularity
@@ -935,13 +939,14 @@ class FusionCorpus(torch.utils.data.Dataset):
         self.selected = np.zeros(len(candidates.names))
 
     def __len__(self) -> int:
-        return len(self.input_ids) // self.seq_len
+        return (self.stop_row - self.first_row) // self.seq_len
 
     def __getitem__(self, index: int) -> int:
         return int(index)
 
     def span(self, index: int) -> tuple[int, int]:
-        return index * self.seq_len, (index + 1) * self.seq_len
+        start = self.first_row + index * self.seq_len
+        return start, start + self.seq_len
 
     def collate(self, indices: Sequence[int]) -> dict[str, Tensor]:
         spans = [self.span(int(i)) for i in indices]
@@ -1029,11 +1034,58 @@ class StepBatches:
             self._batches.append(order[:batch_size])
             order = order[batch_size:]
 
+    @classmethod
+    def fixed(cls, batches: list[list[int]]) -> StepBatches:
+        """Given batches as they are (all of one size), e.g. a :class:`ScheduledCorpus` plan."""
+        out = cls(1, len(batches[0]) if batches else 1, 0, 0)
+        out._batches = batches
+        return out
+
     def __len__(self) -> int:
         return len(self._batches)
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._batches)
+
+
+class ScheduledCorpus(torch.utils.data.Dataset):
+    """Several :class:`FusionCorpus` parts trained under one schedule: each step draws its batch from one part.
+
+    ``plan`` names the part of every optimizer step (ProFuser: ``inference`` then ``training``, or a decaying
+    mix). :meth:`batches` gives, per step, ``batch_size`` indices of that part's blocks (each part cycles
+    through seeded epochs of its own blocks), offset so that :meth:`collate` knows the part again.
+    """
+
+    def __init__(self, parts: dict[str, FusionCorpus], plan: Sequence[str]):
+        unknown = sorted(set(plan) - set(parts))
+        if unknown:
+            raise ValueError(f"the schedule names parts {unknown} that do not exist; parts: {sorted(parts)}")
+        self.parts = parts
+        self.plan = list(plan)
+        self.names = list(parts)
+        sizes = [len(parts[name]) for name in self.names]
+        self.offsets = dict(zip(self.names, np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist(), strict=True))
+        self._total = int(sum(sizes))
+
+    def __len__(self) -> int:
+        return self._total
+
+    def __getitem__(self, index: int) -> int:
+        return int(index)
+
+    def batches(self, batch_size: int, seed: int) -> StepBatches:
+        need = {name: self.plan.count(name) for name in self.names}
+        per_part = {name: iter(StepBatches(len(self.parts[name]), batch_size, need[name], seed + n))
+                    for n, name in enumerate(self.names) if need[name]}
+        return StepBatches.fixed([[self.offsets[name] + i for i in next(per_part[name])] for name in self.plan])
+
+    def collate(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        first = int(indices[0])
+        name = next(n for n in reversed(self.names) if first >= self.offsets[n])
+        local = [int(i) - self.offsets[name] for i in indices]
+        if any(not 0 <= i < len(self.parts[name]) for i in local):
+            raise ValueError("a scheduled batch mixes blocks of several parts")
+        return self.parts[name].collate(local)
 
 
 def make_accelerator() -> Accelerator:
@@ -1045,8 +1097,8 @@ def make_accelerator() -> Accelerator:
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
-def train_with_accelerate(model: nn.Module, corpus: FusionCorpus, cfg: TrainConfig, loss_fn: Any, *,
-                          accelerator: Accelerator | None = None, progress: str | None = "fusing",
+def train_with_accelerate(model: nn.Module, corpus: FusionCorpus | ScheduledCorpus, cfg: TrainConfig, loss_fn: Any,
+                          *, accelerator: Accelerator | None = None, progress: str | None = "fusing",
                           on_step: Callable[[int, dict[str, float]], bool | None] | None = None,
                           ) -> tuple[nn.Module, TrainStats]:
     """Train ``model`` on ``corpus`` with :func:`harness.train.train`, scaled by ``accelerate``.
@@ -1062,8 +1114,13 @@ def train_with_accelerate(model: nn.Module, corpus: FusionCorpus, cfg: TrainConf
     acc = accelerator or make_accelerator()
     if cfg.batch_size % acc.num_processes:
         raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the {acc.num_processes} processes")
-    loader = torch.utils.data.DataLoader(corpus, batch_sampler=StepBatches(len(corpus), cfg.batch_size, cfg.steps,
-                                                                           cfg.seed), collate_fn=corpus.collate)
+    if isinstance(corpus, ScheduledCorpus):
+        if len(corpus.plan) != cfg.steps:
+            raise ValueError(f"the schedule has {len(corpus.plan)} steps, the training config {cfg.steps}")
+        sampler: Any = corpus.batches(cfg.batch_size, cfg.seed)
+    else:
+        sampler = StepBatches(len(corpus), cfg.batch_size, cfg.steps, cfg.seed)
+    loader = torch.utils.data.DataLoader(corpus, batch_sampler=sampler, collate_fn=corpus.collate)
     wrapped, loader = acc.prepare(model, loader)
     stats = train(wrapped, iter(loader), cfg, loss_fn=loss_fn, progress=progress if acc.is_main_process else None,
                   on_step=on_step, accelerator=acc)
@@ -1106,6 +1163,6 @@ __all__ = [
     "ensure_teacher_store", "TargetRows", "AlignOptions", "identity_rows", "target_rows", "self_rows",
     "surface_vocab_map", "shares_vocabulary", "ensure_aligned_store", "CandidateBlock", "CandidateSource", "StreamCandidates",
     "OnlineTeacher", "OnlineCandidates", "candidate_scores", "fusion_weights", "fuse_topk", "FusionCorpus",
-    "sparse_soft_ce", "fusion_loss", "StepBatches", "make_accelerator", "train_with_accelerate",
+    "sparse_soft_ce", "fusion_loss", "StepBatches", "ScheduledCorpus", "make_accelerator", "train_with_accelerate",
     "mean_across_processes", "details_of",
 ]

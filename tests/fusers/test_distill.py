@@ -637,3 +637,31 @@ def test_fusion_corpus_carries_the_loss_mask_per_block() -> None:
     assert "loss_mask" not in corpus.collate([0])
     with pytest.raises(ValueError, match="loss_mask"):
         D.FusionCorpus(corpus.input_ids, corpus.candidates, seq_len=16, loss_mask=mask[:-1])
+
+
+def test_scheduled_corpus_draws_each_step_from_its_planned_part() -> None:
+    a, b = synthetic_corpus(seed=0), synthetic_corpus(seed=1)
+    b.input_ids = b.input_ids + 1000  # tell the parts apart by their tokens
+    scheduled = D.ScheduledCorpus({"inference": a, "training": b}, ["inference", "inference", "training", "inference"])
+    assert len(scheduled) == len(a) + len(b)
+    batches = list(scheduled.batches(batch_size=2, seed=0))
+    assert len(batches) == 4 and all(len(x) == 2 for x in batches)
+    for part, batch in zip(scheduled.plan, batches, strict=True):
+        ids = scheduled.collate(batch)["input_ids"]
+        assert bool((ids >= 1000).all()) == (part == "training") and bool((ids < 1000).all()) == (part == "inference")
+    # a part's blocks cycle through whole epochs before repeating
+    inference_blocks = [i for part, batch in zip(scheduled.plan, batches, strict=True) if part == "inference"
+                        for i in batch]
+    assert len(set(inference_blocks)) == len(inference_blocks) == 6 <= len(a)
+    with pytest.raises(ValueError, match="mixes"):
+        scheduled.collate([0, len(a)])
+    with pytest.raises(ValueError, match="do not exist"):
+        D.ScheduledCorpus({"training": b}, ["inference"])
+
+
+def test_a_corpus_over_part_of_the_stream() -> None:
+    corpus = synthetic_corpus()
+    half = len(corpus.input_ids) // 2
+    second = D.FusionCorpus(corpus.input_ids, corpus.candidates, seq_len=16, rows=(half, len(corpus.input_ids)))
+    assert len(second) == (len(corpus.input_ids) - half) // 16
+    assert second.collate([0])["input_ids"].tolist() == [corpus.input_ids[half:half + 16].tolist()]
