@@ -307,7 +307,7 @@ class ChatFormat:
         tok = getattr(lm, "tokenizer", None)
         has_template = bool(getattr(tok, "chat_template", None)) and callable(getattr(tok, "apply_chat_template", None))
         self.tokenizer = tok if has_template else None
-        self.stop = _end_of_turn(tok) if has_template else [PLAIN_STOP]
+        self.stop = end_of_turn(tok) if has_template else [PLAIN_STOP]
 
     @property
     def kind(self) -> str:
@@ -324,7 +324,7 @@ class ChatFormat:
                              "fix the tokenizer's chat_template, or remove it to use the plain transcript") from None
 
 
-def _end_of_turn(tok: Any) -> list[str]:
+def end_of_turn(tok: Any) -> list[str]:
     """The text a chat template writes after an assistant message (``<|im_end|>``, ``<|eot_id|>`` …).
 
     Found by rendering a probe conversation: generation stops there even when it is not the EOS token
@@ -359,16 +359,10 @@ def generate_answers(lm: LM, questions: list[Question], max_gen_toks: int) -> li
 
 def _generate(lm: LM, questions: list[Question], prompts: list[str], stop: list[str], max_gen_toks: int,
               turn: int) -> list[str]:
-    from lm_eval.api.instance import Instance
+    from harness.lmeval import generate_greedy
 
-    requests = [
-        Instance(request_type="generate_until", doc={**q.doc(), "turn": turn},
-                 arguments=(p, {"until": list(stop), "max_gen_toks": max_gen_toks, "do_sample": False}),
-                 idx=0, metadata=("mtbench", q.qid, 1))
-        for q, p in zip(questions, prompts, strict=True)
-    ]
-    outputs = lm.generate_until(requests) if requests else []
-    return [str(o).strip() for o in outputs]
+    return generate_greedy(lm, prompts, stop, max_gen_toks, docs=[{**q.doc(), "turn": turn} for q in questions],
+                           doc_ids=[q.qid for q in questions], task="mtbench")
 
 
 # --- judging ------------------------------------------------------------------------------------

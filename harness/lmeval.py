@@ -131,6 +131,26 @@ def ensure_context_length(lm: LM) -> None:
 # --- plain values -------------------------------------------------------------------------------
 
 
+def generate_greedy(lm: LM, prompts: Sequence[str], stop: Sequence[str], max_gen_toks: int, *,
+                    docs: Sequence[dict[str, Any]] | None = None, doc_ids: Sequence[Any] | None = None,
+                    task: str = "fusebench") -> list[str]:
+    """Greedy continuations of ``prompts`` through ``lm.generate_until`` (batched by the LM), stripped.
+
+    Generation stops at any string of ``stop`` (lm-eval also stops at EOS) or after ``max_gen_toks`` tokens.
+    ``docs`` / ``doc_ids``: what each request records as its document and document id (default: the index).
+    """
+    from lm_eval.api.instance import Instance
+
+    requests = [
+        Instance(request_type="generate_until", doc=dict(docs[i]) if docs is not None else {"index": i},
+                 arguments=(p, {"until": list(stop), "max_gen_toks": max_gen_toks, "do_sample": False}),
+                 idx=0, metadata=(task, doc_ids[i] if doc_ids is not None else i, 1))
+        for i, p in enumerate(prompts)
+    ]
+    outputs = lm.generate_until(requests) if requests else []
+    return [str(o).strip() for o in outputs]
+
+
 def to_plain(obj: Any) -> Any:
     """Recursively turn lm-eval / numpy / torch values into JSON-able Python values.
 
