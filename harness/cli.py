@@ -30,7 +30,7 @@ zoo_app = typer.Typer(help="The embedded tiny model zoo (trained offline by Fuse
 app.add_typer(zoo_app, name="zoo")
 
 DbOpt = Annotated[str, typer.Option("--db", help="Results DB (SQLite).", envvar="BENCH_DB")]
-SuiteOpt = Annotated[list[str] | None, typer.Option("--suite", help="Suite to run (repeatable). Default: perplexity.")]
+SuiteOpt = Annotated[list[str] | None, typer.Option("--suite", help="Suite to run (repeatable). Default: the fuser's own list, else perplexity.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override key=value (repeatable), e.g. method=ties.")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Only the first N items per task.", min=1)]
 

@@ -150,12 +150,14 @@ def build_run_config(
     data.setdefault("suite_args", {})
 
     fuser_registry().check(data["fuser"])
-    for suite in data.get("suites") or DEFAULT_SUITES:
-        suite_registry().check(suite)
     fuser_cls = fuser_registry().get(data["fuser"])
+    # a fuser may name the suites its paper reports (fusechat: perplexity, bbh-mini, mtbench)
+    data["suites"] = data.get("suites") or list(getattr(fuser_cls, "default_suites", DEFAULT_SUITES))
+    for suite in data["suites"]:
+        suite_registry().check(suite)
 
     top_level = set(RunConfig.model_fields) - {"fuser_args", "suite_args", "fuser", "suites"}
-    suite_names = set(data.get("suites") or DEFAULT_SUITES)
+    suite_names = set(data["suites"])
     for item in sets or []:
         key, value = parse_set(item)
         head, _, rest = key.partition(".")
