@@ -1,0 +1,138 @@
+"""The MinED search behind ``vocab_map`` (``fusers._align._nearest_pieces`` / ``_first_min_ed``) against a
+plain reference: for every query, ``min(range(len(cands)), key=lambda c: ED(q, cands[c]))`` (the first
+candidate at the minimal Levenshtein distance, ties to the lowest index; an equal candidate is at distance
+0, so it is the first equal one).
+
+Both paths are checked: the numba-compiled search and the rapidfuzz fallback used without numba. The
+inputs are built to reach the awkward parts: ties everywhere (two- and three-letter alphabets),
+duplicates and empty strings, code points from all planes (lone surrogates included), queries longer
+than a machine word, alphabets wider than the 64-bit masks and the 128 count slots, and queries made of
+repeated characters far from every candidate (the per-length count bounds).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from rapidfuzz.distance import Levenshtein
+
+import fusers._align as align
+
+UNICODE = ["a", "b", "é", "▁", "Ġ", "Ċ", "中", "文", "😀", "\ud800", "\U0010ffff", "\x00", " "]
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Textbook Levenshtein DP over code points (unit costs)."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def reference(queries: list[str], cands: list[str], dist=edit_distance) -> tuple[list[int], list[bool]]:  # noqa: ANN001
+    index = [min(range(len(cands)), key=lambda c: dist(q, cands[c])) for q in queries]
+    return index, [q in cands for q in queries]
+
+
+@pytest.fixture(params=["compiled", "rapidfuzz"])
+def path(request, monkeypatch):  # noqa: ANN001, ANN201
+    if request.param == "compiled":
+        pytest.importorskip("numba")
+        assert align._compiled_first_min_ed() is not None
+    else:
+        monkeypatch.setattr(align, "_compiled_first_min_ed", lambda: None)
+    return request.param
+
+
+def check(queries: list[str], cands: list[str], dist=edit_distance) -> None:  # noqa: ANN001
+    index, exact = align._nearest_pieces(queries, cands)
+    ref_index, ref_exact = reference(queries, cands, dist)
+    assert index.tolist() == ref_index
+    assert exact.tolist() == ref_exact
+    assert align._first_min_ed(queries, cands).tolist() == ref_index
+
+
+def words(rng: random.Random, alphabet: list[str] | str, count: int, longest: int, shortest: int = 0) -> list[str]:
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(shortest, longest))) for _ in range(count)]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_ties_duplicates_and_empty_strings(path, seed: int) -> None:  # noqa: ANN001
+    rng = random.Random(seed)
+    alphabet = "ab" if seed % 2 else "abc"
+    cands = words(rng, alphabet, rng.randint(1, 40), 6)  # duplicates and "" come up by themselves
+    queries = words(rng, alphabet, 30, 8) + [""] + rng.sample(cands, min(5, len(cands)))
+    check(queries, cands)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_unicode_pieces(path, seed: int) -> None:  # noqa: ANN001
+    rng = random.Random(100 + seed)
+    cands = words(rng, UNICODE, 60, 7)
+    queries = words(rng, UNICODE + ["q", "\U0001f680"], 40, 9) + rng.sample(cands, 5)  # some code points no candidate has
+    check(queries, cands)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_queries_and_candidates_longer_than_a_machine_word(path, seed: int) -> None:  # noqa: ANN001
+    rng = random.Random(200 + seed)
+    cands = words(rng, "abcd▁", 120, 90) + words(rng, "abcd▁", 40, 4)
+    queries = words(rng, "abcde▁", 25, 130, shortest=60) + words(rng, "abcd", 10, 70)
+    check(queries, cands, Levenshtein.distance)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_wide_alphabets(path, seed: int) -> None:  # noqa: ANN001
+    """More distinct characters than mask bits and count slots: both alias, the bounds must stay bounds."""
+    rng = random.Random(300 + seed)
+    alphabet = [chr(0x4E00 + k) for k in range(300)] + list("abcdefghij")
+    cands = words(rng, alphabet, 400, 8, shortest=1)
+    queries = [q[: rng.randint(1, len(q))] + rng.choice(alphabet) for q in rng.sample(cands, 40)]
+    queries += words(rng, alphabet, 30, 10) + words(rng, alphabet[:12], 10, 12)
+    check(queries, cands, Levenshtein.distance)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_repeated_characters_far_from_everything(path, seed: int) -> None:  # noqa: ANN001
+    """Indentation-like pieces ('Ċ▁▁▁▁') and runs of letters: large minimal distances with many ties."""
+    rng = random.Random(400 + seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    cands = ["▁" + w for w in words(rng, letters, 300, 9, shortest=1)] + words(rng, letters, 300, 12, shortest=1)
+    rng.shuffle(cands)
+    queries = ["Ċ" * rng.randint(0, 2) + "▁" * rng.randint(1, 40) for _ in range(15)]
+    queries += ["".join(c * rng.randint(2, 5) for c in rng.sample(letters, rng.randint(2, 8))) for _ in range(25)]
+    queries += [q[::-1] + q for q in rng.sample(cands, 10)]
+    check(queries, cands, Levenshtein.distance)
+
+
+def test_degenerate_inputs(path) -> None:  # noqa: ANN001
+    assert align._first_min_ed([], ["a"]).tolist() == []
+    index, exact = align._nearest_pieces([], [])
+    assert index.tolist() == [] and exact.tolist() == []
+    with pytest.raises(ValueError, match="empty"):
+        align._nearest_pieces(["a"], [])
+    check(["", "a", "ab"], [""])
+    check(["", "x"], ["abc", "ab", "b", "a", "ab"])  # ties on length for "", first of the length-1 ones for "x"
+    check(["ab", "ba", "abc"], ["ba", "ab", "ab", "abc"])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_vocab_map_same_with_and_without_numba(monkeypatch, seed: int) -> None:  # noqa: ANN001
+    pytest.importorskip("numba")
+    rng = random.Random(500 + seed)
+    alphabet = "abcdeĠ▁Ċ中"
+    src = list(dict.fromkeys(words(rng, alphabet, 300, 7, shortest=1)))
+    base = list(dict.fromkeys(words(rng, alphabet.replace("Ġ", ""), 500, 7, shortest=1)))
+    compiled = align.vocab_map(src, base, source_marker="Ġ", base_marker="▁")
+    with monkeypatch.context() as m:
+        m.setattr(align, "_compiled_first_min_ed", lambda: None)
+        fallback = align.vocab_map(src, base, source_marker="Ġ", base_marker="▁")
+    assert np.array_equal(compiled.ids, fallback.ids)
+    assert np.array_equal(compiled.exact, fallback.exact)
+    keys = [p.replace("Ġ", "▁") for p in src]
+    assert compiled.ids.tolist() == reference(keys, base, Levenshtein.distance)[0]
