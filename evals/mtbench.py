@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.api import EvalContext, EvalResult, Sample, Score
+from harness.chat_data import end_of_turn
 from harness.errors import BenchError, did_you_mean
 
 if TYPE_CHECKING:
@@ -322,23 +323,6 @@ class ChatFormat:
         except Exception as e:
             raise BenchError(f"the model's chat template failed on a user/assistant/user conversation: {e}",
                              "fix the tokenizer's chat_template, or remove it to use the plain transcript") from None
-
-
-def end_of_turn(tok: Any) -> list[str]:
-    """The text a chat template writes after an assistant message (``<|im_end|>``, ``<|eot_id|>`` …).
-
-    Found by rendering a probe conversation: generation stops there even when it is not the EOS token
-    (lm-eval adds EOS itself). Empty when the template writes nothing recognisable after a reply.
-    """
-    probe = "\x00FUSEBENCH-PROBE\x00"
-    try:
-        text = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}],
-                                       tokenize=False)
-    except Exception:
-        return []
-    tail = text.split(probe, 1)[1] if probe in text else ""
-    first = next((line.strip() for line in tail.splitlines() if line.strip()), "")
-    return [first] if first else []
 
 
 def generate_answers(lm: LM, questions: list[Question], max_gen_toks: int) -> list[Transcript]:

@@ -5,4 +5,6 @@ BUILTIN: dict[str, str] = {
     "ensemble": "fusers.ensemble:Ensemble",
     "cool-fusion": "fusers.cool_fusion:CoolFusion",
     "fusellm": "fusers.fusellm:FuseLLM",
+    "fusechat": "fusers.fusechat:FuseChat",
+    "profuser": "fusers.profuser:ProFuser",
 }

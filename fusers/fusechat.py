@@ -1,0 +1,396 @@
+"""FuseChat: pairwise knowledge fusion of chat models into pivot-shaped targets, then a parameter merge.
+
+Wan et al., "FuseChat: Knowledge Fusion of Chat Models", https://arxiv.org/abs/2408.07990 (v2, SCE and
+statistics-based alignment) and https://arxiv.org/abs/2402.16107 (v1, VaRM); spec ``fusion-algorithms.md``
+§2.3, §6 and quirks Q2, Q5, Q7, Q8. Two stages:
+
+1. **Pairwise fusion.** For every source other than the pivot, a target initialised from the pivot is trained
+   on chat data (instructions masked: the loss covers response tokens only) with
+
+       L = λ·SFT + (1-λ)·CE_soft(target, MinCE{pivot's own distribution, source's aligned distribution}),
+
+   where MinCE picks, per dialogue, the candidate with the lower cross-entropy on the responses. A source with
+   the pivot's vocabulary is used as it is; any other is aligned with FuseChat v2's statistics-based alignment
+   (:mod:`fusers._ms_align`): token alignments over the corpus are counted sparsely, each source token is
+   mapped to the pivot token it co-aligns with (``ms_weighting``: ``frequency``, or the released code's
+   ``reference``, quirk Q2), and its top-k distribution is moved through that map. The per-chunk alignments
+   are computed once and serve both the counts and the distributions.
+2. **Merge.** The targets, all of the pivot's shape, are merged in parameter space with the pivot as base,
+   through mergekit: ``sce`` (v2, ``sce_variant`` = mergekit | fuseai_fork | paper), ``varm`` (v1; quirk Q7's
+   equal weights with ``reference_compat=["q7"]``) or any mergekit method (linear, task_arithmetic, ties,
+   dare_ties, slerp ...). The weights VaRM/SCE choose per matrix are recorded.
+
+The training data is a chat corpus built offline from the zoo's domains (:mod:`harness.chat_data`), or a
+JSONL file of conversations (``data=PATH``), rendered with the pivot's chat template; every model reads that
+same text. Teacher distributions, co-alignment counts and each pairwise target are cached by content under
+``$BENCH_HOME/cache``, so an interrupted run resumes at the first missing stage and a new merge method reuses
+the trained targets. The pairwise targets are saved inside the fused model's folder (``pairwise/NAME``) and
+evaluated beside it.
+
+Run::
+
+    bench run --fuser fusechat                      # pivot gpt2-code, sources neox-docs and mpt-math, SCE
+    bench run --fuser fusechat --set merge=varm --set data=my_chats.jsonl
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from harness.api import FuseContext, FusionResult
+from harness.errors import BenchError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from harness.model import ModelRef
+
+QUIRKS = ("q1", "q5", "q7")
+#: ``merge`` names that mean FuseChat's own methods; anything else is a mergekit method name.
+_FUSECHAT_MERGES = {"sce": "fusechat_sce", "varm": "varm"}
+
+
+class FuseChat:
+    """Pairwise fusion of each source into a copy of the pivot, then VaRM/SCE (or any mergekit) merging."""
+
+    name: ClassVar[str] = "fusechat"
+    #: Part of the runner's artifact key: bump when the same config would now train a different model.
+    version: ClassVar[str] = "1"
+    paper: ClassVar[str] = "https://arxiv.org/abs/2408.07990"
+    runtime_only: ClassVar[bool] = False
+    default_sources: ClassVar[list[str]] = ["zoo:gpt2-code", "zoo:neox-docs", "zoo:mpt-math"]
+    default_target: ClassVar[str] = "zoo:gpt2-code"
+    #: What `bench run --fuser fusechat` evaluates unless --suite says otherwise (mtbench is judged when a
+    #: judge is configured; without one its answers are stored unrated).
+    default_suites: ClassVar[list[str]] = ["perplexity", "bbh-mini", "mtbench"]
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        data: str | None = Field(None, description="JSONL of conversations (default: built from the zoo's domains).")
+        conversations: int = Field(1500, ge=8, description="Built-in corpus size (ignored with data=).")
+        lam: float = Field(0.9, ge=0.0, le=1.0, description="Weight of the SFT loss; 1-lam goes to the fusion loss.")
+        top_k: int = Field(10, ge=1, description="Entries kept per position and teacher (reference: 10).")
+        fusion: Literal["min_ce", "avg_ce", "avg_ce_softmax"] = Field("min_ce", description="How the two candidates combine.")
+        temperature: float = Field(1.0, gt=0.0, description="The reference's fuse_temperature on the kept top-k logits.")
+        align: Literal["offsets", "dtw_ed"] = Field("offsets", description="Sequence alignment: byte offsets or MinED DTW.")
+        ms_weighting: Literal["frequency", "reference"] = Field(
+            "frequency", description="MS map: the most frequent co-alignment wins, or the reference's dist·sigmoid(count) (Q2).")
+        steps: int = Field(150, ge=1, description="Optimizer steps per pairwise target.")
+        batch_size: int = Field(8, ge=1, description="Blocks of seq_len tokens per step.")
+        seq_len: int = Field(256, ge=16, description="Tokens per training block; longer conversations are skipped.")
+        lr: float = Field(5e-4, gt=0.0, description="Peak learning rate (AdamW, warmup then cosine).")
+        warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
+        merge: str = Field("sce", description="sce | varm | any mergekit method (linear, task_arithmetic, ties, ...).")
+        sce_variant: Literal["mergekit", "fuseai_fork", "paper"] = Field("mergekit", description="SCE reading (Q8).")
+        select_topk: float = Field(0.1, gt=0.0, le=1.0, description="SCE: fraction of high-variance elements kept.")
+        density: float | None = Field(None, description="ties / dare: fraction of each task vector kept.")
+        reference_compat: list[str] | Literal["all"] = Field(
+            default_factory=list, description=f"Reference quirks to reproduce: any of {', '.join(QUIRKS)}, or 'all'.")
+
+        @field_validator("reference_compat", mode="before")
+        @classmethod
+        def _known_quirks(cls, value: Any) -> Any:
+            if isinstance(value, str) and value != "all":
+                value = [value]
+            if isinstance(value, list):
+                bad = [q for q in value if q not in QUIRKS]
+                if bad:
+                    raise ValueError(f"fusechat reproduces quirks {', '.join(QUIRKS)} (or 'all'); got {bad}")
+            return value
+
+        @field_validator("data")
+        @classmethod
+        def _data_exists(cls, value: str | None) -> str | None:
+            if value is not None and not Path(value).expanduser().is_file():
+                raise ValueError(f"data file {value!r} does not exist (give a JSONL of conversations)")
+            return value
+
+        @model_validator(mode="after")
+        def _steps_and_warmup(self) -> FuseChat.Config:
+            if self.warmup_steps > self.steps:
+                raise ValueError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}")
+            return self
+
+        @property
+        def compat(self) -> frozenset[str]:
+            return frozenset(QUIRKS) if self.reference_compat == "all" else frozenset(self.reference_compat)
+
+    def fuse(self, sources: list[ModelRef], target: ModelRef | None, cfg: BaseModel, ctx: FuseContext) -> FusionResult:
+        cfg = cfg if isinstance(cfg, self.Config) else self.Config.model_validate(cfg, from_attributes=True)
+        if not sources and target is None:
+            raise BenchError("fusechat needs sources", "pass --sources A,B (the pivot defaults to the first)")
+        return _Run(cfg, sources, target, ctx).run()
+
+
+def merge_config(cfg: FuseChat.Config) -> Any:
+    """The :class:`fusers.merge.Merge` config of stage 2 (the pivot is the base of every method that takes one)."""
+    from fusers.merge import Merge
+
+    method = _FUSECHAT_MERGES.get(cfg.merge, cfg.merge)
+    options: dict[str, Any] = {"method": method}
+    if method == "fusechat_sce":
+        options.update(select_topk=cfg.select_topk, variant=cfg.sce_variant)
+    elif method == "varm":
+        options["equal_weights"] = "q7" in cfg.compat
+    elif cfg.density is not None:
+        options["density"] = cfg.density
+    return Merge.Config(**options)
+
+
+class _Run:
+    """One FuseChat run: corpus -> teachers -> per source (alignment, pairwise target) -> merge."""
+
+    def __init__(self, cfg: FuseChat.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
+        self.cfg, self.ctx = cfg, ctx
+        self.pivot = target if target is not None else sources[0]
+        seen = {self.pivot.content_hash()}
+        self.others: list[ModelRef] = []
+        for ref in sources:  # the pivot is every target's starting point, not a pair of its own
+            if ref.content_hash() not in seen:
+                seen.add(ref.content_hash())
+                self.others.append(ref)
+        if not self.others:
+            raise BenchError("fusechat needs at least one source besides the pivot",
+                             "pass --sources PIVOT,SOURCE[,SOURCE...] or --target PIVOT --sources SOURCE,...")
+        self.timings: dict[str, float] = {}
+        from harness import paths
+
+        self.cache = paths.cache_dir()
+
+    def run(self) -> FusionResult:
+        from fusers import _distill as D
+        from fusers._align import target_width
+        from fusers.fusellm import _load_tokenizer
+        from harness.model import load_hf
+
+        cfg = self.cfg
+        pivot_model, tokenizer = load_hf(self.pivot)
+        self.pivot_tokenizer = tokenizer
+        self.width = target_width(D.logit_width(pivot_model), len(tokenizer.get_vocab()))
+        self.pivot_encoder = D.ChunkEncoder(tokenizer)
+        self.source_encoders = [D.ChunkEncoder(_load_tokenizer(ref)) for ref in self.others]
+
+        start = time.perf_counter()
+        self.chunks, self.spans, corpus_report = self._corpus()
+        self.fingerprint = D.chunks_fingerprint(self.chunks, cfg.seq_len)
+        self.timings["corpus"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        pivot_key = D.store_key("teacher", self.pivot.content_hash(), self.fingerprint, cfg.top_k)
+        self.pivot_store = D.ensure_teacher_store(self.cache / "distill" / "teachers" / pivot_key, self.chunks,
+                                                  self.pivot_encoder, lambda: pivot_model, cfg.top_k,
+                                                  about={"model": self.pivot.spec})
+        self.pivot_masks = [D.rows_predicting(self.pivot_encoder.encode(c), s)
+                            for c, s in zip(self.chunks, self.spans, strict=True)]
+        self.pivot_sums = D.masked_sums(self.pivot_store, self.pivot_masks)
+        self.timings["pivot_teacher"] = time.perf_counter() - start
+
+        trained: dict[str, Path] = {}
+        stage_details: dict[str, Any] = {}
+        for ref in self.others:
+            name = f"{_short(self.pivot)}+{_short(ref)}"
+            trained[name], stage_details[name] = self._pairwise_target(ref)
+
+        out_dir = Path(self.ctx.out_dir)
+        start = time.perf_counter()
+        merge_details = self._merge(list(trained.values()), out_dir)
+        self.timings["merge"] = time.perf_counter() - start
+        stages = {name: out_dir / "pairwise" / name for name in trained}
+        for name, cached in trained.items():  # the run's artifact holds everything it evaluates
+            shutil.copytree(cached, stages[name], ignore=shutil.ignore_patterns("pairwise.json"))
+
+        details = {
+            "pivot": self.pivot.spec,
+            "sources": [ref.spec for ref in self.others],
+            "corpus": corpus_report,
+            "merge": merge_details,
+            "stages": stage_details,
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+        }
+        return FusionResult(path=out_dir, details=details, stages=stages)
+
+    # --- the chat corpus ------------------------------------------------------------------------
+
+    def _corpus(self) -> tuple[list[Any], list[np.ndarray], dict[str, Any]]:
+        """Conversations rendered with the pivot's template, as chunks every tokenizer reads whole.
+
+        Returns the chunks, each one's response byte spans, and a report. A conversation that any model
+        would read as more than ``seq_len`` tokens is skipped (and counted).
+        """
+        from fusers import _distill as D
+        from harness.chat_data import default_conversations, load_conversations, render
+
+        cfg = self.cfg
+        if cfg.data is not None:
+            conversations = load_conversations(Path(cfg.data).expanduser())
+        else:
+            conversations = default_conversations(cfg.conversations, seed=0)
+        tokenizers = [self.pivot_tokenizer, *(e.tokenizer for e in self.source_encoders)]
+        chunks, spans, skipped = [], [], 0
+        for conv in conversations:
+            rendered = render(conv, self.pivot_tokenizer)
+            # +1: a conversation is read after the EOS token, like a document
+            if any(len(t(rendered.text, add_special_tokens=False)["input_ids"]) + 1 > cfg.seq_len for t in tokenizers):
+                skipped += 1
+                continue
+            chunks.append(D.TextChunk(len(chunks), rendered.text, True))
+            spans.append(D.text_byte_spans(rendered.text, rendered.response_spans))
+        if not chunks:
+            raise BenchError(f"no conversation fits seq_len={cfg.seq_len} tokens under every tokenizer",
+                             "raise --set seq_len or give shorter conversations")
+        domains: dict[str, int] = {}
+        for conv in conversations:
+            domains[conv.domain] = domains.get(conv.domain, 0) + 1
+        report = {"source": cfg.data or "built-in", "conversations": len(conversations), "used": len(chunks),
+                  "skipped_too_long": skipped, "domains": domains,
+                  "response_bytes": int(sum(int((s[:, 1] - s[:, 0]).sum()) for s in spans)),
+                  "text_bytes": int(sum(len(c.text.encode("utf-8")) for c in chunks))}
+        return chunks, spans, report
+
+    # --- stage 1: one pairwise target -----------------------------------------------------------
+
+    def _pairwise_target(self, ref: ModelRef) -> tuple[Path, dict[str, Any]]:
+        """Train (or find in the cache) the target of the pivot fused with ``ref``."""
+        from fusers import _distill as D
+
+        cfg = self.cfg
+        encoder = self.source_encoders[self.others.index(ref)]
+        shared = D.shares_vocabulary(encoder.tokenizer, self.pivot_tokenizer)
+        options = D.AlignOptions(mode=cfg.align, fallback="current" if "q1" in cfg.compat else "next",
+                                 collision="first" if "q5" in cfg.compat else "sum")
+        train_fields = cfg.model_dump(mode="json", exclude={"merge", "sce_variant", "select_topk", "density", "data"})
+        key = D.store_key("fusechat-target", self.pivot.content_hash(), ref.content_hash(), self.fingerprint,
+                          train_fields, sorted(cfg.compat), self.ctx.seed)
+        final = self.cache / "fusechat" / "targets" / key
+        if (final / "pairwise.json").is_file():
+            return final, json.loads((final / "pairwise.json").read_text())
+
+        start = time.perf_counter()
+        teacher_key = D.store_key("teacher", ref.content_hash(), self.fingerprint, cfg.top_k)
+        teacher = D.ensure_teacher_store(self.cache / "distill" / "teachers" / teacher_key, self.chunks, encoder,
+                                         _loader(ref), cfg.top_k, about={"model": ref.spec})
+        teacher_seconds = time.perf_counter() - start
+
+        start = time.perf_counter()
+        vocab, alignments, ms_report = self._alignment(ref, encoder, shared)
+        vocab_hash = None if vocab is None else hashlib.sha256(vocab.ids.tobytes()).hexdigest()[:16]
+        akey = D.store_key("aligned", teacher_key, self.pivot.content_hash(), self.width, options.to_dict(), vocab_hash)
+        aligned = D.ensure_aligned_store(self.cache / "distill" / "aligned" / akey, self.chunks, self.pivot_encoder,
+                                         encoder, teacher, vocab, self.width, options, shared_vocab=shared,
+                                         about={"source": ref.spec, "target": self.pivot.spec}, alignments=alignments)
+        align_seconds = time.perf_counter() - start
+
+        source_masks = [D.rows_predicting(encoder.encode(c), s) for c, s in zip(self.chunks, self.spans, strict=True)]
+        candidates = D.StreamCandidates.from_stores([self.pivot.name, ref.name], [self.pivot_store, aligned])
+        candidates.sums = [self.pivot_sums, D.masked_sums(teacher, source_masks)]
+        input_ids = self.pivot_store.rows("tokens")[:]
+        corpus = D.FusionCorpus(input_ids, candidates, seq_len=cfg.seq_len, fusion=cfg.fusion, granularity="sequence",
+                                temperature=cfg.temperature, loss_mask=_stream(self.pivot_masks))
+        model, stats, train_seconds = self._train(corpus)
+
+        tmp = final.with_name(f".tmp-{key}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        self.pivot_tokenizer.save_pretrained(tmp)
+        details = {
+            "source": ref.spec,
+            "shared_vocab": shared,
+            "alignment": {"options": options.to_dict(), **ms_report},
+            "corpus": {"target_tokens": int(len(input_ids)), "loss_tokens": int(corpus.loss_mask.sum()),
+                       "blocks": len(corpus), "epochs": round(cfg.steps * cfg.batch_size / len(corpus), 3)},
+            "timings": {"teacher": round(teacher_seconds, 2), "align": round(align_seconds, 2),
+                        "train": round(train_seconds, 2)},
+            **D.details_of(stats, cfg.lam, [self.pivot.name, ref.name], corpus.selected),
+        }
+        (tmp / "pairwise.json").write_text(json.dumps(details, indent=1, default=str))
+        shutil.rmtree(final, ignore_errors=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(final)
+        return final, details
+
+    def _alignment(self, ref: ModelRef, encoder: Any, shared: bool) -> tuple[Any, list[Any] | None, dict[str, Any]]:
+        """(vocabulary map, per-chunk alignments, report): MS statistics for another vocabulary, nothing to
+        compute for the pivot's own (the source's rows are then used as they are wherever it tokenizes alike)."""
+        from fusers import _distill as D
+        from fusers import _ms_align as MS
+        from fusers._align import target_width
+        from fusers.fusellm import _config_width
+
+        if shared:
+            return None, None, {"method": "shared vocabulary"}
+        cfg = self.cfg
+        start = time.perf_counter()
+        counts, alignments = MS.count_corpus(self.pivot_encoder, encoder, self.chunks, mode=cfg.align,
+                                             keep_alignments=True)
+        count_seconds = time.perf_counter() - start
+        source_width = target_width(_config_width(ref), len(encoder.tokenizer.get_vocab()))
+        vocab = MS.ms_vocab_map(counts, encoder.tokenizer, self.pivot_tokenizer, weighting=cfg.ms_weighting,
+                                source_width=source_width, pivot_width=self.width)
+        if cfg.reference_compat != "all":  # exact byte twins (newlines, EOS) first, as in fusellm
+            vocab = D.surface_vocab_map(vocab, encoder.tokenizer, self.pivot_tokenizer, self.width)
+        report = {"method": "ms", "ms_weighting": cfg.ms_weighting, "observed_pairs": int(counts.nnz),
+                  "count_bytes": int(counts.nbytes), "count_seconds": round(count_seconds, 2),
+                  "exact_share": round(float(vocab.exact[:source_width].mean()), 4)}
+        return vocab, alignments, report
+
+    def _train(self, corpus: Any) -> tuple[Any, Any, float]:
+        from fusers import _distill as D
+        from harness.model import load_hf
+        from harness.train import TrainConfig
+
+        cfg = self.cfg
+        model, _ = load_hf(self.pivot)
+        model.train()
+        train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
+                                warmup_steps=cfg.warmup_steps, seed=self.ctx.seed)
+        start = time.perf_counter()
+        model, stats = D.train_with_accelerate(model, corpus, train_cfg, D.fusion_loss(cfg.lam),
+                                               progress=f"fusechat {corpus.candidates.names[1]}")
+        model.eval()
+        return model, stats, time.perf_counter() - start
+
+    # --- stage 2: merge -------------------------------------------------------------------------
+
+    def _merge(self, targets: list[Path], out_dir: Path) -> dict[str, Any]:
+        """Merge the pairwise targets with the pivot as base; the weights chosen per matrix are recorded."""
+        import fusers._merge_methods as fm
+        from fusers.merge import Merge
+        from harness.model import resolve
+
+        merge_cfg = merge_config(self.cfg)
+        refs = [resolve(str(p)) for p in targets]
+        with fm.record_weights() as weights:
+            result = Merge().fuse(refs, self.pivot, merge_cfg, FuseContext(out_dir=out_dir, seed=self.ctx.seed))
+        return {"method": merge_cfg.method, "options": merge_cfg.model_dump(mode="json", exclude_none=True),
+                "mergekit_config": result.details.get("mergekit_config"),
+                "weights_per_matrix": {name or "": [round(w, 6) for w in ws] for name, ws in weights.items()}}
+
+
+def _short(ref: ModelRef) -> str:
+    """A model's name without its scheme or folders: ``zoo:gpt2-code`` -> ``gpt2-code``."""
+    return ref.name.rsplit(":", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
+
+
+def _stream(masks: list[np.ndarray]) -> np.ndarray:
+    import numpy as np
+
+    return np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+
+
+def _loader(ref: ModelRef):  # noqa: ANN202 - a model factory for ensure_teacher_store
+    def load() -> Any:
+        from harness.model import load_hf
+
+        model, _ = load_hf(ref)
+        return model
+
+    return load
