@@ -1,0 +1,417 @@
+"""ProFuser: fusion that judges the sources in inference mode first, then in training mode, progressively.
+
+Shi et al., "ProFuser: Progressive Fusion of Large Language Models", https://arxiv.org/abs/2408.04998 (spec
+``fusion-algorithms.md`` §7; the reference code could not be retrieved, so the defaults are FuseBench's own).
+Existing fusion methods measure a source's *advantage* only in training mode: its cross-entropy on a
+ground-truth response (MinCE). ProFuser also measures it in inference mode: what the sources actually
+generate, judged by a reward. The target (initialised from the pivot) is trained on
+
+* **inference-mode data**: every source answers every prompt (greedy); the rewards vote for the best answer
+  (``rewards``: ``math`` = exact final number, ``code`` = unit tests in the sandbox, ``reward_model:PATH`` = an
+  HF sequence-classification model, ``judge`` = an LLM judge; several rewards vote by plurality); the winner's
+  answer becomes the response, and the winner's own distribution over it (teacher-forced, aligned into the
+  target's vocabulary) the soft target. Prompts where the rewards see no difference are left out.
+* **training-mode data**: conversations with ground-truth responses; per dialogue the candidate (the pivot's
+  own distribution or an aligned source) with the lowest response CE per byte wins (MinCE, as FuseLLM).
+
+Both with ``λ·SFT + (1-λ)·soft CE`` on response tokens only. The **schedule** is ``two_stage`` (all
+inference-mode steps, then all training-mode steps: easy to hard, the paper's default) or ``linear_mix``
+(each step is an inference-mode batch with probability ``1 - t/T``); the mode of every step is logged
+(``loss_curves.inference_mode``), and how often each source won in each mode is recorded with the model
+(``wins``, the paper's key statistic).
+
+Run::
+
+    bench run --fuser profuser                                  # zoo: gpt2-code <- neox-docs, mpt-math
+    bench run --fuser profuser --set schedule=linear_mix --set 'rewards=["math","judge:http://localhost:8000/v1"]'
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from harness.api import FuseContext, FusionResult
+from harness.errors import BenchError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from harness.chat_data import Conversation
+    from harness.model import ModelRef
+
+INFERENCE, TRAINING = "inference", "training"
+
+
+class ProFuser:
+    """Progressive fusion: inference-mode advantage (rewarded generations), then training-mode (MinCE)."""
+
+    name: ClassVar[str] = "profuser"
+    #: Part of the runner's artifact key: bump when the same config would now train a different model.
+    version: ClassVar[str] = "1"
+    paper: ClassVar[str] = "https://arxiv.org/abs/2408.04998"
+    runtime_only: ClassVar[bool] = False
+    default_sources: ClassVar[list[str]] = ["zoo:gpt2-code", "zoo:neox-docs", "zoo:mpt-math"]
+    default_target: ClassVar[str] = "zoo:gpt2-code"
+    default_suites: ClassVar[list[str]] = ["perplexity", "bbh-mini", "mtbench"]
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        rewards: list[str] = Field(default_factory=lambda: ["math"],
+                                   description="Rewards that vote: math, code, reward_model:PATH, judge[:URL|MODEL].")
+        allow_code_exec: bool = Field(False, description="Let the code reward run model-written code (sandboxed).")
+        judge_url: str | None = Field(None, description="OpenAI-compatible endpoint for the judge reward.")
+        judge_model: str | None = Field(None, description="Judge model name (at judge_url, or a local model).")
+        data: str | None = Field(None, description="JSONL of conversations for both modes (default: built-in).")
+        inference_prompts: int = Field(240, ge=1, description="Built-in prompts answered by the sources.")
+        inference_domains: list[str] = Field(default_factory=lambda: ["math"],
+                                             description="Built-in prompts' domains (math has verifiable answers).")
+        training_conversations: int = Field(900, ge=1, description="Built-in ground-truth conversations.")
+        max_new_tokens: int = Field(96, ge=1, description="Longest generated answer, in the source's tokens.")
+        schedule: Literal["two_stage", "linear_mix"] = Field("two_stage", description="How the modes alternate.")
+        inference_steps: int = Field(60, ge=0, description="Steps on inference-mode data (linear_mix: expected).")
+        training_steps: int = Field(120, ge=0, description="Steps on training-mode data (linear_mix: expected).")
+        lam: float = Field(0.9, ge=0.0, le=1.0, description="Weight of the SFT loss; 1-lam goes to the fusion loss.")
+        top_k: int = Field(10, ge=1, description="Entries kept per position and teacher.")
+        temperature: float = Field(1.0, gt=0.0, description="Teacher temperature on the kept top-k logits.")
+        align: Literal["offsets", "dtw_ed"] = Field("offsets", description="Sequence alignment: byte offsets or MinED DTW.")
+        batch_size: int = Field(8, ge=1, description="Blocks of seq_len tokens per step.")
+        seq_len: int = Field(256, ge=16, description="Tokens per training block; longer conversations are skipped.")
+        lr: float = Field(5e-4, gt=0.0, description="Peak learning rate (AdamW, warmup then cosine).")
+        warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
+
+        @field_validator("rewards")
+        @classmethod
+        def _known_rewards(cls, specs: list[str]) -> list[str]:
+            from fusers._rewards import REWARD_NAMES
+
+            if not specs:
+                raise ValueError("rewards must name at least one reward")
+            for spec in specs:
+                name = spec.partition(":")[0].strip().lower().replace("-", "_")
+                if name not in REWARD_NAMES:
+                    raise ValueError(f"unknown reward {spec!r}; use {', '.join(REWARD_NAMES)}")
+            return specs
+
+        @field_validator("data")
+        @classmethod
+        def _data_exists(cls, value: str | None) -> str | None:
+            if value is not None and not Path(value).expanduser().is_file():
+                raise ValueError(f"data file {value!r} does not exist (give a JSONL of conversations)")
+            return value
+
+        @model_validator(mode="after")
+        def _code_needs_opt_in(self) -> ProFuser.Config:
+            import os
+
+            code = any(s.partition(":")[0].strip().lower() == "code" for s in self.rewards)
+            if code and not (self.allow_code_exec or os.environ.get("BENCH_ALLOW_CODE_EXEC") == "1"):
+                raise ValueError("the code reward runs model-written code: set allow_code_exec=true "
+                                 "(or BENCH_ALLOW_CODE_EXEC=1), as for the humaneval suite")
+            return self
+
+        @model_validator(mode="after")
+        def _some_steps(self) -> ProFuser.Config:
+            if self.inference_steps + self.training_steps == 0:
+                raise ValueError("inference_steps + training_steps must be at least 1")
+            if self.warmup_steps > self.inference_steps + self.training_steps:
+                raise ValueError("warmup_steps exceeds the total number of steps")
+            return self
+
+        @property
+        def steps(self) -> int:
+            return self.inference_steps + self.training_steps
+
+    def fuse(self, sources: list[ModelRef], target: ModelRef | None, cfg: BaseModel, ctx: FuseContext) -> FusionResult:
+        cfg = cfg if isinstance(cfg, self.Config) else self.Config.model_validate(cfg, from_attributes=True)
+        if not sources and target is None:
+            raise BenchError("profuser needs sources", "pass --sources A,B (the target defaults to the first)")
+        return _Run(cfg, sources, target, ctx).run()
+
+
+def schedule_plan(schedule: str, inference_steps: int, training_steps: int, seed: int) -> list[str]:
+    """The mode of every optimizer step.
+
+    ``two_stage``: ``inference_steps`` inference-mode steps, then ``training_steps`` training-mode steps.
+    ``linear_mix``: ``T = inference_steps + training_steps`` steps; step t is an inference-mode step with
+    probability ``1 - t/T`` (seeded), so inference mode dominates early and fades out.
+    """
+    import numpy as np
+
+    if schedule == "two_stage":
+        return [INFERENCE] * inference_steps + [TRAINING] * training_steps
+    if schedule == "linear_mix":
+        total = inference_steps + training_steps
+        draws = np.random.default_rng(seed).random(total)
+        return [INFERENCE if draws[t] < 1.0 - t / total else TRAINING for t in range(total)]
+    raise ValueError(f"unknown schedule {schedule!r}; expected two_stage or linear_mix")
+
+
+def winning_conversations(prompts: list[Conversation], answers: list[list[str]], rewards: list[Any]
+                          ) -> tuple[list[Conversation], list[int], list[Any]]:
+    """Inference mode's data: each prompt answered by the source the rewards vote for.
+
+    ``answers[k][i]`` is source k's answer to prompt i. Returns the conversations whose last turn is the
+    winning answer, the winner of each, and every prompt's vote. A prompt on which every reward scores all
+    sources alike carries no signal and is left out (its vote is still returned).
+    """
+    from fusers._rewards import vote
+    from harness.chat_data import with_response
+
+    per_prompt = [[answers[k][i] for k in range(len(answers))] for i in range(len(prompts))]
+    votes = vote(rewards, [_prompt_text(c) for c in prompts], per_prompt, [c.reference for c in prompts])
+    chosen, winners = [], []
+    for conv, result, candidates in zip(prompts, votes, per_prompt, strict=True):
+        if all(len(set(row)) == 1 for row in result.scores):
+            continue
+        chosen.append(with_response(conv, candidates[result.winner]))
+        winners.append(result.winner)
+    return chosen, winners, votes
+
+
+def _prompt_text(conv: Conversation) -> str:
+    return "\n".join(m.content for m in conv.prompt_messages)
+
+
+class _Run:
+    """One ProFuser run: answers -> votes -> corpus of both modes -> teachers -> scheduled training."""
+
+    def __init__(self, cfg: ProFuser.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
+        self.cfg, self.ctx = cfg, ctx
+        self.pivot = target if target is not None else sources[0]
+        seen = {self.pivot.content_hash()}
+        self.others: list[ModelRef] = []
+        for ref in sources:
+            if ref.content_hash() not in seen:
+                seen.add(ref.content_hash())
+                self.others.append(ref)
+        self.candidates = [self.pivot, *self.others]  # candidate 0: the target's own distribution
+        self.timings: dict[str, float] = {}
+
+    def run(self) -> FusionResult:
+        import numpy as np
+
+        from fusers import _distill as D
+        from fusers._align import target_width
+        from fusers.fusellm import _load_tokenizer
+        from harness.model import load_hf
+        from harness.train import TrainConfig
+
+        cfg = self.cfg
+        model, tokenizer = load_hf(self.pivot)
+        self.tokenizer = tokenizer
+        self.width = target_width(D.logit_width(model), len(tokenizer.get_vocab()))
+        self.encoders = [D.ChunkEncoder(tokenizer), *(D.ChunkEncoder(_load_tokenizer(r)) for r in self.others)]
+
+        prompts, truth = self._conversations()
+        start = time.perf_counter()
+        answers = self._answers(prompts)
+        self.timings["generate"] = time.perf_counter() - start
+        start = time.perf_counter()
+        rewards = self._rewards()
+        chosen, winners, votes = winning_conversations(prompts, answers, rewards)
+        self.timings["reward"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        chunks_a, spans_a, winners = self._chunks(chosen, winners)
+        chunks_b, spans_b, _ = self._chunks(truth, [None] * len(truth))
+        self.chunks, spans = chunks_a + chunks_b, spans_a + spans_b
+        fingerprint = D.chunks_fingerprint(self.chunks, cfg.seq_len)
+        stores, teachers = self._stores(model, fingerprint)
+        self.timings["teachers_and_alignment"] = time.perf_counter() - start
+
+        masks = [[D.rows_predicting(enc.encode(c), s) for c, s in zip(self.chunks, spans, strict=True)]
+                 for enc in self.encoders]
+        sums = [D.masked_sums(teacher, m) for teacher, m in zip(teachers, masks, strict=True)]
+        n_a = len(chunks_a)
+        training_wins = _min_ce_winners({k: v[n_a:] for k, v in s.items()} for s in sums)
+        for c, s in enumerate(sums):  # inference mode: only the rewarded winner is a candidate of its dialogue
+            for i, w in enumerate(winners):
+                if w != c:
+                    s["n_bytes"][i] = s["n_tokens"][i] = 0.0
+        names = [r.name for r in self.candidates]
+        candidates = D.StreamCandidates.from_stores(names, stores)
+        candidates.sums = sums
+        input_ids = stores[0].rows("tokens")[:]
+        split = int(stores[0].item_offsets()[n_a])
+        loss_mask = np.concatenate(masks[0])
+        parts, plan = self._parts(input_ids, candidates, loss_mask, split)
+
+        model.train()
+        train_cfg = TrainConfig(steps=len(plan), batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
+                                warmup_steps=min(cfg.warmup_steps, len(plan)), seed=self.ctx.seed)
+        start = time.perf_counter()
+        model, stats = D.train_with_accelerate(model, D.ScheduledCorpus(parts, plan), train_cfg, D.fusion_loss(cfg.lam),
+                                               progress="profuser")
+        self.timings["train"] = time.perf_counter() - start
+        out_dir = Path(self.ctx.out_dir)
+        model.eval()
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+
+        selected = sum((p.selected for p in parts.values()), np.zeros(len(names)))
+        details = D.details_of(stats, cfg.lam, names, selected)
+        details["loss_curves"]["inference_mode"] = [1.0 if mode == INFERENCE else 0.0 for mode in plan]
+        details.update({
+            "target": self.pivot.spec,
+            "wins": {INFERENCE: _counts(winners, names), TRAINING: _counts(training_wins, names)},
+            "prompts": {"answered": len(prompts), "decided": len(chosen), "undecided": len(prompts) - len(chosen),
+                        "used": n_a, "rewards": cfg.rewards},
+            "training_conversations": {"given": len(truth), "used": len(chunks_b)},
+            "schedule": {"kind": cfg.schedule, "steps": {INFERENCE: plan.count(INFERENCE),
+                                                         TRAINING: plan.count(TRAINING)}},
+            "examples": [{"prompt": _prompt_text(p), "answers": {n: answers[k][i] for k, n in enumerate(names)},
+                          "votes": votes[i].scores_by_reward(), "winner": names[votes[i].winner]}
+                         for i, p in enumerate(prompts[:3])],
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+        })
+        return FusionResult(path=out_dir, details=details)
+
+    # --- data -----------------------------------------------------------------------------------
+
+    def _conversations(self) -> tuple[list[Conversation], list[Conversation]]:
+        """(inference-mode prompts, training-mode conversations with ground truth)."""
+        from harness.chat_data import default_conversations, load_conversations
+
+        cfg = self.cfg
+        if cfg.data is not None:
+            conversations = load_conversations(Path(cfg.data).expanduser())
+            return conversations, conversations
+        prompts = default_conversations(cfg.inference_prompts, seed=1, domains=tuple(cfg.inference_domains))
+        truth = default_conversations(cfg.training_conversations, seed=0)
+        return prompts, truth
+
+    def _answers(self, prompts: list[Conversation]) -> list[list[str]]:
+        """Every candidate model's greedy answer to every prompt (cached by content: generation is seeded)."""
+        from fusers import _distill as D
+        from harness import paths
+        from harness.chat_data import end_of_turn, render_prompt
+        from harness.lmeval import generate_greedy, quiet
+        from harness.model import as_lm, load_hf
+
+        answers = []
+        for ref in self.candidates:
+            key = D.store_key("profuser-answers", ref.content_hash(), [p.id for p in prompts],
+                              [_prompt_text(p) for p in prompts], self.cfg.max_new_tokens)
+            cached = paths.cache_dir() / "profuser" / "answers" / f"{key}.json"
+            if cached.is_file():
+                answers.append(json.loads(cached.read_text()))
+                continue
+            model, tok = load_hf(ref)
+            texts = [render_prompt(p, tok) for p in prompts]
+            with quiet():
+                out = generate_greedy(as_lm(model, tok, batch_size=32), texts, end_of_turn(tok),
+                                      self.cfg.max_new_tokens, task="profuser")
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp")
+            tmp.write_text(json.dumps(out))
+            tmp.replace(cached)
+            answers.append(out)
+        return answers
+
+    def _rewards(self) -> list[Any]:
+        from fusers._rewards import make_reward
+
+        rewards = []
+        for spec in self.cfg.rewards:
+            options: dict[str, Any] = {}
+            if spec.split(":")[0].strip().lower() == "judge" and ":" not in spec:
+                options = {k: v for k, v in (("url", self.cfg.judge_url), ("model", self.cfg.judge_model)) if v}
+            rewards.append(make_reward(spec, **options))
+        return rewards
+
+    def _chunks(self, conversations: list[Conversation], winners: list[int | None]
+                ) -> tuple[list[Any], list[np.ndarray], list[int | None]]:
+        """Conversations rendered with the target's template; those longer than seq_len anywhere are skipped."""
+        from fusers import _distill as D
+        from harness.chat_data import render
+
+        chunks, spans, kept = [], [], []
+        for conv, winner in zip(conversations, winners, strict=True):
+            rendered = render(conv, self.tokenizer)
+            if any(len(e.tokenizer(rendered.text, add_special_tokens=False)["input_ids"]) + 1 > self.cfg.seq_len
+                   for e in self.encoders):
+                continue
+            chunks.append(D.TextChunk(len(chunks), rendered.text, True))
+            spans.append(D.text_byte_spans(rendered.text, rendered.response_spans))
+            kept.append(winner)
+        return chunks, spans, kept
+
+    def _stores(self, model: Any, fingerprint: str) -> tuple[list[Any], list[Any]]:
+        """(candidate stores in the target's positions, teacher stores in each model's own tokenization)."""
+        from fusers import _distill as D
+        from fusers._align import target_width
+        from fusers.fusechat import _loader
+        from fusers.fusellm import _config_width, source_vocab_map
+        from harness import paths
+
+        cfg = self.cfg
+        root = paths.cache_dir() / "distill"
+        options = D.AlignOptions(mode=cfg.align)
+        teachers, stores = [], []
+        for c, (ref, enc) in enumerate(zip(self.candidates, self.encoders, strict=True)):
+            key = D.store_key("teacher", ref.content_hash(), fingerprint, cfg.top_k)
+            teacher = D.ensure_teacher_store(root / "teachers" / key, self.chunks, enc,
+                                             (lambda: model) if c == 0 else _loader(ref), cfg.top_k,
+                                             about={"model": ref.spec})
+            teachers.append(teacher)
+            if c == 0:
+                stores.append(teacher)
+                continue
+            shared = D.shares_vocabulary(enc.tokenizer, self.tokenizer)
+            width = target_width(_config_width(ref), len(enc.tokenizer.get_vocab()))
+            vocab = source_vocab_map(enc.tokenizer, self.tokenizer, width, self.width, frozenset())
+            akey = D.store_key("aligned", key, self.pivot.content_hash(), self.width, options.to_dict(),
+                               _digest(vocab.ids.tobytes()))
+            stores.append(D.ensure_aligned_store(root / "aligned" / akey, self.chunks, self.encoders[0], enc, teacher,
+                                                 vocab, self.width, options, shared_vocab=shared,
+                                                 about={"source": ref.spec, "target": self.pivot.spec}))
+        return stores, teachers
+
+    def _parts(self, input_ids: np.ndarray, candidates: Any, loss_mask: np.ndarray, split: int
+               ) -> tuple[dict[str, Any], list[str]]:
+        """One corpus per mode over its part of the stream, and the plan of modes per step."""
+        from fusers import _distill as D
+
+        cfg = self.cfg
+        common = {"seq_len": cfg.seq_len, "fusion": "min_ce", "granularity": "sequence",
+                  "temperature": cfg.temperature, "loss_mask": loss_mask}
+        bounds = {INFERENCE: (0, split), TRAINING: (split, len(input_ids))}
+        parts = {}
+        for mode, (a, b) in bounds.items():
+            if (b - a) // cfg.seq_len > 0:
+                parts[mode] = D.FusionCorpus(input_ids, candidates, rows=(a, b), **common)
+        if not parts:
+            raise BenchError("profuser has no training block in either mode",
+                             "give more conversations or prompts, or lower --set seq_len")
+        plan = schedule_plan(cfg.schedule, cfg.inference_steps, cfg.training_steps, self.ctx.seed)
+        missing = [mode for mode in (INFERENCE, TRAINING) if mode not in parts and mode in plan]
+        if missing:
+            raise BenchError(f"profuser has no {missing[0]}-mode data for its {plan.count(missing[0])} steps "
+                             "(every prompt undecided, or every conversation too long)",
+                             f"set {missing[0]}_steps=0, or give prompts the rewards can tell apart")
+        return parts, plan
+
+
+def _min_ce_winners(sums: Any) -> list[int]:
+    """Per dialogue, the candidate with the lowest response CE per byte (ties: the lowest index)."""
+    import numpy as np
+
+    per = [s["nats"] / np.where(s["n_bytes"] > 0, s["n_bytes"], np.nan) for s in sums]
+    table = np.nan_to_num(np.stack(per, axis=1), nan=np.inf)
+    return table.argmin(axis=1).tolist() if len(table) else []
+
+
+def _counts(winners: list[int | None], names: list[str]) -> dict[str, int]:
+    return {name: sum(1 for w in winners if w == k) for k, name in enumerate(names)}
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()[:16]

@@ -1,0 +1,138 @@
+"""ProFuser: the schedule, the inference-mode winners, and `bench run --fuser profuser` on the micro zoo.
+
+The end-to-end run uses a tiny random reward model (any HF sequence-classification model is a reward), so
+that the sources' answers differ in reward even where the micro models cannot do arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+
+from fusers.profuser import INFERENCE, TRAINING, ProFuser, schedule_plan, winning_conversations
+from harness.chat_data import Conversation, Message
+from tests.conftest import bench
+
+TINY = {"inference_prompts": 12, "training_conversations": 24, "inference_steps": 3, "training_steps": 4,
+        "batch_size": 2, "seq_len": 96, "top_k": 4, "warmup_steps": 1, "max_new_tokens": 12}
+SUITE = ["--suite", "perplexity", "--set", "perplexity.max_docs=2", "--set", "perplexity.max_chars_per_doc=300"]
+
+
+@pytest.fixture(autouse=True)
+def _one_core():  # noqa: ANN202
+    from tests.fusers.test_distill import one_core
+
+    with one_core():
+        yield
+
+
+class PrefersSource:
+    """A reward that scores source ``k``'s answers 1 and everything else 0 (answers carry their source)."""
+
+    name = "prefers"
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def score(self, prompts, responses, references):  # noqa: ANN001, ANN201
+        return [1.0 if r.startswith(f"[{self.k}]") else 0.0 for r in responses]
+
+
+def test_two_stage_runs_inference_mode_first_then_training_mode() -> None:
+    assert schedule_plan("two_stage", 3, 2, seed=0) == [INFERENCE] * 3 + [TRAINING] * 2
+    assert schedule_plan("two_stage", 0, 2, seed=0) == [TRAINING] * 2
+
+
+def test_linear_mix_decays_the_share_of_inference_mode_steps() -> None:
+    plan = schedule_plan("linear_mix", 200, 200, seed=0)
+    assert len(plan) == 400 and plan == schedule_plan("linear_mix", 200, 200, seed=0)
+    first, last = plan[:100].count(INFERENCE), plan[-100:].count(INFERENCE)
+    assert first > 75 and last < 25  # expected 87.5 and 12.5
+    assert plan[0] == INFERENCE  # p(0) = 1
+    assert schedule_plan("linear_mix", 200, 200, seed=1) != plan
+    with pytest.raises(ValueError):
+        schedule_plan("cosine", 1, 1, seed=0)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_a_reward_that_prefers_source_k_makes_its_answers_the_targets(k: int) -> None:
+    prompts = [Conversation(f"p{i}", (Message("user", f"question {i}"), Message("assistant", f"truth {i}")))
+               for i in range(5)]
+    answers = [[f"[{s}] answer {i} from source {s}" for i in range(5)] for s in range(3)]
+    chosen, winners, votes = winning_conversations(prompts, answers, [PrefersSource(k)])
+    assert winners == [k] * 5 and len(votes) == 5
+    assert [c.response for c in chosen] == answers[k]
+    assert [c.prompt_messages for c in chosen] == [p.prompt_messages for p in prompts]
+
+
+def test_prompts_the_rewards_cannot_tell_apart_are_left_out() -> None:
+    prompts = [Conversation(f"p{i}", (Message("user", "q"), Message("assistant", "a"))) for i in range(3)]
+    answers = [["[1] x", "same", "[1] y"], ["[0] x", "same", "[0] y"]]
+    chosen, winners, votes = winning_conversations(prompts, answers, [PrefersSource(1)])
+    assert winners == [0, 0] and [c.response for c in chosen] == ["[1] x", "[1] y"] and len(votes) == 3
+
+
+def test_config_validation(monkeypatch) -> None:  # noqa: ANN001
+    assert ProFuser.Config().schedule == "two_stage" and ProFuser.Config().rewards == ["math"]
+    monkeypatch.delenv("BENCH_ALLOW_CODE_EXEC", raising=False)
+    for bad in ({"rewards": ["vibes"]}, {"rewards": []}, {"inference_steps": 0, "training_steps": 0},
+                {"rewards": ["code"]}, {"schedule": "cosine"}):
+        with pytest.raises(ValueError):
+            ProFuser.Config(**bad)
+    assert ProFuser.Config(rewards=["code"], allow_code_exec=True).rewards == ["code"]
+    import fusers.profuser
+
+    assert "bench run --fuser profuser" in fusers.profuser.__doc__
+
+
+@pytest.fixture(scope="module")
+def reward_model(tmp_path_factory) -> Path:  # noqa: ANN001
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from tests.conftest import one_thread
+    from tests.fusers.conftest import bpe_tokenizer, corpus, special_ids
+
+    path = tmp_path_factory.mktemp("rm") / "rm"
+    with one_thread():
+        tok = bpe_tokenizer([corpus()[0][:6000]], vocab_size=280)
+        torch.manual_seed(0)
+        model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=4,
+                                                         n_positions=256, num_labels=1, **special_ids(tok)))
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("schedule", ["two_stage", "linear_mix"])
+def test_bench_run_profuser_records_wins_per_mode_and_the_schedule(private_home: Path, tmp_path: Path, reward_model,
+                                                                  schedule: str, capsys) -> None:  # noqa: ANN001
+    db = tmp_path / "bench.db"
+    sets = [x for key, value in TINY.items() for x in ("--set", f"{key}={value}")]
+    code = bench("run", "--fuser", "profuser", "--db", str(db), *sets, "--set", f"schedule={schedule}",
+                 "--set", f'rewards=["reward_model:{reward_model}"]', *SUITE)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    database = sqlite_utils.Database(db)
+    (run,) = database.query("select * from runs")
+    assert run["status"] == "ok" and run["fuser"] == "profuser"
+    rows = list(database.query("select m.details, rm.role from run_models rm join models m on m.id = rm.model_id "
+                               "order by position"))
+    assert [r["role"] for r in rows] == ["fused", "target", "source", "source"]
+    details = json.loads(rows[0]["details"])
+    names = ["zoo:gpt2-code", "zoo:neox-docs", "zoo:mpt-math"]
+    wins = details["wins"]
+    assert set(wins) == {INFERENCE, TRAINING} and all(set(w) == set(names) for w in wins.values()), wins
+    assert sum(wins[INFERENCE].values()) == details["prompts"]["used"] > 0
+    assert sum(wins[TRAINING].values()) == details["training_conversations"]["used"] > 0
+    mode = details["loss_curves"]["inference_mode"]
+    expected = schedule_plan(schedule, TINY["inference_steps"], TINY["training_steps"], seed=0)
+    assert mode == [1.0 if m == INFERENCE else 0.0 for m in expected]
+    assert len(details["loss_curves"]["total"]) == len(expected)
+    logged = [r["value"] for r in database.query("select value from train_log where name = 'inference_mode' "
+                                                  "order by step")]
+    assert logged == mode
+    example = details["examples"][0]
+    assert set(example["answers"]) == set(names) and example["winner"] in names
