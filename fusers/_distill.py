@@ -460,6 +460,16 @@ class RowView:
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
+def _progress(items: Sequence[int], label: str) -> Iterable[int]:
+    """``items`` with a rich progress bar on stderr (shards of a store being computed)."""
+    import sys
+
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(items, description=label, console=Console(file=sys.stderr), transient=False)
+
+
 def ensure_teacher_store(root: Path, chunks: Sequence[TextChunk], encoder: ChunkEncoder,
                          model_fn: Callable[[], nn.Module], k: int, *, shard_size: int = 128,
                          batch_size: int = 16, about: dict[str, Any] | None = None) -> ShardedStore:
@@ -471,7 +481,7 @@ def ensure_teacher_store(root: Path, chunks: Sequence[TextChunk], encoder: Chunk
     missing = store.missing()
     if missing:
         model = model_fn()
-        for shard in missing:
+        for shard in _progress(missing, f"teacher {(about or {}).get('model', '')}".strip()):
             items = store.shard_items(shard)
             rows = teacher_rows(model, [encoder.encode(chunks[i]) for i in items], k, batch_size)
             store.write(shard, rows, ROW_FIELDS, SUM_FIELDS)
@@ -644,7 +654,7 @@ def ensure_aligned_store(root: Path, chunks: Sequence[TextChunk], target: ChunkE
         offsets = teacher.item_offsets()
         cols = {name: teacher.rows(name) for name in ROW_FIELDS}
         sums = {name: teacher.sums(name) for name in SUM_FIELDS}
-        for shard in missing:
+        for shard in _progress(missing, f"align {(about or {}).get('source', '')}".strip()):
             items = []
             for i in store.shard_items(shard):
                 a, b = int(offsets[i]), int(offsets[i + 1])
