@@ -20,8 +20,7 @@ install: $(STAMP)
 
 demo: install
 	$(BENCH) zoo build
-	$(BENCH) run --fuser merge --name demo-merge
-	$(BENCH) run --fuser ensemble --name demo-ensemble
+	$(BENCH) run --fuser fusechat --name demo-fusechat
 	$(BENCH) leaderboard
 
 test: install
