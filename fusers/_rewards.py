@@ -12,6 +12,8 @@ Built-in rewards (:func:`make_reward` builds them from a spec string):
   (1.0 / 0.0). The answer is read the way the zoo's math domain writes it (``... The answer is N.``,
   lm-eval's "take the first ``the answer is``" convention; GSM8K's ``#### N`` and ``\\boxed{N}`` too),
   falling back to the last number in the response; see :func:`extract_answer`.
+* ``math_steps`` — :class:`ArithmeticStepsReward`: the share of the response's ``a op b = c`` steps (and of
+  its final answer, given a reference) that are correct: verifiable partial credit.
 * ``code`` — :class:`UnitTestReward`: the response's code followed by the reference tests (asserts)
   runs in the HumanEval sandbox (:mod:`evals._sandbox`); 1.0 when the program runs to its end. A
   sandbox that cannot run a program raises :class:`~evals._sandbox.SandboxError` (never a silent 0).
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: The reward names :func:`make_reward` knows (``reward_model`` needs ``:PATH``).
-REWARD_NAMES = ("math", "code", "reward_model", "judge")
+REWARD_NAMES = ("math", "math_steps", "code", "reward_model", "judge")
 
 
 @runtime_checkable
@@ -137,6 +139,42 @@ class ExactAnswerReward:
                                  "give the exact numeric answer (e.g. '42') as the reference")
             out.append(1.0 if same_number(extract_answer(response), expected) else 0.0)
         return out
+
+
+_STEP_RE = re.compile(r"(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)")
+
+
+class ArithmeticStepsReward:
+    """Partial credit for worked arithmetic: the share of checks that hold, each verified, none judged.
+
+    The checks are every ``a op b = c`` step written in the response (``+ - * /``, integers; ``/`` must divide
+    exactly) and, when there is a reference, the final answer (:func:`extract_answer`). Score = checks that
+    hold / checks made; a response with no step and no answer scores 0. Tiny models rarely get a whole
+    problem right, so exact-answer rewards tie at 0 almost everywhere; this one still says whose reasoning
+    holds up more often.
+    """
+
+    name = "math_steps"
+
+    def score(self, prompts: list[str], responses: list[str], references: list[str | None]) -> list[float]:
+        _check_batch(prompts, responses, references)
+        out = []
+        for response, reference in zip(responses, references, strict=True):
+            text = response
+            for marker in RUN_ON_MARKERS:
+                text = text.split(marker, 1)[0]
+            steps = [_step_holds(*m) for m in _STEP_RE.findall(text)]
+            checks = steps + ([same_number(extract_answer(text), extract_answer(reference))]
+                              if reference is not None else [])
+            out.append(sum(checks) / len(checks) if checks and (steps or extract_answer(text)) else 0.0)
+        return out
+
+
+def _step_holds(a: str, op: str, b: str, c: str) -> bool:
+    x, y, z = int(a), int(b), int(c)
+    if op == "/":
+        return y != 0 and x % y == 0 and x // y == z
+    return {"+": x + y, "-": x - y, "*": x * y}[op] == z
 
 
 # --- code: unit tests in the sandbox -------------------------------------------------------------
@@ -443,7 +481,8 @@ def vote(rewards: Sequence[Reward], prompts: Sequence[str], candidates_per_promp
 
 # --- factory ------------------------------------------------------------------------------------
 
-_SPEC_HELP = "use one of: math, code, reward_model:/path/to/model, judge (options url=/model=), judge:URL"
+_SPEC_HELP = ("use one of: math, math_steps, code, reward_model:/path/to/model, judge (options url=/model=), "
+              "judge:URL")
 
 
 def make_reward(spec: str, **options: Any) -> Reward:
@@ -461,7 +500,7 @@ def make_reward(spec: str, **options: Any) -> Reward:
         raise BenchError(f"unknown reward {spec!r};{did_you_mean(name, list(REWARD_NAMES))} "
                          f"valid rewards: {', '.join(REWARD_NAMES)}", _SPEC_HELP)
     arg = arg.strip()
-    if name in ("math", "code") and sep:
+    if name in ("math", "math_steps", "code") and sep:
         raise BenchError(f"reward {name!r} takes no argument, got {spec!r}", _SPEC_HELP)
     if name == "reward_model" and not arg:
         raise BenchError("reward 'reward_model' needs a model path", "write reward_model:/path/to/model")
@@ -470,8 +509,8 @@ def make_reward(spec: str, **options: Any) -> Reward:
         if options.get(key) not in (None, arg):
             raise BenchError(f"reward spec {spec!r} and option {key}={options[key]!r} disagree", "give it once")
         options[key] = arg
-    factory: Any = {"math": ExactAnswerReward, "code": UnitTestReward, "reward_model": RewardModelReward,
-                    "judge": JudgeReward}[name]
+    factory: Any = {"math": ExactAnswerReward, "math_steps": ArithmeticStepsReward, "code": UnitTestReward,
+                    "reward_model": RewardModelReward, "judge": JudgeReward}[name]
     args = (arg,) if name == "reward_model" else ()
     try:
         inspect.signature(factory).bind(*args, **options)

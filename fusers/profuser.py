@@ -8,9 +8,12 @@ generate, judged by a reward. The target (initialised from the pivot) is trained
 
 * **inference-mode data**: every source answers every prompt (greedy); the rewards vote for the best answer
   (``rewards``: ``math`` = exact final number, ``code`` = unit tests in the sandbox, ``reward_model:PATH`` = an
-  HF sequence-classification model, ``judge`` = an LLM judge; several rewards vote by plurality); the winner's
+  HF sequence-classification model, ``judge`` = an LLM judge, ``math_steps`` (default) = the share of verified
+  arithmetic steps; several rewards vote by plurality); the winner's
   answer becomes the response, and the winner's own distribution over it (teacher-forced, aligned into the
-  target's vocabulary) the soft target. Prompts where the rewards see no difference are left out.
+  target's vocabulary) the soft target. Prompts where the rewards see no difference are left out. A source
+  answers through its chat template, or, where a conversation carries a ``completion_prompt`` in a base
+  model's own format (the built-in math problems: ``Q: ...\nA:``), through that (``prompt_style``).
 * **training-mode data**: conversations with ground-truth responses; per dialogue the candidate (the pivot's
   own distribution or an aligned source) with the lowest response CE per byte wins (MinCE, as FuseLLM).
 
@@ -45,6 +48,8 @@ if TYPE_CHECKING:
     from harness.model import ModelRef
 
 INFERENCE, TRAINING = "inference", "training"
+#: Where a completion-style answer ends: a blank line, or the next ``Q:`` of a run-on few-shot format.
+COMPLETION_STOP = ("\n\n", "\nQ:")
 
 
 class ProFuser:
@@ -62,8 +67,11 @@ class ProFuser:
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-        rewards: list[str] = Field(default_factory=lambda: ["math"],
-                                   description="Rewards that vote: math, code, reward_model:PATH, judge[:URL|MODEL].")
+        rewards: list[str] = Field(default_factory=lambda: ["math_steps"], description=(
+            "Rewards that vote: math, math_steps, code, reward_model:PATH, judge[:URL|MODEL]."))
+        prompt_style: Literal["auto", "chat", "completion"] = Field(
+            "auto", description="How sources are prompted: chat template, or a conversation's completion_prompt "
+                                "(auto: the latter where there is one).")
         allow_code_exec: bool = Field(False, description="Let the code reward run model-written code (sandboxed).")
         judge_url: str | None = Field(None, description="OpenAI-compatible endpoint for the judge reward.")
         judge_model: str | None = Field(None, description="Judge model name (at judge_url, or a local model).")
@@ -297,22 +305,34 @@ class _Run:
         answers = []
         for ref in self.candidates:
             key = D.store_key("profuser-answers", ref.content_hash(), [p.id for p in prompts],
-                              [_prompt_text(p) for p in prompts], self.cfg.max_new_tokens)
+                              [_prompt_text(p) for p in prompts], [self._as_completion(p) for p in prompts],
+                              self.cfg.max_new_tokens)
             cached = paths.cache_dir() / "profuser" / "answers" / f"{key}.json"
             if cached.is_file():
                 answers.append(json.loads(cached.read_text()))
                 continue
             model, tok = load_hf(ref)
-            texts = [render_prompt(p, tok) for p in prompts]
+            completion = [self._as_completion(p) for p in prompts]
+            texts = [p.completion_prompt if c else render_prompt(p, tok) for p, c in zip(prompts, completion,
+                                                                                         strict=True)]
+            out = [""] * len(prompts)
             with quiet():
-                out = generate_greedy(as_lm(model, tok, batch_size=32), texts, end_of_turn(tok),
-                                      self.cfg.max_new_tokens, task="profuser")
+                for style, stop in ((False, end_of_turn(tok)), (True, list(COMPLETION_STOP))):
+                    idx = [i for i, c in enumerate(completion) if c == style]
+                    answers_ = generate_greedy(as_lm(model, tok, batch_size=32), [texts[i] for i in idx], stop,
+                                               self.cfg.max_new_tokens, task="profuser")
+                    for i, a in zip(idx, answers_, strict=True):
+                        out[i] = a
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_suffix(".tmp")
             tmp.write_text(json.dumps(out))
             tmp.replace(cached)
             answers.append(out)
         return answers
+
+    def _as_completion(self, conv: Conversation) -> bool:
+        style = self.cfg.prompt_style
+        return conv.completion_prompt is not None and style in ("auto", "completion")
 
     def _rewards(self) -> list[Any]:
         from fusers._rewards import make_reward

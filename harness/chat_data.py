@@ -62,6 +62,9 @@ class Conversation:
     domain: str = "custom"
     reference: str | None = None
     tests: str | None = None
+    #: The same request in a base model's own format (the zoo's math: ``Q: ...\nA:``), for models that were
+    #: never taught a chat format: ProFuser's sources answer through it when it is there.
+    completion_prompt: str | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -133,7 +136,8 @@ def _build(domain: str, n: int, rng: random.Random, split: str, seed: int) -> li
         problems = math_examples(n, seed=10_000 + seed, split=split)
         return [Conversation(f"math-{split}-{seed}-{i}",
                              (Message("user", rng.choice(_SOLVE).format(question=p.question)),
-                              Message("assistant", p.solution)), "math", reference=p.answer)
+                              Message("assistant", p.solution)), "math", reference=p.answer,
+                             completion_prompt=f"Q: {p.question}\nA:")
                 for i, p in enumerate(problems)]
     functions = list(_functions(split))
     rng.shuffle(functions)
@@ -257,9 +261,11 @@ def _parse(obj: Any, default_id: str) -> Conversation:
         raise ValueError("after an optional system turn, user and assistant turns must alternate, user first")
     reference = obj.get("reference")
     tests = obj.get("tests")
+    completion = obj.get("completion_prompt")
     return Conversation(str(obj.get("id", default_id)), tuple(messages), str(obj.get("domain", "custom")),
                         reference=None if reference is None else str(reference),
-                        tests=tests if isinstance(tests, str) else None)
+                        tests=tests if isinstance(tests, str) else None,
+                        completion_prompt=completion if isinstance(completion, str) else None)
 
 
 def save_conversations(conversations: Iterable[Conversation], path: str | Path) -> Path:
@@ -272,6 +278,8 @@ def save_conversations(conversations: Iterable[Conversation], path: str | Path) 
                 record["reference"] = c.reference
             if c.tests is not None:
                 record["tests"] = c.tests
+            if c.completion_prompt is not None:
+                record["completion_prompt"] = c.completion_prompt
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
 

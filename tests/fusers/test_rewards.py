@@ -407,7 +407,7 @@ def test_make_reward_errors_are_one_line_with_a_fix() -> None:
     text = str(info.value)
     assert "\n" not in text and "did you mean 'math'?" in text
     assert all(name in text for name in REWARD_NAMES) and info.value.fix
-    with pytest.raises(BenchError, match="valid rewards: math, code, reward_model, judge"):
+    with pytest.raises(BenchError, match="valid rewards: math, math_steps, code, reward_model, judge"):
         make_reward("bleu")
     with pytest.raises(BenchError, match="takes no argument"):
         make_reward("math:gsm8k")
@@ -416,3 +416,18 @@ def test_make_reward_errors_are_one_line_with_a_fix() -> None:
     assert "timeout_s" in str(info.value)
     with pytest.raises(BenchError, match="bad options for reward 'math'"):
         make_reward("math", tolerance=0.1)
+
+
+def test_math_steps_reward_gives_verified_partial_credit() -> None:
+    from fusers._rewards import ArithmeticStepsReward
+
+    reward = make_reward("math_steps")
+    assert isinstance(reward, ArithmeticStepsReward)
+    responses = ["7 - 3 = 4. 4 * 8 = 32. 32 * 7 = 224. The answer is 224.",  # 3 steps + answer, all right
+                 "7 - 3 = 4. 4 * 8 = 30. The answer is 30.",  # 1 of 2 steps, wrong answer
+                 "9 - 9 = 39. The answer is 39.\nQ: What is 1 + 1?\nA: 1 + 1 = 2.",  # run-on ignored
+                 "#\n#\n#", "", "8 / 3 = 2. 8 / 4 = 2."]
+    scores = reward.score(["p"] * 6, responses, ["224", "224", "0", "1", "1", None])
+    assert scores == [1.0, pytest.approx(1 / 3), 0.0, 0.0, 0.0, 0.5]
+    with pytest.raises(BenchError):
+        make_reward("math_steps:x")
