@@ -76,7 +76,7 @@ def test_prompts_the_rewards_cannot_tell_apart_are_left_out() -> None:
 
 
 def test_config_validation(monkeypatch) -> None:  # noqa: ANN001
-    assert ProFuser.Config().schedule == "two_stage" and ProFuser.Config().rewards == ["math"]
+    assert ProFuser.Config().schedule == "two_stage" and ProFuser.Config().rewards == ["math_steps"]
     monkeypatch.delenv("BENCH_ALLOW_CODE_EXEC", raising=False)
     for bad in ({"rewards": ["vibes"]}, {"rewards": []}, {"inference_steps": 0, "training_steps": 0},
                 {"rewards": ["code"]}, {"schedule": "cosine"}):
