@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import json
 import random
+import re
 import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,7 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
 _FORMAT_FIX = ("each line must be a JSON object with a 'messages' list of {role, content} (or ShareGPT "
                "'conversations' of {from, value}) ending with an assistant turn; see README 'Chat data'")
 MAX_CHARS = 800  # built-in conversations: content characters in all (fits 256-token zoo models)
+_AST_LINES = re.compile(r"\r\n|\r|\n")  # the line breaks Python's tokenizer counts
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ def _functions(split: str) -> tuple[_Function, ...]:
         except SyntaxError:
             continue
         module = relative.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
-        lines = source.splitlines()
+        lines = _AST_LINES.split(source)  # ast's line numbers: str.splitlines would also split at \x0c
         for qualname, node in _walk_functions(tree):
             doc = ast.get_docstring(node, clean=True)
             if not doc or len(doc) < 40 or node.end_lineno is None:

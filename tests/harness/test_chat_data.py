@@ -120,3 +120,13 @@ def test_empty_or_missing_files(tmp_path: Path) -> None:
         C.load_conversations(tmp_path / "empty.jsonl")
     with pytest.raises(BenchError, match="cannot read"):
         C.load_conversations(tmp_path / "missing.jsonl")
+
+
+def test_functions_are_cut_by_ast_line_numbers_even_after_a_form_feed() -> None:
+    import ast
+
+    # some stdlib files (e.g. Debian's email/__init__.py) hold a form feed, which str.splitlines counts as
+    # a line break and ast does not
+    source = 'import os\n\x0c\ndef f(a):\n    """A docstring long enough to count."""\n    return a\n'
+    (node,) = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)]
+    assert C._without_docstring(C._AST_LINES.split(source), node) == "def f(a):\n    return a"
