@@ -78,7 +78,12 @@ def test_bench_run_fusellm_scores_fused_target_and_sources(home: Path, tmp_path:
     curves = details["loss_curves"]
     assert len(curves["total"]) == len(curves["clm"]) == len(curves["fuse"]) == TINY["steps"]
     assert details["candidates"][0]["name"] == "zoo:gpt2-code" and len(details["candidates"]) == 3
-    assert all(0 < c["teacher_bytes_per_token"] <= 6 * TINY["top_k"] + 8 + 2 for c in details["candidates"])
+    # 6·k bytes per token (ids + log-probs) + 8 of per-token metadata, plus fixed costs that only matter for a
+    # corpus this small: 32 B of sums per chunk and nine 128-byte .npy headers per shard of 128 chunks
+    chunks = details["corpus"]["chunks"]
+    fixed = chunks * 32 + -(-chunks // 128) * 9 * 128
+    for c in details["candidates"]:
+        assert 0 < c["teacher_bytes_per_token"] <= 6 * TINY["top_k"] + 8 + fixed / c["teacher_tokens"] + 0.01, c
     assert sum(details["candidate_share"].values()) == pytest.approx(1.0, abs=1e-3)
     (fused_dir,) = [p for p in (home / "artifacts").iterdir() if p.is_dir()]
     assert (fused_dir / "config.json").is_file() and (fused_dir / "tokenizer.json").is_file()
