@@ -1098,6 +1098,20 @@ class ScheduledCorpus(torch.utils.data.Dataset):
         return self.parts[name].collate(local)
 
 
+def pivot_and_sources(sources: Sequence[Any], target: Any | None) -> tuple[Any, list[Any]]:
+    """``(pivot, the other sources)`` of a training fuser: the target (else the first source), and every source
+    whose weights differ from it and from each other (a copy of the pivot would only repeat its own
+    distribution, which is candidate 0 already)."""
+    pivot = target if target is not None else sources[0]
+    seen = {pivot.content_hash()}
+    others = []
+    for ref in sources:
+        if ref.content_hash() not in seen:
+            seen.add(ref.content_hash())
+            others.append(ref)
+    return pivot, others
+
+
 def make_accelerator() -> Accelerator:
     """An ``Accelerator`` that splits each global batch across processes (DDP on gloo when on CPU)."""
     from accelerate import Accelerator
@@ -1173,6 +1187,6 @@ __all__ = [
     "ensure_teacher_store", "TargetRows", "AlignOptions", "identity_rows", "target_rows", "self_rows",
     "surface_vocab_map", "shares_vocabulary", "ensure_aligned_store", "CandidateBlock", "CandidateSource", "StreamCandidates",
     "OnlineTeacher", "OnlineCandidates", "candidate_scores", "fusion_weights", "fuse_topk", "FusionCorpus",
-    "sparse_soft_ce", "fusion_loss", "StepBatches", "ScheduledCorpus", "make_accelerator", "train_with_accelerate",
+    "sparse_soft_ce", "fusion_loss", "StepBatches", "ScheduledCorpus", "pivot_and_sources", "make_accelerator", "train_with_accelerate",
     "mean_across_processes", "details_of",
 ]

@@ -151,13 +151,9 @@ class _Run:
 
     def __init__(self, cfg: FuseChat.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
         self.cfg, self.ctx = cfg, ctx
-        self.pivot = target if target is not None else sources[0]
-        seen = {self.pivot.content_hash()}
-        self.others: list[ModelRef] = []
-        for ref in sources:  # the pivot is every target's starting point, not a pair of its own
-            if ref.content_hash() not in seen:
-                seen.add(ref.content_hash())
-                self.others.append(ref)
+        from fusers._distill import pivot_and_sources
+
+        self.pivot, self.others = pivot_and_sources(sources, target)  # the pivot starts every pair
         if not self.others:
             raise BenchError("fusechat needs at least one source besides the pivot",
                              "pass --sources PIVOT,SOURCE[,SOURCE...] or --target PIVOT --sources SOURCE,...")

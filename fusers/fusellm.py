@@ -174,15 +174,9 @@ class _Run:
 
     def __init__(self, cfg: FuseLLM.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
         self.cfg, self.ctx = cfg, ctx
-        self.pivot = target if target is not None else sources[0]
-        pivot_hash = self.pivot.content_hash()
-        seen = {pivot_hash}
-        self.others: list[ModelRef] = []
-        for ref in sources:  # the target's own distribution is candidate 0; a source equal to it adds nothing
-            h = ref.content_hash()
-            if h not in seen:
-                seen.add(h)
-                self.others.append(ref)
+        from fusers._distill import pivot_and_sources
+
+        self.pivot, self.others = pivot_and_sources(sources, target)
         self.timings: dict[str, float] = {}
         self.granularity, self.per_token, self.options = effective_settings(cfg)
 

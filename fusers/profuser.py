@@ -191,13 +191,9 @@ class _Run:
 
     def __init__(self, cfg: ProFuser.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
         self.cfg, self.ctx = cfg, ctx
-        self.pivot = target if target is not None else sources[0]
-        seen = {self.pivot.content_hash()}
-        self.others: list[ModelRef] = []
-        for ref in sources:
-            if ref.content_hash() not in seen:
-                seen.add(ref.content_hash())
-                self.others.append(ref)
+        from fusers._distill import pivot_and_sources
+
+        self.pivot, self.others = pivot_and_sources(sources, target)
         self.candidates = [self.pivot, *self.others]  # candidate 0: the target's own distribution
         self.timings: dict[str, float] = {}
 
