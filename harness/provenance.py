@@ -24,13 +24,27 @@ def _git(*args: str) -> str | None:
 
 
 def versions() -> dict[str, str]:
+    """Installed versions of the packages that shape results, and the embedded corpus's identity
+    (``fusebench-corpus``: pinned source, corpus version, content fingerprint), which `bench regress`
+    requires to match."""
     found = {}
     for name in PACKAGES:
         try:
             found[name] = version(name)
         except PackageNotFoundError:
             continue
+    found[CORPUS_KEY] = corpus_identity()
     return found
+
+
+CORPUS_KEY = "fusebench-corpus"
+
+
+def corpus_identity() -> str:
+    """``sympy==1.14.0/v2/022696193319efad``: what the zoo was trained on and the held-out text measured."""
+    from harness import corpus
+
+    return f"{corpus.SOURCE.requirement}/v{corpus.CORPUS_VERSION}/{corpus.corpus_fingerprint()}"
 
 
 @lru_cache(maxsize=1)

@@ -15,8 +15,10 @@ Only comparable scores are compared. Two scores are comparable when their suite 
 evaluation config (the suite's arguments from the run config, ``limit`` and ``seed`` — what the eval
 cache key hashes besides the model) and the examples they were computed on are the same. The examples
 are fingerprinted from the stored samples: (task, doc_id, target) of every sample, which never depends
-on the model. That catches what the arguments cannot show, e.g. held-out text that changed with the
-Python version. Everything else is reported as "not comparable" with the reason, never compared.
+on the model. That catches what the arguments cannot show, e.g. held-out text that changed. Runs that
+recorded different embedded corpora (``fusebench-corpus`` in their versions: other zoo models, other
+held-out text behind the same names) are not comparable at all. Everything else is reported as "not
+comparable" with the reason, never compared.
 
 A comparable pair is classified in the metric's better direction (``delta`` > 0 is better):
 
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import BenchError
+from harness.provenance import CORPUS_KEY
 from harness.store import Store
 
 BASELINE_FORMAT = "fusebench-baseline/1"
@@ -309,6 +312,13 @@ def _compare_runs(b: RunScores, c: RunScores, suites: list[str] | None, toleranc
         return {r.key: r for r in run.rows if not suites or r.suite in suites}
 
     base, cand = index(b), index(c)
+    corpus_b, corpus_c = (run.meta.get("versions", {}).get(CORPUS_KEY) for run in (b, c))
+    if corpus_b != corpus_c and (corpus_b or corpus_c):
+        # Different zoo models and held-out text behind the same names: nothing here measures the same thing.
+        reason = f"embedded corpus {corpus_b or '(not recorded)'} vs {corpus_c or '(not recorded)'}"
+        return [Comparison(b.label, key, "not comparable", base[key].value if key in base else None,
+                           cand[key].value if key in cand else None, reason=reason)
+                for key in list(base) + [k for k in cand if k not in base]]
     out = []
     for key in list(base) + [k for k in cand if k not in base]:
         rb, rc = base.get(key), cand.get(key)

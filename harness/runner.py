@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
-from harness import paths, provenance
+from harness import corpus, paths, provenance
 from harness.config import RunConfig, stable_hash, validate_plugin_args
 from harness.errors import BenchError
 from harness.model import ModelRef
@@ -313,10 +313,11 @@ def _fuse_in_processes(cfg: RunConfig, fuser_cfg: Any, sources: list[ModelRef], 
 
 def eval_key(model_hash: str, suite_cls: Any, suite_cfg: Any, cfg: RunConfig) -> str:
     """What determines an evaluation: model bytes, suite + version, its args, the bytes of any data files
-    those args point to (editing a question file in place must not reuse an old result), limit and seed."""
+    those args point to (editing a question file in place must not reuse an old result), limit, seed and
+    the embedded corpus (the held-out text the perplexity suite reads by default)."""
     args = suite_cfg.model_dump(mode="json")
     return stable_hash(model_hash, suite_cls.name, suite_cls.version, args, data_fingerprints(args),
-                       cfg.limit, cfg.seed)
+                       cfg.limit, cfg.seed, corpus.corpus_fingerprint())
 
 
 def data_fingerprints(args: dict[str, Any]) -> dict[str, str]:

