@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,6 +55,22 @@ _RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 # Transient HTTP statuses worth retrying; everything else in 4xx is a configuration problem.
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 _MAX_RETRY_AFTER_S = 60.0
+
+
+# FastChat's llm_judge rule for its own prompts: the *first* "[[N]]", else the first "[N]"; no range check.
+_FASTCHAT_RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+_FASTCHAT_RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+
+
+def parse_rating_fastchat(text: str | None) -> float | None:
+    """The rating as FastChat's ``llm_judge`` reads it with its ``judge_prompts.jsonl``: the first
+    ``[[N]]`` (digits, an optional point and decimals, no spaces), else the first ``[N]``; None where
+    FastChat records -1 (no rating). Used whenever MT-Bench runs with FastChat's judge prompts, so that
+    scores sit beside FastChat's."""
+    if not text:
+        return None
+    match = _FASTCHAT_RATING.search(text) or _FASTCHAT_RATING_BACKUP.search(text)
+    return float(match.group(1)) if match else None
 
 
 def parse_rating(text: str | None) -> float | None:
@@ -108,8 +124,10 @@ class Verdict:
         return statistics.pstdev(self.ratings) if self.ratings else None
 
 
-def judge_many(judge: ChatJudge, conversations: Sequence[list[Message]], repeats: int = 1) -> list[Verdict]:
-    """Send each conversation ``repeats`` times (all in one ``complete`` call) and parse the replies.
+def judge_many(judge: ChatJudge, conversations: Sequence[list[Message]], repeats: int = 1,
+               parse: Callable[[str | None], float | None] = parse_rating) -> list[Verdict]:
+    """Send each conversation ``repeats`` times (all in one ``complete`` call) and parse the replies with
+    ``parse`` (:func:`parse_rating`, or :func:`parse_rating_fastchat` with FastChat's prompts).
 
     Repeats are sent even to a deterministic judge: the caller asked for them, and an endpoint that
     claims temperature 0 is not always deterministic (batching, MoE routing).
@@ -123,7 +141,7 @@ def judge_many(judge: ChatJudge, conversations: Sequence[list[Message]], repeats
     verdicts = []
     for i in range(len(conversations)):
         raw = [r or "" for r in replies[i * repeats:(i + 1) * repeats]]
-        verdicts.append(Verdict(raw=raw, ratings=[r for r in map(parse_rating, raw) if r is not None]))
+        verdicts.append(Verdict(raw=raw, ratings=[r for r in map(parse, raw) if r is not None]))
     return verdicts
 
 

@@ -1,21 +1,43 @@
-"""BIG-Bench Hard through lm-eval's own BBH task definitions, plus the offline ``bbh-mini``.
+"""BIG-Bench Hard through lm-eval's task machinery, scored the way the BBH authors score it, plus ``bbh-mini``.
 
 Run:  bench eval --model zoo:llama-base --suite bbh --set bbh.data_dir=PATH/bbh/tasks --limit 20
       bench eval --model zoo:llama-base --suite bbh-mini
 
 * ``bbh``: all 27 tasks, ``mode`` ``cot`` (3-shot chain of thought, default) or ``direct`` (3-shot
-  answer only). Prompts, few-shot exemplars, stop sequences and the answer filter are lm-eval's
-  (``bbh_cot_fewshot_*`` / ``bbh_fewshot_*``): FuseBench writes a small task YAML that ``include``s the
-  builtin one and only swaps the data source, so scores sit next to published lm-eval numbers.
+  answer only). Prompts and few-shot exemplars are lm-eval's (``bbh_cot_fewshot_*`` / ``bbh_fewshot_*``):
+  FuseBench writes a small task YAML that ``include``s the builtin one and swaps the data source, the
+  stop sequences and the answer filter.
   Data: the hub dataset lm-eval names (when the hub is reachable), or ``data_dir`` = a directory in
   the original BBH repo layout (``<task>.json`` = ``{"examples": [{"input", "target"}]}``).
 * ``bbh-mini``: seeded items for 7 algorithmic tasks from :mod:`evals._bbh_generators`, in BBH's exact
-  format, with FuseBench's own few-shot exemplars. Same lm-eval machinery; a different suite name so it
-  is never ranked with real BBH.
+  format, with FuseBench's own few-shot exemplars. Same machinery; a different suite name so it is
+  never ranked with real BBH.
+
+**Answer extraction** (:func:`extract_answer`, registered with lm-eval as the ``fusebench_bbh_answer``
+filter, so live runs and `bench score` share it). lm-eval's own BBH filter,
+``(?<=the answer is )(.*)(?=.)``, drops the last character whenever the line does not end with exactly
+one extra character ("So the answer is No" -> "N"), and its stop sequences end a chain of thought at
+any capital "Q" or blank line. FuseBench follows the BBH authors instead:
+
+* ``cot``: the text after the first "So the answer is " (else after the first "the answer is ", any
+  case), up to the end of that line, whitespace stripped, one trailing "." removed;
+* ``direct``: the first line of the output, stripped, one trailing "." removed;
+* exact match against the target. This rule reproduces the published per-task accuracies of the
+  authors' recorded code-davinci-002 outputs exactly, all 27 tasks in both modes
+  (``tests/evals/test_bbh.py``, given ``BBH_OUTPUTS_DIR``).
+
+Generation stops at the end-of-sequence token, at ``"\n\nQ:"`` (the model starting the next exemplar)
+and at ``"</s>"``, after at most ``max_gen_toks`` tokens. Defaults, from the lengths an answer written
+in the exemplars' own style needs (counted with SmolLM2's 49k BPE tokenizer): ``cot`` 1,024 -- the 81
+chain-of-thought exemplars of the BBH authors' prompts run up to 768 tokens (geometric_shapes, 1,799
+characters; dyck_languages 444), so 512 would cut the longest ones, and a model that keeps to the
+format stops at "\n\nQ:" long before the cap, which only bounds runaway generations; ``direct`` 128 --
+the longest target of the 6,511 items is 50 tokens (word_sorting), and only the first line is read.
 
 Scores: exact match per task (``task = <bbh task>``), and two aggregates: ``macro`` (mean over
 tasks) and ``weighted`` (mean over all examples). Samples store the item's ``input`` as the prompt
-(the 3-shot prefix is fixed per task and version) and the extracted answer.
+(the 3-shot prefix is fixed per task and version), the output and the extracted answer.
+Suite version 2 (this rule); version 1 scores used lm-eval's filter and are never compared with it.
 
 ``score_predictions`` replays answers produced elsewhere through the very same lm-eval task, filter
 and metric (a replay ``LM`` returns the given text for each item), so the answer extraction is
@@ -24,9 +46,11 @@ identical to a live run.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -36,8 +60,70 @@ from pydantic import BaseModel, ConfigDict, Field
 from harness.api import EvalContext, EvalResult, Sample, Score
 from harness.errors import BenchError, did_you_mean
 
-_FILTER = {"cot": "get-answer", "direct": "none"}
+_FILTER_NAME = "fusebench-answer"
+_FILTER_FUNCTION = "fusebench_bbh_answer"
 _BUILTIN_DIR = {"cot": "cot_fewshot", "direct": "fewshot"}
+STOP = ["\n\nQ:", "</s>"]  # and the model's end-of-sequence token, which lm-eval's LMs always add
+DEFAULT_MAX_GEN_TOKS = {"cot": 1024, "direct": 128}  # see the module docstring
+_COT_MARKER = "So the answer is "
+_COT_FALLBACK = re.compile(r"the answer is ", flags=re.IGNORECASE)
+
+
+def extract_answer(output: str, mode: str) -> str:
+    """The answer the BBH authors would read from ``output`` ("" when there is none).
+
+    >>> extract_answer("... So the answer is (A).\n\nQ: next", "cot")
+    '(A)'
+    >>> extract_answer("No.", "direct")
+    'No'
+    """
+    if mode == "direct":
+        text = output.strip()
+        line = text.split("\n", 1)[0].strip() if text else ""
+    elif mode == "cot":
+        start = output.find(_COT_MARKER)
+        if start >= 0:
+            rest = output[start + len(_COT_MARKER):]
+        else:
+            found = _COT_FALLBACK.search(output)
+            if found is None:
+                return ""
+            rest = output[found.end():]
+        line = rest.split("\n", 1)[0].strip()
+    else:
+        raise ValueError(f"mode must be 'cot' or 'direct', not {mode!r}")
+    return line[:-1] if line.endswith(".") else line
+
+
+@functools.cache
+def register_answer_filter() -> str:
+    """Register :func:`extract_answer` with lm-eval's filter registry (once per process)."""
+    from lm_eval.api.filter import Filter
+    from lm_eval.api.registry import filter_registry, register_filter
+
+    if _FILTER_FUNCTION in filter_registry:
+        return _FILTER_FUNCTION
+
+    class BBHAnswerFilter(Filter):
+        def __init__(self, mode: str = "cot") -> None:
+            self.mode = mode
+
+        def apply(self, resps, docs):  # noqa: ANN001, ANN201 - lm-eval's signature
+            return [[extract_answer(r if isinstance(r, str) else "", self.mode) for r in inst] for inst in resps]
+
+    register_filter(_FILTER_FUNCTION)(BBHAnswerFilter)
+    return _FILTER_FUNCTION
+
+
+def _scoring_overrides(mode: str, max_gen_toks: int | None) -> dict[str, Any]:
+    """What FuseBench's task YAML replaces in lm-eval's builtin BBH task: stops, length cap, answer filter."""
+    return {
+        "generation_kwargs": {"until": list(STOP), "max_gen_toks": max_gen_toks or DEFAULT_MAX_GEN_TOKS[mode],
+                              "do_sample": False,
+                              "temperature": 0.0},
+        "filter_list": [{"name": _FILTER_NAME, "filter": [{"function": register_answer_filter(), "mode": mode},
+                                                          {"function": "take_first"}]}],
+    }
 
 
 def lm_eval_bbh_dir() -> Path:
@@ -56,18 +142,13 @@ def builtin_yaml(task: str, mode: str) -> Path:
     return lm_eval_bbh_dir() / _BUILTIN_DIR[mode] / f"{task}.yaml"
 
 
-def builtin_generation_kwargs(mode: str) -> dict[str, Any]:
-    template = lm_eval_bbh_dir() / _BUILTIN_DIR[mode] / f"_{_BUILTIN_DIR[mode]}_template_yaml"
-    return dict(yaml.safe_load(template.read_text())["generation_kwargs"])
-
-
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["cot", "direct"] = Field("cot", description="cot: 3-shot chain of thought; direct: answer only.")
     data_dir: str | None = Field(None, description="Directory of <task>.json files in the BBH repo layout.")
     tasks: list[str] | None = Field(None, description="A subset of tasks (default: all).")
-    max_gen_toks: int | None = Field(None, description="Cap on generated tokens (default: lm-eval's).")
+    max_gen_toks: int | None = Field(None, ge=1, description="Cap on generated tokens (default: cot 1024, direct 128).")
 
 
 class MiniConfig(BaseModel):
@@ -77,27 +158,23 @@ class MiniConfig(BaseModel):
     tasks: list[str] | None = None
     n_per_task: int = Field(30, ge=1, description="Generated items per task.")
     data_seed: int = Field(0, description="Seed of the item generator (not of the model).")
-    max_gen_toks: int | None = Field(128, description="Cap on generated tokens; tiny models ramble.")
+    max_gen_toks: int = Field(128, ge=1, description="Cap on generated tokens; tiny models ramble.")
 
 
 # --- task construction --------------------------------------------------------------------------
 
 
-def _task_yaml(name: str, task: str, mode: str, data_file: Path, max_gen_toks: int | None,
+def _task_yaml(name: str, task: str, mode: str, data_file: Path | None, max_gen_toks: int | None,
                exemplars: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    """A task config that includes lm-eval's builtin BBH task and swaps the data (and, for bbh-mini, the exemplars)."""
-    cfg: dict[str, Any] = {
-        "include": str(builtin_yaml(task, mode)),
-        "task": name,
-        "dataset_path": "json",
-        "dataset_name": None,
-        "dataset_kwargs": {"data_files": {"test": str(data_file.resolve())}},
-        "test_split": "test",
-    }
-    if data_file.suffix == ".json":
-        cfg["dataset_kwargs"]["field"] = "examples"
-    if max_gen_toks is not None:
-        cfg["generation_kwargs"] = {**builtin_generation_kwargs(mode), "max_gen_toks": max_gen_toks}
+    """A task config that includes lm-eval's builtin BBH task, swaps stops and answer filter for the BBH
+    authors' rule, and the data (none: the hub dataset lm-eval names) and, for bbh-mini, the exemplars."""
+    cfg: dict[str, Any] = {"include": str(builtin_yaml(task, mode)), "task": name,
+                           **_scoring_overrides(mode, max_gen_toks)}
+    if data_file is not None:
+        cfg.update({"dataset_path": "json", "dataset_name": None,
+                    "dataset_kwargs": {"data_files": {"test": str(data_file.resolve())}}, "test_split": "test"})
+        if data_file.suffix == ".json":
+            cfg["dataset_kwargs"]["field"] = "examples"
     if exemplars is not None:
         cfg["fewshot_config"] = {"sampler": "first_n", "samples": exemplars}
     return cfg
@@ -129,12 +206,7 @@ def real_bbh_configs(cfg: Config, workdir: Path) -> tuple[list[dict[str, Any]], 
             raise BenchError("BBH data is on the HF hub and the hub is off (offline mode)",
                              "pass --data-dir DIR with <task>.json files (BBH repo layout), "
                              "or use the offline suite bbh-mini")
-        configs = []
-        for t in tasks:
-            c = {"include": str(builtin_yaml(t, cfg.mode)), "task": f"fb_bbh_{cfg.mode}_{t}"}
-            if cfg.max_gen_toks is not None:
-                c["generation_kwargs"] = {**builtin_generation_kwargs(cfg.mode), "max_gen_toks": cfg.max_gen_toks}
-            configs.append(c)
+        configs = [_task_yaml(f"fb_bbh_{cfg.mode}_{t}", t, cfg.mode, None, cfg.max_gen_toks) for t in tasks]
         return configs, {c["task"]: t for c, t in zip(configs, tasks, strict=True)}
     data_dir = Path(cfg.data_dir).expanduser()
     if not data_dir.is_dir():
@@ -178,7 +250,7 @@ def run_and_score(lm: Any, configs: list[dict[str, Any]], names: dict[str, str],
 
 
 def collect(res: dict[str, Any], names: dict[str, str], mode: str, suite: str) -> EvalResult:
-    filt = _FILTER[mode]
+    filt = _FILTER_NAME
     scores: list[Score] = []
     samples: list[Sample] = []
     total_correct = total_n = 0
@@ -231,7 +303,7 @@ class BBH:
     """BIG-Bench Hard (Suzgun et al. 2022, https://arxiv.org/abs/2210.09261) via lm-eval's task definitions."""
 
     name: ClassVar[str] = "bbh"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: the BBH authors' answer rule and stops (1: lm-eval's filter)
     Config: ClassVar[type[BaseModel]] = Config
 
     def evaluate(self, lm: Any, cfg: Config, ctx: EvalContext) -> EvalResult:
@@ -243,7 +315,7 @@ class BBHMini:
     """Generated BBH-format items for 7 algorithmic tasks; offline; its own suite name."""
 
     name: ClassVar[str] = "bbh-mini"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # as bbh
     Config: ClassVar[type[BaseModel]] = MiniConfig
 
     def evaluate(self, lm: Any, cfg: MiniConfig, ctx: EvalContext) -> EvalResult:

@@ -33,8 +33,16 @@ second reply. The four judge prompts (plain / with reference, turn 1 / turn 2) a
 wording unless ``judge_prompts`` points at FastChat's ``judge_prompts.jsonl`` (entries ``single-v1``,
 ``single-math-v1``, ``single-v1-multi-turn``, ``single-math-v1-multi-turn``). The judge is an
 OpenAI-compatible endpoint (``judge_url``) or a local model (``judge_model`` alone); see
-:mod:`evals._judge`. Each answer is judged ``judge_repeats`` times. The rating is the last ``[[N]]`` in
-the judge's reply; a reply without one is a *judge failure*: counted, and left out of the mean.
+:mod:`evals._judge`. Each answer is judged ``judge_repeats`` times. How a rating is read depends on the
+prompts, side by side:
+
+* FuseBench's own prompts: the *last* ``[[N]]`` (spaces allowed inside, 1 <= N <= 10) -- its prompts ask the
+  judge to end with the rating, so an explanation that quotes the format earlier does not count;
+* FastChat's ``judge_prompts.jsonl``: FastChat's own rule, so that scores sit beside its numbers -- the
+  *first* ``[[N]]``, else the first ``[N]``, no range check (:func:`evals._judge.parse_rating_fastchat`).
+
+A reply without a rating is a *judge failure* under either rule: counted, and left out of the mean, never
+a number.
 
 **Without a judge** answers are generated and stored, and scores carry only ``judged = 0``: an
 ungraded answer never gets a made-up rating.
@@ -444,11 +452,11 @@ def build_samples(units: list[Unit], verdicts: list[Verdict] | None) -> list[Sam
 
 class MTBench:
     name: ClassVar[str] = "mtbench"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: FastChat's rating rule with FastChat's prompts
     Config: ClassVar[type[BaseModel]] = Config
 
     def evaluate(self, lm: LM, cfg: Config, ctx: EvalContext) -> EvalResult:
-        from evals._judge import build_judge, judge_many
+        from evals._judge import build_judge, judge_many, parse_rating, parse_rating_fastchat
 
         # Everything that can be wrong with the input fails here, before minutes of generation.
         questions = load_questions(cfg.questions)
@@ -467,7 +475,8 @@ class MTBench:
             logger.warning(NOT_JUDGED_HINT)
         else:
             logger.info("mtbench: judging %d answers x %d with %s", len(units), cfg.judge_repeats, judge.describe())
-            verdicts = judge_many(judge, [u.judge_messages(prompts) for u in units], cfg.judge_repeats)
+            parse = parse_rating_fastchat if cfg.judge_prompts else parse_rating
+            verdicts = judge_many(judge, [u.judge_messages(prompts) for u in units], cfg.judge_repeats, parse)
             failed = sum(v.rating is None for v in verdicts)
             if failed:
                 logger.warning("mtbench: %d of %d answers got no parseable [[rating]] from the judge", failed,

@@ -3,18 +3,136 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from evals import _bbh_generators as gen
-from evals.bbh import BBHMini, Config, MiniConfig, all_tasks, load_predictions, score_predictions
+from evals.bbh import (
+    BBH,
+    STOP,
+    BBHMini,
+    Config,
+    MiniConfig,
+    all_tasks,
+    extract_answer,
+    load_predictions,
+    score_predictions,
+)
 from harness.api import EvalContext
 from harness.errors import BenchError
 
 BBH_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "bbh" / "tasks"
 needs_bbh = pytest.mark.skipif(not BBH_DIR.is_dir(), reason="../shared/data/bbh/tasks not present")
+# The BBH authors' recorded outputs (the `code-davinci-002-outputs` folder of their repository), if given.
+OUTPUTS_DIR = Path(os.environ.get("BBH_OUTPUTS_DIR", "/nonexistent"))
+
+# --- the answer rule: the BBH authors', not lm-eval's regex ------------------------------------------
+
+# (output, extracted). The first four are what lm-eval's `(?<=the answer is )(.*)(?=.)` gets wrong:
+# "N", "(A", "2" and "True." respectively.
+COT_CASES = [
+    ("Let's think. So the answer is No", "No"),
+    ("Let's think. So the answer is (A)", "(A)"),
+    ("4 * 6 = 24. So the answer is 24", "24"),
+    ("So the answer is True.   ", "True"),
+    ("(A) fits. So the answer is (C).\n\nQ: Which of the following", "(C)"),  # the next exemplar follows
+    ("Both hold. So the answer is Yes.", "Yes"),  # Yes/No
+    ("not False = True. So the answer is True.", "True"),  # True/False
+    ("Count: 3 + 4 = 7. So the answer is -12.", "-12"),  # numbers
+    ("So the answer is 3.5.", "3.5"),  # one trailing period only
+    ("So the answer is True..", "True."),
+    ("We close them in order. So the answer is ) ] }.", ") ] }"),  # dyck sequences
+    ("So the answer is apple banana cherry.", "apple banana cherry"),  # sorted words, final period
+    ("So the answer is apple banana cherry", "apple banana cherry"),  # ... and without
+    ("So the answer is    valid  \nbecause the premises", "valid"),  # to the end of that line only
+    ("I think the answer is (B).\nSo the answer is (C).", "(C)"),  # "So the answer is" comes first
+    ("Therefore THE ANSWER IS invalid.", "invalid"),  # the case-insensitive fallback
+    ("So the answer is (A). Hmm, So the answer is (B).", "(A). Hmm, So the answer is (B)"),  # the whole line
+    ("The Queen moves first. Quickly: So the answer is Yes.", "Yes"),  # capital Q is nothing special
+    ("I do not know.", ""),  # no answer phrase at all
+    ("", ""),
+]
+DIRECT_CASES = [
+    ("No", "No"),
+    ("(A)", "(A)"),
+    ("24", "24"),
+    ("True.   ", "True"),
+    (" Yes\n\nQ: Is the following sentence plausible?", "Yes"),
+    ("(B)\nbecause the second option", "(B)"),
+    (") ] }", ") ] }"),
+    ("apple banana cherry.", "apple banana cherry"),
+    ("apple banana cherry", "apple banana cherry"),
+    ("\n\nvalid.", "valid"),
+    ("-3", "-3"),
+    ("True..", "True."),
+    ("Queen", "Queen"),
+    ("", ""),
+]
+
+
+@pytest.mark.parametrize(("output", "expected"), COT_CASES)
+def test_cot_answer_follows_the_bbh_authors_rule(output, expected):
+    assert extract_answer(output, "cot") == expected
+
+
+@pytest.mark.parametrize(("output", "expected"), DIRECT_CASES)
+def test_direct_answer_is_the_first_line(output, expected):
+    assert extract_answer(output, "direct") == expected
+
+
+def test_lm_eval_pipeline_uses_the_rule_and_the_stops(tmp_path):
+    """Through lm-eval's task machinery (`bench score`'s path): the registered filter extracts, the task
+    YAML stops at EOS / "\n\nQ:" / "</s>" only, and the suite versions moved on from lm-eval's rule."""
+    examples = [{"input": f"question {i}", "target": target} for i, target in enumerate(["No", "(A)", "24", "True"])]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "navigate.json").write_text(json.dumps({"examples": examples}))
+    outputs = [c[0] for c in COT_CASES[:4]]
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps({"task": "navigate", "index": i, "output": o}) + "\n" for i, o in enumerate(outputs)))
+    res = score_predictions(preds, Config(data_dir=str(data)), tmp_path / "work")
+    assert [s.extracted for s in res.samples] == ["No", "(A)", "24", "True"]
+    assert {s.task: s.value for s in res.scores}["navigate"] == 1.0
+    written = yaml.safe_load((tmp_path / "work" / "tasks" / "fb_bbh_cot_navigate.yaml").read_text())
+    assert written["generation_kwargs"]["until"] == STOP == ["\n\nQ:", "</s>"]
+    assert written["generation_kwargs"]["max_gen_toks"] == 1024
+    assert BBH.version == BBHMini.version == "2"
+
+
+def test_direct_mode_and_the_length_cap_are_configurable(tmp_path):
+    from evals.bbh import _task_yaml
+
+    direct = _task_yaml("t", "navigate", "direct", None, None)
+    assert direct["generation_kwargs"]["max_gen_toks"] == 128
+    assert direct["filter_list"][0]["filter"][0] == {"function": "fusebench_bbh_answer", "mode": "direct"}
+    assert _task_yaml("t", "navigate", "cot", None, 300)["generation_kwargs"]["max_gen_toks"] == 300
+    with pytest.raises(ValueError):
+        Config(max_gen_toks=0)
+
+
+@pytest.mark.skipif(not (OUTPUTS_DIR.is_dir() and BBH_DIR.is_dir()),
+                    reason="set BBH_OUTPUTS_DIR to the BBH authors' code-davinci-002-outputs folder")
+@pytest.mark.parametrize("mode", ["cot", "direct"])
+def test_recorded_outputs_reproduce_the_published_accuracies(tmp_path, mode):
+    """The authors' recorded code-davinci-002 outputs, scored through `bench score`'s path, give exactly
+    the per-task accuracy they published beside them, on all 27 tasks."""
+    published, lines = {}, []
+    for task in all_tasks():
+        stem = OUTPUTS_DIR / f"code-davinci-002-{mode}" / f"{task}_few_shot_template_0-255000"
+        outputs = json.loads(stem.with_suffix(".json").read_text())["outputs"]
+        examples = json.loads((BBH_DIR / f"{task}.json").read_text())["examples"]
+        assert [o["target"] for o in outputs] == [e["target"] for e in examples]  # same items, same order
+        lines += [json.dumps({"task": task, "index": i, "output": o["prediction"]}) for i, o in enumerate(outputs)]
+        metrics = Path(f"{stem}_eval_metrics.jsonl").read_text().splitlines()[0]
+        published[task] = json.loads(metrics)["accuracy"]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    res = score_predictions(tmp_path / "p.jsonl", Config(data_dir=str(BBH_DIR), mode=mode), tmp_path / "work")
+    ours = {s.task: 100 * s.value for s in res.scores if s.task in published}
+    assert ours == pytest.approx(published, abs=1e-9)
 
 
 def test_lm_eval_defines_all_27_tasks():

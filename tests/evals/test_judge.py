@@ -27,6 +27,7 @@ from evals._judge import (
     chat_completions_url,
     judge_many,
     parse_rating,
+    parse_rating_fastchat,
 )
 from harness.errors import BenchError
 
@@ -134,6 +135,23 @@ def one_line(e: BenchError) -> str:
 ])
 def test_parse_rating(text: str | None, expected: float | None) -> None:
     assert parse_rating(text) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Rating: [[7]]", 7.0),
+    ("format is [[5]] ... final: Rating: [[3]]", 5.0),  # FastChat: the first one counts
+    ("Rating: [[8.5]]", 8.5),
+    ("Rating: [[8.]]", 8.0),
+    ("Rating: [7]", 7.0),                                # the single-bracket fallback
+    ("see [1] and then Rating: [[4]]", 4.0),             # [[N]] is tried first, anywhere
+    ("Rating: [[ 8 ]]", None),                           # no spaces inside
+    ("[[11]]", 11.0),                                    # no range check
+    ("[[seven]]", None),
+    ("", None),
+    (None, None),
+])
+def test_parse_rating_fastchat(text: str | None, expected: float | None) -> None:
+    assert parse_rating_fastchat(text) == expected
 
 
 class ListJudge:

@@ -21,6 +21,7 @@ from lm_eval.api.model import LM
 
 from evals.mtbench import (
     DEFAULT_PROMPTS,
+    FASTCHAT_PROMPTS,
     PLAIN_STOP,
     REFERENCE_CATEGORIES,
     Config,
@@ -398,3 +399,24 @@ def tiny_chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.mark.parametrize(("reply", "fastchat_rating", "own_rating"), [
+    ("Like [[2]] it is weak. Rating: [[8]]", 2.0, 8.0),  # FastChat: the first; own: the last
+    ("Rating: [6]", 6.0, None),                          # FastChat's single-bracket fallback
+    ("Rating: [[ 8 ]]", None, 8.0),                      # FastChat allows no spaces
+    ("Rating: [[11]]", 11.0, None),                      # FastChat checks no range
+    ("no rating here", None, None),                      # unrated under both, never a number
+])
+def test_fastchat_prompts_are_read_with_fastchat_rule(tmp_path: Path, reply: str, fastchat_rating: float | None,
+                                                      own_rating: float | None) -> None:
+    """The same judge reply, read side by side: with FastChat's judge_prompts.jsonl by FastChat's rule,
+    with FuseBench's own prompts by FuseBench's."""
+    path = tmp_path / "judge_prompts.jsonl"
+    path.write_text("".join(json.dumps({"name": n, "system_prompt": "Grade it.", "prompt_template": "{question} {answer}"})
+                            + "\n" for n in FASTCHAT_PROMPTS.values()))
+    with serving(lambda body: reply) as server:
+        fastchat = run(RecordingLM(), tmp_path / "a", limit=1, judge_url=server.url, judge_prompts=str(path))
+        own = run(RecordingLM(), tmp_path / "b", limit=1, judge_url=server.url)
+    assert [s.metrics.get("rating") for s in fastchat.samples] == [fastchat_rating] * 2
+    assert [s.metrics.get("rating") for s in own.samples] == [own_rating] * 2
