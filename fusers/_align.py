@@ -992,12 +992,16 @@ def align_sequences(base: Tokenization, source: Tokenization, mode: Mode = "offs
     marker-stripped pieces, backtrack ties in ``tie_order`` (``"fusellm"`` = diag, up, left;
     ``"fusechat"`` = diag, left, up; "up" = previous source token). ``"dtw_ed_banded"``: that DP within
     ``band`` base positions of the offsets alignment (an approximation of ``"dtw_ed"``, exact when the
-    band is wide enough).
+    band is wide enough). ``"dtw_fusechat"``: FuseChat's released DTW (:func:`fusers._ms_align.fusechat_dtw_align`).
     """
     if len(base) == 0 or len(source) == 0:
         raise ValueError("cannot align an empty tokenization")
     if mode == "offsets":
         return _overlap_alignment(*_offset_spans(base, source))
+    if mode == "dtw_fusechat":  # FuseChat's released DTW (its own piece spellings and cost), for reference_compat
+        from fusers._ms_align import fusechat_dtw_align
+
+        return fusechat_dtw_align(base, source)
     base_strings = [base.spec.strip_marker(p) for p in base.pieces]
     source_strings = [source.spec.strip_marker(p) for p in source.pieces]
     if mode == "dtw_ed":
@@ -1017,7 +1021,7 @@ def align_sequences(base: Tokenization, source: Tokenization, mode: Mode = "offs
         lo = np.minimum.accumulate(lo[::-1])[::-1]
         lo[1:] = np.minimum(lo[1:], hi[:-1] + 1)  # keep consecutive rows connected
         return _banded_dtw(source_strings, base_strings, lo, hi, _tie_codes(tie_order))
-    raise ValueError(f"unknown alignment mode {mode!r}; expected 'offsets', 'dtw_ed' or 'dtw_ed_banded'")
+    raise ValueError(f"unknown alignment mode {mode!r}; expected 'offsets', 'dtw_ed', 'dtw_ed_banded' or 'dtw_fusechat'")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -534,6 +534,10 @@ class AlignOptions:
     match: Literal["surface", "reference"] = "surface"
     one_to_many: Literal["last", "fallback"] = "last"
     same_end: bool = True
+    #: "fusebench": :func:`fusers._align.map_distribution` with the options above; "fusechat": FuseChat's
+    #: released stage 3 (:func:`fusers._ms_align.fusechat_distribution`), which has rules of its own (the
+    #: options above except ``mode`` do not apply).
+    distribution: Literal["fusebench", "fusechat"] = "fusebench"
 
     def to_dict(self) -> dict[str, str]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -571,13 +575,19 @@ def target_rows(target: Tokenization, source: Tokenization, rows: TeacherRows, v
         raise ValueError("a teacher with another tokenization needs a vocabulary map")
     if alignment is None:
         alignment = align_sequences(target, source, mode=options.mode)  # type: ignore[arg-type]
-    mapped = map_distribution(alignment, target, source, rows.topk_ids, rows.topk_logp.astype(np.float32), vocab,
-                              one_to_many=options.one_to_many, fallback=options.fallback,
-                              collision=options.collision, match=options.match, base_width=width,
-                              k_out=rows.topk_ids.shape[1])
+    if options.distribution == "fusechat":
+        from fusers._ms_align import fusechat_distribution
+
+        mapped = fusechat_distribution(alignment, target, source, rows.topk_ids, rows.topk_logp.astype(np.float32),
+                                       vocab, base_width=width, k_out=rows.topk_ids.shape[1])
+    else:
+        mapped = map_distribution(alignment, target, source, rows.topk_ids, rows.topk_logp.astype(np.float32),
+                                  vocab, one_to_many=options.one_to_many, fallback=options.fallback,
+                                  collision=options.collision, match=options.match, base_width=width,
+                                  k_out=rows.topk_ids.shape[1])
     status = mapped.status.copy()
     ids, logp = mapped.ids.astype(np.int32), mapped.logits.astype(np.float16)
-    if options.same_end:
+    if options.same_end and options.distribution == "fusebench":
         _, _, target_ends = target.byte_spans()
         _, _, source_ends = source.byte_spans()
         rows_used = np.flatnonzero(status != FALLBACK)
@@ -915,21 +925,31 @@ def fuse_topk(ids: Tensor, logp: Tensor, scores: Tensor, fusion: Fusion, *, temp
 
 
 class FusionCorpus(torch.utils.data.Dataset):
-    """Fixed-length blocks of the packed target stream, with their fused sparse targets.
+    """Training sequences of the target stream, with their fused sparse targets.
 
-    The stream is every chunk's target tokens in corpus order (a document's first chunk after EOS), cut into
-    ``seq_len``-token blocks; the last partial block is dropped. ``dataset[i]`` is just ``i``: the work
-    happens in :meth:`collate`, once per batch, so an online source can batch its teacher passes. ``rows``
-    restricts the blocks to a part ``[first, stop)`` of the stream (ProFuser keeps its two modes' data in one
-    stream and one corpus per mode). A batch is
-    ``{"input_ids": [B, L], "fuse_ids": [B, L, K], "fuse_probs": [B, L, K]}``. :attr:`selected` accumulates
-    each candidate's weight over all rows built so far (for the run's report).
+    The stream is every chunk's target tokens in corpus order (a document's first chunk after EOS). It is
+    cut one of two ways:
+
+    * **packed** (default; FuseLLM, as its ``packing.py`` and the zoo's pre-training do): fixed
+      ``seq_len``-token blocks, the last partial block dropped; a block may span several chunks;
+    * **one item per sequence** (``items`` = the chunks' stream offsets, ``[n + 1]``; chat fusion, as
+      FuseChat's reference trains one dialogue per sequence): sequence ``i`` is chunk ``i`` alone, right-padded
+      to the longest of its batch with ``pad_id``, with an ``attention_mask``; padded rows count in no loss
+      and carry no fused target. The student then reads exactly the tokens each teacher read (EOS, then the
+      whole conversation), and never a response without its instruction or attention across conversations.
+
+    ``dataset[i]`` is just ``i``: the work happens in :meth:`collate`, once per batch, so an online source can
+    batch its teacher passes. ``rows`` restricts the sequences to a part ``[first, stop)`` of the stream
+    (ProFuser keeps its two modes' data in one stream and one corpus per mode). A batch is
+    ``{"input_ids": [B, L], "fuse_ids": [B, L, K], "fuse_probs": [B, L, K]}``, plus ``loss_mask`` [B, L] with
+    a loss mask or items and ``attention_mask`` [B, L] with items. :attr:`selected` accumulates each
+    candidate's weight over all rows built so far (for the run's report).
     """
 
     def __init__(self, input_ids: np.ndarray, candidates: CandidateSource, *, seq_len: int, fusion: Fusion = "min_ce",
                  granularity: Granularity = "sequence", temperature: float = 1.0, tau: float = 1.0,
                  per_token: bool = False, loss_mask: np.ndarray | None = None,
-                 rows: tuple[int, int] | None = None):
+                 rows: tuple[int, int] | None = None, items: np.ndarray | None = None, pad_id: int = 0):
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; expected one of {FUSIONS}")
         if granularity not in GRANULARITIES:
@@ -943,37 +963,83 @@ class FusionCorpus(torch.utils.data.Dataset):
         self.seq_len = int(seq_len)
         self.fusion, self.granularity = fusion, granularity
         self.temperature, self.tau, self.per_token = temperature, tau, per_token
+        self.pad_id = int(pad_id)
+        self.items: np.ndarray | None = None
+        if items is not None:
+            offsets = np.asarray(items, dtype=np.int64)
+            if len(offsets) == 0 or offsets[-1] != len(self.input_ids) or np.any(np.diff(offsets) < 0):
+                raise ValueError("items must be the chunks' stream offsets: increasing, ending at the stream length")
+            starts, stops = offsets[:-1], offsets[1:]
+            inside = (starts >= self.first_row) & (stops <= self.stop_row) & (stops > starts)
+            if np.any(stops[inside] - starts[inside] > self.seq_len):
+                raise ValueError(f"an item is longer than seq_len={seq_len}; skip or cut it before training")
+            self.items = np.stack([starts[inside], stops[inside]], axis=1)
         if len(self) == 0:
             raise ValueError(f"the fusion corpus has {len(self.input_ids)} target tokens, less than one block of "
                              f"seq_len={seq_len}; raise corpus_chars")
         self.selected = np.zeros(len(candidates.names))
 
     def __len__(self) -> int:
+        if self.items is not None:
+            return len(self.items)
         return (self.stop_row - self.first_row) // self.seq_len
 
     def __getitem__(self, index: int) -> int:
         return int(index)
 
     def span(self, index: int) -> tuple[int, int]:
+        if self.items is not None:
+            start, stop = self.items[index]
+            return int(start), int(stop)
         start = self.first_row + index * self.seq_len
         return start, start + self.seq_len
 
     def collate(self, indices: Sequence[int]) -> dict[str, Tensor]:
         spans = [self.span(int(i)) for i in indices]
         self.candidates.prepare(spans)
-        blocks = [self.candidates.block(a, b) for a, b in spans]
+        width = max(b - a for a, b in spans)
+        blocks = [_padded(self.candidates.block(a, b), width) for a, b in spans]
         stacked = CandidateBlock(**{f.name: np.stack([getattr(b, f.name) for b in blocks])
                                     for f in fields(CandidateBlock)})  # every field gains a leading [B]
+        real = np.zeros((len(spans), width), dtype=bool)  # [B, L]: rows that hold a token (not padding)
+        for r, (a, b) in enumerate(spans):
+            real[r, : b - a] = True
         scores = candidate_scores(stacked, self.granularity, per_token=self.per_token)  # [B, L, C]
         ids, probs, weights = fuse_topk(torch.from_numpy(stacked.ids), torch.from_numpy(stacked.logp),
                                         torch.from_numpy(scores), self.fusion, temperature=self.temperature,
                                         tau=self.tau)
-        self.selected += weights.sum(dim=(0, 1)).double().numpy()
-        input_ids = np.stack([self.input_ids[a:b] for a, b in spans])
+        real_t = torch.from_numpy(real)
+        probs = probs * real_t[..., None]  # padding carries no target
+        self.selected += (weights * real_t[..., None]).sum(dim=(0, 1)).double().numpy()
+        input_ids = np.full((len(spans), width), self.pad_id, dtype=np.int64)
+        for r, (a, b) in enumerate(spans):
+            input_ids[r, : b - a] = self.input_ids[a:b]
         batch = {"input_ids": torch.from_numpy(input_ids), "fuse_ids": ids.clamp_min(0), "fuse_probs": probs}
-        if self.loss_mask is not None:
-            batch["loss_mask"] = torch.from_numpy(np.stack([self.loss_mask[a:b] for a, b in spans]))
+        if self.loss_mask is not None or self.items is not None:
+            mask = real.copy()
+            if self.loss_mask is not None:
+                for r, (a, b) in enumerate(spans):
+                    mask[r, : b - a] &= self.loss_mask[a:b]
+            batch["loss_mask"] = torch.from_numpy(mask)
+        if self.items is not None:
+            batch["attention_mask"] = real_t.long()
         return batch
+
+
+def _padded(block: CandidateBlock, length: int) -> CandidateBlock:
+    """``block`` with rows appended up to ``length``: neutral values (score 0 for every candidate, id 0) that the loss
+    never reads (their rows are masked and their fused probabilities zeroed)."""
+    extra = length - len(block.status)
+    if extra == 0:
+        return block
+
+    def pad(values: np.ndarray, fill: float) -> np.ndarray:
+        return np.concatenate([values, np.full((extra, *values.shape[1:]), fill, dtype=values.dtype)])
+
+    return CandidateBlock(ids=pad(block.ids, 0), logp=pad(block.logp, 0.0), status=pad(block.status, MAPPED),
+                          token_ce=pad(block.token_ce, 0.0), token_bytes=pad(block.token_bytes, 1.0),
+                          seq_nats=pad(block.seq_nats, 0.0), seq_tokens=pad(block.seq_tokens, 1.0),
+                          seq_bytes=pad(block.seq_bytes, 1.0))
 
 
 def sparse_soft_ce(logp: Tensor, ids: Tensor, probs: Tensor) -> Tensor:
@@ -1006,7 +1072,7 @@ def fusion_loss(lam: float, reduce: Callable[[Tensor], Tensor] | None = None):  
     def loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         input_ids = batch["input_ids"]  # [B, L]
         mask = batch.get("loss_mask")  # [B, L] or None
-        logits = model(input_ids=input_ids).logits  # [B, L, V]
+        logits = model(input_ids=input_ids, attention_mask=batch.get("attention_mask")).logits  # [B, L, V]
         logp = torch.log_softmax(logits.float(), dim=-1)  # [B, L, V]
         token_nll = -logp[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # [B, L-1]
         clm = masked_mean(token_nll, None if mask is None else mask[:, :-1])

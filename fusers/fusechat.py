@@ -27,6 +27,11 @@ same text. Teacher distributions, co-alignment counts and each pairwise target a
 the trained targets. The pairwise targets are saved inside the fused model's folder (``pairwise/NAME``) and
 evaluated beside it.
 
+Training reads one conversation per sequence (right-padded, attention-masked), as FuseChat's reference trains
+one dialogue per sequence; conversations longer than ``seq_len`` under any tokenizer are skipped and counted.
+``reference_compat="all"`` reproduces FuseChat's released code: its DTW over pieces, its stage-3 distribution
+alignment, MS weighting, SCE fork, per-token CE (docs/reference-compat.md lists every quirk and deviation).
+
 Run::
 
     bench run --fuser fusechat                      # pivot gpt2-code, sources neox-docs and mpt-math, SCE
@@ -53,7 +58,15 @@ if TYPE_CHECKING:
 
     from harness.model import ModelRef
 
-QUIRKS = ("q1", "q5", "q7")
+QUIRKS = ("q1", "q2", "q5", "q7", "q8", "q11", "q13")
+#: What FuseChat's released code does (``reference_compat="all"``): MS weighting by dist·sigmoid(count) (Q2),
+#: the first of colliding entries (Q5), VaRM's equal weights (Q7, with merge=varm), the FuseAI fork's SCE (Q8),
+#: the tokenizer's width (Q11), CE per token (Q13), plus its DTW and stage-3 distribution alignment. Not Q1:
+#: the current-token fallback is FuseLLM's; FuseChat's own code falls back on the next token.
+RELEASED = frozenset({"q2", "q5", "q7", "q8", "q11", "q13"})
+#: Fields that quirks (or "all") set, with the value they need.
+_IMPLIED = {"q2": ("ms_weighting", "reference"), "q8": ("sce_variant", "fuseai_fork"),
+            "all": (("align", "dtw_fusechat"), ("distribution", "fusechat"))}
 #: ``merge`` names that mean FuseChat's own methods; anything else is a mergekit method name.
 _FUSECHAT_MERGES = {"sce": "fusechat_sce", "varm": "varm"}
 
@@ -63,7 +76,7 @@ class FuseChat:
 
     name: ClassVar[str] = "fusechat"
     #: Part of the runner's artifact key: bump when the same config would now train a different model.
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: one conversation per training sequence (1: packed blocks)
     paper: ClassVar[str] = "https://arxiv.org/abs/2408.07990"
     runtime_only: ClassVar[bool] = False
     default_sources: ClassVar[list[str]] = ["zoo:gpt2-code", "zoo:neox-docs", "zoo:mpt-math"]
@@ -81,12 +94,15 @@ class FuseChat:
         top_k: int = Field(10, ge=1, description="Entries kept per position and teacher (reference: 10).")
         fusion: Literal["min_ce", "avg_ce", "avg_ce_softmax"] = Field("min_ce", description="How the two candidates combine.")
         temperature: float = Field(1.0, gt=0.0, description="The reference's fuse_temperature on the kept top-k logits.")
-        align: Literal["offsets", "dtw_ed"] = Field("offsets", description="Sequence alignment: byte offsets or MinED DTW.")
+        align: Literal["offsets", "dtw_ed", "dtw_fusechat"] = Field(
+            "offsets", description="Sequence alignment: byte offsets, MinED DTW, or FuseChat's released DTW.")
+        distribution: Literal["fusebench", "fusechat"] = Field(
+            "fusebench", description="How source rows move onto the pivot: FuseBench's rules or FuseChat's stage 3.")
         ms_weighting: Literal["frequency", "reference"] = Field(
             "frequency", description="MS map: the most frequent co-alignment wins, or the reference's dist·sigmoid(count) (Q2).")
         steps: int = Field(150, ge=1, description="Optimizer steps per pairwise target.")
-        batch_size: int = Field(8, ge=1, description="Blocks of seq_len tokens per step.")
-        seq_len: int = Field(256, ge=16, description="Tokens per training block; longer conversations are skipped.")
+        batch_size: int = Field(8, ge=1, description="Conversations per step (one per sequence, right-padded).")
+        seq_len: int = Field(256, ge=16, description="Longest conversation trained (tokens, EOS included); longer ones are skipped and counted.")
         lr: float = Field(5e-4, gt=0.0, description="Peak learning rate (AdamW, warmup then cosine).")
         warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
         merge: str = Field("sce", description="sce | varm | any mergekit method (linear, task_arithmetic, ties, ...).")
@@ -120,9 +136,23 @@ class FuseChat:
                 raise ValueError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}")
             return self
 
+        @model_validator(mode="after")
+        def _quirks_set_their_fields(self) -> FuseChat.Config:
+            """``q2``, ``q8`` and ``all`` imply field values; one given explicitly that contradicts them is an
+            error rather than a silently half-reproduced reference."""
+            implied = [_IMPLIED[q] for q in sorted(self.compat) if q in _IMPLIED]
+            if self.reference_compat == "all":
+                implied += list(_IMPLIED["all"])
+            for name, value in implied:
+                if name in self.model_fields_set and getattr(self, name) != value:
+                    raise ValueError(f"reference_compat={self.reference_compat} needs {name}={value}, "
+                                     f"but {name}={getattr(self, name)} was given; drop one of the two")
+                setattr(self, name, value)
+            return self
+
         @property
         def compat(self) -> frozenset[str]:
-            return frozenset(QUIRKS) if self.reference_compat == "all" else frozenset(self.reference_compat)
+            return RELEASED if self.reference_compat == "all" else frozenset(self.reference_compat)
 
     def fuse(self, sources: list[ModelRef], target: ModelRef | None, cfg: BaseModel, ctx: FuseContext) -> FusionResult:
         cfg = cfg if isinstance(cfg, self.Config) else self.Config.model_validate(cfg, from_attributes=True)
@@ -171,7 +201,8 @@ class _Run:
         cfg = self.cfg
         pivot_model, tokenizer = load_hf(self.pivot)
         self.pivot_tokenizer = tokenizer
-        self.width = target_width(D.logit_width(pivot_model), len(tokenizer.get_vocab()))
+        self.width = target_width(D.logit_width(pivot_model), len(tokenizer.get_vocab()),
+                                  reference_compat=cfg.compat & {"q11"})
         self.pivot_encoder = D.ChunkEncoder(tokenizer)
         self.source_encoders = [D.ChunkEncoder(_load_tokenizer(ref)) for ref in self.others]
 
@@ -262,9 +293,9 @@ class _Run:
         encoder = self.source_encoders[self.others.index(ref)]
         shared = D.shares_vocabulary(encoder.tokenizer, self.pivot_tokenizer)
         options = D.AlignOptions(mode=cfg.align, fallback="current" if "q1" in cfg.compat else "next",
-                                 collision="first" if "q5" in cfg.compat else "sum")
+                                 collision="first" if "q5" in cfg.compat else "sum", distribution=cfg.distribution)
         train_fields = cfg.model_dump(mode="json", exclude={"merge", "sce_variant", "select_topk", "density", "data"})
-        key = D.store_key("fusechat-target", self.pivot.content_hash(), ref.content_hash(), self.fingerprint,
+        key = D.store_key("fusechat-target", FuseChat.version, self.pivot.content_hash(), ref.content_hash(), self.fingerprint,
                           train_fields, sorted(cfg.compat), self.ctx.seed)
         final = self.cache / "fusechat" / "targets" / key
         if (final / "pairwise.json").is_file():
@@ -290,7 +321,9 @@ class _Run:
         candidates.sums = [self.pivot_sums, D.masked_sums(teacher, source_masks)]
         input_ids = self.pivot_store.rows("tokens")[:]
         corpus = D.FusionCorpus(input_ids, candidates, seq_len=cfg.seq_len, fusion=cfg.fusion, granularity="sequence",
-                                temperature=cfg.temperature, loss_mask=_stream(self.pivot_masks))
+                                temperature=cfg.temperature, per_token="q13" in cfg.compat,
+                                loss_mask=_stream(self.pivot_masks),
+                                items=self.pivot_store.item_offsets(), pad_id=self.pivot_encoder.eos_id)
         model, stats, train_seconds = self._train(corpus)
 
         tmp = final.with_name(f".tmp-{key}-{os.getpid()}")
@@ -302,7 +335,7 @@ class _Run:
             "shared_vocab": shared,
             "alignment": {"options": options.to_dict(), **ms_report},
             "corpus": {"target_tokens": int(len(input_ids)), "loss_tokens": int(corpus.loss_mask.sum()),
-                       "blocks": len(corpus), "epochs": round(cfg.steps * cfg.batch_size / len(corpus), 3)},
+                       "sequences": len(corpus), "epochs": round(cfg.steps * cfg.batch_size / len(corpus), 3)},
             "timings": {"teacher": round(teacher_seconds, 2), "align": round(align_seconds, 2),
                         "train": round(train_seconds, 2)},
             **D.details_of(stats, cfg.lam, [self.pivot.name, ref.name], corpus.selected),

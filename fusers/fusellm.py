@@ -19,8 +19,9 @@ to several processes) -> the trained target saved with its tokenizer.
 
 Defaults fit the embedded zoo: the target is ``gpt2-code`` (it also shares its byte-level BPE with the Llama
 family), fused with the docs and math experts, whose tokenizers differ (Unigram, SentencePiece-style BPE),
-on the union of the three domains' training text. ``reference_compat`` takes quirk ids (q1, q5, q6, q11, q12,
-q13) or ``"all"``, which also switches the alignment to FuseLLM's matching rules (spec §11).
+on the union of the three domains' training text. ``reference_compat`` takes quirk ids (q1, q5, q6, q9, q11,
+q12, q13) or ``"all"``, which also aligns with FuseLLM's MinED DTW (``align=dtw_ed``; an explicit other
+``align`` is refused) and applies its matching rules (spec §11; docs/reference-compat.md lists every quirk).
 
 Run::
 
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from harness.model import ModelRef
 
 # The reference quirks this fuser can reproduce (spec §11); "all" means these.
-QUIRKS = ("q1", "q5", "q6", "q11", "q12", "q13")
+QUIRKS = ("q1", "q5", "q6", "q9", "q11", "q12", "q13")
 
 
 class FuseLLM:
@@ -111,6 +112,16 @@ class FuseLLM:
         def _steps_and_warmup(self) -> FuseLLM.Config:
             if self.warmup_steps > self.steps:
                 raise ValueError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}")
+            return self
+
+        @model_validator(mode="after")
+        def _all_means_the_reference_alignment(self) -> FuseLLM.Config:
+            """``reference_compat="all"`` aligns with FuseLLM's MinED DTW; an explicit other ``align`` is refused."""
+            if self.reference_compat == "all":
+                if "align" in self.model_fields_set and self.align != "dtw_ed":
+                    raise ValueError(f"reference_compat=all reproduces FuseLLM's MinED DTW alignment, but "
+                                     f"align={self.align} was given; drop align or set align=dtw_ed")
+                self.align = "dtw_ed"
             return self
 
         @property
@@ -215,7 +226,8 @@ class _Run:
                                 granularity=self.granularity, temperature=cfg.temperature, tau=cfg.tau,
                                 per_token=self.per_token)
         train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
-                                warmup_steps=cfg.warmup_steps, seed=self.ctx.seed)
+                                warmup_steps=cfg.warmup_steps, seed=self.ctx.seed,
+                                decay="linear" if "q9" in cfg.compat else "cosine")
         start = time.perf_counter()
         model.train()
         model, stats = D.train_with_accelerate(

@@ -57,7 +57,7 @@ class ProFuser:
 
     name: ClassVar[str] = "profuser"
     #: Part of the runner's artifact key: bump when the same config would now train a different model.
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: one conversation per training sequence
     paper: ClassVar[str] = "https://arxiv.org/abs/2408.04998"
     runtime_only: ClassVar[bool] = False
     default_sources: ClassVar[list[str]] = ["zoo:gpt2-code", "zoo:neox-docs", "zoo:mpt-math"]
@@ -88,8 +88,8 @@ class ProFuser:
         top_k: int = Field(10, ge=1, description="Entries kept per position and teacher.")
         temperature: float = Field(1.0, gt=0.0, description="Teacher temperature on the kept top-k logits.")
         align: Literal["offsets", "dtw_ed"] = Field("offsets", description="Sequence alignment: byte offsets or MinED DTW.")
-        batch_size: int = Field(8, ge=1, description="Blocks of seq_len tokens per step.")
-        seq_len: int = Field(256, ge=16, description="Tokens per training block; longer conversations are skipped.")
+        batch_size: int = Field(8, ge=1, description="Conversations per step (one per sequence, right-padded).")
+        seq_len: int = Field(256, ge=16, description="Longest conversation trained (tokens, EOS included); longer ones are skipped and counted.")
         lr: float = Field(5e-4, gt=0.0, description="Peak learning rate (AdamW, warmup then cosine).")
         warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
 
@@ -244,7 +244,7 @@ class _Run:
         input_ids = stores[0].rows("tokens")[:]
         split = int(stores[0].item_offsets()[n_a])
         loss_mask = np.concatenate(masks[0])
-        parts, plan = self._parts(input_ids, candidates, loss_mask, split)
+        parts, plan = self._parts(input_ids, candidates, loss_mask, split, stores[0].item_offsets())
 
         model.train()
         train_cfg = TrainConfig(steps=len(plan), batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
@@ -265,8 +265,10 @@ class _Run:
             "target": self.pivot.spec,
             "wins": {INFERENCE: _counts(winners, names), TRAINING: _counts(training_wins, names)},
             "prompts": {"answered": len(prompts), "decided": len(chosen), "undecided": len(prompts) - len(chosen),
-                        "used": n_a, "rewards": cfg.rewards},
-            "training_conversations": {"given": len(truth), "used": len(chunks_b)},
+                        "used": n_a, "skipped_too_long": len(chosen) - n_a, "rewards": cfg.rewards},
+            "training_conversations": {"given": len(truth), "used": len(chunks_b),
+                                       "skipped_too_long": len(truth) - len(chunks_b)},
+            "sequences": {"one_conversation_each": True, "seq_len": cfg.seq_len},
             "schedule": {"kind": cfg.schedule, "steps": {INFERENCE: plan.count(INFERENCE),
                                                          TRAINING: plan.count(TRAINING)}},
             "examples": [{"prompt": _prompt_text(p), "answers": {n: answers[k][i] for k, n in enumerate(names)},
@@ -389,21 +391,25 @@ class _Run:
                                                  about={"source": ref.spec, "target": self.pivot.spec}))
         return stores, teachers
 
-    def _parts(self, input_ids: np.ndarray, candidates: Any, loss_mask: np.ndarray, split: int
+    def _parts(self, input_ids: np.ndarray, candidates: Any, loss_mask: np.ndarray, split: int, items: np.ndarray
                ) -> tuple[dict[str, Any], list[str]]:
-        """One corpus per mode over its part of the stream, and the plan of modes per step."""
+        """One corpus per mode over its part of the stream (one conversation per sequence, as FuseChat's
+        reference trains dialogues), and the plan of modes per step."""
+        import numpy as np
+
         from fusers import _distill as D
 
         cfg = self.cfg
         common = {"seq_len": cfg.seq_len, "fusion": "min_ce", "granularity": "sequence",
-                  "temperature": cfg.temperature, "loss_mask": loss_mask}
+                  "temperature": cfg.temperature, "loss_mask": loss_mask, "items": items,
+                  "pad_id": self.encoders[0].eos_id}
         bounds = {INFERENCE: (0, split), TRAINING: (split, len(input_ids))}
         parts = {}
         for mode, (a, b) in bounds.items():
-            if (b - a) // cfg.seq_len > 0:
+            if np.any((items[:-1] >= a) & (items[1:] <= b) & (items[1:] > items[:-1])):  # one conversation at least
                 parts[mode] = D.FusionCorpus(input_ids, candidates, rows=(a, b), **common)
         if not parts:
-            raise BenchError("profuser has no training block in either mode",
+            raise BenchError("profuser has no training conversation in either mode",
                              "give more conversations or prompts, or lower --set seq_len")
         plan = schedule_plan(cfg.schedule, cfg.inference_steps, cfg.training_steps, self.ctx.seed)
         missing = [mode for mode in (INFERENCE, TRAINING) if mode not in parts and mode in plan]

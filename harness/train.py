@@ -45,6 +45,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     lr_min_ratio: float = 0.1
+    #: "cosine" (default) or "linear": linear decay to 0 after the warmup, DeepSpeed's ``WarmupDecayLR``, which
+    #: FuseLLM's DeepSpeed config runs whatever ``--lr_scheduler_type`` says (quirk Q9).
+    decay: str = "cosine"
 
     @property
     def tokens(self) -> int:
@@ -52,11 +55,16 @@ class TrainConfig:
         return self.steps * self.batch_size * self.seq_len
 
     def lr_at(self, step: int) -> float:
-        """Learning rate of ``step`` (0-based): linear warmup to ``lr``, then cosine down to ``lr*lr_min_ratio``."""
+        """Learning rate of ``step`` (0-based): linear warmup to ``lr``, then cosine down to ``lr*lr_min_ratio``
+        (or, ``decay="linear"``, linearly down to 0 at ``steps``)."""
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         decay_steps = max(1, self.steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+        if self.decay == "linear":
+            return self.lr * (1.0 - progress)
+        if self.decay != "cosine":
+            raise ValueError(f"decay must be 'cosine' or 'linear', not {self.decay!r}")
         floor = self.lr * self.lr_min_ratio
         return floor + (self.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

@@ -169,3 +169,46 @@ def build():  # noqa: ANN201
 
     return SimpleNamespace(llama=llama, save=save, train=train, bpe_tokenizer=bpe_tokenizer,
                            unigram_tokenizer=unigram_tokenizer)
+
+
+class TrainedSequences:
+    """Records what a chat fuser trains on: the run's chunks (conversations as the teachers read them) and
+    every training sequence's real tokens, for checking that each sequence is one whole conversation."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        import torch
+
+        from fusers import _distill as D
+
+        self.chunks: list = []
+        self.rows: list[list[int]] = []
+        self.masks: list[list[bool]] = []
+        fingerprint, collate = D.chunks_fingerprint, D.FusionCorpus.collate
+
+        def record_chunks(chunks, seq_len):  # noqa: ANN001, ANN202
+            self.chunks = list(chunks)
+            return fingerprint(chunks, seq_len)
+
+        def record_batch(corpus, indices):  # noqa: ANN001, ANN202
+            batch = collate(corpus, indices)
+            real = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
+            for r in range(len(indices)):
+                self.rows.append(batch["input_ids"][r][real[r]].tolist())
+                self.masks.append(batch["loss_mask"][r][real[r]].tolist())
+            return batch
+
+        monkeypatch.setattr(D, "chunks_fingerprint", record_chunks)
+        monkeypatch.setattr(D.FusionCorpus, "collate", record_batch)
+
+    def check_one_conversation_each(self, tokenizer) -> int:  # noqa: ANN001
+        """Every trained sequence is exactly [EOS] + one conversation's tokens, i.e. what each teacher read
+        of it, and its loss covers response tokens only. Returns how many sequences were checked."""
+        from fusers import _distill as D
+
+        encoder = D.ChunkEncoder(tokenizer)
+        whole = {tuple(encoder.ids(c)) for c in self.chunks}
+        assert self.rows, "nothing was trained"
+        for row, mask in zip(self.rows, self.masks, strict=True):
+            assert tuple(row) in whole, "a training sequence is not one whole conversation"
+            assert any(mask) and not mask[0] and not mask[-1]  # instruction start and the last row never count
+        return len(self.rows)

@@ -665,3 +665,63 @@ def test_a_corpus_over_part_of_the_stream() -> None:
     second = D.FusionCorpus(corpus.input_ids, corpus.candidates, seq_len=16, rows=(half, len(corpus.input_ids)))
     assert len(second) == (len(corpus.input_ids) - half) // 16
     assert second.collate([0])["input_ids"].tolist() == [corpus.input_ids[half:half + 16].tolist()]
+
+
+def test_one_item_per_sequence_never_mixes_two_chunks() -> None:
+    """Chat fusion's layout: each sequence is exactly one chunk of the stream, right-padded; padding has no
+    attention, no loss and no fused target; the candidates' rows are the chunk's own rows."""
+    corpus = synthetic_corpus()
+    offsets = np.concatenate([[0], np.flatnonzero(np.diff(corpus.candidates.chunk_of_row)) + 1,
+                              [len(corpus.input_ids)]])
+    mask = np.arange(len(corpus.input_ids)) % 3 != 0
+    per_item = D.FusionCorpus(corpus.input_ids, corpus.candidates, seq_len=20, loss_mask=mask, items=offsets,
+                              pad_id=-7, granularity="token", fusion="avg_ce_softmax")
+    assert len(per_item) == len(offsets) - 1
+    order = [3, 0, 5]
+    batch = per_item.collate(order)
+    width = max(int(offsets[i + 1] - offsets[i]) for i in order)
+    assert batch["input_ids"].shape == (3, width)
+    packed = D.FusionCorpus(corpus.input_ids, corpus.candidates, seq_len=1, loss_mask=mask, granularity="token",
+                            fusion="avg_ce_softmax")
+    for r, i in enumerate(order):
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        n = b - a
+        assert batch["input_ids"][r, :n].tolist() == corpus.input_ids[a:b].tolist()
+        assert (batch["input_ids"][r, n:] == -7).all()
+        assert batch["attention_mask"][r].tolist() == [1] * n + [0] * (width - n)
+        assert batch["loss_mask"][r].tolist() == mask[a:b].tolist() + [False] * (width - n)
+        assert float(batch["fuse_probs"][r, n:].abs().sum()) == 0.0
+        # the fused targets of the real rows are the chunk's own, row by row (as one-row packed blocks)
+        rows = packed.collate(list(range(a, b)))
+        assert torch.allclose(batch["fuse_probs"][r, :n], rows["fuse_probs"][:, 0])
+        assert torch.equal(batch["fuse_ids"][r, :n], rows["fuse_ids"][:, 0])
+    with pytest.raises(ValueError, match="longer than seq_len"):
+        D.FusionCorpus(corpus.input_ids, corpus.candidates, seq_len=4, items=offsets)
+    # restricted to part of the stream: only the chunks wholly inside it
+    half = int(offsets[len(offsets) // 2])
+    second = D.FusionCorpus(corpus.input_ids, corpus.candidates, seq_len=20, items=offsets, rows=(half, len(corpus.input_ids)))
+    assert len(second) == len(offsets) - 1 - len(offsets) // 2 and second.span(0) == (half, int(offsets[len(offsets) // 2 + 1]))
+
+
+def test_padding_changes_nothing_for_the_real_tokens() -> None:
+    """Right padding under the attention mask leaves each conversation's logits as they are alone, and the
+    loss of a padded batch is finite (padded rows are masked out of both terms)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=48, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
+    corpus = synthetic_corpus()
+    offsets = np.concatenate([[0], np.flatnonzero(np.diff(corpus.candidates.chunk_of_row)) + 1,
+                              [len(corpus.input_ids)]])
+    per_item = D.FusionCorpus(corpus.input_ids, corpus.candidates, seq_len=20, items=offsets, granularity="token")
+    pair = per_item.collate([0, 1])
+    assert pair["attention_mask"].sum() < pair["attention_mask"].numel()  # one of the two is padded
+    with torch.no_grad():
+        logits = model(input_ids=pair["input_ids"], attention_mask=pair["attention_mask"]).logits
+        for r in (0, 1):
+            alone = per_item.collate([r])
+            n = alone["input_ids"].shape[1]
+            assert torch.allclose(logits[r, :n], model(input_ids=alone["input_ids"]).logits[0], atol=1e-5)
+        loss, logged = D.fusion_loss(0.5)(model, pair)
+    assert torch.isfinite(loss) and all(np.isfinite(v) for v in logged.values())

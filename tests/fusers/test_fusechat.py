@@ -109,6 +109,35 @@ def test_bench_run_fusechat_records_pairwise_targets_merge_weights_and_reuses_th
     assert any(w[0] != pytest.approx(0.5) for w in per_matrix)  # VaRM's weights follow the updates (not Q7's 1/2)
 
 
+def test_each_pairwise_target_trains_on_whole_conversations(private_home: Path, tmp_path: Path, monkeypatch,
+                                                             capsys) -> None:  # noqa: ANN001
+    """One conversation per sequence: never a response without its instruction, never two conversations in
+    one attention window; the student reads exactly what the teachers read."""
+    from harness.model import load_hf, resolve
+    from tests.fusers.conftest import TrainedSequences
+
+    trained = TrainedSequences(monkeypatch)
+    code = bench("run", "--fuser", "fusechat", "--db", str(tmp_path / "b.db"), *tiny_sets(steps=4), *SUITE)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    _, tokenizer = load_hf(resolve("zoo:gpt2-code"))
+    assert trained.check_one_conversation_each(tokenizer) == 2 * 4 * TINY["batch_size"]  # two targets
+
+
+def test_reference_compat_all_runs_the_released_alignment(private_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """`all` end to end on the micro zoo: FuseChat's DTW and stage 3, MS reference weighting, fork SCE."""
+    db = tmp_path / "b.db"
+    code = bench("run", "--fuser", "fusechat", "--db", str(db), *tiny_sets(steps=2, reference_compat="all"), *SUITE)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    database = sqlite_utils.Database(db)
+    rows = list(database.query("select m.details, rm.role from run_models rm join models m on m.id = rm.model_id "
+                               "order by position"))
+    fused, stage = json.loads(rows[0]["details"]), json.loads(rows[1]["details"])
+    assert fused["merge"]["options"]["variant"] == "fuseai_fork"
+    assert stage["alignment"]["options"]["mode"] == "dtw_fusechat"
+    assert stage["alignment"]["options"]["distribution"] == "fusechat"
+    assert stage["alignment"]["ms_weighting"] == "reference"
+
+
 def test_user_conversations_from_jsonl(private_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     data = tmp_path / "chats.jsonl"
     lines = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},

@@ -136,3 +136,20 @@ def test_bench_run_profuser_records_wins_per_mode_and_the_schedule(private_home:
     assert logged == mode
     example = details["examples"][0]
     assert set(example["answers"]) == set(names) and example["winner"] in names
+    assert details["sequences"]["one_conversation_each"] is True
+
+
+def test_profuser_trains_on_whole_conversations_in_both_modes(private_home: Path, tmp_path: Path, reward_model,
+                                                              monkeypatch, capsys) -> None:  # noqa: ANN001
+    """Inference-mode dialogues (a source's rewarded answer) and training-mode ones alike: one per sequence."""
+    from harness.model import load_hf, resolve
+    from tests.fusers.conftest import TrainedSequences
+
+    trained = TrainedSequences(monkeypatch)
+    sets = [x for key, value in TINY.items() for x in ("--set", f"{key}={value}")]
+    code = bench("run", "--fuser", "profuser", "--db", str(tmp_path / "b.db"), *sets,
+                 "--set", f'rewards=["reward_model:{reward_model}"]', *SUITE)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    _, tokenizer = load_hf(resolve("zoo:gpt2-code"))
+    steps = TINY["inference_steps"] + TINY["training_steps"]
+    assert trained.check_one_conversation_each(tokenizer) == steps * TINY["batch_size"]
