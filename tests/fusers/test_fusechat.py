@@ -117,10 +117,11 @@ def test_each_pairwise_target_trains_on_whole_conversations(private_home: Path, 
     from tests.fusers.conftest import TrainedSequences
 
     trained = TrainedSequences(monkeypatch)
-    code = bench("run", "--fuser", "fusechat", "--db", str(tmp_path / "b.db"), *tiny_sets(steps=4), *SUITE)
+    code = bench("run", "--fuser", "fusechat", "--db", str(tmp_path / "b.db"), *tiny_sets(steps=4),
+                 "--set", "fuser.batch_size=2", *SUITE)
     assert code == 0, capsys.readouterr().err[-3000:]
     _, tokenizer = load_hf(resolve("zoo:gpt2-code"))
-    assert trained.check_one_conversation_each(tokenizer) == 2 * 4 * TINY["batch_size"]  # two targets
+    assert trained.check_one_conversation_each(tokenizer) == 2 * 4 * 2  # two targets, 4 steps of 2
 
 
 def test_reference_compat_all_runs_the_released_alignment(private_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001

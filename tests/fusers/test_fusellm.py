@@ -36,7 +36,7 @@ def test_config_defaults_and_validation() -> None:
     cfg = FuseLLM.Config()
     assert (cfg.top_k, cfg.lam, cfg.fusion, cfg.granularity, cfg.teacher_mode) == (10, 0.9, "min_ce", "sequence", "stored")
     assert cfg.corpus_domains == ["code", "docs", "math"] and cfg.compat == frozenset()
-    assert FuseLLM.Config(reference_compat="all").compat == {"q1", "q5", "q6", "q11", "q12", "q13"}
+    assert FuseLLM.Config(reference_compat="all").compat == {"q1", "q5", "q6", "q9", "q11", "q12", "q13"}
     assert FuseLLM.Config(reference_compat="q6").compat == {"q6"}
     for bad in ({"reference_compat": ["q7"]}, {"corpus_domains": ["poetry"]}, {"fusion": "max_ce"},
                 {"warmup_steps": 50, "steps": 10}, {"learning_rate": 1e-3}):

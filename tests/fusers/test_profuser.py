@@ -147,9 +147,9 @@ def test_profuser_trains_on_whole_conversations_in_both_modes(private_home: Path
 
     trained = TrainedSequences(monkeypatch)
     sets = [x for key, value in TINY.items() for x in ("--set", f"{key}={value}")]
-    code = bench("run", "--fuser", "profuser", "--db", str(tmp_path / "b.db"), *sets,
+    code = bench("run", "--fuser", "profuser", "--db", str(tmp_path / "b.db"), *sets, "--set", "fuser.batch_size=2",
                  "--set", f'rewards=["reward_model:{reward_model}"]', *SUITE)
     assert code == 0, capsys.readouterr().err[-3000:]
     _, tokenizer = load_hf(resolve("zoo:gpt2-code"))
     steps = TINY["inference_steps"] + TINY["training_steps"]
-    assert trained.check_one_conversation_each(tokenizer) == steps * TINY["batch_size"]
+    assert trained.check_one_conversation_each(tokenizer) == steps * 2

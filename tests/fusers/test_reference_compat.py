@@ -70,7 +70,7 @@ def ref_stage3(base_pieces: list[str], blend_pieces: list[str], base_vocab: dict
     id_to_base_piece = {v: k for k, v in base_vocab.items()}
 
     def add_distribution(j: int, out: list[tuple[int, float]]) -> None:
-        for z, v in zip(logits[j], indices[j]):
+        for z, v in zip(logits[j], indices[j], strict=True):
             t = blend_id_to_piece[v].replace(sm, bm)
             index = base_vocab[t] if t in base_vocab else base_vocab[id_to_base_piece[blending_to_base[v]]]
             if index not in [x for x, _ in out]:
@@ -89,7 +89,7 @@ def ref_stage3(base_pieces: list[str], blend_pieces: list[str], base_vocab: dict
         else:
             bt = base_tokens[i].replace(bm, "")
             pieces = [blend_tokens[j].replace(sm, "") for j in js]
-            for j, p in zip(js, pieces):
+            for j, p in zip(js, pieces, strict=True):
                 if bt != bm and (bt.endswith(p) or p.endswith(bt)):
                     js = [j]
                     break
