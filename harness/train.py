@@ -69,7 +69,12 @@ class TrainConfig:
         return floor + (self.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as JSON; ``decay`` only when it is not the default, because zoo recipe hashes are
+        built from this dict and a field added with its old behaviour as default must not rebuild every zoo."""
+        out = asdict(self)
+        if out["decay"] == "cosine":
+            del out["decay"]
+        return out
 
 
 @dataclass
