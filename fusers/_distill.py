@@ -1178,6 +1178,17 @@ def pivot_and_sources(sources: Sequence[Any], target: Any | None) -> tuple[Any, 
     return pivot, others
 
 
+def default_lr(target: Any, *, paper: float, zoo: float) -> float:
+    """The peak learning rate a training fuser uses when ``lr`` is not given: the paper's value for real
+    checkpoints, ``zoo`` for the tiny zoo's own members (~1M parameters trained here from scratch, which learn
+    nothing at a real model's rate; the paper's rate on them, or theirs on a real model, is wrong by 100x: the
+    zoo's 5e-4 took SmolLM2-135M from 0.850 to 0.939 bits/byte in 4 steps)."""
+    from harness import zoo as tiny_zoo
+
+    spec = str(getattr(target, "spec", ""))
+    return zoo if spec.startswith("zoo:") and spec[4:] in tiny_zoo.MEMBERS else paper
+
+
 def make_accelerator() -> Accelerator:
     """An ``Accelerator`` that splits each global batch across processes (DDP on gloo when on CPU)."""
     from accelerate import Accelerator
@@ -1253,6 +1264,7 @@ __all__ = [
     "ensure_teacher_store", "TargetRows", "AlignOptions", "identity_rows", "target_rows", "self_rows",
     "surface_vocab_map", "shares_vocabulary", "ensure_aligned_store", "CandidateBlock", "CandidateSource", "StreamCandidates",
     "OnlineTeacher", "OnlineCandidates", "candidate_scores", "fusion_weights", "fuse_topk", "FusionCorpus",
-    "sparse_soft_ce", "fusion_loss", "StepBatches", "ScheduledCorpus", "pivot_and_sources", "make_accelerator", "train_with_accelerate",
+    "sparse_soft_ce", "fusion_loss", "StepBatches", "ScheduledCorpus", "pivot_and_sources", "default_lr",
+    "make_accelerator", "train_with_accelerate",
     "mean_across_processes", "details_of",
 ]

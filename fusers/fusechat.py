@@ -103,7 +103,9 @@ class FuseChat:
         steps: int = Field(150, ge=1, description="Optimizer steps per pairwise target.")
         batch_size: int = Field(8, ge=1, description="Conversations per step (one per sequence, right-padded).")
         seq_len: int = Field(256, ge=16, description="Longest conversation trained (tokens, EOS included); longer ones are skipped and counted.")
-        lr: float = Field(5e-4, gt=0.0, description="Peak learning rate (AdamW, warmup then cosine).")
+        lr: float | None = Field(
+            None, gt=0.0, description="Peak learning rate (AdamW, warmup then cosine); default: the paper's 5e-6 "
+                                      "for real checkpoints, 5e-4 when the target is one of the tiny zoo's models.")
         warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
         merge: str = Field("sce", description="sce | varm | any mergekit method (linear, task_arithmetic, ties, ...).")
         sce_variant: Literal["mergekit", "fuseai_fork", "paper"] = Field("mergekit", description="SCE reading (Q8).")
@@ -181,9 +183,10 @@ class _Run:
 
     def __init__(self, cfg: FuseChat.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
         self.cfg, self.ctx = cfg, ctx
-        from fusers._distill import pivot_and_sources
+        from fusers._distill import default_lr, pivot_and_sources
 
         self.pivot, self.others = pivot_and_sources(sources, target)  # the pivot starts every pair
+        self.lr = cfg.lr if cfg.lr is not None else default_lr(self.pivot, paper=5e-6, zoo=5e-4)
         if not self.others:
             raise BenchError("fusechat needs at least one source besides the pivot",
                              "pass --sources PIVOT,SOURCE[,SOURCE...] or --target PIVOT --sources SOURCE,...")
@@ -228,12 +231,21 @@ class _Run:
             trained[name], stage_details[name] = self._pairwise_target(ref)
 
         out_dir = Path(self.ctx.out_dir)
-        start = time.perf_counter()
-        merge_details = self._merge(list(trained.values()), out_dir)
-        self.timings["merge"] = time.perf_counter() - start
-        stages = {name: out_dir / "pairwise" / name for name in trained}
-        for name, cached in trained.items():  # the run's artifact holds everything it evaluates
-            shutil.copytree(cached, stages[name], ignore=shutil.ignore_patterns("pairwise.json"))
+        if len(trained) == 1:
+            # One pairwise target: there is nothing to merge. SCE's variance-based selection over a single task
+            # vector keeps nothing (it would return the pivot and call it a fusion); the target IS the result.
+            (name, cached), = trained.items()
+            shutil.copytree(cached, out_dir, ignore=shutil.ignore_patterns("pairwise.json"), dirs_exist_ok=True)
+            merge_details = {"method": "none", "reason": f"one pairwise target ({name}): the fused model is that "
+                                                         "target; merging needs two or more"}
+            stages: dict[str, Path] = {}
+        else:
+            start = time.perf_counter()
+            merge_details = self._merge(list(trained.values()), out_dir)
+            self.timings["merge"] = time.perf_counter() - start
+            stages = {name: out_dir / "pairwise" / name for name in trained}
+            for name, cached in trained.items():  # the run's artifact holds everything it evaluates
+                shutil.copytree(cached, stages[name], ignore=shutil.ignore_patterns("pairwise.json"))
 
         details = {
             "pivot": self.pivot.spec,
@@ -241,6 +253,7 @@ class _Run:
             "corpus": corpus_report,
             "merge": merge_details,
             "stages": stage_details,
+            "lr": self.lr,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
         return FusionResult(path=out_dir, details=details, stages=stages)
@@ -379,7 +392,7 @@ class _Run:
         cfg = self.cfg
         model, _ = load_hf(self.pivot)
         model.train()
-        train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
+        train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=self.lr,
                                 warmup_steps=cfg.warmup_steps, seed=self.ctx.seed)
         start = time.perf_counter()
         model, stats = D.train_with_accelerate(model, corpus, train_cfg, D.fusion_loss(cfg.lam),

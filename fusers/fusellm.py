@@ -77,7 +77,9 @@ class FuseLLM:
         steps: int = Field(400, ge=1, description="Optimizer steps.")
         batch_size: int = Field(8, ge=1, description="Global batch in blocks of seq_len tokens.")
         seq_len: int = Field(256, ge=8, description="Tokens per training block, and the most any model reads per chunk.")
-        lr: float = Field(1e-3, gt=0.0, description="Peak learning rate (AdamW, warmup then cosine).")
+        lr: float | None = Field(
+            None, gt=0.0, description="Peak learning rate (AdamW, warmup then cosine); default: the paper's 1e-5 "
+                                      "for real checkpoints, 1e-3 when the target is one of the tiny zoo's models.")
         warmup_steps: int = Field(20, ge=0, description="Linear warmup steps.")
         corpus_domains: list[str] = Field(default_factory=lambda: ["code", "docs", "math"],
                                           description="Training text: the union of these domains' training splits.")
@@ -185,9 +187,10 @@ class _Run:
 
     def __init__(self, cfg: FuseLLM.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
         self.cfg, self.ctx = cfg, ctx
-        from fusers._distill import pivot_and_sources
+        from fusers._distill import default_lr, pivot_and_sources
 
         self.pivot, self.others = pivot_and_sources(sources, target)
+        self.lr = cfg.lr if cfg.lr is not None else default_lr(self.pivot, paper=1e-5, zoo=1e-3)
         self.timings: dict[str, float] = {}
         self.granularity, self.per_token, self.options = effective_settings(cfg)
 
@@ -225,7 +228,7 @@ class _Run:
         corpus = D.FusionCorpus(input_ids, candidates, seq_len=cfg.seq_len, fusion=cfg.fusion,
                                 granularity=self.granularity, temperature=cfg.temperature, tau=cfg.tau,
                                 per_token=self.per_token)
-        train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
+        train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=self.lr,
                                 warmup_steps=cfg.warmup_steps, seed=self.ctx.seed,
                                 decay="linear" if "q9" in cfg.compat else "cosine")
         start = time.perf_counter()
@@ -249,6 +252,7 @@ class _Run:
                        "fingerprint": self.fingerprint},
             "effective": {"granularity": self.granularity, "ce_per": "token" if self.per_token else "byte",
                           "align": self.options.to_dict(), "width": self.width, "processes": accelerator.num_processes},
+            "lr": self.lr,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
             **D.details_of(stats, cfg.lam, names, corpus.selected),
         }

@@ -90,7 +90,9 @@ class ProFuser:
         align: Literal["offsets", "dtw_ed"] = Field("offsets", description="Sequence alignment: byte offsets or MinED DTW.")
         batch_size: int = Field(8, ge=1, description="Conversations per step (one per sequence, right-padded).")
         seq_len: int = Field(256, ge=16, description="Longest conversation trained (tokens, EOS included); longer ones are skipped and counted.")
-        lr: float = Field(5e-4, gt=0.0, description="Peak learning rate (AdamW, warmup then cosine).")
+        lr: float | None = Field(
+            None, gt=0.0, description="Peak learning rate (AdamW, warmup then cosine); default: the paper's 5e-6 "
+                                      "for real checkpoints, 5e-4 when the target is one of the tiny zoo's models.")
         warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
 
         @field_validator("rewards")
@@ -191,9 +193,10 @@ class _Run:
 
     def __init__(self, cfg: ProFuser.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
         self.cfg, self.ctx = cfg, ctx
-        from fusers._distill import pivot_and_sources
+        from fusers._distill import default_lr, pivot_and_sources
 
         self.pivot, self.others = pivot_and_sources(sources, target)
+        self.lr = cfg.lr if cfg.lr is not None else default_lr(self.pivot, paper=5e-6, zoo=5e-4)
         self.candidates = [self.pivot, *self.others]  # candidate 0: the target's own distribution
         self.timings: dict[str, float] = {}
 
@@ -247,7 +250,7 @@ class _Run:
         parts, plan = self._parts(input_ids, candidates, loss_mask, split, stores[0].item_offsets())
 
         model.train()
-        train_cfg = TrainConfig(steps=len(plan), batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
+        train_cfg = TrainConfig(steps=len(plan), batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=self.lr,
                                 warmup_steps=min(cfg.warmup_steps, len(plan)), seed=self.ctx.seed)
         start = time.perf_counter()
         model, stats = D.train_with_accelerate(model, D.ScheduledCorpus(parts, plan), train_cfg, D.fusion_loss(cfg.lam),
@@ -274,6 +277,7 @@ class _Run:
             "examples": [{"prompt": _prompt_text(p), "answers": {n: answers[k][i] for k, n in enumerate(names)},
                           "votes": votes[i].scores_by_reward(), "winner": names[votes[i].winner]}
                          for i, p in enumerate(prompts[:3])],
+            "lr": self.lr,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         })
         return FusionResult(path=out_dir, details=details)

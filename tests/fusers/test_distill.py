@@ -725,3 +725,12 @@ def test_padding_changes_nothing_for_the_real_tokens() -> None:
             assert torch.allclose(logits[r, :n], model(input_ids=alone["input_ids"]).logits[0], atol=1e-5)
         loss, logged = D.fusion_loss(0.5)(model, pair)
     assert torch.isfinite(loss) and all(np.isfinite(v) for v in logged.values())
+
+
+def test_default_lr_is_the_papers_for_real_checkpoints_and_the_zoos_for_its_own_members() -> None:
+    from harness.model import ModelRef
+
+    assert D.default_lr(ModelRef("zoo:gpt2-code", "zoo"), paper=5e-6, zoo=5e-4) == 5e-4
+    assert D.default_lr(ModelRef("zoo:smollm2-135m", "zoo"), paper=5e-6, zoo=5e-4) == 5e-6  # a real checkpoint
+    assert D.default_lr(ModelRef("/ckpt/hf", "local", Path("/ckpt/hf")), paper=1e-5, zoo=1e-3) == 1e-5
+    assert D.default_lr(ModelRef("org/model", "hub"), paper=1e-5, zoo=1e-3) == 1e-5

@@ -139,6 +139,22 @@ def test_reference_compat_all_runs_the_released_alignment(private_home: Path, tm
     assert stage["alignment"]["ms_weighting"] == "reference"
 
 
+def test_one_source_gives_its_pairwise_target_not_a_no_op_merge(private_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """With a single non-pivot source there is one pairwise target; SCE over one task vector would keep nothing
+    and return the pivot. The target itself is the fused model, and the details say so."""
+    db = tmp_path / "b.db"
+    code = bench("run", "--fuser", "fusechat", "--sources", "zoo:gpt2-code,zoo:mpt-math", "--db", str(db),
+                 *tiny_sets(), *SUITE)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    database = sqlite_utils.Database(db)
+    rows = list(database.query("select m.details, rm.role, m.content_hash from run_models rm join models m "
+                               "on m.id = rm.model_id order by position"))
+    assert [r["role"] for r in rows] == ["fused", "target", "source"]  # no separate stage: it is the fused model
+    assert json.loads(rows[0]["details"])["merge"]["method"] == "none"
+    assert rows[0]["content_hash"] != rows[1]["content_hash"]  # not the pivot
+    assert json.loads(rows[0]["details"])["lr"] == 5e-4  # the zoo's rate for a zoo pivot
+
+
 def test_user_conversations_from_jsonl(private_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     data = tmp_path / "chats.jsonl"
     lines = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
