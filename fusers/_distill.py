@@ -1190,11 +1190,16 @@ def default_lr(target: Any, *, paper: float, zoo: float) -> float:
 
 
 def make_accelerator() -> Accelerator:
-    """An ``Accelerator`` that splits each global batch across processes (DDP on gloo when on CPU)."""
+    """An ``Accelerator`` that splits each global batch across processes (DDP on gloo when on CPU), on the run's
+    device, with bf16 mixed precision on GPUs that support it (float32 master weights) and float32 on CPU."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
-    return Accelerator(cpu=not torch.cuda.is_available(),
+    from harness.model import current_placement
+
+    on_gpu = current_placement().kind == "cuda"
+    mixed = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(cpu=not on_gpu, mixed_precision=mixed,
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 

@@ -390,7 +390,7 @@ class _Run:
         from harness.train import TrainConfig
 
         cfg = self.cfg
-        model, _ = load_hf(self.pivot)
+        model, _ = load_hf(self.pivot, dtype="float32")  # trained in float32 (mixed precision on GPUs)
         model.train()
         train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=self.lr,
                                 warmup_steps=cfg.warmup_steps, seed=self.ctx.seed)

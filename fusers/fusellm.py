@@ -202,7 +202,7 @@ class _Run:
 
         cfg, compat = self.cfg, self.cfg.compat
         accelerator = D.make_accelerator()
-        model, tokenizer = load_hf(self.pivot)
+        model, tokenizer = load_hf(self.pivot, dtype="float32")  # the model trained (its own teacher rows too)
         _check_context(self.pivot, model, cfg.seq_len)
         self.width = target_width(D.logit_width(model), len(tokenizer.get_vocab()), reference_compat=compat)
         self.target = D.ChunkEncoder(tokenizer)

@@ -210,7 +210,7 @@ class _Run:
         from harness.train import TrainConfig
 
         cfg = self.cfg
-        model, tokenizer = load_hf(self.pivot)
+        model, tokenizer = load_hf(self.pivot, dtype="float32")  # the model trained (its own teacher rows too)
         self.tokenizer = tokenizer
         self.width = target_width(D.logit_width(model), len(tokenizer.get_vocab()))
         self.encoders = [D.ChunkEncoder(tokenizer), *(D.ChunkEncoder(_load_tokenizer(r)) for r in self.others)]

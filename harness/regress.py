@@ -73,6 +73,8 @@ class ScoreRow:
     higher_is_better: bool
     eval_config: dict[str, Any]   # {"suite_args": ..., "limit": ..., "seed": ...}
     data_fingerprint: str | None  # hash of the (task, doc_id, target) of the samples; None without samples
+    dtype: str | None = None      # what the score was computed in (None: not recorded, e.g. an older baseline)
+    backend: str | None = None
 
     @property
     def model_key(self) -> str:
@@ -140,7 +142,8 @@ def run_scores(store: Store, run: dict[str, Any]) -> RunScores:
                  suite_version=str(s["suite_version"]),
                  task=s["task"], metric=s["metric"], value=s["value"], stderr=s["stderr"], n=s["n"],
                  higher_is_better=bool(s["higher_is_better"]), eval_config=eval_config(config, s["suite"]),
-                 data_fingerprint=fingerprints.get((s["model_id"], s["suite"])))
+                 data_fingerprint=fingerprints.get((s["model_id"], s["suite"])), dtype=s.get("dtype"),
+                 backend=s.get("backend"))
         for s in scores
     ]
     meta = {k: run.get(k) for k in ("id", "name", "kind", "fuser", "git_sha", "started_at", "command")}
@@ -355,6 +358,9 @@ def why_not_comparable(b: ScoreRow, c: ScoreRow) -> str:
     if changed:
         shown = lambda args, k: repr(args[k]) if k in args else "(default)"  # noqa: E731
         return "suite arguments differ: " + ", ".join(f"{k}={shown(args_b, k)} vs {shown(args_c, k)}" for k in changed)
+    precision_b, precision_c = (f"{r.dtype}/{r.backend}" for r in (b, c))
+    if b.dtype and c.dtype and precision_b != precision_c:
+        return f"computed in {precision_b} vs {precision_c}"
     if b.data_fingerprint and c.data_fingerprint and b.data_fingerprint != c.data_fingerprint:
         return f"evaluated on different examples (data fingerprint {b.data_fingerprint} vs {c.data_fingerprint})"
     if b.value is None or c.value is None:

@@ -81,45 +81,55 @@ def start(store: Store, kind: str, name: str | None, config: dict[str, Any]) -> 
 
 def run_fusion(cfg: RunConfig, store: Store, run_id: str, *, resume: bool = False) -> None:
     """Fuse, then evaluate fused model + target + sources. Closes the run row as ok or error."""
+    from harness.model import placement
+
     timings = Timings()
     try:
-        with timings.stage("validate"):
-            from harness.registry import fusers, suites
-
-            fuser_cls = fusers().get(cfg.fuser)
-            fuser_cfg, suite_cfgs = validate_plugin_args(cfg)
-            if cfg.processes > 1 and not getattr(fuser_cls, "distributed", False):
-                raise BenchError(f"fuser {cfg.fuser} runs in one process", "drop --processes (only training fusers "
-                                 "such as fusellm scale over processes)")
-            source_specs = cfg.sources or list(getattr(fuser_cls, "default_sources", []))
-            target_spec = cfg.target if cfg.target is not None else getattr(fuser_cls, "default_target", None)
-            if not source_specs:
-                raise BenchError(f"fuser {cfg.fuser} needs sources", "pass --sources A,B or --source A --source B")
-        with timings.stage("resolve"):
-            sources = [_resolve(s) for s in source_specs]
-            target = _resolve(target_spec) if target_spec else None
-        store.update_run(run_id, fuser=cfg.fuser, sources=[s.spec for s in sources],
-                         target=target.spec if target else None,
-                         run_hash=stable_hash(cfg.canonical_json(), [s.content_hash() for s in sources]))
-        console.log(f"run {run_id}: fuser [bold]{cfg.fuser}[/] on {', '.join(s.name for s in sources)}"
-                    + (f" (target {target.name})" if target else ""))
-        with timings.stage("fuse"):
-            fused, stages = _fuse(fuser_cls, fuser_cfg, cfg, sources, target, run_name=cfg.name)
-        evaluands = [fused, *stages]
-        if target is not None:
-            evaluands.append(_source_evaluand(target, "target"))
-        evaluands += [_source_evaluand(s, "source") for s in sources]
-        evaluands = _dedupe(evaluands)
-        suite_objs = [(suites().get(name), suite_cfgs[name]) for name in cfg.suites]
-        _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings, resume=resume)
+        with placement(cfg.dtype, cfg.device):
+            _run_fusion(cfg, store, run_id, timings, resume)
     except BaseException as e:
         store.finish_run(run_id, "error", error=_error_text(e), timings=timings)
         raise
     store.finish_run(run_id, "ok", timings=timings)
 
 
+def _run_fusion(cfg: RunConfig, store: Store, run_id: str, timings: Timings, resume: bool) -> None:
+    """Validate, resolve, fuse, then evaluate (inside the run's placement)."""
+    with timings.stage("validate"):
+        from harness.registry import fusers, suites
+
+        fuser_cls = fusers().get(cfg.fuser)
+        fuser_cfg, suite_cfgs = validate_plugin_args(cfg)
+        if cfg.processes > 1 and not getattr(fuser_cls, "distributed", False):
+            raise BenchError(f"fuser {cfg.fuser} runs in one process", "drop --processes (only training fusers "
+                             "such as fusellm scale over processes)")
+        source_specs = cfg.sources or list(getattr(fuser_cls, "default_sources", []))
+        target_spec = cfg.target if cfg.target is not None else getattr(fuser_cls, "default_target", None)
+        if not source_specs:
+            raise BenchError(f"fuser {cfg.fuser} needs sources", "pass --sources A,B or --source A --source B")
+    with timings.stage("resolve"):
+        sources = [_resolve(s) for s in source_specs]
+        target = _resolve(target_spec) if target_spec else None
+    store.update_run(run_id, fuser=cfg.fuser, sources=[s.spec for s in sources],
+                     target=target.spec if target else None,
+                     run_hash=stable_hash(cfg.canonical_json(), [s.content_hash() for s in sources]))
+    console.log(f"run {run_id}: fuser [bold]{cfg.fuser}[/] on {', '.join(s.name for s in sources)}"
+                + (f" (target {target.name})" if target else ""))
+    with timings.stage("fuse"):
+        fused, stages = _fuse(fuser_cls, fuser_cfg, cfg, sources, target, run_name=cfg.name)
+    evaluands = [fused, *stages]
+    if target is not None:
+        evaluands.append(_source_evaluand(target, "target"))
+    evaluands += [_source_evaluand(s, "source") for s in sources]
+    evaluands = _dedupe(evaluands)
+    suite_objs = [(suites().get(name), suite_cfgs[name]) for name in cfg.suites]
+    _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings, resume=resume)
+
+
 def run_eval(refs: list[str], cfg: RunConfig, store: Store, run_id: str) -> None:
     """`bench eval`: evaluate models as they are (no fusion)."""
+    from harness.model import placement
+
     timings = Timings()
     try:
         from harness.registry import suites
@@ -129,7 +139,8 @@ def run_eval(refs: list[str], cfg: RunConfig, store: Store, run_id: str) -> None
             evaluands = _dedupe([_source_evaluand(_resolve(r), "model") for r in refs])
         store.update_run(run_id, sources=[e.ref for e in evaluands])
         suite_objs = [(suites().get(name), suite_cfgs[name]) for name in cfg.suites]
-        _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings)
+        with placement(cfg.dtype, cfg.device):
+            _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings)
     except BaseException as e:
         store.finish_run(run_id, "error", error=_error_text(e), timings=timings)
         raise
@@ -210,13 +221,16 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
           run_name: str | None) -> tuple[Evaluand, list[Evaluand]]:
     """The fused model (from the artifact cache when there) and the stage models it was built through."""
     from harness.api import FuseContext
+    from harness.model import current_placement
 
+    # the placement: teachers (and a runtime fuser's members) run in its dtype on its device
     fuse_hash = stable_hash(cfg.fuser, getattr(fuser_cls, "version", "1"), fuser_cfg.model_dump(mode="json"),
-                            [s.content_hash() for s in sources], target.content_hash() if target else None, cfg.seed)
+                            [s.content_hash() for s in sources], target.content_hash() if target else None, cfg.seed,
+                            current_placement().key)
     label = run_name or f"{cfg.fuser}#{fuse_hash[:6]}"
     fuser = fuser_cls()
     if getattr(fuser_cls, "runtime_only", False):
-        ctx = FuseContext(out_dir=paths.cache_dir() / "runtime" / fuse_hash, seed=cfg.seed, batch_size=cfg.batch_size)
+        ctx = FuseContext(out_dir=paths.cache_dir() / "runtime" / fuse_hash, seed=cfg.seed, batch_size=cfg.int_batch_size)
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         result = fuser.fuse(sources, target, fuser_cfg, ctx)
         return Evaluand(id=f"rt-{fuse_hash}", name=label, role="fused", kind="runtime", content_hash=fuse_hash,
@@ -237,7 +251,7 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
                 result = _fuse_in_processes(cfg, fuser_cfg, sources, target, tmp)
             else:
                 result = fuser.fuse(sources, target, fuser_cfg, FuseContext(out_dir=tmp, seed=cfg.seed,
-                                                                           batch_size=cfg.batch_size))
+                                                                           batch_size=cfg.int_batch_size))
             if result.path is None:
                 raise RuntimeError(f"fuser {cfg.fuser} returned no model path")
             if Path(result.path).resolve() != tmp.resolve():
@@ -288,7 +302,8 @@ def _fuse_in_processes(cfg: RunConfig, fuser_cfg: Any, sources: list[ModelRef], 
 
     spec = out_dir.parent / f".spec-{out_dir.name}.json"
     write_spec(spec, fuser=cfg.fuser, config=fuser_cfg.model_dump(mode="json"), sources=sources, target=target,
-               out_dir=out_dir, seed=cfg.seed, batch_size=cfg.batch_size)
+               out_dir=out_dir, seed=cfg.seed, batch_size=cfg.int_batch_size,
+               placement={"dtype": cfg.dtype, "device": cfg.device})
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                str(cfg.processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "-m", "harness.fuse_worker", str(spec)]
@@ -314,10 +329,13 @@ def _fuse_in_processes(cfg: RunConfig, fuser_cfg: Any, sources: list[ModelRef], 
 def eval_key(model_hash: str, suite_cls: Any, suite_cfg: Any, cfg: RunConfig) -> str:
     """What determines an evaluation: model bytes, suite + version, its args, the bytes of any data files
     those args point to (editing a question file in place must not reuse an old result), limit, seed and
-    the embedded corpus (the held-out text the perplexity suite reads by default)."""
+    the embedded corpus (the held-out text the perplexity suite reads by default), and the precision and
+    device kind models run in (``float32@cpu``, ``bfloat16@cuda``: never one cache entry for both)."""
+    from harness.model import current_placement
+
     args = suite_cfg.model_dump(mode="json")
     return stable_hash(model_hash, suite_cls.name, suite_cls.version, args, data_fingerprints(args),
-                       cfg.limit, cfg.seed, corpus.corpus_fingerprint())
+                       cfg.limit, cfg.seed, corpus.corpus_fingerprint(), current_placement().key)
 
 
 def data_fingerprints(args: dict[str, Any]) -> dict[str, str]:
@@ -368,18 +386,29 @@ def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_ob
                         workdir = paths.cache_dir() / "work" / key
                         workdir.mkdir(parents=True, exist_ok=True)
                         result = suite_cls().evaluate(lm, suite_cfg, EvalContext(
-                            workdir=workdir, seed=cfg.seed, limit=cfg.limit, batch_size=cfg.batch_size))
+                            workdir=workdir, seed=cfg.seed, limit=cfg.limit, batch_size=cfg.int_batch_size))
                         payload = {"scores": [asdict(s) for s in result.scores],
-                                   "samples": [asdict(s) for s in result.samples]}
+                                   "samples": [asdict(s) for s in result.samples], "precision": _precision(lm)}
                         _atomic_write(cache_file, json.dumps(payload, default=_plain_default))
                         shutil.rmtree(workdir, ignore_errors=True)
                     store.add_eval(run_id, ev.id, suite_cls.name, suite_cls.version, key,
-                                   payload["scores"], payload["samples"])
+                                   payload["scores"], payload["samples"], precision=payload.get("precision"))
         finally:
             del lm
 
 
-def _load(ev: Evaluand, batch_size: int) -> Any:
+def _precision(lm: Any) -> dict[str, str]:
+    """What the scores were computed in: the model's parameter dtype (a runtime fuser: the placement's) and the
+    backend (``hf-cpu``, ``hf-cuda``)."""
+    from harness.model import current_placement, model_dtype
+
+    where = current_placement()
+    model = getattr(lm, "model", None) or getattr(lm, "_model", None)
+    dtype = model_dtype(model) if model is not None else where.load_dtype()
+    return {"dtype": dtype, "backend": f"hf-{where.kind}"}
+
+
+def _load(ev: Evaluand, batch_size: int | str) -> Any:
     if ev.runtime is not None:
         return ev.runtime()
     from harness.model import load_lm

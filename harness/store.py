@@ -82,6 +82,14 @@ def m002_train_log(db: sqlite_utils.Database) -> None:
     db["train_log"].add_foreign_key("model_id", "models", "id")
 
 
+@migrations()
+def m003_score_precision(db: sqlite_utils.Database) -> None:
+    """What each score was computed in: ``dtype`` (float32, bfloat16 ...) and ``backend`` (hf-cpu, hf-cuda).
+    Earlier rows keep NULL (they were float32 on the CPU: FuseBench had no other placement then)."""
+    db["scores"].add_column("dtype", str)
+    db["scores"].add_column("backend", str)
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -190,15 +198,19 @@ class Store:
         return bool(self.db["scores"].count_where("run_id = ? and model_id = ? and suite = ?", [run_id, model_id, suite]))
 
     def add_eval(self, run_id: str, model_id: str, suite: str, suite_version: str, eval_key: str,
-                 scores: Iterable[dict[str, Any]], samples: Iterable[dict[str, Any]]) -> None:
-        """All scores and samples of one (model, suite) evaluation, in one transaction."""
+                 scores: Iterable[dict[str, Any]], samples: Iterable[dict[str, Any]],
+                 precision: dict[str, str] | None = None) -> None:
+        """All scores and samples of one (model, suite) evaluation, in one transaction. ``precision``:
+        ``{"dtype", "backend"}`` the scores were computed in."""
         created = now()
+        precision = precision or {}
         score_rows = [
             {
                 "run_id": run_id, "model_id": model_id, "suite": suite, "suite_version": suite_version,
                 "eval_key": eval_key, "task": s["task"], "metric": s["metric"], "value": plain(s["value"]),
                 "stderr": plain(s.get("stderr")), "n": plain(s.get("n")),
                 "higher_is_better": int(bool(s.get("higher_is_better", True))), "created_at": created,
+                "dtype": precision.get("dtype"), "backend": precision.get("backend"),
             }
             for s in scores
         ]

@@ -316,13 +316,15 @@ def resolve(name: str, build_missing: bool = False) -> Path:
 
 
 def list_built() -> list[dict[str, Any]]:
-    """The cards of all members built in the zoo directory (whatever their preset), in member order."""
+    """The cards of all members trained in the zoo directory (whatever their preset), in member order; real
+    checkpoints added with `bench zoo add` are listed by :func:`list_all`, not here (they were not trained)."""
     zoo = paths.zoo_dir()
     cards = (
         [_read_card(p) | {"path": str(p)} for p in sorted(zoo.iterdir()) if (p / CARD).is_file()]
         if zoo.is_dir()
         else []
     )
+    cards = [c for c in cards if c.get("kind") != "external"]
     order = {name: i for i, name in enumerate(MEMBERS)}
     return sorted(cards, key=lambda c: (order.get(c.get("name"), len(order)), c.get("name", "")))
 

@@ -89,8 +89,9 @@ def test_resolve_unbuilt_member_says_how_to_build(isolated_env: Path) -> None:
         zoo.resolve("llama-code")
     assert "not built" in str(err.value) and "`bench zoo build`" in str(err.value)
     assert not (isolated_env / "zoo" / "llama-code").exists()
-    rows = zoo.list_all()
+    rows = [r for r in zoo.list_all() if r.get("kind") != "external"]
     assert [r["name"] for r in rows] == list(zoo.MEMBERS) and not any(r["built"] for r in rows)
+    assert [r["name"] for r in zoo.list_all() if r.get("kind") == "external"] == ["smollm2-135m"]
     assert zoo.list_built() == []
 
 
@@ -98,7 +99,7 @@ def test_preset_choice(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert zoo.active_preset() == "default"
     monkeypatch.setenv("BENCH_ZOO_PRESET", "micro")
     assert zoo.active_preset() == "micro"
-    assert {r["vocab_size"] for r in zoo.list_all()} == {320, 384, 352}
+    assert {r["vocab_size"] for r in zoo.list_all() if r.get("kind") != "external"} == {320, 384, 352}
 
 
 # --- the built micro zoo --------------------------------------------------------------------------
@@ -119,7 +120,7 @@ def test_micro_zoo_is_built_with_complete_cards(zoo_home: Path) -> None:
         assert train["tokens_per_second"] > 0 and train["seconds"] > 0
         assert 10_000 < card["params"] < 500_000
     assert {c["name"]: c["parent"] for c in cards}["llama-math"] == "llama-base"
-    assert all(r["built"] and not r["stale"] for r in zoo.list_all())
+    assert all(r["built"] and not r["stale"] for r in zoo.list_all() if r.get("kind") != "external")
     json.dumps(cards)
 
 

@@ -28,7 +28,7 @@ def _one_core():  # noqa: ANN202
 
 
 def tiny_sets(**extra: object) -> list[str]:
-    return [x for key, value in {**TINY, **extra}.items() for x in ("--set", f"{key}={value}")]
+    return [x for key, value in {**TINY, **extra}.items() for x in ("--set", f"fuser.{key}={value}")]
 
 
 def test_config_defaults_validation_and_merge_mapping(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def test_effective_settings_follow_reference_compat() -> None:
 
 def test_bench_run_fusellm_scores_fused_target_and_sources(home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     db = tmp_path / "bench.db"
-    sets = [x for key, value in TINY.items() for x in ("--set", f"{key}={value}")]
+    sets = [x for key, value in TINY.items() for x in ("--set", f"fuser.{key}={value}")]
     code = bench("run", "--fuser", "fusellm", "--db", str(db), *sets,
                  "--set", "perplexity.max_docs=4", "--set", "perplexity.max_chars_per_doc=400")
     assert code == 0, capsys.readouterr().err[-2000:]
@@ -155,7 +155,7 @@ def test_bench_run_processes_2_matches_one_process(home: Path, tmp_path: Path, c
     import torch
     from safetensors.torch import load_file
 
-    sets = [x for key, value in TINY.items() for x in ("--set", f"{key}={value}")]
+    sets = [x for key, value in TINY.items() for x in ("--set", f"fuser.{key}={value}")]
     common = ("run", "--fuser", "fusellm", *sets, "--suite", "perplexity", "--set", "perplexity.max_docs=2",
               "--set", "perplexity.max_chars_per_doc=200")
     assert bench(*common, "--db", str(tmp_path / "one.db")) == 0, capsys.readouterr().err[-2000:]

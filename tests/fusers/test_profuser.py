@@ -111,7 +111,7 @@ def reward_model(tmp_path_factory) -> Path:  # noqa: ANN001
 def test_bench_run_profuser_records_wins_per_mode_and_the_schedule(private_home: Path, tmp_path: Path, reward_model,
                                                                   schedule: str, capsys) -> None:  # noqa: ANN001
     db = tmp_path / "bench.db"
-    sets = [x for key, value in TINY.items() for x in ("--set", f"{key}={value}")]
+    sets = [x for key, value in TINY.items() for x in ("--set", f"fuser.{key}={value}")]
     code = bench("run", "--fuser", "profuser", "--db", str(db), *sets, "--set", f"schedule={schedule}",
                  "--set", f'rewards=["reward_model:{reward_model}"]', *SUITE)
     assert code == 0, capsys.readouterr().err[-3000:]
@@ -146,7 +146,7 @@ def test_profuser_trains_on_whole_conversations_in_both_modes(private_home: Path
     from tests.fusers.conftest import TrainedSequences
 
     trained = TrainedSequences(monkeypatch)
-    sets = [x for key, value in TINY.items() for x in ("--set", f"{key}={value}")]
+    sets = [x for key, value in TINY.items() for x in ("--set", f"fuser.{key}={value}")]
     code = bench("run", "--fuser", "profuser", "--db", str(tmp_path / "b.db"), *sets, "--set", "fuser.batch_size=2",
                  "--set", f'rewards=["reward_model:{reward_model}"]', *SUITE)
     assert code == 0, capsys.readouterr().err[-3000:]

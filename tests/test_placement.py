@@ -1,0 +1,63 @@
+"""--dtype / --device / --batch-size: how models are loaded, what keys and records carry, what regress compares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+
+from harness.errors import BenchError
+from harness.model import Placement, current_placement, placement
+from tests.conftest import bench
+
+PPL = ["--suite", "perplexity", "--set", "perplexity.max_docs=2", "--set", "perplexity.max_chars_per_doc=200"]
+
+
+def test_placement_resolution_and_validation() -> None:
+    assert current_placement() == Placement("auto", "auto")
+    cpu = Placement("auto", "cpu")
+    assert (cpu.load_dtype(), cpu.kind, cpu.key) == ("float32", "cpu", "float32@cpu")
+    assert Placement("bfloat16", "cpu").key == "bfloat16@cpu"
+    with placement("float16", "cpu") as p:
+        assert current_placement() is p
+    assert current_placement() == Placement()
+    for bad in ({"dtype": "fp8"}, {"device": "tpu"}, {"device": "cuda:x"}):
+        with pytest.raises(BenchError):
+            Placement(**bad)
+
+
+def test_dtype_is_used_recorded_and_keyed(zoo_home: Path, tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    assert bench("eval", "--model", "zoo:llama-base", *PPL, "--db", str(db), "--name", "fp32") == 0
+    assert bench("eval", "--model", "zoo:llama-base", *PPL, "--db", str(db), "--name", "bf16",
+                 "--dtype", "bfloat16", "--batch-size", "auto") == 0
+    rows = list(sqlite_utils.Database(db).query(
+        "select r.name, s.dtype, s.backend, s.eval_key, s.value from scores s join runs r on r.id = s.run_id "
+        "where s.metric = 'bits_per_byte' and s.task = 'avg' order by r.started_at"))
+    assert [(r["name"], r["dtype"], r["backend"]) for r in rows] == [("fp32", "float32", "hf-cpu"),
+                                                                   ("bf16", "bfloat16", "hf-cpu")]
+    assert rows[0]["eval_key"] != rows[1]["eval_key"]  # never one cache entry for both
+    assert rows[0]["value"] != rows[1]["value"]  # bf16 really ran
+    # bench regress never compares scores computed in different precisions
+    assert bench("regress", "--baseline", "fp32", "--candidate", "bf16", "--db", str(db)) == 2
+
+
+def test_bad_placement_flags_are_one_line_errors(zoo_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    import torch
+
+    cases = [(["--dtype", "fp8"], "dtype"), (["--batch-size", "0"], "--batch-size"), (["--device", "tpu"], "device")]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "no CUDA device"))
+    for flags, message in cases:
+        capsys.readouterr()
+        assert bench("eval", "--model", "zoo:llama-base", *PPL, "--db", str(tmp_path / "b.db"), *flags) == 2, flags
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error:") and message in err[-1], (flags, err[-1])
+
+
+def test_a_bare_set_key_that_is_both_a_run_field_and_a_fuser_field_is_refused(zoo_home: Path, tmp_path: Path,
+                                                                               capsys) -> None:  # noqa: ANN001
+    code = bench("run", "--fuser", "fusellm", "--set", "batch_size=2", "--db", str(tmp_path / "b.db"))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "ambiguous" in err and "fuser.batch_size" in err and "--batch-size" in err
