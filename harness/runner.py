@@ -205,13 +205,35 @@ def _source_evaluand(ref: ModelRef, role: str) -> Evaluand:
 
 
 def _dedupe(evaluands: list[Evaluand]) -> list[Evaluand]:
+    """One evaluand per model (by content), with display names that tell different models apart."""
     seen: set[str] = set()
     out = []
     for e in evaluands:
         if e.id not in seen:
             seen.add(e.id)
             out.append(e)
-    return out
+    return _distinct_names(out)
+
+
+def _distinct_names(evaluands: list[Evaluand]) -> list[Evaluand]:
+    """Local folders are shown by their name, so two checkpoints saved as ``.../a/hf`` and ``.../b/hf`` would both
+    read ``hf`` in the DB, leaderboard and report. Such names get as many parent folders as it takes to differ."""
+    by_name: dict[str, list[Evaluand]] = {}
+    for e in evaluands:
+        by_name.setdefault(e.name, []).append(e)
+    for clash in (group for group in by_name.values() if len(group) > 1):
+        paths = [e.path.resolve() if e.path is not None else None for e in clash]
+        if any(p is None for p in paths):
+            continue
+        depth = 2
+        while depth <= max(len(p.parts) for p in paths):  # type: ignore[union-attr]
+            names = ["/".join(p.parts[-depth:]) for p in paths]  # type: ignore[union-attr]
+            if len(set(names)) == len(names):
+                for e, name in zip(clash, names, strict=True):
+                    e.name = name
+                break
+            depth += 1
+    return evaluands
 
 
 # --- fusion (cached) ----------------------------------------------------------------------------

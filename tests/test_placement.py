@@ -61,3 +61,17 @@ def test_a_bare_set_key_that_is_both_a_run_field_and_a_fuser_field_is_refused(zo
     code = bench("run", "--fuser", "fusellm", "--set", "batch_size=2", "--db", str(tmp_path / "b.db"))
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "ambiguous" in err and "fuser.batch_size" in err and "--batch-size" in err
+
+
+def test_two_local_checkpoints_with_one_folder_name_get_distinct_names(zoo_home: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from harness import zoo
+
+    for parent, member in (("run-a", "llama-code"), ("run-b", "llama-docs")):
+        shutil.copytree(zoo.resolve(member), tmp_path / parent / "hf")
+    db = tmp_path / "b.db"
+    assert bench("eval", "--model", str(tmp_path / "run-a" / "hf"), "--model", str(tmp_path / "run-b" / "hf"),
+                 *PPL, "--db", str(db)) == 0
+    names = sorted(r["name"] for r in sqlite_utils.Database(db).query("select name from models"))
+    assert names == ["run-a/hf", "run-b/hf"]
