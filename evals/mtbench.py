@@ -334,7 +334,13 @@ class ChatFormat:
 
 
 def generate_answers(lm: LM, questions: list[Question], max_gen_toks: int) -> list[Transcript]:
-    """Two greedy turns per question: every turn-1 prompt in one call, then every turn-2 prompt."""
+    """Two greedy turns per question: every turn-1 prompt in one call, then every turn-2 prompt.
+
+    A runtime fuser over several models (Cool-Fusion) that offers ``generate_chat(conversations,
+    max_gen_toks=)`` gets the messages instead of one rendered prompt, so that each member reads them through
+    its own chat template; the recorded prompt is then the plain transcript of the messages."""
+    if callable(getattr(lm, "generate_chat", None)):
+        return _generate_answers_per_member(lm, questions, max_gen_toks)
     fmt = ChatFormat(lm)
     logger.info("mtbench: %d questions, prompts via %s", len(questions), fmt.kind)
     first_prompts = [fmt.render([{"role": "user", "content": q.turns[0]}]) for q in questions]
@@ -347,6 +353,18 @@ def generate_answers(lm: LM, questions: list[Question], max_gen_toks: int) -> li
     second = _generate(lm, questions, second_prompts, fmt.stop, max_gen_toks, turn=2)
     return [Transcript(q, [p1, p2], [a1, a2])
             for q, p1, p2, a1, a2 in zip(questions, first_prompts, second_prompts, first, second, strict=True)]
+
+
+def _generate_answers_per_member(lm: Any, questions: list[Question], max_gen_toks: int) -> list[Transcript]:
+    logger.info("mtbench: %d questions, prompts via each member's own chat template", len(questions))
+    plain = ChatFormat(None)  # only for the record of what was asked
+    first_messages = [[{"role": "user", "content": q.turns[0]}] for q in questions]
+    first = lm.generate_chat(first_messages, max_gen_toks=max_gen_toks)
+    second_messages = [[*m, {"role": "assistant", "content": a1}, {"role": "user", "content": q.turns[1]}]
+                       for q, m, a1 in zip(questions, first_messages, first, strict=True)]
+    second = lm.generate_chat(second_messages, max_gen_toks=max_gen_toks)
+    return [Transcript(q, [plain.render(m1), plain.render(m2)], [a1, a2])
+            for q, m1, m2, a1, a2 in zip(questions, first_messages, second_messages, first, second, strict=True)]
 
 
 def _generate(lm: LM, questions: list[Question], prompts: list[str], stop: list[str], max_gen_toks: int,

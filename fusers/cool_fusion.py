@@ -192,24 +192,31 @@ class CoolFusionLM(LM):
             out.append(self.generate(context, until=until, max_gen_toks=budget))
         return out
 
-    def generate(self, context: str, *, until: Sequence[str] = (), max_gen_toks: int | None = None) -> str:
-        """Cool-Fusion decoding of one prompt; returns the generated text only."""
+    def generate(self, context: str | Sequence[str], *, until: Sequence[str] = (),
+                 max_gen_toks: int | None = None) -> str:
+        """Cool-Fusion decoding of one prompt; returns the generated text only.
+
+        ``context`` is one prompt for every member, or one per member (each member's own chat template:
+        :meth:`generate_chat`); candidates are always the same text appended after each member's context.
+        """
         import torch
 
         budget = max_gen_toks or self.max_gen_toks
-        context = self._fit_context(context, budget)
-        sessions = [_Session(m, context, self.use_cache, self.stats) for m in self.members]
+        given = [context] * len(self.members) if isinstance(context, str) else list(context)
+        if len(given) != len(self.members):
+            raise ValueError(f"{len(given)} contexts for {len(self.members)} members")
+        contexts = [self._fit_context(m, c, budget) for m, c in zip(self.members, given, strict=True)]
+        sessions = [_Session(m, c, self.use_cache, self.stats) for m, c in zip(self.members, contexts, strict=True)]
         start_lens = [len(s.ids) for s in sessions]
         generated = ""
         with torch.no_grad():
             while True:
                 if any(len(s.ids) + self.max_seg_tokens + 2 > s.member.max_length for s in sessions):
                     break  # a member's context is full
-                text = context + generated
-                candidates = self._propose(sessions, text)
-                self._score(sessions, text, candidates)
+                candidates = self._propose(sessions, contexts, generated)
+                self._score(sessions, contexts, generated, candidates)
                 best = min(range(len(candidates)), key=lambda i: candidates[i].score)
-                self.trace.append(Step(text, candidates, best))
+                self.trace.append(Step(contexts[0] + generated, candidates, best))
                 self.stats["steps"] += 1
                 winner = candidates[best]
                 generated += winner.text
@@ -218,23 +225,42 @@ class CoolFusionLM(LM):
                     return generated[: min(hit)]
                 if winner.eos or not winner.text:
                     return generated  # EOS, or a segment of only skipped special tokens
-                for session in sessions:
-                    session.accept(context + generated)
+                for session, ctx in zip(sessions, contexts, strict=True):
+                    session.accept(ctx + generated)
                 spent = [len(s.ids) - n0 for s, n0 in zip(sessions, start_lens, strict=True)]
                 if max(spent) >= budget:
-                    return self._cut_to_budget(context, generated, budget, start_lens)
+                    return self._cut_to_budget(contexts, generated, budget, start_lens)
         return generated
 
-    def _propose(self, sessions: list[_Session], text: str) -> list[Candidate]:
+    def generate_chat(self, conversations: Sequence[list[dict[str, str]]], *, max_gen_toks: int | None = None,
+                      ) -> list[str]:
+        """The next assistant turn of each conversation, every member prompted through its OWN chat template
+        (a plain ``User: / Assistant:`` transcript for a member without one) and generation stopped at any
+        member's end-of-turn marker. Prompting all members with one plain transcript made real chat models
+        echo the transcript ("Assistant: Assistant: ...")."""
+        from harness.chat_data import end_of_turn, has_chat_template
+
+        stops: list[str] = []
+        for member in self.members:
+            tok = member.tokenizer
+            stops += end_of_turn(tok) if has_chat_template(tok) else [_PLAIN_STOP]
+        stops = [s for s in dict.fromkeys(stops) if s]
+        out = []
+        for messages in conversations:
+            contexts = [_render_for(member.tokenizer, messages) for member in self.members]
+            out.append(self.generate(contexts, until=stops, max_gen_toks=max_gen_toks).strip())
+        return out
+
+    def _propose(self, sessions: list[_Session], contexts: list[str], generated: str) -> list[Candidate]:
         """Each member's greedy segment up to a common word boundary (or EOS / the length cap)."""
         candidates: list[Candidate] = []
         for k, session in enumerate(sessions):
-            cand = self._propose_one(k, session, text)
+            cand = self._propose_one(k, session, contexts, generated)
             if all(c.text != cand.text or c.eos != cand.eos for c in candidates):
                 candidates.append(cand)
         return candidates
 
-    def _propose_one(self, k: int, session: _Session, text: str) -> Candidate:
+    def _propose_one(self, k: int, session: _Session, contexts: list[str], generated: str) -> Candidate:
         tokens: list[int] = []
         segments = [""]  # segments[j]: decoded text of tokens[:j]
         logprobs = session.last
@@ -247,7 +273,8 @@ class CoolFusionLM(LM):
                 segments.append(session.segment_text(tokens))
                 prev, new = segments[-2], segments[-1]
                 if len(tokens) > 1 and prev.strip() and new.startswith(prev) and _starts_word(new[len(prev):]) \
-                        and not prev.endswith("\ufffd") and self._common_boundary(text + new, len(text + prev)):
+                        and not prev.endswith("\ufffd") and self._common_boundary(contexts, generated + new,
+                                                                                 len(generated + prev)):
                     return Candidate(prev, k, "boundary", lookahead=new[len(prev):])
                 if len(tokens) > self.max_seg_tokens:
                     return Candidate(segments[self.max_seg_tokens], k, "cap")
@@ -255,39 +282,38 @@ class CoolFusionLM(LM):
         finally:
             session.rewind()
 
-    def _common_boundary(self, text: str, pos: int) -> bool:
-        """True when no member's tokenization of ``text`` has a token straddling character ``pos``."""
-        for member in self.members:
-            enc = member.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            if any(start < pos < end for start, end in enc["offset_mapping"]):
+    def _common_boundary(self, contexts: list[str], generated: str, pos: int) -> bool:
+        """True when no member's tokenization of its context + ``generated`` has a token straddling
+        character ``pos`` of ``generated``."""
+        for member, context in zip(self.members, contexts, strict=True):
+            enc = member.tokenizer(context + generated, add_special_tokens=False, return_offsets_mapping=True)
+            at = len(context) + pos
+            if any(start < at < end for start, end in enc["offset_mapping"]):
                 return False
         return True
 
-    def _score(self, sessions: list[_Session], text: str, candidates: list[Candidate]) -> None:
+    def _score(self, sessions: list[_Session], contexts: list[str], generated: str,
+               candidates: list[Candidate]) -> None:
         """Set each candidate's aggregated score (lower is better)."""
         for cand in candidates:
             per_member: list[tuple[float, int]] = []  # (log-prob of the segment tokens, their count)
-            for session in sessions:
-                lp, n = session.segment_logprob(text + cand.text, eos=cand.eos)
+            for session, context in zip(sessions, contexts, strict=True):
+                lp, n = session.segment_logprob(context + generated + cand.text, eos=cand.eos)
                 if n:
                     per_member.append((lp, n))
             cand.score = _aggregate(self.agg, per_member, len(cand.text))
 
-    def _fit_context(self, context: str, budget: int) -> str:
-        """Left-truncate ``context`` (at a character) so every member has room for the generation."""
-        cut = 0
-        for member in self.members:
-            room = min(budget + self.max_seg_tokens + 2, member.max_length // 2)
-            keep = member.max_length - room - 1
-            offsets = member.tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-            if len(offsets) > keep:
-                cut = max(cut, offsets[len(offsets) - keep][0])
-        return context[cut:]
+    def _fit_context(self, member: HFLM, context: str, budget: int) -> str:
+        """Left-truncate ``context`` (at a character) so that ``member`` has room for the generation."""
+        room = min(budget + self.max_seg_tokens + 2, member.max_length // 2)
+        keep = member.max_length - room - 1
+        offsets = member.tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return context[offsets[len(offsets) - keep][0]:] if len(offsets) > keep else context
 
-    def _cut_to_budget(self, context: str, generated: str, budget: int, start_lens: list[int]) -> str:
+    def _cut_to_budget(self, contexts: list[str], generated: str, budget: int, start_lens: list[int]) -> str:
         """Cut ``generated`` at the end of the ``budget``-th token of the member that spent it first."""
         end = len(generated)
-        for member, n0 in zip(self.members, start_lens, strict=True):
+        for member, context, n0 in zip(self.members, contexts, start_lens, strict=True):
             offsets = member.tokenizer(context + generated, add_special_tokens=False,
                                        return_offsets_mapping=True)["offset_mapping"]
             lead = 0 if context else 1  # the prefix token an empty prompt starts with
@@ -295,6 +321,19 @@ class CoolFusionLM(LM):
             if last < len(offsets):
                 end = min(end, max(0, offsets[last][1] - len(context)))
         return generated[:end]
+
+
+_PLAIN_STOP = "\nUser:"
+
+
+def _render_for(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """A member's prompt: its chat template with the generation prompt, else the plain transcript."""
+    from harness.chat_data import has_chat_template
+
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    lines = [f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in messages]
+    return "\n".join(lines) + "\nAssistant:"
 
 
 # --- one member's view of one request -----------------------------------------------------------

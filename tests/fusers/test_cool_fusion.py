@@ -121,3 +121,31 @@ def test_bench_run_cool_fusion_end_to_end(zoo_home, tmp_path, monkeypatch, capsy
     scored = {r["model_id"] for r in rows(db, "select model_id from scores where metric = 'bits_per_byte'")}
     assert scored == {r["id"] for r in roles}
     assert "fused" in capsys.readouterr().out
+
+
+def test_generate_chat_prompts_every_member_through_its_own_template(members) -> None:  # noqa: ANN001
+    """Members with different chat templates each get the conversation in their own format (and a member
+    without one the plain transcript); the stops are every member's end-of-turn markers."""
+    from fusers import cool_fusion as cf
+    from harness.chat_data import end_of_turn
+
+    lm = CoolFusionLM(list(members.values())[:2], max_gen_toks=4)
+    template = lm.members[1].tokenizer.chat_template
+    lm.members[1].tokenizer.chat_template = None  # one member without a template
+    seen: list[list[str]] = []
+    real_generate = lm.generate
+
+    def record(context, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        seen.append(list(context))
+        seen.append(list(kwargs["until"]))
+        return real_generate(context, **kwargs)
+
+    lm.generate = record
+    answers = lm.generate_chat([[{"role": "user", "content": "Say hi."}]], max_gen_toks=4)
+    contexts, stops = seen
+    assert contexts[0] == lm.members[0].tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Say hi."}], tokenize=False, add_generation_prompt=True)
+    assert contexts[1] == "User: Say hi.\nAssistant:"
+    assert set(stops) == {*end_of_turn(lm.members[0].tokenizer), cf._PLAIN_STOP}
+    assert len(answers) == 1 and isinstance(answers[0], str)
+    lm.members[1].tokenizer.chat_template = template
