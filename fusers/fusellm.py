@@ -84,10 +84,20 @@ class FuseLLM:
         corpus_domains: list[str] = Field(default_factory=lambda: ["code", "docs", "math"],
                                           description="Training text: the union of these domains' training splits.")
         corpus_chars: int = Field(900_000, ge=1_000, description="Characters of training text, split evenly across domains.")
+        data: str | None = Field(None, description="Your own training text instead of the built-in domains: a text, "
+                                                   "JSONL ('text') or parquet file, a folder of them, or a datasets "
+                                                   "folder (harness/text_data.py); corpus_chars of it are read.")
         teacher_mode: Literal["stored", "online"] = Field(
             "stored", description="stored: teacher top-k cached on disk (resumable); online: computed per batch.")
         reference_compat: list[str] | Literal["all"] = Field(
             default_factory=list, description=f"Reference quirks to reproduce: any of {', '.join(QUIRKS)}, or 'all'.")
+
+        @field_validator("data")
+        @classmethod
+        def _data_exists(cls, value: str | None) -> str | None:
+            if value is not None and not Path(value).expanduser().exists():
+                raise ValueError(f"data {value!r} does not exist (give a text/JSONL/parquet file or a folder)")
+            return value
 
         @field_validator("corpus_domains")
         @classmethod
@@ -209,7 +219,12 @@ class _Run:
         self.encoders = [D.ChunkEncoder(_load_tokenizer(ref)) for ref in self.others]
 
         start = time.perf_counter()
-        docs = fusion_documents(cfg.corpus_domains, cfg.corpus_chars)
+        if cfg.data is not None:
+            from harness.text_data import load_documents
+
+            docs = load_documents(cfg.data, cfg.corpus_chars)
+        else:
+            docs = fusion_documents(cfg.corpus_domains, cfg.corpus_chars)
         self.chunks = D.chunk_documents(docs, [self.target.tokenizer, *(e.tokenizer for e in self.encoders)],
                                         cfg.seq_len)
         self.fingerprint = D.chunks_fingerprint(self.chunks, cfg.seq_len)

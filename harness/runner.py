@@ -246,9 +246,10 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
     from harness.model import current_placement
 
     # the placement: teachers (and a runtime fuser's members) run in its dtype on its device
-    fuse_hash = stable_hash(cfg.fuser, getattr(fuser_cls, "version", "1"), fuser_cfg.model_dump(mode="json"),
+    fuser_args = fuser_cfg.model_dump(mode="json")
+    fuse_hash = stable_hash(cfg.fuser, getattr(fuser_cls, "version", "1"), fuser_args,
                             [s.content_hash() for s in sources], target.content_hash() if target else None, cfg.seed,
-                            current_placement().key)
+                            current_placement().key, data_fingerprints(fuser_args) or None)
     label = run_name or f"{cfg.fuser}#{fuse_hash[:6]}"
     fuser = fuser_cls()
     if getattr(fuser_cls, "runtime_only", False):
