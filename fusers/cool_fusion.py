@@ -104,8 +104,9 @@ class CoolFusion:
         batch_size = ctx.batch_size
 
         def factory() -> CoolFusionLM:
-            from harness.model import as_lm, load_hf
+            from harness.model import as_lm, check_members_fit, load_hf
 
+            check_members_fit(sources, "cool-fusion")  # all members are held at once: refuse before loading any
             members = [as_lm(*load_hf(ref), batch_size=batch_size) for ref in sources]
             return CoolFusionLM(members, names=names, max_seg_tokens=cfg.max_seg_tokens, agg=cfg.agg,
                                 max_gen_toks=cfg.max_gen_toks, use_cache=cfg.use_cache)

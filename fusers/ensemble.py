@@ -79,8 +79,9 @@ class Ensemble:
         batch_size = ctx.batch_size
 
         def factory() -> EnsembleLM:
-            from harness.model import as_lm, load_hf
+            from harness.model import as_lm, check_members_fit, load_hf
 
+            check_members_fit(sources, "the ensemble")  # all members are held at once: refuse before loading any
             members = [as_lm(*load_hf(ref), batch_size=batch_size) for ref in sources]
             return EnsembleLM(members, weights, level=level, names=names, batch_size=batch_size)
 

@@ -225,6 +225,61 @@ def load_hf(ref: ModelRef, dtype: str | None = None) -> tuple[PreTrainedModel, P
     return model.to(where.device_name), tok
 
 
+_BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}  # auto (GPU): checkpoints are mostly 16-bit
+_OVERHEAD = 1.2  # activations, KV caches and the framework's own allocations, beyond the weights
+
+
+def parameter_count(ref: ModelRef) -> int | None:
+    """Parameters of a local checkpoint from its safetensors headers (no tensor is read); None when unknown."""
+    if ref.path is None:
+        return None
+    files = sorted(ref.path.glob("*.safetensors"))
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    total = 0
+    for file in files:
+        with safe_open(str(file), "np") as tensors:
+            for name in tensors.keys():  # noqa: SIM118 - safe_open is not a mapping
+                count = 1
+                for dim in tensors.get_slice(name).get_shape():
+                    count *= dim
+                total += count
+    return total
+
+
+def available_memory(where: Placement) -> int:
+    """Bytes free on the placement's device: the GPU's free memory, or the host's MemAvailable."""
+    if where.kind == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(where.device_name))[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def check_members_fit(refs: list[ModelRef], what: str) -> None:
+    """Refuse, in one line, to load a runtime fuser's members that cannot fit together on the device (they are
+    all held at once); members whose size is unknown (hub ids, .bin checkpoints) are not estimated."""
+    where = current_placement()
+    counts = [parameter_count(r) for r in refs]
+    if any(c is None for c in counts):
+        return
+    dtype = where.load_dtype()
+    need = int(sum(counts) * _BYTES_PER_PARAM.get(dtype, 4) * _OVERHEAD)  # type: ignore[arg-type]
+    have = available_memory(where)
+    if need > have:
+        raise BenchError(f"{what}'s {len(refs)} members need about {need / 2**30:.2f} GiB in {dtype} on {where.kind}, "
+                         f"{have / 2**30:.2f} GiB is free",
+                         "use --dtype bfloat16, fewer or smaller members, or a device with more memory")
+
+
 def model_dtype(model: Any) -> str:
     """``float32`` / ``bfloat16`` ...: the dtype of a loaded model's parameters."""
     try:

@@ -75,3 +75,21 @@ def test_two_local_checkpoints_with_one_folder_name_get_distinct_names(zoo_home:
                  *PPL, "--db", str(db)) == 0
     names = sorted(r["name"] for r in sqlite_utils.Database(db).query("select name from models"))
     assert names == ["run-a/hf", "run-b/hf"]
+
+
+def test_runtime_fusers_refuse_members_that_cannot_fit(private_home: Path, tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    import json
+
+    from harness import model, zoo
+    from harness.model import ModelRef
+
+    path = zoo.resolve("llama-code")
+    card = json.loads((path / "zoo.json").read_text())
+    assert model.parameter_count(ModelRef("zoo:llama-code", "zoo", path)) == card["params"]
+    monkeypatch.setattr(model, "available_memory", lambda where: 1 << 10)  # 1 KiB free (the micro members need ~0.6 MB)
+    for fuser in ("cool-fusion", "ensemble"):
+        capsys.readouterr()
+        code = bench("run", "--fuser", fuser, "--sources", "zoo:llama-code,zoo:llama-docs", *PPL,
+                     "--db", str(tmp_path / "b.db"))
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and "members need about" in err and "--dtype bfloat16" in err, err
