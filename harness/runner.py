@@ -426,7 +426,7 @@ def _precision(lm: Any) -> dict[str, str]:
     from harness.model import current_placement, model_dtype
 
     where = current_placement()
-    model = getattr(lm, "model", None) or getattr(lm, "_model", None)
+    model = getattr(lm, "model", None)  # HFLM's; runtime fusers have none and report the placement's dtype
     dtype = model_dtype(model) if model is not None else where.load_dtype()
     return {"dtype": dtype, "backend": f"hf-{where.kind}"}
 
