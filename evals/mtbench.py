@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.api import EvalContext, EvalResult, Sample, Score
-from harness.chat_data import end_of_turn
+from harness.chat_data import PLAIN_STOP, chat_prompt, end_of_turn, has_chat_template
 from harness.errors import BenchError, did_you_mean
 
 if TYPE_CHECKING:
@@ -81,8 +81,6 @@ logger = logging.getLogger(__name__)
 
 #: Categories whose answers are judged against a reference answer (as in MT-Bench).
 REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
-#: Stop sequence of the plain transcript rendering: the model starting the user's next line.
-PLAIN_STOP = "\nUser:"
 NOT_JUDGED_HINT = ("not judged: pass --judge-url/--judge-model (--set mtbench.judge_url=... or "
                    "mtbench.judge_model=...) to grade answers")
 
@@ -312,22 +310,18 @@ class Transcript:
 class ChatFormat:
     """How conversations become prompt text for ``lm``: its chat template, or the plain transcript."""
 
-    def __init__(self, lm: LM):
+    def __init__(self, lm: LM | None):
         tok = getattr(lm, "tokenizer", None)
-        has_template = bool(getattr(tok, "chat_template", None)) and callable(getattr(tok, "apply_chat_template", None))
-        self.tokenizer = tok if has_template else None
-        self.stop = end_of_turn(tok) if has_template else [PLAIN_STOP]
+        self.tokenizer = tok if has_chat_template(tok) else None
+        self.stop = end_of_turn(tok) if self.tokenizer is not None else [PLAIN_STOP]
 
     @property
     def kind(self) -> str:
         return "chat template" if self.tokenizer is not None else "plain transcript"
 
     def render(self, messages: list[Message]) -> str:
-        if self.tokenizer is None:
-            lines = [f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in messages]
-            return "\n".join(lines) + "\nAssistant:"
         try:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return chat_prompt(self.tokenizer, messages)
         except Exception as e:
             raise BenchError(f"the model's chat template failed on a user/assistant/user conversation: {e}",
                              "fix the tokenizer's chat_template, or remove it to use the plain transcript") from None

@@ -239,16 +239,12 @@ class CoolFusionLM(LM):
         (a plain ``User: / Assistant:`` transcript for a member without one) and generation stopped at any
         member's end-of-turn marker. Prompting all members with one plain transcript made real chat models
         echo the transcript ("Assistant: Assistant: ...")."""
-        from harness.chat_data import end_of_turn, has_chat_template
+        from harness.chat_data import chat_prompt, turn_stops
 
-        stops: list[str] = []
-        for member in self.members:
-            tok = member.tokenizer
-            stops += end_of_turn(tok) if has_chat_template(tok) else [_PLAIN_STOP]
-        stops = [s for s in dict.fromkeys(stops) if s]
+        stops = turn_stops(member.tokenizer for member in self.members)
         out = []
         for messages in conversations:
-            contexts = [_render_for(member.tokenizer, messages) for member in self.members]
+            contexts = [chat_prompt(member.tokenizer, messages) for member in self.members]
             out.append(self.generate(contexts, until=stops, max_gen_toks=max_gen_toks).strip())
         return out
 
@@ -322,19 +318,6 @@ class CoolFusionLM(LM):
             if last < len(offsets):
                 end = min(end, max(0, offsets[last][1] - len(context)))
         return generated[:end]
-
-
-_PLAIN_STOP = "\nUser:"
-
-
-def _render_for(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """A member's prompt: its chat template with the generation prompt, else the plain transcript."""
-    from harness.chat_data import has_chat_template
-
-    if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    lines = [f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in messages]
-    return "\n".join(lines) + "\nAssistant:"
 
 
 # --- one member's view of one request -----------------------------------------------------------

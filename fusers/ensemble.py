@@ -17,10 +17,15 @@ at K times the inference cost. That needs one vocabulary, so two levels exist:
   tokenizer and ``log p(text | ctx) = log Σ_k w_k exp(ll_k)`` (a document-level mixture, so
   rolling log-likelihoods and bits/byte are tokenizer-agnostic). Generation is LLM-Blender-style
   selection (https://arxiv.org/abs/2306.02561; cf. "Top1-PPL" in FuseChat v2): every member decodes
-  greedily and the candidate with the highest mixture log-likelihood given the context wins. That is
-  the total log-probability, not Top1-PPL's per-token perplexity, so it leans towards shorter
-  candidates; an empty candidate is only returned when all are empty. ``is_greedy`` of a
-  continuation is that of the member contributing most to its mixture probability.
+  greedily and the candidate with the highest mixture log-likelihood *per UTF-8 byte* given the
+  context wins: Top1-PPL made tokenizer-agnostic. (The total log-probability favoured short answers:
+  a real chat model's fluent paragraph lost to a tiny model's two-byte "an".) An empty candidate is
+  only returned when all are empty. ``is_greedy`` of a continuation is that of the member
+  contributing most to its mixture probability.
+
+Chat prompts (MT-Bench) go through :meth:`EnsembleLM.generate_chat`: each member reads the
+conversation through its own chat template (the plain ``User: / Assistant:`` transcript without one)
+and generation stops at any member's end-of-turn marker.
 
 ``level="auto"`` picks token level whenever the vocabularies are shared. Decoding is always greedy
 (``do_sample`` is ignored with a warning); a request for more new tokens than a context holds
@@ -241,8 +246,27 @@ class EnsembleLM(TemplateLM):
 
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         if self.level == "sequence":
-            return self._select_candidates(requests)
+            contexts = [r.args[0] for r in requests]
+            return self._select_candidates([contexts] * len(self.members), [r.args[1] for r in requests])
         return [self._generate_one(context, gen_kwargs) for context, gen_kwargs in (r.args for r in requests)]
+
+    def generate_chat(self, conversations: Sequence[list[dict[str, str]]], *, max_gen_toks: int | None = None,
+                      ) -> list[str]:
+        """The next assistant turn of each conversation, every member reading it through its OWN chat template
+        (the plain ``User: / Assistant:`` transcript for a member without one), stopped at any member's
+        end-of-turn marker. Token level decodes the mixture with each member conditioned on its own rendering
+        (the vocabulary is shared, the prompts need not be); sequence level lets each member answer its own
+        rendering and keeps the answer with the highest ``log Σ_k w_k p_k(answer | member k's prompt)`` per byte."""
+        from harness.chat_data import chat_prompt, turn_stops
+
+        stops = turn_stops(member.tokenizer for member in self.members)
+        gen_kwargs = {"until": stops, "max_gen_toks": max_gen_toks or self.max_gen_toks, "do_sample": False}
+        contexts = [[chat_prompt(member.tokenizer, messages) for messages in conversations] for member in self.members]
+        if self.level == "sequence":
+            answers = self._select_candidates(contexts, [gen_kwargs] * len(conversations))
+        else:
+            answers = [self._generate_one([ctx[i] for ctx in contexts], gen_kwargs) for i in range(len(conversations))]
+        return [answer.strip() for answer in answers]
 
     # --- token level ---
 
@@ -290,8 +314,9 @@ class EnsembleLM(TemplateLM):
         shape = (-1,) + (1,) * (stacked.dim() - 1)
         return torch.logsumexp(stacked + self.log_weights.view(shape), dim=0)
 
-    def _generate_one(self, context: str, gen_kwargs: dict[str, Any]) -> str:
-        """Greedy decoding from the token mixture; each member keeps its own KV cache."""
+    def _generate_one(self, context: str | Sequence[str], gen_kwargs: dict[str, Any]) -> str:
+        """Greedy decoding from the token mixture; each member keeps its own KV cache. ``context`` is one prompt
+        for all members or one per member (their own chat templates' renderings)."""
         import torch
         from lm_eval.models.utils import (
             handle_stop_sequences,
@@ -305,60 +330,65 @@ class EnsembleLM(TemplateLM):
         if kwargs.get("do_sample") or kwargs.get("temperature", 0.0) > 0:
             log.warning("the ensemble decodes greedily; do_sample/temperature are ignored")
         max_gen = _generation_budget(int(kwargs["max_gen_toks"]), self.max_length)
-        context_ids = self.tok_encode(context, left_truncate_len=self.max_length - max_gen) if context else []
-        context_ids = context_ids or [self.prefix_token_id]
+        contexts = [context] * len(self.members) if isinstance(context, str) else list(context)
+        prompts = [(m.tok_encode(c, left_truncate_len=self.max_length - max_gen) if c else []) or [self.prefix_token_id]
+                   for m, c in zip(self.members, contexts, strict=True)]
+        # a stop that is one special token (``<|im_end|>``) is invisible in the decoded text: stop on its id
+        stop_ids = {self.eot_token_id} | _special_token_ids(self.members[0].tokenizer, until)
 
         generated: list[int] = []
         caches: list[Any] = [None] * len(self.members)
-        step_ids = torch.tensor([context_ids])
+        step_ids = [torch.tensor([ids]) for ids in prompts]
+        longest = max(len(ids) for ids in prompts)
         with torch.no_grad():
-            while len(generated) < max_gen and len(context_ids) + len(generated) < self.max_length:
+            while len(generated) < max_gen and longest + len(generated) < self.max_length:
                 logps = []
                 for k, m in enumerate(self.members):
-                    out = m.model(step_ids.to(m.device), past_key_values=caches[k], use_cache=True)
+                    out = m.model(step_ids[k].to(m.device), past_key_values=caches[k], use_cache=True)
                     caches[k] = out.past_key_values
                     logps.append(torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu())
                 token = int(self._mix_logprobs(logps).argmax())
-                if token == self.eot_token_id:
+                if token in stop_ids:
                     break
                 generated.append(token)
                 text = self.tok_decode(generated)
                 if any(stop and stop in text for stop in until):
                     break
-                step_ids = torch.tensor([[token]])
+                step_ids = [torch.tensor([[token]])] * len(self.members)
         return postprocess_generated_text(generation=self.tok_decode(generated), stop=until, think_end_token=None)
 
     # --- sequence level ---
 
     def _sequence_loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
         """Mixture of the members' sequence probabilities, each scored with its own tokenizer."""
-        requests = [_instance("loglikelihood", pair) for pair in pairs]
-        per_member = [m.loglikelihood(requests, disable_tqdm=True) for m in self.members]
+        return self._mixture_scores([pairs] * len(self.members))
+
+    def _mixture_scores(self, pairs_per_member: list[list[tuple[str, str]]]) -> list[tuple[float, bool]]:
+        """``(log Σ_k w_k p_k(cont_i | ctx_ki), greedy?)`` where member k scores its own pairs ``(ctx_ki, cont_i)``."""
+        per_member = [m.loglikelihood([_instance("loglikelihood", pair) for pair in pairs], disable_tqdm=True)
+                      for m, pairs in zip(self.members, pairs_per_member, strict=True)]
         out = []
-        for i in range(len(pairs)):
+        for i in range(len(pairs_per_member[0])):
             lls = [float(res[i][0]) for res in per_member]
             dominant = max(range(len(lls)), key=lambda k: _log(self.weights[k]) + lls[k])
             out.append((_mix(self.weights, lls), bool(per_member[dominant][i][1])))
         return out
 
-    def _select_candidates(self, requests: list[Instance]) -> list[str]:
-        """Each member generates; keep the candidate with the highest mixture log-likelihood."""
-        candidates = [m.generate_until([_fit_generation(r, m) for r in requests], disable_tqdm=True)
-                      for m in self.members]  # (K, N)
-        pairs: list[tuple[str, str]] = []
-        where: list[tuple[int, str]] = []
-        for i, req in enumerate(requests):
-            context = req.args[0]
-            for text in dict.fromkeys(c[i] for c in candidates):  # distinct, in member order
-                if text:
-                    pairs.append((context, text))
-                    where.append((i, text))
-        scores = self._sequence_loglikelihood(pairs) if pairs else []
+    def _select_candidates(self, contexts: list[list[str]], gen_kwargs: list[dict[str, Any]]) -> list[str]:
+        """Member k answers its prompts ``contexts[k]``; per request keep the candidate with the highest mixture
+        log-likelihood per byte, each member scoring it after its own prompt."""
+        n = len(gen_kwargs)
+        candidates = [m.generate_until([_fit_generation(_instance("generate_until", (ctx[i], gen_kwargs[i])), m)
+                                        for i in range(n)], disable_tqdm=True)
+                      for m, ctx in zip(self.members, contexts, strict=True)]  # (K, N)
+        where = [(i, text) for i in range(n) for text in dict.fromkeys(c[i] for c in candidates) if text]
+        scores = self._mixture_scores([[(ctx[i], text) for i, text in where] for ctx in contexts]) if where else []
         best: dict[int, tuple[float, str]] = {}
         for (i, text), (ll, _) in zip(where, scores, strict=True):
-            if i not in best or ll > best[i][0]:
-                best[i] = (ll, text)
-        return [best[i][1] if i in best else "" for i in range(len(requests))]
+            per_byte = ll / len(text.encode())
+            if i not in best or per_byte > best[i][0]:
+                best[i] = (per_byte, text)
+        return [best[i][1] if i in best else "" for i in range(n)]
 
 
 # --- small helpers ------------------------------------------------------------------------------
@@ -379,6 +409,16 @@ def _fit_generation(request: Instance, member: HFLM) -> Instance:
     if budget == requested:
         return request
     return _instance("generate_until", (context, {**gen_kwargs, "max_gen_toks": budget}))
+
+
+def _special_token_ids(tokenizer: Any, stops: Sequence[str]) -> set[int]:
+    """Ids of the stops that are a single special token (dropped when decoding, so never seen as text)."""
+    ids: set[int] = set()
+    for stop in stops:
+        encoded = tokenizer(stop, add_special_tokens=False)["input_ids"] if stop else []
+        if len(encoded) == 1 and not tokenizer.decode(encoded, skip_special_tokens=True):
+            ids.add(int(encoded[0]))
+    return ids
 
 
 def _output_size(member: HFLM) -> int | None:

@@ -344,10 +344,29 @@ def render(conversation: Conversation, tokenizer: Any) -> RenderedConversation:
 
 def render_prompt(conversation: Conversation, tokenizer: Any) -> str:
     """The conversation up to its last assistant turn, ready for the model to write that turn."""
-    messages = [m.as_dict() for m in conversation.prompt_messages]
+    return chat_prompt(tokenizer, [m.as_dict() for m in conversation.prompt_messages])
+
+
+#: Where a plain-transcript answer ends: the next turn's role label.
+PLAIN_STOP = "\nUser:"
+
+
+def chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """``messages`` (ending with a user turn) as ``tokenizer``'s model reads them before writing the next
+    assistant turn: its chat template with the generation prompt, or, without a template, the plain
+    ``User: … / Assistant:`` transcript."""
     if has_chat_template(tokenizer):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return "".join(f"{_plain_role(m['role'])}: {m['content']}\n" for m in messages) + "Assistant:"
+
+
+def turn_stops(tokenizers: Iterable[Any]) -> list[str]:
+    """Every end-of-turn marker of these models (their templates' ``<|im_end|>`` …, or :data:`PLAIN_STOP` for a
+    model without a template), distinct, in order: a runtime fuser's answer ends at any member's marker."""
+    stops: list[str] = []
+    for tok in tokenizers:
+        stops += end_of_turn(tok) if has_chat_template(tok) else [PLAIN_STOP]
+    return [s for s in dict.fromkeys(stops) if s]
 
 
 def _plain_role(role: str) -> str:

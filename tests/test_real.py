@@ -106,16 +106,18 @@ def test_runtime_fusers_with_another_tokenizer(real_home: Path, tmp_path: Path, 
     bpb = scores(db, "bits_per_byte")
     fused = next(v for k, v in bpb.items() if k.startswith("ensemble"))
     assert bpb[SMOL] <= fused + 0.01 and fused < bpb["zoo:neox-docs"]
-    code = bench("run", "--fuser", "cool-fusion", "--sources", f"{SMOL},zoo:neox-docs", "--suite", "mtbench",
-                 "--limit", "1", "--set", "mtbench.max_gen_toks=40", "--db", str(db))
-    assert code == 0, capsys.readouterr().err[-2000:]
-    outputs = [r["output"] for r in sqlite_utils.Database(db).query(
-        "select s.output from samples s join models m on m.id = s.model_id where m.name like 'cool-fusion%'")]
-    # each member read its own chat template: no transcript echo ("Assistant: Assistant: ..."), no loop
-    assert len(outputs) == 2 and all(o.strip() for o in outputs)
-    for text in outputs:
-        assert "Assistant:" not in text and "User:" not in text and "<|im_end|>" not in text, text
-        assert not _is_repetition_loop(text), text
+    for fuser in ("cool-fusion", "ensemble"):
+        code = bench("run", "--fuser", fuser, "--sources", f"{SMOL},zoo:neox-docs", "--suite", "mtbench",
+                     "--limit", "1", "--set", "mtbench.max_gen_toks=40", "--db", str(db))
+        assert code == 0, capsys.readouterr().err[-2000:]
+        outputs = [r["output"] for r in sqlite_utils.Database(db).query(
+            "select s.output from samples s join models m on m.id = s.model_id where s.suite = 'mtbench' "
+            "and m.name like ?", [f"{fuser}%"])]
+        # each member read its own chat template: no transcript echo ("Assistant: Assistant: ..."), no loop
+        assert len(outputs) == 2 and all(o.strip() for o in outputs), (fuser, outputs)
+        for text in outputs:
+            assert "Assistant:" not in text and "User:" not in text and "<|im_end|>" not in text, (fuser, text)
+            assert not _is_repetition_loop(text), (fuser, text)
 
 
 def _is_repetition_loop(text: str) -> bool:

@@ -126,8 +126,7 @@ def test_bench_run_cool_fusion_end_to_end(zoo_home, tmp_path, monkeypatch, capsy
 def test_generate_chat_prompts_every_member_through_its_own_template(members) -> None:  # noqa: ANN001
     """Members with different chat templates each get the conversation in their own format (and a member
     without one the plain transcript); the stops are every member's end-of-turn markers."""
-    from fusers import cool_fusion as cf
-    from harness.chat_data import end_of_turn
+    from harness.chat_data import PLAIN_STOP, end_of_turn
 
     lm = CoolFusionLM(list(members.values())[:2], max_gen_toks=4)
     template = lm.members[1].tokenizer.chat_template
@@ -146,6 +145,6 @@ def test_generate_chat_prompts_every_member_through_its_own_template(members) ->
     assert contexts[0] == lm.members[0].tokenizer.apply_chat_template(
         [{"role": "user", "content": "Say hi."}], tokenize=False, add_generation_prompt=True)
     assert contexts[1] == "User: Say hi.\nAssistant:"
-    assert set(stops) == {*end_of_turn(lm.members[0].tokenizer), cf._PLAIN_STOP}
+    assert set(stops) == {*end_of_turn(lm.members[0].tokenizer), PLAIN_STOP}
     assert len(answers) == 1 and isinstance(answers[0], str)
     lm.members[1].tokenizer.chat_template = template

@@ -138,8 +138,9 @@ def test_sequence_level_generation_picks_the_best_member_candidate(members):
     candidates = [c for c in (_gen(a, "Return the", **kwargs), _gen(m, "Return the", **kwargs)) if c]
     assert candidates, "the micro models should generate something"
     got = _gen(ens, "Return the", **kwargs)
-    scores = [ll for ll, _ in _ll(ens, [("Return the", c) for c in candidates])]
-    assert got == candidates[scores.index(max(scores))]
+    per_byte = [ll / len(c.encode()) for c, (ll, _) in zip(candidates, _ll(ens, [("Return the", c) for c in candidates]),
+                                                            strict=True)]
+    assert got == candidates[per_byte.index(max(per_byte))]
 
 
 def test_generation_asking_for_more_than_the_context_holds(members):
@@ -152,6 +153,74 @@ def test_generation_asking_for_more_than_the_context_holds(members):
 def test_forcing_token_level_on_different_vocabularies_fails(members):
     with pytest.raises(BenchError, match="vocabularies differ"):
         EnsembleLM([members["llama-docs"], members["mpt-uni"]], level="token")
+
+
+# --- chat: every member through its own template ---
+
+CHAT = [[{"role": "user", "content": "Write a function that adds two numbers."}]]
+
+
+def _with_template(member):  # noqa: ANN001, ANN202
+    """A copy of ``member`` whose tokenizer carries the zoo's chat template (the micro models have none, so they
+    read the plain transcript)."""
+    import copy
+
+    from harness.tokenizer_recipes import CHAT_TEMPLATE
+
+    templated = copy.copy(member)
+    templated.tokenizer = copy.deepcopy(member.tokenizer)
+    templated.tokenizer.chat_template = CHAT_TEMPLATE
+    return templated
+
+
+def test_chat_at_token_level_conditions_each_member_on_its_own_rendering(members):
+    from harness.chat_data import chat_prompt, turn_stops
+
+    templated, plain = _with_template(members["llama-code"]), members["llama-docs"]
+    assert chat_prompt(templated.tokenizer, CHAT[0]) != chat_prompt(plain.tokenizer, CHAT[0])
+    one = EnsembleLM([templated], max_gen_toks=12)  # one member: exactly HFLM on its rendered prompt
+    stops = turn_stops([templated.tokenizer])
+    want = _gen(templated, chat_prompt(templated.tokenizer, CHAT[0]), until=stops, max_gen_toks=12).strip()
+    assert one.generate_chat(CHAT) == [want]
+
+    ens = EnsembleLM([templated, plain], max_gen_toks=12)
+    assert ens.level == "token"
+    seen: list[str] = []
+    for m in ens.members:
+        m.tok_encode = (lambda enc: lambda text, **kw: seen.append(text) or enc(text, **kw))(m.tok_encode)
+    try:
+        (answer,) = ens.generate_chat(CHAT)
+    finally:
+        for m in ens.members:
+            del m.tok_encode
+    assert seen[:2] == [chat_prompt(templated.tokenizer, CHAT[0]), chat_prompt(plain.tokenizer, CHAT[0])]
+    assert isinstance(answer, str) and "User:" not in answer
+
+
+def test_chat_stops_at_an_end_of_turn_special_token(members):
+    """``<|im_end|>``-style markers are special tokens that decoding drops: generation stops on their id."""
+    from fusers.ensemble import _special_token_ids
+    from harness.chat_data import end_of_turn
+
+    tok = _with_template(members["llama-code"]).tokenizer
+    assert end_of_turn(tok) == [tok.eos_token]  # the zoo's template ends a turn with </s>
+    assert _special_token_ids(tok, [*end_of_turn(tok), "\nUser:", ""]) == {tok.eos_token_id}
+
+
+def test_chat_at_sequence_level_scores_each_answer_after_each_members_own_prompt(members):
+    from harness.chat_data import chat_prompt, turn_stops
+
+    a, m = _with_template(members["llama-docs"]), members["mpt-uni"]
+    ens = EnsembleLM([a, m], max_gen_toks=10)
+    assert ens.level == "sequence"
+    stops = turn_stops([a.tokenizer, m.tokenizer])
+    prompts = [chat_prompt(a.tokenizer, CHAT[0]), chat_prompt(m.tokenizer, CHAT[0])]
+    candidates = [c for c in dict.fromkeys(_gen(x, p, until=stops, max_gen_toks=10)
+                                           for x, p in zip((a, m), prompts, strict=True)) if c]
+    assert candidates, "the micro models should answer something"
+    mixed = [_lse([math.log(0.5) + _ll(a, [(prompts[0], c)])[0][0], math.log(0.5) + _ll(m, [(prompts[1], c)])[0][0]])
+             / len(c.encode()) for c in candidates]
+    assert ens.generate_chat(CHAT) == [candidates[mixed.index(max(mixed))].strip()]
 
 
 # --- the fuser and the suites ---
