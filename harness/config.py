@@ -10,6 +10,13 @@ Precedence: ``--set`` > CLI flags > YAML > the plugins' own defaults. A run file
     suites: [perplexity]            # or [{name: perplexity, args: {max_docs: 16}}]
     seed: 0
 
+A model may carry its own precision and device (the others use ``--dtype`` / ``--device``)::
+
+    sources:
+      - zoo:llama-code
+      - {path: /ckpts/big-model, dtype: bfloat16, device: cuda:1}
+    target: {path: zoo:llama-base, dtype: float32}
+
 ``--set`` keys: a top-level field (``seed=1``, ``limit=20``), ``fuser.FIELD=…`` or a bare fuser field
 (``method=ties``), or ``SUITE.FIELD=…`` (``perplexity.max_docs=8``). Values are parsed as YAML, so
 ``weights=[0.5,0.5]`` is a list. Everything is validated before any model is touched.
@@ -30,6 +37,19 @@ from harness.errors import BenchError, did_you_mean
 DEFAULT_SUITES = ["perplexity"]
 
 
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+_DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
+
+
+class ModelPlacement(BaseModel):
+    """One model's own precision and device (a ``sources:`` / ``target:`` entry with ``path``); None = the run's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: Dtype | None = None
+    device: str | None = Field(None, pattern=_DEVICE_PATTERN)
+
+
 class RunConfig(BaseModel):
     """What a run does. Everything here (plus the sources' content) goes into the run hash."""
 
@@ -45,9 +65,11 @@ class RunConfig(BaseModel):
     seed: int = 0
     limit: int | None = Field(None, description="Evaluate only the first N items per task.")
     batch_size: int | Literal["auto"] = Field(8, description="Evaluation batch size, or auto (lm-eval finds one).")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+    dtype: Dtype = Field(
         "auto", description="Precision of evaluated models and teachers: auto = the checkpoint's on GPU, float32 on CPU.")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N.")
+    device: str = Field("auto", pattern=_DEVICE_PATTERN, description="auto | cpu | cuda | cuda:N.")
+    models: dict[str, ModelPlacement] = Field(
+        default_factory=dict, description="Per-model dtype/device, by model reference (from the YAML's model entries).")
     processes: int = Field(1, ge=1, description="Processes for the fusion's training (accelerate launch).")
 
     @field_validator("batch_size")
@@ -63,8 +85,9 @@ class RunConfig(BaseModel):
         return self.batch_size if isinstance(self.batch_size, int) else 8
 
     def canonical_json(self) -> str:
-        # how a run executes (processes) does not change what it computes
-        return json.dumps(self.model_dump(exclude={"name", "processes"}), sort_keys=True, default=str)
+        # how a run executes (processes) does not change what it computes; no per-model entries = earlier hashes
+        exclude = {"name", "processes"} | (set() if self.models else {"models"})
+        return json.dumps(self.model_dump(exclude=exclude), sort_keys=True, default=str)
 
 
 def stable_hash(*parts: Any, length: int = 16) -> str:
@@ -105,10 +128,28 @@ def _normalise_file(data: dict[str, Any]) -> dict[str, Any]:
             else:
                 names.append(entry)
         out["suites"], out["suite_args"] = names, args
-    for key in ("sources",):
-        if isinstance(out.get(key), list):
-            out[key] = [s["path"] if isinstance(s, dict) else s for s in out[key]]
+    models = dict(out.get("models") or {})
+    if isinstance(out.get("sources"), list):
+        out["sources"] = [_model_entry(entry, models) for entry in out["sources"]]
+    if isinstance(out.get("target"), dict):
+        out["target"] = _model_entry(out["target"], models)
+    if models:
+        out["models"] = models
     return out
+
+
+def _model_entry(entry: Any, models: dict[str, Any]) -> Any:
+    """A model written as a mapping, ``{path: REF, dtype: bfloat16, device: cuda:1}``: its reference, with the rest
+    collected into ``models`` (the per-model placement)."""
+    if not isinstance(entry, dict):
+        return entry
+    if not isinstance(entry.get("path"), str):
+        raise BenchError(f"model entry {entry} has no 'path'",
+                         "write it as {path: REF, dtype: ..., device: ...} or as the plain reference")
+    extra = {k: v for k, v in entry.items() if k != "path"}
+    if extra:
+        models[entry["path"]] = {**models.get(entry["path"], {}), **extra}
+    return entry["path"]
 
 
 #: CLI flags that set a field of every suite in the run whose Config has it (flag -> field).
@@ -204,7 +245,17 @@ def build_run_config(
     except ValidationError as e:
         raise BenchError(f"invalid run config: {_first_error(e)}", "check the config file and flags") from None
     validate_plugin_args(cfg)
+    _check_per_model_entries(cfg)
     return cfg
+
+
+def _check_per_model_entries(cfg: RunConfig) -> None:
+    """A per-model dtype/device for a model the run does not load is a typo, not a no-op."""
+    named = [*(cfg.sources or []), *([cfg.target] if cfg.target else [])]
+    for spec in cfg.models:
+        if named and spec not in named:
+            raise BenchError(f"models: {spec!r} is neither a source nor the target of this run",
+                             f"use one of {', '.join(named)} (as written in sources/target)")
 
 
 def validate_plugin_args(cfg: RunConfig) -> tuple[BaseModel | None, dict[str, BaseModel]]:

@@ -138,16 +138,26 @@ class Placement:
     """Where models are loaded and in what precision (``--dtype``, ``--device``), for evaluations and teacher
     passes. ``auto`` dtype: the checkpoint's own dtype on a GPU, float32 on the CPU (bf16 matmuls on CPU are
     slow and not what published CPU numbers use). Models a fuser *trains* are always loaded in float32 (mixed
-    precision on GPUs comes from accelerate)."""
+    precision on GPUs comes from accelerate). ``per_model`` holds the run config's per-model choices (a model
+    named by its reference or its folder), which :meth:`for_model` applies."""
 
     dtype: str = "auto"
     device: str = "auto"
+    per_model: tuple[tuple[str, Placement], ...] = ()
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise BenchError(f"unknown dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
         if not _DEVICE.fullmatch(self.device):
             raise BenchError(f"unknown device {self.device!r}", "use auto, cpu, cuda or cuda:N")
+
+    def for_model(self, ref: ModelRef) -> Placement:
+        """The placement of ``ref``: its own entry in the run config, else the run's."""
+        names = {ref.spec, str(ref.path)} if ref.path is not None else {ref.spec}
+        for name, chosen in self.per_model:
+            if name in names:
+                return chosen
+        return Placement(self.dtype, self.device) if self.per_model else self
 
     @property
     def device_name(self) -> str:
@@ -173,8 +183,11 @@ class Placement:
     @property
     def key(self) -> str:
         """Part of evaluation and fusion keys: the dtype models are loaded in and where they run
-        (``float32@cpu``; ``auto@cuda`` = the checkpoint's own dtype, which the model's hash covers)."""
-        return f"{self.load_dtype()}@{self.kind}"
+        (``float32@cpu``; ``auto@cuda`` = the checkpoint's own dtype, which the model's hash covers), plus the
+        per-model choices that differ from it."""
+        own = f"{self.load_dtype()}@{self.kind}"
+        others = sorted(f"{name}={chosen.key}" for name, chosen in self.per_model if chosen.key != own)
+        return ";".join([own, *others])
 
 
 _DEFAULT_PLACEMENT = Placement()  # frozen: safe to share
@@ -182,22 +195,30 @@ _PLACEMENT: ContextVar[Placement] = ContextVar("fusebench_placement", default=_D
 
 
 @contextlib.contextmanager
-def placement(dtype: str = "auto", device: str = "auto") -> Iterator[Placement]:
-    """Load models with ``dtype`` on ``device`` inside this block (the runner sets it from the run config)."""
-    chosen = Placement(dtype, device)
-    token = _PLACEMENT.set(chosen)
+def placement(dtype: str = "auto", device: str = "auto",
+              per_model: dict[str, dict[str, str | None]] | None = None) -> Iterator[Placement]:
+    """Load models with ``dtype`` on ``device`` inside this block (the runner sets it from the run config);
+    ``per_model`` maps a model reference to its own ``{"dtype": …, "device": …}`` (None: the run's)."""
+    entries: list[tuple[str, Placement]] = []
+    for spec, choice in (per_model or {}).items():
+        chosen = Placement(choice.get("dtype") or dtype, choice.get("device") or device)
+        entries += [(name, chosen) for name in _names_of(spec)]
+    token = _PLACEMENT.set(chosen_run := Placement(dtype, device, tuple(entries)))
     try:
-        yield chosen
+        yield chosen_run
     finally:
         _PLACEMENT.reset(token)
 
 
+def _names_of(spec: str) -> list[str]:
+    """How a loaded model may refer to ``spec``: as written, and as the absolute folder it names."""
+    spec = spec.strip()
+    path = Path(spec).expanduser()
+    return [spec, str(path.resolve())] if path.is_dir() else [spec]
+
+
 def current_placement() -> Placement:
     return _PLACEMENT.get()
-
-
-def device() -> str:
-    return current_placement().device_name
 
 
 def load_hf(ref: ModelRef, dtype: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -208,7 +229,7 @@ def load_hf(ref: ModelRef, dtype: str | None = None) -> tuple[PreTrainedModel, P
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per tiny model is noise, not progress
-    where = current_placement()
+    where = current_placement().for_model(ref)
     chosen = dtype or where.load_dtype()
     kwargs: dict[str, Any] = {}
     if ref.path is not None:
@@ -265,19 +286,25 @@ def available_memory(where: Placement) -> int:
 
 
 def check_members_fit(refs: list[ModelRef], what: str) -> None:
-    """Refuse, in one line, to load a runtime fuser's members that cannot fit together on the device (they are
-    all held at once); members whose size is unknown (hub ids, .bin checkpoints) are not estimated."""
-    where = current_placement()
+    """Refuse, in one line, to load a runtime fuser's members that cannot fit together on their devices (they
+    are all held at once); members whose size is unknown (hub ids, .bin checkpoints) are not estimated."""
     counts = [parameter_count(r) for r in refs]
     if any(c is None for c in counts):
         return
-    dtype = where.load_dtype()
-    need = int(sum(counts) * _BYTES_PER_PARAM.get(dtype, 4) * _OVERHEAD)  # type: ignore[arg-type]
-    have = available_memory(where)
-    if need > have:
-        raise BenchError(f"{what}'s {len(refs)} members need about {need / 2**30:.2f} GiB in {dtype} on {where.kind}, "
-                         f"{have / 2**30:.2f} GiB is free",
-                         "use --dtype bfloat16, fewer or smaller members, or a device with more memory")
+    need: dict[str, int] = {}  # device -> bytes
+    where_of: dict[str, Placement] = {}
+    for ref, count in zip(refs, counts, strict=True):
+        where = current_placement().for_model(ref)
+        need[where.device_name] = need.get(where.device_name, 0) + int(
+            count * _BYTES_PER_PARAM.get(where.load_dtype(), 4) * _OVERHEAD)  # type: ignore[operator]
+        where_of[where.device_name] = where
+    for name, needed in need.items():
+        have = available_memory(where_of[name])
+        if needed > have:
+            held = sum(current_placement().for_model(r).device_name == name for r in refs)
+            raise BenchError(f"{what}'s {held} members on {name} need about {needed / 2**30:.2f} GiB "
+                             f"({where_of[name].load_dtype()}), {have / 2**30:.2f} GiB is free",
+                             "use --dtype bfloat16, fewer or smaller members, or a device with more memory")
 
 
 def model_dtype(model: Any) -> str:
@@ -308,7 +335,7 @@ def as_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size
 
     with quiet(logging.ERROR):  # HFLM warns that an in-memory model "is not of type str"
         return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length(model),
-                    device=device())
+                    device=str(model.device))
 
 
 def load_lm(ref: ModelRef, batch_size: int | str = 8) -> LM:

@@ -26,7 +26,7 @@ from rich.console import Console
 from harness import corpus, paths, provenance
 from harness.config import RunConfig, stable_hash, validate_plugin_args
 from harness.errors import BenchError
-from harness.model import ModelRef
+from harness.model import ModelRef, Placement
 from harness.store import Store
 
 console = Console(stderr=True)
@@ -85,7 +85,7 @@ def run_fusion(cfg: RunConfig, store: Store, run_id: str, *, resume: bool = Fals
 
     timings = Timings()
     try:
-        with placement(cfg.dtype, cfg.device):
+        with placement(cfg.dtype, cfg.device, _per_model(cfg)):
             _run_fusion(cfg, store, run_id, timings, resume)
     except BaseException as e:
         store.finish_run(run_id, "error", error=_error_text(e), timings=timings)
@@ -139,7 +139,7 @@ def run_eval(refs: list[str], cfg: RunConfig, store: Store, run_id: str) -> None
             evaluands = _dedupe([_source_evaluand(_resolve(r), "model") for r in refs])
         store.update_run(run_id, sources=[e.ref for e in evaluands])
         suite_objs = [(suites().get(name), suite_cfgs[name]) for name in cfg.suites]
-        with placement(cfg.dtype, cfg.device):
+        with placement(cfg.dtype, cfg.device, _per_model(cfg)):
             _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings)
     except BaseException as e:
         store.finish_run(run_id, "error", error=_error_text(e), timings=timings)
@@ -326,7 +326,7 @@ def _fuse_in_processes(cfg: RunConfig, fuser_cfg: Any, sources: list[ModelRef], 
     spec = out_dir.parent / f".spec-{out_dir.name}.json"
     write_spec(spec, fuser=cfg.fuser, config=fuser_cfg.model_dump(mode="json"), sources=sources, target=target,
                out_dir=out_dir, seed=cfg.seed, batch_size=cfg.int_batch_size,
-               placement={"dtype": cfg.dtype, "device": cfg.device})
+               placement={"dtype": cfg.dtype, "device": cfg.device, "per_model": _per_model(cfg)})
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                str(cfg.processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "-m", "harness.fuse_worker", str(spec)]
@@ -349,16 +349,28 @@ def _fuse_in_processes(cfg: RunConfig, fuser_cfg: Any, sources: list[ModelRef], 
 # --- evaluation (cached) ------------------------------------------------------------------------
 
 
-def eval_key(model_hash: str, suite_cls: Any, suite_cfg: Any, cfg: RunConfig) -> str:
+def eval_key(model_hash: str, suite_cls: Any, suite_cfg: Any, cfg: RunConfig, placement_key: str) -> str:
     """What determines an evaluation: model bytes, suite + version, its args, the bytes of any data files
     those args point to (editing a question file in place must not reuse an old result), limit, seed and
     the embedded corpus (the held-out text the perplexity suite reads by default), and the precision and
-    device kind models run in (``float32@cpu``, ``bfloat16@cuda``: never one cache entry for both)."""
-    from harness.model import current_placement
-
+    device kind the model runs in (``float32@cpu``, ``bfloat16@cuda``: never one cache entry for both)."""
     args = suite_cfg.model_dump(mode="json")
     return stable_hash(model_hash, suite_cls.name, suite_cls.version, args, data_fingerprints(args),
-                       cfg.limit, cfg.seed, corpus.corpus_fingerprint(), current_placement().key)
+                       cfg.limit, cfg.seed, corpus.corpus_fingerprint(), placement_key)
+
+
+def _per_model(cfg: RunConfig) -> dict[str, dict[str, str | None]]:
+    return {spec: choice.model_dump() for spec, choice in cfg.models.items()}
+
+
+def _placement_of(ev: Evaluand) -> Placement:
+    """Where ``ev`` runs: its own entry in the run config, else the run's (a runtime fuser: the run's, whose key
+    also names its members' own entries)."""
+    from harness.model import current_placement
+
+    if ev.runtime is not None:
+        return current_placement()
+    return current_placement().for_model(ev.model_ref or ModelRef(spec=str(ev.path), kind="local", path=ev.path))
 
 
 def data_fingerprints(args: dict[str, Any]) -> dict[str, str]:
@@ -395,7 +407,7 @@ def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_ob
             for suite_cls, suite_cfg in suite_objs:
                 if resume and store.has_scores(run_id, ev.id, suite_cls.name):
                     continue
-                key = eval_key(ev.content_hash, suite_cls, suite_cfg, cfg)
+                key = eval_key(ev.content_hash, suite_cls, suite_cfg, cfg, _placement_of(ev).key)
                 cache_file = paths.cache_dir() / "evals" / f"{key}.json"
                 with timings.stage(f"eval:{ev.name}:{suite_cls.name}"):
                     if cache_file.is_file():
@@ -411,7 +423,7 @@ def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_ob
                         result = suite_cls().evaluate(lm, suite_cfg, EvalContext(
                             workdir=workdir, seed=cfg.seed, limit=cfg.limit, batch_size=cfg.int_batch_size))
                         payload = {"scores": [asdict(s) for s in result.scores],
-                                   "samples": [asdict(s) for s in result.samples], "precision": _precision(lm)}
+                                   "samples": [asdict(s) for s in result.samples], "precision": _precision(lm, _placement_of(ev))}
                         _atomic_write(cache_file, json.dumps(payload, default=_plain_default))
                         shutil.rmtree(workdir, ignore_errors=True)
                     store.add_eval(run_id, ev.id, suite_cls.name, suite_cls.version, key,
@@ -420,12 +432,11 @@ def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_ob
             del lm
 
 
-def _precision(lm: Any) -> dict[str, str]:
+def _precision(lm: Any, where: Placement) -> dict[str, str]:
     """What the scores were computed in: the model's parameter dtype (a runtime fuser: the placement's) and the
     backend (``hf-cpu``, ``hf-cuda``)."""
-    from harness.model import current_placement, model_dtype
+    from harness.model import model_dtype
 
-    where = current_placement()
     model = getattr(lm, "model", None)  # HFLM's; runtime fusers have none and report the placement's dtype
     dtype = model_dtype(model) if model is not None else where.load_dtype()
     return {"dtype": dtype, "backend": f"hf-{where.kind}"}

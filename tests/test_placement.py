@@ -92,4 +92,70 @@ def test_runtime_fusers_refuse_members_that_cannot_fit(private_home: Path, tmp_p
         code = bench("run", "--fuser", fuser, "--sources", "zoo:llama-code,zoo:llama-docs", *PPL,
                      "--db", str(tmp_path / "b.db"))
         err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert code == 2 and "members need about" in err and "--dtype bfloat16" in err, err
+        assert code == 2 and "members on cpu need about" in err and "--dtype bfloat16" in err, err
+
+
+# --- per-model precision and device from the YAML ---------------------------------------------------
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_yaml_model_entries_carry_their_own_dtype(tmp_path: Path) -> None:
+    from harness.config import build_run_config
+
+    cfg = build_run_config(config_file=_write(tmp_path / "r.yaml", """
+fuser: ensemble
+sources:
+  - zoo:llama-code
+  - {path: zoo:llama-docs, dtype: bfloat16, device: cpu}
+target: {path: zoo:llama-base, dtype: float16}
+"""))
+    assert cfg.sources == ["zoo:llama-code", "zoo:llama-docs"] and cfg.target == "zoo:llama-base"
+    assert {k: v.model_dump() for k, v in cfg.models.items()} == {
+        "zoo:llama-docs": {"dtype": "bfloat16", "device": "cpu"}, "zoo:llama-base": {"dtype": "float16", "device": None}}
+    plain = build_run_config(fuser="ensemble", sources=["zoo:llama-code", "zoo:llama-docs"])
+    assert "models" not in plain.canonical_json()  # runs without per-model entries keep their hashes
+    assert "models" in cfg.canonical_json()
+
+
+@pytest.mark.parametrize(("yaml_text", "message"), [
+    ("fuser: ensemble\nsources: [{dtype: bfloat16}]\n", "has no 'path'"),
+    ("fuser: ensemble\nsources: [{path: zoo:llama-code, dtype: fp8}]\n", "models.zoo:llama-code.dtype"),
+    ("fuser: ensemble\nsources: [{path: zoo:llama-code, precision: bf16}]\n", "precision"),
+    ("fuser: ensemble\nsources: [zoo:llama-code]\nmodels: {zoo:llama-dcos: {dtype: bfloat16}}\n",
+     "'zoo:llama-dcos' is neither a source nor the target"),
+])
+def test_bad_model_entries_are_one_line_errors(tmp_path: Path, yaml_text: str, message: str) -> None:
+    from harness.config import build_run_config
+
+    with pytest.raises(BenchError) as err:
+        build_run_config(config_file=_write(tmp_path / "r.yaml", yaml_text))
+    assert message in str(err.value), str(err.value)
+
+
+def test_each_model_runs_and_is_recorded_in_its_own_dtype(zoo_home: Path, tmp_path: Path) -> None:
+    """An ensemble whose second member is bf16: that member's own scores say bfloat16, the other's float32, and
+    the ensemble's key differs from the all-float32 ensemble's (its member ran in another precision)."""
+    db = tmp_path / "b.db"
+    config = _write(tmp_path / "r.yaml", """
+fuser: ensemble
+sources:
+  - zoo:llama-code
+  - {path: zoo:llama-docs, dtype: bfloat16}
+""")
+    assert bench("run", "--config", config, *PPL, "--db", str(db), "--name", "mixed") == 0
+    assert bench("run", "--fuser", "ensemble", "--sources", "zoo:llama-code,zoo:llama-docs", *PPL, "--db", str(db),
+                 "--name", "fp32") == 0
+    rows = list(sqlite_utils.Database(db).query(
+        "select r.name as run, m.name as model, s.dtype, s.eval_key, s.value from scores s join runs r on r.id = s.run_id "
+        "join models m on m.id = s.model_id where s.metric = 'bits_per_byte' and s.task = 'avg'"))
+    got = {(r["run"], r["model"] if r["model"].startswith("zoo:") else "ensemble"): r for r in rows}
+    assert got[("mixed", "zoo:llama-docs")]["dtype"] == "bfloat16"
+    assert got[("mixed", "zoo:llama-code")]["dtype"] == "float32"
+    assert got[("fp32", "zoo:llama-docs")]["dtype"] == "float32"
+    assert got[("mixed", "zoo:llama-docs")]["value"] != got[("fp32", "zoo:llama-docs")]["value"]
+    assert got[("mixed", "zoo:llama-code")]["eval_key"] == got[("fp32", "zoo:llama-code")]["eval_key"]  # reused
+    assert got[("mixed", "ensemble")]["eval_key"] != got[("fp32", "ensemble")]["eval_key"]
