@@ -13,6 +13,7 @@ a one-line message that says what to fix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -394,22 +395,45 @@ def regress(
         raise typer.Exit(1)
 
 
+def _click_exception_types(name: str) -> tuple[type[BaseException], ...]:
+    """Click's exception class ``name`` and its twin in the copy of click that recent typer releases carry
+    (``typer._click``): that copy's exceptions do not derive from click's, so both must be caught."""
+    modules = [click.exceptions]
+    with contextlib.suppress(ImportError):
+        import typer._click.exceptions as vendored
+
+        modules.append(vendored)
+    return tuple({getattr(m, name) for m in modules if hasattr(m, name)})
+
+
+def _usage_error(e: Exception) -> BenchError:
+    """A click usage error (unknown command or option, missing option, value out of range) as one line."""
+    message = " ".join(e.format_message().split()).removesuffix(".")  # type: ignore[attr-defined]
+    ctx = getattr(e, "ctx", None)
+    command = ctx.command_path if ctx is not None and ctx.command_path else "bench"
+    return BenchError(message[:1].lower() + message[1:], f"see `{command} --help`")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: runs the typer app, turning BenchError into a one-line message and exit code 2."""
+    """Entry point: runs the typer app. Bad input (a BenchError, or a usage error click finds in the command line)
+    becomes a one-line message and exit code 2."""
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="bench", standalone_mode=False)
     except BenchError as e:
         click.echo(f"error: {e.one_line()}", err=True)
         sys.exit(2)
-    except click.exceptions.Exit as e:
+    except (*_click_exception_types("Exit"), typer.Exit) as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except (*_click_exception_types("Abort"), typer.Abort):
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as e:
+    except _click_exception_types("NoArgsIsHelpError") as e:  # `bench` or `bench zoo` alone: the help text
         e.show()
         sys.exit(e.exit_code)
+    except _click_exception_types("ClickException") as e:
+        click.echo(f"error: {_usage_error(e).one_line()}", err=True)
+        sys.exit(2)
     if isinstance(code, int) and code:  # typer turns KeyboardInterrupt into exit code 130
         if code == 130:
             click.echo("interrupted: the run is recorded as error; continue it with `bench run --resume RUN_ID`", err=True)
