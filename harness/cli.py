@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import click
 import typer
 
+from harness.config import MAX_SEED
 from harness.errors import BenchError
 from harness.paths import DEFAULT_DB
 
@@ -104,7 +105,8 @@ def run(
     set_: SetOpt = None,
     limit: LimitOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="A label for this run.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the fusion and the "
+                    "evaluations.")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue a failed/interrupted run by id.")] = None,
     processes: Annotated[int | None, typer.Option("--processes", min=1,
                          help="Train the fusion in N processes (accelerate launch; GPUs or CPU/gloo).")] = None,
