@@ -75,6 +75,21 @@ def _open_run(store, kind: str, name: str | None, raw: dict, build):  # noqa: AN
     return run_id, cfg
 
 
+def _resumable_config(row: dict[str, Any]):  # noqa: ANN202
+    """The validated config of run ``row``. A run whose flags never passed validation recorded only those raw
+    flags: there is nothing to continue, only a command line to correct."""
+    from pydantic import ValidationError
+
+    from harness.config import RunConfig
+
+    try:
+        return RunConfig(**json.loads(row["config"] or "{}"))
+    except (ValidationError, ValueError, TypeError):
+        why = f" ({row['error'].split(' (fix: ')[0]})" if row.get("error") else ""
+        raise BenchError(f"run {row['id']} cannot be resumed: its configuration never passed validation{why}",
+                         "correct the flags and start a new `bench run`") from None
+
+
 def _split(values: list[str] | None) -> list[str]:
     return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
@@ -117,7 +132,7 @@ def run(
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Fuse the sources with FUSER, then evaluate the fused model and its sources on the same suites."""
-    from harness.config import RunConfig, build_run_config
+    from harness.config import build_run_config
     from harness.runner import run_fusion
     from harness.store import Store
 
@@ -127,7 +142,7 @@ def run(
         row = store.get_run(resume)
         if row["kind"] != "run":
             raise BenchError(f"run {resume} is a `bench {row['kind']}` run", "resume only `bench run` runs")
-        cfg = RunConfig(**json.loads(row["config"]))
+        cfg = _resumable_config(row)
         store.update_run(resume, status="running", error=None)
         run_id = resume
     else:

@@ -114,6 +114,17 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _make_folder_of(db_path: Path) -> None:
+    """Create the DB's folder; a one-line error when a part of the path is a file or cannot be created."""
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((p for p in reversed(db_path.parents) if p.exists() and not p.is_dir()), None)
+        problem = (f"--db {db_path}: {blocker} is a file, not a folder" if blocker is not None
+                   else f"--db {db_path}: cannot create its folder ({e.strerror or e})")
+        raise BenchError(problem, "give --db a path in a folder you can write, e.g. results/bench.db") from None
+
+
 class Store:
     """The SQLite results store. Migrates itself on open."""
 
@@ -121,7 +132,7 @@ class Store:
         self.path = Path(path)
         if self.path.is_dir():
             raise BenchError(f"--db {path} is a directory", "give a file path such as results/bench.db")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder_of(self.path)
         try:
             self.db = sqlite_utils.Database(self.path)
             self.db.enable_wal()
