@@ -75,6 +75,31 @@ def _open_run(store, kind: str, name: str | None, raw: dict, build):  # noqa: AN
     return run_id, cfg
 
 
+def _writable(db: str) -> bool:
+    """Whether this user can write the existing DB file ``db`` and its folder (SQLite writes its WAL beside it)."""
+    return os.access(db, os.W_OK) and os.access(os.path.dirname(os.path.abspath(db)), os.W_OK)
+
+
+def _store_for_reading(db: str):  # noqa: ANN202
+    """The results DB for a command that only reads it; an existing DB that this user cannot write (a read-only
+    mount, another user's results) is opened read-only instead of failing on the migration."""
+    from harness.store import Store
+
+    if os.path.isfile(db) and not _writable(db):
+        return Store.read_only(db)
+    return Store(db)
+
+
+def _store_for_writing(db: str):  # noqa: ANN202
+    """The results DB for a command that records a run."""
+    from harness.store import Store
+
+    if os.path.isfile(db) and not _writable(db):
+        raise BenchError(f"results DB {db} is read-only here (the file or its folder cannot be written)",
+                         "give --db a writable path; bench runs, leaderboard and report can still read this one")
+    return Store(db)
+
+
 def _resumable_config(row: dict[str, Any]):  # noqa: ANN202
     """The validated config of run ``row``. A run whose flags never passed validation recorded only those raw
     flags: there is nothing to continue, only a command line to correct."""
@@ -134,10 +159,9 @@ def run(
     """Fuse the sources with FUSER, then evaluate the fused model and its sources on the same suites."""
     from harness.config import build_run_config
     from harness.runner import run_fusion
-    from harness.store import Store
 
     _offline_defaults()
-    store = Store(db)
+    store = _store_for_writing(db)
     if resume:
         row = store.get_run(resume)
         if row["kind"] != "run":
@@ -176,10 +200,9 @@ def eval_(
     """Evaluate one or more models as they are (no fusion)."""
     from harness.config import build_eval_config
     from harness.runner import run_eval
-    from harness.store import Store
 
     _offline_defaults()
-    store = Store(db)
+    store = _store_for_writing(db)
     flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
                          judge_prompts=judge_prompts, judge_repeats=judge_repeats,
                          allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
@@ -205,10 +228,9 @@ def score(
     """Score predictions made elsewhere with the suite's own answer extraction, and record them as a run."""
     from harness.config import build_eval_config
     from harness.runner import run_score
-    from harness.store import Store
 
     _offline_defaults()
-    store = Store(db)
+    store = _store_for_writing(db)
     flags = _suite_flags(data_dir=data_dir, mode=mode, allow_code_exec=allow_code_exec)
     run_id, cfg = _open_run(store, "score", name, {"suite": suite, "predictions": predictions, "set": set_},
                             lambda: build_eval_config(suites=[suite], sets=set_, limit=None, name=name, suite_flags=flags))
@@ -234,11 +256,10 @@ def leaderboard_cmd(
 ) -> None:
     """One row per model, a column per suite/task/metric; fused models beside their sources, best marked."""
     from harness import leaderboard
-    from harness.store import Store
 
     if format not in ("table", "markdown", "csv", "json"):
         raise BenchError(f"unknown --format {format!r}", "use table, markdown, csv or json")
-    table, hib = leaderboard.build(Store(db), suite, all_metrics=all_metrics, per_task=per_task)
+    table, hib = leaderboard.build(_store_for_reading(db), suite, all_metrics=all_metrics, per_task=per_task)
     typer.echo(leaderboard.render(table, hib, format))
 
 
@@ -249,9 +270,8 @@ def runs(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List runs, newest first, with status and timings."""
-    from harness.store import Store
 
-    rows = Store(db).runs(limit)
+    rows = _store_for_reading(db).runs(limit)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
@@ -275,9 +295,8 @@ def samples(
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Print the stored per-example records of a run."""
-    from harness.store import Store
 
-    store = Store(db)
+    store = _store_for_reading(db)
     store.get_run(run_id)
     sql = ("select s.*, m.name as model from samples s join models m on m.id = s.model_id where s.run_id = ?"
            + (" and s.suite = ?" if suite else "") + " order by m.name, s.suite, s.task, s.doc_id")
@@ -360,12 +379,11 @@ def report(
     from pathlib import Path
 
     from harness import report as report_mod
-    from harness.store import Store
 
     if format not in ("html", "markdown"):
         raise BenchError(f"unknown --format {format!r}", "use html or markdown")
     t0 = time.perf_counter()
-    path = report_mod.write(Store(db), Path(out), runs=_split(run_refs) or None, suites=_split(suite) or None,
+    path = report_mod.write(_store_for_reading(db), Path(out), runs=_split(run_refs) or None, suites=_split(suite) or None,
                             fmt=format)
     typer.echo(f"wrote {path} in {time.perf_counter() - t0:.2f}s")
 
@@ -389,13 +407,12 @@ def regress(
     from pathlib import Path
 
     from harness import regress as rg
-    from harness.store import Store
 
     if save_baseline:
         refs, file = _split([save_baseline[0]]), Path(save_baseline[1])
         if file.suffix != ".json":
             raise BenchError(f"baseline file {file} must end in .json", "name it e.g. results/baselines/mine.json")
-        runs = rg.save_baseline(Store(db), refs, file)
+        runs = rg.save_baseline(_store_for_reading(db), refs, file)
         typer.echo(f"wrote {file}: {sum(len(r.rows) for r in runs)} scores of run(s) "
                    + ", ".join(f"{r.label} ({r.meta['id']})" for r in runs))
         return
@@ -403,7 +420,7 @@ def regress(
         raise BenchError("bench regress needs --baseline REF and --candidate REF",
                          "e.g. bench regress --baseline results/baselines/ci_micro.json --candidate my-run")
     needs_db = [r for r in [*baseline, *candidate] if not r.endswith(".json")]
-    store = Store(db) if needs_db else None
+    store = _store_for_reading(db) if needs_db else None
     base = [run for ref in baseline for run in rg.load_ref(ref, store)]
     cand = [run for ref in candidate for run in rg.load_ref(ref, store)]
     result = rg.compare(base, cand, suites=_split(suite) or None, tolerance=tolerance, sigmas=sigmas)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import secrets
+import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -242,3 +244,25 @@ class Store:
 
     def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         return list(self.db.query(sql, params))
+
+    # --- reading only -----------------------------------------------------------------------------
+
+    @classmethod
+    def read_only(cls, path: str | Path) -> Store:
+        """An existing DB opened for reading only, not migrated: for listing commands where the DB file or its
+        folder cannot be written (a read-only mount, someone else's results). SQLite cannot create the WAL index
+        in a folder it cannot write, so there the file is opened as immutable."""
+        store = cls.__new__(cls)
+        store.path = Path(path)
+        mode = "mode=ro" if os.access(store.path.parent, os.W_OK) else "immutable=1"
+        wal = store.path.with_name(store.path.name + "-wal")
+        if mode == "immutable=1" and wal.is_file() and wal.stat().st_size > 0:
+            raise BenchError(f"results DB {path} has changes in {wal.name} that cannot be read in a read-only folder",
+                             "copy the DB and its -wal file to a writable folder and read it there")
+        try:
+            store.db = sqlite_utils.Database(sqlite3.connect(f"{store.path.resolve().as_uri()}?{mode}", uri=True))
+            store.db.execute("select 1 from runs limit 1")
+        except sqlite3.Error as e:
+            raise BenchError(f"cannot read results DB {path} (opened read-only): {e}",
+                             "give a FuseBench DB path") from None
+        return store
