@@ -58,7 +58,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.api import EvalContext, EvalResult, Sample, Score
-from harness.errors import BenchError, did_you_mean
+from harness.errors import BenchError, did_you_mean, read_text
 
 _FILTER_NAME = "fusebench-answer"
 _FILTER_FUNCTION = "fusebench_bbh_answer"
@@ -216,6 +216,8 @@ def real_bbh_configs(cfg: Config, workdir: Path) -> tuple[list[dict[str, Any]], 
         raise BenchError(f"BBH data dir {cfg.data_dir} lacks {len(missing)} task file(s): {', '.join(missing[:4])}"
                          + ("..." if len(missing) > 4 else ""),
                          "add them, or pick tasks with --set bbh.tasks=[...]")
+    for t in tasks:  # a damaged file fails here, in one line, not inside lm-eval
+        read_examples(data_dir / f"{t}.json")
     configs = [_task_yaml(f"fb_bbh_{cfg.mode}_{t}", t, cfg.mode, data_dir / f"{t}.json", cfg.max_gen_toks)
                for t in tasks]
     return configs, {c["task"]: t for c, t in zip(configs, tasks, strict=True)}
@@ -331,8 +333,9 @@ def load_predictions(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise BenchError(f"predictions file {path} not found", "give a JSONL file of {task, input|index, output}")
+    example = 'write lines like {"task": "navigate", "index": 0, "output": "... So the answer is No."}'
     rows = []
-    for number, line in enumerate(p.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(p, "predictions file").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -340,12 +343,39 @@ def load_predictions(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as e:
             raise BenchError(f"{path}:{number} is not valid JSON ({e.msg})", "write one JSON object per line") from None
         if not isinstance(row, dict) or "task" not in row or "output" not in row or not ({"input", "index"} & set(row)):
-            raise BenchError(f"{path}:{number} needs keys task, output and input or index",
-                             'write lines like {"task": "navigate", "index": 0, "output": "... So the answer is No."}')
+            raise BenchError(f"{path}:{number} needs keys task, output and input or index", example)
+        if not isinstance(row["task"], str):
+            raise BenchError(f"{path}:{number}: task must be a BBH task name, got {_short(row['task'])}", example)
+        index = row.get("index")
+        if "index" in row and (isinstance(index, bool) or not isinstance(index, int)):
+            raise BenchError(f"{path}:{number}: index must be a whole number (the example's 0-based position in "
+                             f"the task file), got {_short(index)}", example)
+        if "index" not in row and not isinstance(row["input"], str):
+            raise BenchError(f"{path}:{number}: input must be the example's text, got {_short(row['input'])}", example)
         rows.append(row)
     if not rows:
         raise BenchError(f"predictions file {path} is empty", "write one JSON line per example")
     return rows
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_examples(file: Path) -> list[dict[str, Any]]:
+    """The ``examples`` of a BBH task file (``{"examples": [{"input", "target"}, ...]}``), checked."""
+    fix = 'give the BBH repo\'s file: {"examples": [{"input": "...", "target": "..."}, ...]}'
+    try:
+        data = json.loads(read_text(file, "BBH task file"))
+    except json.JSONDecodeError as e:
+        raise BenchError(f"BBH task file {file} is not valid JSON (line {e.lineno}: {e.msg})", fix) from None
+    examples = data.get("examples") if isinstance(data, dict) else None
+    if not isinstance(examples, list) or not all(
+            isinstance(ex, dict) and isinstance(ex.get("input"), str) and isinstance(ex.get("target"), str)
+            for ex in examples):
+        raise BenchError(f"BBH task file {file} lacks a list of examples with string input and target", fix)
+    return examples
 
 
 def score_predictions(predictions_file: str | Path, cfg: Config, workdir: Path) -> EvalResult:
@@ -357,14 +387,14 @@ def score_predictions(predictions_file: str | Path, cfg: Config, workdir: Path) 
     preds = load_predictions(predictions_file)
     by_task: dict[str, dict[Any, str]] = {}
     for row in preds:
-        key = ("index", int(row["index"])) if "index" in row else ("input", row["input"])
+        key = ("index", row["index"]) if "index" in row else ("input", row["input"])
         by_task.setdefault(row["task"], {})[key] = str(row["output"])
     tasks = sorted(by_task)
     cfg = cfg.model_copy(update={"tasks": _check_tasks(tasks, all_tasks(), "bbh")})
     configs, names = real_bbh_configs(cfg, workdir)
     data_dir = Path(cfg.data_dir)
     for task in tasks:
-        examples = json.loads((data_dir / f"{task}.json").read_text())["examples"]
+        examples = read_examples(data_dir / f"{task}.json")
         index_of = {ex["input"]: i for i, ex in enumerate(examples)}
         table = by_task[task]
         for kind, value in list(table):

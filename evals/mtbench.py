@@ -70,7 +70,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness.api import EvalContext, EvalResult, Sample, Score
 from harness.chat_data import PLAIN_STOP, chat_prompt, end_of_turn, has_chat_template
-from harness.errors import BenchError, did_you_mean
+from harness.errors import BenchError, did_you_mean, read_text
 
 if TYPE_CHECKING:
     from lm_eval.api.model import LM
@@ -130,7 +130,7 @@ def _read_jsonl(path: Path, what: str, fix: str) -> list[tuple[int, dict[str, An
     if not path.is_file():
         raise BenchError(f"{what} file {path} not found", fix)
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, f"{what} file").splitlines(), start=1):
         if not line.strip():
             continue
         try:

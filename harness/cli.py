@@ -13,6 +13,7 @@ a one-line message that says what to fix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ from typing import Annotated, Any
 import click
 import typer
 
+from harness.config import MAX_SEED
 from harness.errors import BenchError
 from harness.paths import DEFAULT_DB
 
@@ -73,6 +75,46 @@ def _open_run(store, kind: str, name: str | None, raw: dict, build):  # noqa: AN
     return run_id, cfg
 
 
+def _writable(db: str) -> bool:
+    """Whether this user can write the existing DB file ``db`` and its folder (SQLite writes its WAL beside it)."""
+    return os.access(db, os.W_OK) and os.access(os.path.dirname(os.path.abspath(db)), os.W_OK)
+
+
+def _store_for_reading(db: str):  # noqa: ANN202
+    """The results DB for a command that only reads it; an existing DB that this user cannot write (a read-only
+    mount, another user's results) is opened read-only instead of failing on the migration."""
+    from harness.store import Store
+
+    if os.path.isfile(db) and not _writable(db):
+        return Store.read_only(db)
+    return Store(db)
+
+
+def _store_for_writing(db: str):  # noqa: ANN202
+    """The results DB for a command that records a run."""
+    from harness.store import Store
+
+    if os.path.isfile(db) and not _writable(db):
+        raise BenchError(f"results DB {db} is read-only here (the file or its folder cannot be written)",
+                         "give --db a writable path; bench runs, leaderboard and report can still read this one")
+    return Store(db)
+
+
+def _resumable_config(row: dict[str, Any]):  # noqa: ANN202
+    """The validated config of run ``row``. A run whose flags never passed validation recorded only those raw
+    flags: there is nothing to continue, only a command line to correct."""
+    from pydantic import ValidationError
+
+    from harness.config import RunConfig
+
+    try:
+        return RunConfig(**json.loads(row["config"] or "{}"))
+    except (ValidationError, ValueError, TypeError):
+        why = f" ({row['error'].split(' (fix: ')[0]})" if row.get("error") else ""
+        raise BenchError(f"run {row['id']} cannot be resumed: its configuration never passed validation{why}",
+                         "correct the flags and start a new `bench run`") from None
+
+
 def _split(values: list[str] | None) -> list[str]:
     return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
@@ -103,7 +145,8 @@ def run(
     set_: SetOpt = None,
     limit: LimitOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="A label for this run.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the fusion and the "
+                    "evaluations.")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue a failed/interrupted run by id.")] = None,
     processes: Annotated[int | None, typer.Option("--processes", min=1,
                          help="Train the fusion in N processes (accelerate launch; GPUs or CPU/gloo).")] = None,
@@ -114,17 +157,16 @@ def run(
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Fuse the sources with FUSER, then evaluate the fused model and its sources on the same suites."""
-    from harness.config import RunConfig, build_run_config
+    from harness.config import build_run_config
     from harness.runner import run_fusion
-    from harness.store import Store
 
     _offline_defaults()
-    store = Store(db)
+    store = _store_for_writing(db)
     if resume:
         row = store.get_run(resume)
         if row["kind"] != "run":
             raise BenchError(f"run {resume} is a `bench {row['kind']}` run", "resume only `bench run` runs")
-        cfg = RunConfig(**json.loads(row["config"]))
+        cfg = _resumable_config(row)
         store.update_run(resume, status="running", error=None)
         run_id = resume
     else:
@@ -158,10 +200,9 @@ def eval_(
     """Evaluate one or more models as they are (no fusion)."""
     from harness.config import build_eval_config
     from harness.runner import run_eval
-    from harness.store import Store
 
     _offline_defaults()
-    store = Store(db)
+    store = _store_for_writing(db)
     flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
                          judge_prompts=judge_prompts, judge_repeats=judge_repeats,
                          allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
@@ -187,10 +228,9 @@ def score(
     """Score predictions made elsewhere with the suite's own answer extraction, and record them as a run."""
     from harness.config import build_eval_config
     from harness.runner import run_score
-    from harness.store import Store
 
     _offline_defaults()
-    store = Store(db)
+    store = _store_for_writing(db)
     flags = _suite_flags(data_dir=data_dir, mode=mode, allow_code_exec=allow_code_exec)
     run_id, cfg = _open_run(store, "score", name, {"suite": suite, "predictions": predictions, "set": set_},
                             lambda: build_eval_config(suites=[suite], sets=set_, limit=None, name=name, suite_flags=flags))
@@ -216,11 +256,10 @@ def leaderboard_cmd(
 ) -> None:
     """One row per model, a column per suite/task/metric; fused models beside their sources, best marked."""
     from harness import leaderboard
-    from harness.store import Store
 
     if format not in ("table", "markdown", "csv", "json"):
         raise BenchError(f"unknown --format {format!r}", "use table, markdown, csv or json")
-    table, hib = leaderboard.build(Store(db), suite, all_metrics=all_metrics, per_task=per_task)
+    table, hib = leaderboard.build(_store_for_reading(db), suite, all_metrics=all_metrics, per_task=per_task)
     typer.echo(leaderboard.render(table, hib, format))
 
 
@@ -231,9 +270,8 @@ def runs(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List runs, newest first, with status and timings."""
-    from harness.store import Store
 
-    rows = Store(db).runs(limit)
+    rows = _store_for_reading(db).runs(limit)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
@@ -257,9 +295,8 @@ def samples(
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Print the stored per-example records of a run."""
-    from harness.store import Store
 
-    store = Store(db)
+    store = _store_for_reading(db)
     store.get_run(run_id)
     sql = ("select s.*, m.name as model from samples s join models m on m.id = s.model_id where s.run_id = ?"
            + (" and s.suite = ?" if suite else "") + " order by m.name, s.suite, s.task, s.doc_id")
@@ -342,12 +379,11 @@ def report(
     from pathlib import Path
 
     from harness import report as report_mod
-    from harness.store import Store
 
     if format not in ("html", "markdown"):
         raise BenchError(f"unknown --format {format!r}", "use html or markdown")
     t0 = time.perf_counter()
-    path = report_mod.write(Store(db), Path(out), runs=_split(run_refs) or None, suites=_split(suite) or None,
+    path = report_mod.write(_store_for_reading(db), Path(out), runs=_split(run_refs) or None, suites=_split(suite) or None,
                             fmt=format)
     typer.echo(f"wrote {path} in {time.perf_counter() - t0:.2f}s")
 
@@ -371,13 +407,12 @@ def regress(
     from pathlib import Path
 
     from harness import regress as rg
-    from harness.store import Store
 
     if save_baseline:
         refs, file = _split([save_baseline[0]]), Path(save_baseline[1])
         if file.suffix != ".json":
             raise BenchError(f"baseline file {file} must end in .json", "name it e.g. results/baselines/mine.json")
-        runs = rg.save_baseline(Store(db), refs, file)
+        runs = rg.save_baseline(_store_for_reading(db), refs, file)
         typer.echo(f"wrote {file}: {sum(len(r.rows) for r in runs)} scores of run(s) "
                    + ", ".join(f"{r.label} ({r.meta['id']})" for r in runs))
         return
@@ -385,7 +420,7 @@ def regress(
         raise BenchError("bench regress needs --baseline REF and --candidate REF",
                          "e.g. bench regress --baseline results/baselines/ci_micro.json --candidate my-run")
     needs_db = [r for r in [*baseline, *candidate] if not r.endswith(".json")]
-    store = Store(db) if needs_db else None
+    store = _store_for_reading(db) if needs_db else None
     base = [run for ref in baseline for run in rg.load_ref(ref, store)]
     cand = [run for ref in candidate for run in rg.load_ref(ref, store)]
     result = rg.compare(base, cand, suites=_split(suite) or None, tolerance=tolerance, sigmas=sigmas)
@@ -394,22 +429,45 @@ def regress(
         raise typer.Exit(1)
 
 
+def _click_exception_types(name: str) -> tuple[type[BaseException], ...]:
+    """Click's exception class ``name`` and its twin in the copy of click that recent typer releases carry
+    (``typer._click``): that copy's exceptions do not derive from click's, so both must be caught."""
+    modules = [click.exceptions]
+    with contextlib.suppress(ImportError):
+        import typer._click.exceptions as vendored
+
+        modules.append(vendored)
+    return tuple({getattr(m, name) for m in modules if hasattr(m, name)})
+
+
+def _usage_error(e: Exception) -> BenchError:
+    """A click usage error (unknown command or option, missing option, value out of range) as one line."""
+    message = " ".join(e.format_message().split()).removesuffix(".")  # type: ignore[attr-defined]
+    ctx = getattr(e, "ctx", None)
+    command = ctx.command_path if ctx is not None and ctx.command_path else "bench"
+    return BenchError(message[:1].lower() + message[1:], f"see `{command} --help`")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: runs the typer app, turning BenchError into a one-line message and exit code 2."""
+    """Entry point: runs the typer app. Bad input (a BenchError, or a usage error click finds in the command line)
+    becomes a one-line message and exit code 2."""
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="bench", standalone_mode=False)
     except BenchError as e:
         click.echo(f"error: {e.one_line()}", err=True)
         sys.exit(2)
-    except click.exceptions.Exit as e:
+    except (*_click_exception_types("Exit"), typer.Exit) as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except (*_click_exception_types("Abort"), typer.Abort):
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as e:
+    except _click_exception_types("NoArgsIsHelpError") as e:  # `bench` or `bench zoo` alone: the help text
         e.show()
         sys.exit(e.exit_code)
+    except _click_exception_types("ClickException") as e:
+        click.echo(f"error: {_usage_error(e).one_line()}", err=True)
+        sys.exit(2)
     if isinstance(code, int) and code:  # typer turns KeyboardInterrupt into exit code 130
         if code == 130:
             click.echo("interrupted: the run is recorded as error; continue it with `bench run --resume RUN_ID`", err=True)

@@ -32,9 +32,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness.errors import BenchError, did_you_mean
+from harness.errors import BenchError, did_you_mean, read_text
 
 DEFAULT_SUITES = ["perplexity"]
+MAX_SEED = 2**32 - 1  # numpy.random.seed's upper bound
 
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -62,8 +63,8 @@ class RunConfig(BaseModel):
     target: str | None = Field(None, description="Target / pivot / base model; None = the fuser's default.")
     suites: list[str] = Field(default_factory=lambda: list(DEFAULT_SUITES))
     suite_args: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    seed: int = 0
-    limit: int | None = Field(None, description="Evaluate only the first N items per task.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds torch, numpy and Python's random (numpy's range).")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N items per task.")
     batch_size: int | Literal["auto"] = Field(8, description="Evaluation batch size, or auto (lm-eval finds one).")
     dtype: Dtype = Field(
         "auto", description="Precision of evaluated models and teachers: auto = the checkpoint's on GPU, float32 on CPU.")
@@ -100,7 +101,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise BenchError(f"config file {path} not found", "give an existing YAML file to --config")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(read_text(p, "config file")) or {}
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where else ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class BenchError(Exception):
     """A problem with the user's input. The CLI prints ``error: <problem> (fix: <hint>)`` and exits 2."""
@@ -24,3 +26,23 @@ def did_you_mean(word: str, choices: list[str]) -> str:
 
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
     return f" did you mean {close[0]!r}?" if close else ""
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """The text of a UTF-8 file the user gave (``what``: "config file", "predictions file" ...); a BenchError
+    naming the file, and the line of the first bad byte, when it cannot be read or is not UTF-8."""
+    file = Path(path)
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise BenchError(f"{what} {path} not found", "check the path") from None
+    except IsADirectoryError:
+        raise BenchError(f"{what} {path} is a folder", "give a file") from None
+    except OSError as e:
+        raise BenchError(f"cannot read {what} {path}: {e.strerror or e}", "check the path and its permissions") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise BenchError(f"{what} {path} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line})",
+                         "save it as UTF-8") from None

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness import markdown as md
 from harness.store import Store
 
 _SQL = """
@@ -122,9 +123,9 @@ def render(table: pd.DataFrame, hib: dict[str, bool], fmt: str = "table") -> str
     headers = ["group", "model", "role"] + [f"{c} {'↑' if hib[c] else '↓'}" for c in hib]
     body = [[str(table.at[i, "group"]), str(table.at[i, "model"]), str(table.at[i, "role"])]
             + [cell(i, c) for c in hib] for i in table.index]
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines += ["| " + " | ".join(r) + " |" for r in body]
+    if fmt == "markdown":  # names and column labels come from the DB: escaped, so they stay text in one cell
+        lines = ["| " + " | ".join(md.escape(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+        lines += ["| " + " | ".join([*(md.escape(x) for x in r[:3]), *r[3:]]) + " |" for r in body]
         return "\n".join(lines) + "\n\n(best per column in bold; ↑ higher is better, ↓ lower is better)"
     widths = [max(len(h), *(len(r[j]) for r in body)) for j, h in enumerate(headers)]
     fmt_row = lambda r: "  ".join(x.ljust(w) if j < 3 else x.rjust(w) for j, (x, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731

@@ -70,17 +70,54 @@ def resolve(spec: str, *, build_missing_zoo: bool = False) -> ModelRef:
     if spec.startswith("zoo:"):
         from harness import zoo
 
-        return ModelRef(spec=spec, kind="zoo", path=zoo.resolve(spec[4:], build_missing=build_missing_zoo))
+        folder = zoo.resolve(spec[4:], build_missing=build_missing_zoo)
+        check_model_files(folder, spec)
+        return ModelRef(spec=spec, kind="zoo", path=folder)
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
             raise BenchError(f"{spec} is not a model folder (no config.json)", "point at a save_pretrained directory")
+        check_model_files(path, spec)
         return ModelRef(spec=spec, kind="local", path=path.resolve())
     name, _, revision = spec.partition("@")
     if _HUB_ID.match(name) and not spec.startswith((".", "/", "~")):
         _check_hub_available(name)
         return ModelRef(spec=name, kind="hub", revision=revision or None)
     raise BenchError(f"model {spec!r} not found", "give zoo:NAME (see `bench zoo list`), an existing folder or an HF id")
+
+
+def check_model_files(folder: Path, spec: str) -> None:
+    """Fail fast, in one line, on a damaged model folder: every JSON file (config, tokenizer) must parse and every
+    safetensors file's header must be whole and cover the file (a truncated download or copy). Reads headers
+    only, so it costs milliseconds even for large checkpoints."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(folder.glob("*.json")):
+        try:
+            json.loads(file.read_bytes().decode("utf-8-sig"))
+        except UnicodeDecodeError as e:
+            raise BenchError(f"model {spec}: {file.name} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})",
+                             _damaged_fix(spec)) from None
+        except json.JSONDecodeError as e:
+            raise BenchError(f"model {spec}: {file.name} is not valid JSON (line {e.lineno}: {e.msg})",
+                             _damaged_fix(spec)) from None
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "np"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise BenchError(f"model {spec}: {file.name} is damaged or truncated ({str(e).splitlines()[0]})",
+                             _damaged_fix(spec)) from None
+
+
+def _damaged_fix(spec: str) -> str:
+    if spec.startswith("zoo:"):
+        from harness import external
+
+        name = spec[4:]
+        return (f"add it again: bench zoo add {name} --force" if external.is_external(name)
+                else f"rebuild it: bench zoo build --force --only {name}")
+    return "save or download the model again"
 
 
 def _check_hub_available(repo_id: str) -> None:
@@ -236,14 +273,30 @@ def load_hf(ref: ModelRef, dtype: str | None = None) -> tuple[PreTrainedModel, P
         kwargs["local_files_only"] = True
     if ref.revision:
         kwargs["revision"] = ref.revision
+    from safetensors import SafetensorError
+
     try:
         tok = AutoTokenizer.from_pretrained(ref.load_id, **kwargs)
+    except OSError as e:
+        raise BenchError(f"cannot load model {ref.spec!r}: {_first_line(e)}", "check the reference and that it is downloaded") from e
+    except Exception as e:  # a tokenizer file that parses but is not a tokenizer: KeyError, ValueError, tokenizers' own
+        raise BenchError(f"cannot load the tokenizer of model {ref.spec!r}: {type(e).__name__}: {_first_line(e)}",
+                         f"its tokenizer files are damaged; {_damaged_fix(ref.spec)}") from e
+    try:
         model = AutoModelForCausalLM.from_pretrained(
             ref.load_id, dtype=chosen if chosen == "auto" else getattr(torch, chosen), **kwargs)
     except OSError as e:
-        raise BenchError(f"cannot load model {ref.spec!r}: {str(e).splitlines()[0]}", "check the reference and that it is downloaded") from e
+        raise BenchError(f"cannot load model {ref.spec!r}: {_first_line(e)}", "check the reference and that it is downloaded") from e
+    except (SafetensorError, ValueError, EOFError) as e:  # weights or config that cannot be read
+        raise BenchError(f"cannot load the weights of model {ref.spec!r}: {_first_line(e)}",
+                         f"its files are damaged; {_damaged_fix(ref.spec)}") from e
     model.eval()
     return model.to(where.device_name), tok
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 _BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}  # auto (GPU): checkpoints are mostly 16-bit

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import markdown as md
 from harness.errors import BenchError
 from harness.store import Store
 
@@ -421,16 +422,16 @@ def _duration(row: dict[str, Any]) -> str:
 
 
 def render_markdown(store: Store, views: list[RunView]) -> str:
-    """Tables only (plots are in the HTML report): pastes into a PR, an issue or a paper draft."""
+    """Tables only (plots are in the HTML report): pastes into a PR, an issue or a paper draft. Every string from
+    the DB goes through :mod:`harness.markdown` (text or code span), so none of it can become markup."""
     columns, rows = leaderboard(views)
     best = best_values(columns, rows)
-    md = lambda s: html.escape(str(s), quote=False).replace("|", "\\|")  # noqa: E731 - no markup from DB text
     out = ["# FuseBench report", "",
-           f"{len(views)} run(s) from `{store.path}`, generated {_now()}. "
+           f"{len(views)} run(s) from {md.code(store.path)}, generated {_now()}. "
            "Best per column in **bold**; ↑ higher is better, ↓ lower is better; "
            "*gain* = fused model minus the best of its run's target and sources, positive = better.", "",
            "## Leaderboard", ""]
-    header = ["group", "model", "role"] + [f"{c.label} {'↑' if c.higher_is_better else '↓'}" for c in columns]
+    header = ["group", "model", "role"] + [f"{md.escape(c.label)} {'↑' if c.higher_is_better else '↓'}" for c in columns]
     out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = []
@@ -438,7 +439,7 @@ def render_markdown(store: Store, views: list[RunView]) -> str:
             cell = r.values.get(c)
             text = _fmt(cell.value if cell else None)
             cells.append(f"**{text}**" if cell is not None and cell.value == best.get(c) else text)
-        out.append("| " + " | ".join([md(r.group), md(r.model), r.role, *cells]) + " |")
+        out.append("| " + " | ".join([md.escape(r.group), md.escape(r.model), md.escape(r.role), *cells]) + " |")
         if r.gains:
             gains = [f"{_signed(r.gains[c][0])}" if c in r.gains else "" for c in columns]
             out.append("| " + " | ".join(["", "*gain over best source*", "", *gains]) + " |")
@@ -446,22 +447,26 @@ def render_markdown(store: Store, views: list[RunView]) -> str:
         metric = primary_metric(suite, views)
         entries = breakdown(views, suite)
         tasks = task_order({t for e in entries for (t, m) in e.cells if m == metric})
-        out += ["", f"## {suite}: {metric} per {_TASK_TITLES.get(suite, 'task')}", "", _SUITE_NOTES.get(suite, ""), ""]
-        out += ["| model | role | " + " | ".join(md(t) for t in tasks) + " |", "|" + "---|" * (len(tasks) + 2)]
+        out += ["", f"## {md.escape(suite)}: {md.escape(metric)} per {_TASK_TITLES.get(suite, 'task')}", "",
+                _SUITE_NOTES.get(suite, ""), ""]
+        out += ["| model | role | " + " | ".join(md.escape(t) for t in tasks) + " |", "|" + "---|" * (len(tasks) + 2)]
         for e in entries:
             vals = [_fmt_se(e.cells.get((t, metric))) for t in tasks]  # type: ignore[arg-type]
-            out.append(f"| {md(e.label)} | {e.role} | " + " | ".join(vals) + " |")
+            out.append(f"| {md.escape(e.label)} | {md.escape(e.role)} | " + " | ".join(vals) + " |")
     out += ["", "## Provenance", ""]
     for v in views:
         row, versions = v.row, _loads(v.row.get("versions"))
         dirty = " (dirty)" if row.get("git_dirty") else ""
         versions.setdefault("python", _loads(row.get("host")).get("python"))
         pkgs = ", ".join(f"{k} {versions[k]}" for k in ("python", "torch", "transformers", "lm-eval") if versions.get(k))
-        out += [f"### {md(v.label)}", "",
-                f"- run `{v.id}`, {row.get('kind')}" + (f", fuser `{row['fuser']}`" if row.get("fuser") else ""),
-                f"- command: `{row.get('command') or '-'}`",
-                f"- git: `{row.get('git_sha') or '-'}`{dirty}; {pkgs or 'versions not recorded'}",
-                f"- started {row.get('started_at')}, took {_duration(row)}", "",
+        out += [f"### {md.escape(v.label)}", "",
+                f"- run {md.code(v.id)}, {md.escape(row.get('kind'))}"
+                + (f", fuser {md.code(row['fuser'])}" if row.get("fuser") else ""),
+                f"- command: {md.code(row.get('command') or '-')}",
+                f"- git: {md.code(row.get('git_sha') or '-')}{dirty}; {md.escape(pkgs or 'versions not recorded')}",
+                f"- started {md.escape(row.get('started_at'))}, took {_duration(row)}", "",
+                # JSON cannot close the fence: every line of json.dumps(indent=1) starts with a space and a quote,
+                # a bracket or a brace, and newlines inside strings are written as \n
                 "```json", json.dumps(v.config, indent=1, sort_keys=True), "```", ""]
     return "\n".join(out).rstrip() + "\n"
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import secrets
+import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,17 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _make_folder_of(db_path: Path) -> None:
+    """Create the DB's folder; a one-line error when a part of the path is a file or cannot be created."""
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((p for p in reversed(db_path.parents) if p.exists() and not p.is_dir()), None)
+        problem = (f"--db {db_path}: {blocker} is a file, not a folder" if blocker is not None
+                   else f"--db {db_path}: cannot create its folder ({e.strerror or e})")
+        raise BenchError(problem, "give --db a path in a folder you can write, e.g. results/bench.db") from None
+
+
 class Store:
     """The SQLite results store. Migrates itself on open."""
 
@@ -121,7 +134,7 @@ class Store:
         self.path = Path(path)
         if self.path.is_dir():
             raise BenchError(f"--db {path} is a directory", "give a file path such as results/bench.db")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder_of(self.path)
         try:
             self.db = sqlite_utils.Database(self.path)
             self.db.enable_wal()
@@ -231,3 +244,25 @@ class Store:
 
     def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         return list(self.db.query(sql, params))
+
+    # --- reading only -----------------------------------------------------------------------------
+
+    @classmethod
+    def read_only(cls, path: str | Path) -> Store:
+        """An existing DB opened for reading only, not migrated: for listing commands where the DB file or its
+        folder cannot be written (a read-only mount, someone else's results). SQLite cannot create the WAL index
+        in a folder it cannot write, so there the file is opened as immutable."""
+        store = cls.__new__(cls)
+        store.path = Path(path)
+        mode = "mode=ro" if os.access(store.path.parent, os.W_OK) else "immutable=1"
+        wal = store.path.with_name(store.path.name + "-wal")
+        if mode == "immutable=1" and wal.is_file() and wal.stat().st_size > 0:
+            raise BenchError(f"results DB {path} has changes in {wal.name} that cannot be read in a read-only folder",
+                             "copy the DB and its -wal file to a writable folder and read it there")
+        try:
+            store.db = sqlite_utils.Database(sqlite3.connect(f"{store.path.resolve().as_uri()}?{mode}", uri=True))
+            store.db.execute("select 1 from runs limit 1")
+        except sqlite3.Error as e:
+            raise BenchError(f"cannot read results DB {path} (opened read-only): {e}",
+                             "give a FuseBench DB path") from None
+        return store

@@ -363,3 +363,70 @@ def test_mtbench_categories_and_turns_are_broken_down(tmp_path):
     (chart,) = [p for p in section.iter("svg") if next(p.iter("text")).all_text() == "mtbench · score per task"]
     labels = [t.all_text() for t in chart.iter("text")]
     assert "math" in labels and "writing" in labels and "turn1" not in labels
+
+
+# --- Markdown output: DB text stays text ---------------------------------------------------------
+
+HOSTILE = {
+    "run": "r`<img src=x onerror=alert(1)>` | *b* _i_ [l](javascript:alert(1)) # h\n<script>alert(1)</script>",
+    "model": "m|<svg onload=alert(2)>`",
+    "task": "<svg onload=alert(3)>|t `x`\n<img src=y onerror=alert(4)>",
+    "command": "bench run --name ``x`` <img src=x onerror=alert(5)>",
+    "fuser": "fake`<img src=x onerror=alert(6)>",
+    "git_sha": "<script>alert(7)</script>|",
+}
+
+
+@pytest.fixture
+def hostile_db(fake_db):
+    """The fake runs with every DB string the Markdown writers print replaced by markup that tries to get out."""
+    db = sqlite_utils.Database(fake_db["db"])
+    with db.conn:
+        db.execute("update runs set name = ?, command = ?, fuser = ?, git_sha = ? where fuser is not null",
+                   [HOSTILE["run"], HOSTILE["command"], HOSTILE["fuser"], HOSTILE["git_sha"]])
+        db.execute("update models set name = ? || rowid", [HOSTILE["model"]])
+        db.execute("update scores set task = ?", [HOSTILE["task"]])
+    return fake_db
+
+
+def render_commonmark(text: str) -> Node:
+    from markdown_it import MarkdownIt
+
+    rendered = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(text)
+    live = re.findall(r"<(?:svg|img|script|a)\b[^>]*>", rendered, flags=re.IGNORECASE)
+    assert not live, f"live markup from DB text: {live}"
+    assert "<em>b</em>" not in rendered and "<h1>h" not in rendered
+    return parse(rendered)
+
+
+def assert_tables_intact(root: Node) -> int:
+    tables = list(root.iter("table"))
+    for table in tables:
+        (head,) = [len(list(tr.iter("th"))) for tr in table.iter("tr") if list(tr.iter("th"))]
+        assert [len(list(tr.iter("td"))) for tr in table.iter("tr") if not list(tr.iter("th"))] == \
+            [head] * (len([tr for tr in table.iter("tr")]) - 1)
+    return len(tables)
+
+
+def test_markdown_report_keeps_hostile_db_text_as_text(hostile_db):
+    assert bench("report", "--db", str(hostile_db["db"]), "--out", str(hostile_db["out"]), "--format", "markdown") == 0
+    root = render_commonmark((hostile_db["out"] / "report.md").read_text())
+    assert assert_tables_intact(root) == 2  # the leaderboard and the suite's per-task table
+    text = root.all_text()
+    one_line = {k: " ".join(v.split("\n")) for k, v in HOSTILE.items()}
+    for key in ("run", "model", "task"):  # shown, literally, in headings and cells
+        assert one_line[key] in text, key
+    codes = [c.all_text() for c in root.iter("code")]
+    for key in ("command", "fuser", "git_sha"):  # shown, literally, in code spans
+        assert one_line[key] in codes, key
+    head = [th.all_text() for th in next(root.iter("table")).iter("th")]
+    assert head[:3] == ["group", "model", "role"] and one_line["task"] in head[3]
+
+
+def test_markdown_leaderboard_keeps_hostile_db_text_as_text(hostile_db, capsys):
+    capsys.readouterr()
+    assert bench("leaderboard", "--db", str(hostile_db["db"]), "--format", "markdown", "--per-task") == 0
+    root = render_commonmark(capsys.readouterr().out)
+    assert assert_tables_intact(root) == 1
+    cells = [td.all_text() for td in root.iter("td")]
+    assert " ".join(HOSTILE["model"].split("\n")) + "1" in cells
