@@ -193,7 +193,7 @@ def _check_tasks(requested: list[str] | None, available: list[str], suite: str) 
         return available
     for t in requested:
         if t not in available:
-            raise BenchError(f"unknown {suite} task {t!r};{did_you_mean(t, available)}",
+            raise BenchError(f"unknown {suite} task {t!r}{did_you_mean(t, available)}",
                              f"choose from: {', '.join(available)}")
     return list(requested)
 

@@ -172,7 +172,7 @@ def load_predictions(path: str | Path, problems: Sequence[Problem]) -> dict[str,
                              'write lines like {"task_id": "HumanEval/0", "completion": "    return ..."}')
         task_id = row["task_id"]
         if task_id not in known_set:
-            raise BenchError(f"{path}:{number} has unknown task_id {task_id!r};{did_you_mean(task_id, known)}",
+            raise BenchError(f"{path}:{number} has unknown task_id {task_id!r}{did_you_mean(task_id, known)}",
                              f"use the problems' task_id values ({known[0]} ... {known[-1]})")
         by_task.setdefault(task_id, []).append(row["completion"])
     if not by_task:

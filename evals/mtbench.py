@@ -197,7 +197,7 @@ def select(questions: list[Question], categories: list[str] | None, limit: int |
         known = list(dict.fromkeys(q.category for q in questions))
         for name in categories:
             if name not in known:
-                raise BenchError(f"mtbench has no category {name!r}.{did_you_mean(name, known)}",
+                raise BenchError(f"mtbench has no category {name!r}{did_you_mean(name, known)}",
                                  f"choose from {', '.join(known)}")
         questions = [q for q in questions if q.category in categories]
     return questions[:limit] if limit is not None else questions

@@ -153,7 +153,7 @@ def _domain_documents(domain: str, cfg: Perplexity.Config) -> list[str]:
         raise BenchError("the embedded held-out domains are not available (harness.corpus missing)",
                          "score your own text with files=[...] and domains=[]") from e
     if domain not in corpus.DOMAINS:
-        raise BenchError(f"unknown perplexity domain {domain!r};{did_you_mean(domain, list(corpus.DOMAINS))}",
+        raise BenchError(f"unknown perplexity domain {domain!r}{did_you_mean(domain, list(corpus.DOMAINS))}",
                          f"choose from {', '.join(corpus.DOMAINS)}")
     return list(corpus.heldout_documents(domain, cfg.max_docs))
 

@@ -497,7 +497,7 @@ def make_reward(spec: str, **options: Any) -> Reward:
     name, sep, arg = spec.strip().partition(":")
     name = name.strip().lower().replace("-", "_")
     if name not in REWARD_NAMES:
-        raise BenchError(f"unknown reward {spec!r};{did_you_mean(name, list(REWARD_NAMES))} "
+        raise BenchError(f"unknown reward {spec!r}{did_you_mean(name, list(REWARD_NAMES))} "
                          f"valid rewards: {', '.join(REWARD_NAMES)}", _SPEC_HELP)
     arg = arg.strip()
     if name in ("math", "math_steps", "code") and sep:

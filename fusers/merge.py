@@ -74,7 +74,7 @@ class Merge:
             if method not in _COMMON_METHODS:
                 names = merge_method_names()
                 if method not in names:
-                    raise BenchError(f"unknown merge method {method!r};{did_you_mean(method, names)}",
+                    raise BenchError(f"unknown merge method {method!r}{did_you_mean(method, names)}",
                                      f"choose one of {', '.join(names)}")
             return method
 
@@ -82,7 +82,7 @@ class Merge:
         @classmethod
         def _known_dtype(cls, dtype: str) -> str:
             if dtype not in _DTYPES:
-                raise BenchError(f"unsupported merge dtype {dtype!r};{did_you_mean(dtype, list(_DTYPES))}",
+                raise BenchError(f"unsupported merge dtype {dtype!r}{did_you_mean(dtype, list(_DTYPES))}",
                                  f"choose one of {', '.join(_DTYPES)}")
             return dtype
 
@@ -306,7 +306,7 @@ def _method_spec(method: str) -> Any:
         return get(method).spec
     except RuntimeError:
         names = merge_method_names()
-        raise BenchError(f"unknown merge method {method!r};{did_you_mean(method, names)}",
+        raise BenchError(f"unknown merge method {method!r}{did_you_mean(method, names)}",
                          f"choose one of {', '.join(names)}") from None
 
 

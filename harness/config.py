@@ -237,7 +237,7 @@ def build_run_config(
             data["fuser_args"][key] = value
         else:
             choices = sorted(top_level | set(fuser_cls.Config.model_fields))
-            raise BenchError(f"--set {key}: unknown key;{did_you_mean(key, choices)}",
+            raise BenchError(f"--set {key}: unknown key{did_you_mean(key, choices)}",
                              f"use a run field, a {data['fuser']} field ({', '.join(fuser_cls.Config.model_fields)}) "
                              "or SUITE.FIELD")
     apply_suite_flags(list(suite_names), data["suite_args"], suite_flags)

@@ -21,11 +21,11 @@ class BenchError(Exception):
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:
-    """A ' did you mean X?' suffix when a close match exists, else ''."""
+    """A '; did you mean X?' suffix when a close match exists, else ''."""
     import difflib
 
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
-    return f" did you mean {close[0]!r}?" if close else ""
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def read_text(path: str | Path, what: str) -> str:

@@ -193,7 +193,7 @@ def _card(folder: Path) -> dict[str, Any] | None:
 
 def _member(name: str) -> ExternalMember:
     if name not in EXTERNAL:
-        raise BenchError(f"no real checkpoint named {name!r};{did_you_mean(name, list(EXTERNAL))}",
+        raise BenchError(f"no real checkpoint named {name!r}{did_you_mean(name, list(EXTERNAL))}",
                          f"choose from: {', '.join(EXTERNAL)}")
     return EXTERNAL[name]
 

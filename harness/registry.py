@@ -42,7 +42,7 @@ class Registry:
         self._scan_entry_points()
         if name not in self._specs:
             raise BenchError(
-                f"unknown {self.kind} {name!r};{did_you_mean(name, self.names())}",
+                f"unknown {self.kind} {name!r}{did_you_mean(name, self.names())}",
                 f"choose one of: {', '.join(self.names())}",
             )
 

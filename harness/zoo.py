@@ -627,7 +627,7 @@ def _check_member(name: str) -> None:
 
         known = [*MEMBERS, *external.EXTERNAL]
         raise BenchError(
-            f"unknown zoo member {name!r};{did_you_mean(name, known)} members: {', '.join(known)}",
+            f"unknown zoo member {name!r}{did_you_mean(name, known)}; members: {', '.join(known)}",
             fix="use one of the listed names (see `bench zoo list`)",
         )
 
@@ -635,7 +635,7 @@ def _check_member(name: str) -> None:
 def _preset(name: str) -> Preset:
     if name not in _PRESETS:
         raise BenchError(
-            f"unknown zoo preset {name!r};{did_you_mean(name, list(_PRESETS))}",
+            f"unknown zoo preset {name!r}{did_you_mean(name, list(_PRESETS))}",
             fix=f"use one of {', '.join(_PRESETS)}",
         )
     return _PRESETS[name]
