@@ -20,9 +20,9 @@ statistics-based alignment) and https://arxiv.org/abs/2402.16107 (v1, VaRM); spe
    equal weights with ``reference_compat=["q7"]``) or any mergekit method (linear, task_arithmetic, ties,
    dare_ties, slerp ...). The weights VaRM/SCE choose per matrix are recorded.
 
-The training data is a chat corpus built offline from the zoo's domains (:mod:`harness.chat_data`), or a
-JSONL file of conversations (``data=PATH``), rendered with the pivot's chat template; every model reads that
-same text. Teacher distributions, co-alignment counts and each pairwise target are cached by content under
+The training data is a chat corpus built offline from the zoo's domains (:mod:`harness.chat_data`), or your
+conversations (``data=PATH``: JSONL, parquet, a ``datasets`` folder), rendered with the pivot's chat
+template; every model reads that same text. Teacher distributions, co-alignment counts and each pairwise target are cached by content under
 ``$BENCH_HOME/cache``, so an interrupted run resumes at the first missing stage and a new merge method reuses
 the trained targets. The pairwise targets are saved inside the fused model's folder (``pairwise/NAME``) and
 evaluated beside it.
@@ -88,7 +88,8 @@ class FuseChat:
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-        data: str | None = Field(None, description="JSONL of conversations (default: built from the zoo's domains).")
+        data: str | None = Field(None, description="Conversations: JSONL, parquet, a datasets folder or a folder of "
+                                                   "them (default: built from the zoo's domains).")
         conversations: int = Field(1500, ge=8, description="Built-in corpus size (ignored with data=).")
         lam: float = Field(0.9, ge=0.0, le=1.0, description="Weight of the SFT loss; 1-lam goes to the fusion loss.")
         top_k: int = Field(10, ge=1, description="Entries kept per position and teacher (reference: 10).")
@@ -128,8 +129,9 @@ class FuseChat:
         @field_validator("data")
         @classmethod
         def _data_exists(cls, value: str | None) -> str | None:
-            if value is not None and not Path(value).expanduser().is_file():
-                raise ValueError(f"data file {value!r} does not exist (give a JSONL of conversations)")
+            if value is not None and not Path(value).expanduser().exists():
+                raise ValueError(f"data {value!r} does not exist (give conversations: JSONL, parquet or a datasets "
+                                 "folder)")
             return value
 
         @model_validator(mode="after")

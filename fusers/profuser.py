@@ -17,6 +17,11 @@ generate, judged by a reward. The target (initialised from the pivot) is trained
 * **training-mode data**: conversations with ground-truth responses; per dialogue the candidate (the pivot's
   own distribution or an aligned source) with the lowest response CE per byte wins (MinCE, as FuseLLM).
 
+Your own data (``data=PATH``: JSONL, parquet, a ``datasets`` folder, text files, or a folder of them) replaces
+the built-in conversations: its conversations serve both modes, and its plain-text rows (only a ``text``
+field; ``corpus_chars`` of them) are training-mode documents with the loss on every token. Text has no
+prompts to answer, so a text-only ``data`` keeps the built-in prompts for inference mode.
+
 Both with ``λ·SFT + (1-λ)·soft CE`` on response tokens only. The **schedule** is ``two_stage`` (all
 inference-mode steps, then all training-mode steps: easy to hard, the paper's default) or ``linear_mix``
 (each step is an inference-mode batch with probability ``1 - t/T``); the mode of every step is logged
@@ -27,6 +32,7 @@ Run::
 
     bench run --fuser profuser                                  # zoo: gpt2-code <- neox-docs, mpt-math
     bench run --fuser profuser --set schedule=linear_mix --set 'rewards=["math","judge:http://localhost:8000/v1"]'
+    bench run --fuser profuser --set data=my_chats.parquet --target ./my-model
 """
 
 from __future__ import annotations
@@ -75,11 +81,16 @@ class ProFuser:
         allow_code_exec: bool = Field(False, description="Let the code reward run model-written code (sandboxed).")
         judge_url: str | None = Field(None, description="OpenAI-compatible endpoint for the judge reward.")
         judge_model: str | None = Field(None, description="Judge model name (at judge_url, or a local model).")
-        data: str | None = Field(None, description="JSONL of conversations for both modes (default: built-in).")
-        inference_prompts: int = Field(240, ge=1, description="Built-in prompts answered by the sources.")
+        data: str | None = Field(None, description=(
+            "Your own data (JSONL, parquet, datasets folder, text files, or a folder of them): conversations serve "
+            "both modes, plain-text rows (a 'text' field) train in training mode (default: built-in)."))
+        corpus_chars: int = Field(400_000, ge=1_000, description="Most characters of data's plain-text rows read.")
+        inference_prompts: int = Field(240, ge=1, description=(
+            "Prompts answered by the sources: the first N of data's conversations, else built-in ones."))
         inference_domains: list[str] = Field(default_factory=lambda: ["math"],
                                              description="Built-in prompts' domains (math has verifiable answers).")
-        training_conversations: int = Field(900, ge=1, description="Built-in ground-truth conversations.")
+        training_conversations: int = Field(900, ge=1, description=(
+            "Ground-truth conversations: the first N of data's, else built-in ones."))
         max_new_tokens: int = Field(96, ge=1, description="Longest generated answer, in the source's tokens.")
         schedule: Literal["two_stage", "linear_mix"] = Field("two_stage", description="How the modes alternate.")
         inference_steps: int = Field(60, ge=0, description="Steps on inference-mode data (linear_mix: expected).")
@@ -111,8 +122,9 @@ class ProFuser:
         @field_validator("data")
         @classmethod
         def _data_exists(cls, value: str | None) -> str | None:
-            if value is not None and not Path(value).expanduser().is_file():
-                raise ValueError(f"data file {value!r} does not exist (give a JSONL of conversations)")
+            if value is not None and not Path(value).expanduser().exists():
+                raise ValueError(f"data {value!r} does not exist (give conversations or text: JSONL, parquet, a "
+                                 "datasets folder, text files)")
             return value
 
         @model_validator(mode="after")
@@ -215,7 +227,7 @@ class _Run:
         self.width = target_width(D.logit_width(model), len(tokenizer.get_vocab()))
         self.encoders = [D.ChunkEncoder(tokenizer), *(D.ChunkEncoder(_load_tokenizer(r)) for r in self.others)]
 
-        prompts, truth = self._conversations()
+        prompts, truth, documents = self._data()
         start = time.perf_counter()
         answers = self._answers(prompts)
         self.timings["generate"] = time.perf_counter() - start
@@ -227,7 +239,8 @@ class _Run:
         start = time.perf_counter()
         chunks_a, spans_a, winners = self._chunks(chosen, winners)
         chunks_b, spans_b, _ = self._chunks(truth, [None] * len(truth))
-        self.chunks, spans = chunks_a + chunks_b, spans_a + spans_b
+        chunks_c, spans_c = self._document_chunks(documents)
+        self.chunks, spans = chunks_a + chunks_b + chunks_c, spans_a + spans_b + spans_c
         fingerprint = D.chunks_fingerprint(self.chunks, cfg.seq_len)
         stores, teachers = self._stores(model, fingerprint)
         self.timings["teachers_and_alignment"] = time.perf_counter() - start
@@ -271,6 +284,8 @@ class _Run:
                         "used": n_a, "skipped_too_long": len(chosen) - n_a, "rewards": cfg.rewards},
             "training_conversations": {"given": len(truth), "used": len(chunks_b),
                                        "skipped_too_long": len(truth) - len(chunks_b)},
+            "training_documents": {"given": len(documents), "chunks": len(chunks_c)},
+            "data": {"source": self.cfg.data or "built-in", "prompts": self.prompt_source},
             "sequences": {"one_conversation_each": True, "seq_len": cfg.seq_len},
             "schedule": {"kind": cfg.schedule, "steps": {INFERENCE: plan.count(INFERENCE),
                                                          TRAINING: plan.count(TRAINING)}},
@@ -284,17 +299,30 @@ class _Run:
 
     # --- data -----------------------------------------------------------------------------------
 
-    def _conversations(self) -> tuple[list[Conversation], list[Conversation]]:
-        """(inference-mode prompts, training-mode conversations with ground truth)."""
-        from harness.chat_data import default_conversations, load_conversations
+    def _data(self) -> tuple[list[Conversation], list[Conversation], list[str]]:
+        """(inference-mode prompts, training-mode conversations with ground truth, training-mode text documents).
+
+        With ``data``: its first ``inference_prompts`` conversations are the prompts (the built-in ones when it
+        holds only text, which has no prompts to answer), its first ``training_conversations`` the ground truth,
+        and up to ``corpus_chars`` characters of its plain-text rows the documents (loss on every token)."""
+        from harness.chat_data import default_conversations, load_training_rows
 
         cfg = self.cfg
-        if cfg.data is not None:
-            conversations = load_conversations(Path(cfg.data).expanduser())
-            return conversations, conversations
-        prompts = default_conversations(cfg.inference_prompts, seed=1, domains=tuple(cfg.inference_domains))
-        truth = default_conversations(cfg.training_conversations, seed=0)
-        return prompts, truth
+        self.prompt_source = "built-in"
+        if cfg.data is None:
+            prompts = default_conversations(cfg.inference_prompts, seed=1, domains=tuple(cfg.inference_domains))
+            return prompts, default_conversations(cfg.training_conversations, seed=0), []
+        conversations, documents = load_training_rows(
+            cfg.data, max_conversations=max(cfg.inference_prompts, cfg.training_conversations), max_chars=cfg.corpus_chars)
+        if not conversations and not documents:
+            raise BenchError(f"{cfg.data} holds no conversations and no text",
+                             "give rows with 'messages' (or 'prompt' + 'response') or with 'text'")
+        if conversations:
+            self.prompt_source = "data"
+            prompts = conversations[: cfg.inference_prompts]
+        else:
+            prompts = default_conversations(cfg.inference_prompts, seed=1, domains=tuple(cfg.inference_domains))
+        return prompts, conversations[: cfg.training_conversations], documents
 
     def _answers(self, prompts: list[Conversation]) -> list[list[str]]:
         """Every candidate model's greedy answer to every prompt (cached by content: generation is seeded)."""
@@ -363,6 +391,16 @@ class _Run:
             spans.append(D.text_byte_spans(rendered.text, rendered.response_spans))
             kept.append(winner)
         return chunks, spans, kept
+
+    def _document_chunks(self, documents: list[str]) -> tuple[list[Any], list[np.ndarray]]:
+        """Plain-text documents cut to ``seq_len`` under every model's tokenizer, one piece per sequence, the loss
+        on all of it (continual training on the user's text, as FuseLLM)."""
+        from fusers import _distill as D
+
+        if not documents:
+            return [], []
+        pieces = D.chunk_documents(documents, [e.tokenizer for e in self.encoders], self.cfg.seq_len)
+        return pieces, [D.text_byte_spans(p.text, [(0, len(p.text))]) for p in pieces]
 
     def _stores(self, model: Any, fingerprint: str) -> tuple[list[Any], list[Any]]:
         """(candidate stores in the target's positions, teacher stores in each model's own tokenization)."""

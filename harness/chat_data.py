@@ -10,11 +10,14 @@ the held-out text the suites measure stays unseen:
 * ``math``: a generated word problem -> its worked solution ending in "The answer is N." (the zoo's math
   format), with the number as the conversation's verifiable ``reference``.
 
-**Loaded** (:func:`load_conversations`) from JSONL, one conversation per line, OpenAI style
-``{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}`` or ShareGPT style
-``{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]}``; an optional first system
-turn, then user/assistant turns alternating, ending with the assistant. Optional ``reference`` (a verifiable
-answer) and ``tests`` (code appended by the unit-test reward) fields are kept.
+**Loaded** (:func:`load_conversations`) from JSONL (one conversation per line), parquet, a ``datasets``
+folder, or a folder of those (:mod:`harness.text_data` reads the rows, streamed). A row is OpenAI style
+``{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}``, ShareGPT style
+``{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]}`` or a single turn
+``{"prompt": ..., "response": ...}``; an optional first system turn, then user/assistant turns alternating,
+ending with the assistant. Optional ``reference`` (a verifiable answer) and ``tests`` (code appended by the
+unit-test reward) fields are kept. ProFuser also takes plain-text rows (only a ``text`` field) as
+documents (:func:`load_training_rows`).
 
 **Rendered** (:func:`render`) with a tokenizer's chat template (or a plain ``User: ... / Assistant: ...``
 transcript without one), with the character span of every assistant message's content in the text: the
@@ -40,8 +43,8 @@ from harness.errors import BenchError
 ROLES = ("system", "user", "assistant")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
-_FORMAT_FIX = ("each line must be a JSON object with a 'messages' list of {role, content} (or ShareGPT "
-               "'conversations' of {from, value}) ending with an assistant turn; see README 'Chat data'")
+_FORMAT_FIX = ("each row must have a 'messages' list of {role, content} (or ShareGPT 'conversations' of "
+               "{from, value}, or 'prompt' + 'response') ending with an assistant turn; see README 'Chat data'")
 MAX_CHARS = 800  # built-in conversations: content characters in all (fits 256-token zoo models)
 _AST_LINES = re.compile(r"\r\n|\r|\n")  # the line breaks Python's tokenizer counts
 
@@ -213,28 +216,47 @@ def _without_docstring(lines: list[str], node: ast.FunctionDef) -> str | None:
 # --- loading and saving -------------------------------------------------------------------------
 
 
-def load_conversations(path: str | Path) -> list[Conversation]:
-    """Conversations from a JSONL file (see the module docstring); one-line BenchError on any bad line."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise BenchError(f"cannot read conversations from {path}: {e.strerror or e}", "check the path") from None
-    except UnicodeDecodeError:
-        raise BenchError(f"{path} is not UTF-8 text", "save the conversations as UTF-8 JSONL") from None
-    out: list[Conversation] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append(_parse(json.loads(line), f"{path.stem}-{number}"))
-        except json.JSONDecodeError as e:
-            raise BenchError(f"{path} line {number}: not JSON ({e.msg})", _FORMAT_FIX) from None
-        except ValueError as e:
-            raise BenchError(f"{path} line {number}: {e}", _FORMAT_FIX) from None
-    if not out:
+def load_conversations(path: str | Path, limit: int | None = None) -> list[Conversation]:
+    """Conversations from ``path`` (JSONL, parquet, a ``datasets`` folder or a folder of them; see the module
+    docstring and :mod:`harness.text_data`), streamed: reading stops after ``limit``. A bad row is a one-line
+    BenchError naming the file and line."""
+    conversations, _ = load_training_rows(path, max_conversations=limit, max_chars=0)
+    if not conversations:
         raise BenchError(f"{path} holds no conversations", _FORMAT_FIX)
-    return out
+    return conversations
+
+
+def load_training_rows(path: str | Path, *, max_conversations: int | None, max_chars: int,
+                       ) -> tuple[list[Conversation], list[str]]:
+    """Conversations and plain-text documents from ``path``: a row with ``messages`` (or ShareGPT
+    ``conversations``, or ``prompt`` + ``response``) is a conversation, a row with only a ``text`` field a document
+    (kept only while ``max_chars`` allows: 0 = documents are an error). Streamed: reading stops once
+    ``max_conversations`` conversations and ``max_chars`` characters of text are collected."""
+    from harness.text_data import iter_records
+
+    conversations: list[Conversation] = []
+    documents: list[str] = []
+    chars = 0
+    def enough_conversations() -> bool:
+        return max_conversations is not None and len(conversations) >= max_conversations
+
+    for where, row in iter_records(path, fix=_FORMAT_FIX):
+        if max_chars and _is_text_row(row):
+            if chars < max_chars and row["text"].strip():
+                documents.append(row["text"][: max_chars - chars])
+                chars += len(documents[-1])
+        elif not enough_conversations():
+            try:
+                conversations.append(_parse(row, f"{Path(path).stem}-{len(conversations) + 1}"))
+            except ValueError as e:
+                raise BenchError(f"{where}: {e}", _FORMAT_FIX) from None
+        if enough_conversations() and chars >= max_chars:
+            break  # the rest is never read
+    return conversations, documents
+
+
+def _is_text_row(row: dict[str, Any]) -> bool:
+    return isinstance(row.get("text"), str) and not any(k in row for k in ("messages", "conversations", "prompt"))
 
 
 def _parse(obj: Any, default_id: str) -> Conversation:
@@ -247,8 +269,10 @@ def _parse(obj: Any, default_id: str) -> Conversation:
         raw = obj["conversations"]
         turns = [(_SHAREGPT_ROLES.get(str(m.get("from", "")).lower()), m.get("value")) if isinstance(m, dict)
                  else (None, None) for m in raw]
+    elif "prompt" in obj:
+        turns = [("user", obj.get("prompt")), ("assistant", obj.get("response", obj.get("completion")))]
     else:
-        raise ValueError("no 'messages' (or 'conversations') list")
+        raise ValueError("no 'messages' (or 'conversations', or 'prompt' + 'response')")
     messages = []
     for i, (role, content) in enumerate(turns):
         if role not in ROLES or not isinstance(content, str):

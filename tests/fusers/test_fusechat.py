@@ -178,4 +178,4 @@ def test_bad_input_is_one_line_exit_2(private_home: Path, tmp_path: Path, capsys
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     assert bench("run", "--fuser", "fusechat", "--db", db, "--set", f"data={bad}", *SUITE) == 2
     err = capsys.readouterr().err
-    assert "bad.jsonl" in err and "line 1" in err
+    assert "bad.jsonl:1" in err

@@ -153,3 +153,77 @@ def test_profuser_trains_on_whole_conversations_in_both_modes(private_home: Path
     _, tokenizer = load_hf(resolve("zoo:gpt2-code"))
     steps = TINY["inference_steps"] + TINY["training_steps"]
     assert trained.check_one_conversation_each(tokenizer) == steps * 2
+
+
+# --- your own data ---------------------------------------------------------------------------------------
+
+
+def _chat_row(i: int) -> dict:
+    return {"prompt": f"What is {i} + {i}?", "response": f"{i} + {i} = {2 * i}. The answer is {2 * i}.",
+            "reference": str(2 * i)}
+
+
+def _own_data(root: Path, n_chats: int = 10, n_docs: int = 3) -> Path:
+    """A folder with conversations (JSONL, prompt/response rows) and plain text (parquet)."""
+    import pandas as pd
+
+    root.mkdir()
+    (root / "chats.jsonl").write_text("".join(json.dumps(_chat_row(i)) + "\n" for i in range(n_chats)))
+    docs = [f"def double_{i}(x):\n    return 2 * x  # doubles {i}\n" * 6 for i in range(n_docs)]
+    pd.DataFrame({"text": docs}).to_parquet(root / "notes.parquet")
+    return root
+
+
+def test_data_rows_become_prompts_ground_truth_and_documents(tmp_path: Path) -> None:
+    from fusers.profuser import _Run
+    from harness.api import FuseContext
+    from harness.model import ModelRef
+
+    def data_of(path: Path, **cfg):  # noqa: ANN003, ANN202
+        refs = [ModelRef("zoo:a", "hub"), ModelRef("zoo:b", "hub")]
+        run = _Run(ProFuser.Config(data=str(path), **cfg), refs, None, FuseContext(out_dir=tmp_path, seed=0))
+        return (*run._data(), run.prompt_source)
+
+    prompts, truth, docs, source = data_of(_own_data(tmp_path / "mixed"), inference_prompts=4, training_conversations=6)
+    assert source == "data" and len(prompts) == 4 and len(truth) == 6 and len(docs) == 3
+    assert truth[1].messages[0].content == "What is 1 + 1?" and truth[1].reference == "2"
+    text_only = tmp_path / "text.txt"
+    text_only.write_text("some text to train on\n" * 20)
+    prompts, truth, docs, source = data_of(text_only, inference_prompts=5, inference_domains=["math"])
+    assert source == "built-in" and len(prompts) == 5 and truth == [] and docs == [text_only.read_text()]
+    # streamed: after the conversations it needs and corpus_chars of text, a broken row is never read
+    streamed = tmp_path / "streamed.jsonl"
+    streamed.write_text(json.dumps(_chat_row(1)) + "\n" + json.dumps({"text": "x" * 1500}) + "\n{broken\n")
+    _, truth, docs, _ = data_of(streamed, inference_prompts=1, training_conversations=1, corpus_chars=1000)
+    assert len(truth) == 1 and docs == ["x" * 1000]
+
+
+def test_profuser_trains_on_your_conversations_and_text(private_home: Path, tmp_path: Path, reward_model,
+                                                        monkeypatch, capsys) -> None:  # noqa: ANN001
+    """Conversations from the data answer in inference mode and are ground truth in training mode; its text rows
+    are trained too, one piece per sequence, the loss on all of it."""
+    from harness.model import load_hf, resolve
+    from tests.fusers.conftest import TrainedSequences
+
+    trained = TrainedSequences(monkeypatch)
+    data = _own_data(tmp_path / "mine")
+    sets = [x for key, value in TINY.items() for x in ("--set", f"fuser.{key}={value}")]
+    db = tmp_path / "b.db"
+    code = bench("run", "--fuser", "profuser", "--db", str(db), *sets, "--set", f"data={data}",
+                 "--set", "fuser.training_conversations=2", "--set", f'rewards=["reward_model:{reward_model}"]', *SUITE)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    details = json.loads(next(sqlite_utils.Database(db).query(
+        "select m.details from run_models rm join models m on m.id = rm.model_id where rm.role = 'fused'"))["details"])
+    assert details["data"] == {"source": str(data), "prompts": "data"}
+    assert details["prompts"]["answered"] == 10 and details["training_conversations"]["given"] == 2
+    assert details["training_documents"]["given"] == 3 and details["training_documents"]["chunks"] >= 3
+    _, tokenizer = load_hf(resolve("zoo:gpt2-code"))
+    from fusers import _distill as D
+
+    encoder = D.ChunkEncoder(tokenizer)
+    doc_rows = {tuple(encoder.ids(c)) for c in trained.chunks if c.text.startswith("def double_")}
+    assert doc_rows, "the text rows were not among the chunks"
+    seen = [(row, mask) for row, mask in zip(trained.rows, trained.masks, strict=True) if tuple(row) in doc_rows]
+    assert seen, "no text piece was trained"
+    for _, mask in seen:  # a document's loss covers every token it predicts (not only a response)
+        assert all(mask[:-1]) and not mask[-1]

@@ -98,9 +98,10 @@ def test_jsonl_round_trip_in_both_styles(tmp_path: Path, conversations) -> None:
 
 
 @pytest.mark.parametrize("line, problem", [
-    ("not json", "not JSON"),
+    ("not json", "not valid JSON"),
     ('["a list"]', "JSON object"),
     ('{"text": "no messages"}', "no 'messages'"),
+    ('{"prompt": "q", "response": 3}', "turn 2"),
     ('{"messages": [{"role": "user", "content": "hi"}]}', "end with an assistant turn"),
     ('{"messages": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]}', "alternate"),
     ('{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}', "turn 1"),
@@ -111,14 +112,14 @@ def test_malformed_lines_name_the_file_and_line(tmp_path: Path, line: str, probl
     path.write_text(good + "\n" + line + "\n")
     with pytest.raises(BenchError) as e:
         C.load_conversations(path)
-    assert "bad.jsonl line 2" in str(e.value) and problem in str(e.value)
+    assert "bad.jsonl:2" in str(e.value) and problem in str(e.value)
 
 
 def test_empty_or_missing_files(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(BenchError, match="no conversations"):
         C.load_conversations(tmp_path / "empty.jsonl")
-    with pytest.raises(BenchError, match="cannot read"):
+    with pytest.raises(BenchError, match="does not exist"):
         C.load_conversations(tmp_path / "missing.jsonl")
 
 
