@@ -5,11 +5,9 @@ so a suite (MT-Bench) or a fuser's reward (ProFuser's LLM-judge reward) can grad
 where the grader runs:
 
 * :class:`HttpJudge` — any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp,
-  TGI …), spoken with the standard library's ``urllib`` so FuseBench needs no HTTP dependency.
-  Transient failures (HTTP 429 / 5xx, timeouts, dropped connections) are retried with exponential
-  backoff; configuration mistakes (nothing listening, 401, 404, an answer that is not the protocol)
-  stop the run at once with a one-line :class:`~harness.errors.BenchError` naming the URL and the fix,
-  because retrying them only wastes the time already spent generating answers.
+  TGI …), through :mod:`harness.openai_client`, the client the ``openai`` model backend uses too:
+  transient failures are retried with backoff, configuration mistakes stop the run at once with a
+  one-line :class:`~harness.errors.BenchError` naming the URL and the fix.
 * :class:`LocalJudge` — a transformers model loaded from ``zoo:NAME``, a folder or a hub id, prompted
   through its chat template and decoded greedily (or sampled at ``temperature`` > 0).
 
@@ -20,25 +18,18 @@ replies that carried no rating — a reply without a rating is a *failure*, neve
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
 import logging
-import math
 import os
 import re
-import socket
 import statistics
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.errors import BenchError
+from harness.openai_client import OpenAIClient, base_url
 
 if TYPE_CHECKING:
     from harness.model import ModelRef
@@ -150,17 +141,12 @@ def judge_many(judge: ChatJudge, conversations: Sequence[list[Message]], repeats
 
 def chat_completions_url(url: str) -> str:
     """``http://host:8000/v1`` -> ``http://host:8000/v1/chat/completions``; a full path stays as is."""
-    url = url.strip()
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise BenchError(f"judge URL {url!r} is not an http(s) URL",
-                         "give the endpoint's base URL, e.g. --judge-url http://localhost:8000/v1")
-    base = url.rstrip("/")
-    return base if base.endswith("/chat/completions") else f"{base}/chat/completions"
+    return f"{base_url(url, '--judge-url')}/chat/completions"
 
 
 class HttpJudge:
-    """A judge behind an OpenAI-compatible chat-completions endpoint.
+    """A judge behind an OpenAI-compatible chat-completions endpoint, through FuseBench's one client
+    (:class:`~harness.openai_client.OpenAIClient`: retries with backoff, one-line errors).
 
     ``workers`` requests run concurrently (endpoints batch them); ``retries`` extra attempts are made
     on 429 / 5xx / timeouts, waiting ``backoff * 2**attempt`` seconds (or the server's
@@ -170,32 +156,20 @@ class HttpJudge:
     def __init__(self, url: str, model: str | None = None, *, api_key: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", temperature: float = 0.0, max_tokens: int = 1024,
                  timeout: float = 120.0, retries: int = 4, backoff: float = 1.0, workers: int = 4):
-        self.url = chat_completions_url(url)
+        self.client = OpenAIClient(url, api_key=api_key, api_key_env=api_key_env, timeout=timeout, retries=retries,
+                                   backoff=backoff, what="judge endpoint", flag="--judge-url")
+        self.url = self.client.url("chat/completions")
         self.model = model
-        self.api_key = api_key
-        self.api_key_env = api_key_env
         self.temperature = temperature
         self.max_tokens = max_tokens
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
         self.workers = max(1, workers)
 
     def describe(self) -> str:
         return f"{self.model or 'default model'} at {self.url}"
 
     def check(self) -> None:
-        """Fail now if nothing listens at the URL, before minutes of answer generation are spent.
-
-        Only a TCP connect: no request is sent, so no tokens are billed and no protocol assumed.
-        """
-        parsed = urllib.parse.urlparse(self.url)
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        try:
-            with socket.create_connection((parsed.hostname, port), timeout=min(self.timeout, 10.0)):
-                pass
-        except OSError as e:
-            raise self._unreachable(e) from None
+        """Fail now if nothing listens at the URL, before minutes of answer generation are spent."""
+        self.client.check()
 
     def complete(self, conversations: Sequence[list[Message]]) -> list[str]:
         if self.workers == 1 or len(conversations) <= 1:
@@ -217,81 +191,12 @@ class HttpJudge:
                                 "max_tokens": self.max_tokens}
         if self.model:
             body["model"] = self.model
-        payload = self._post(json.dumps(body).encode())
+        data = self.client.post("chat/completions", body)
         try:
-            data = json.loads(payload)
             content = data["choices"][0]["message"].get("content")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            snippet = " ".join(payload[:120].decode(errors="replace").split())
-            raise BenchError(f"judge endpoint {self.url} sent a malformed chat-completions reply: {snippet!r}",
-                             "point --judge-url at an OpenAI-compatible /v1 endpoint") from None
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise self.client.malformed("chat/completions", json.dumps(data).encode()) from None
         return content if isinstance(content, str) else ""
-
-    def _post(self, data: bytes) -> bytes:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last = ""
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            wait = self.backoff * 2**attempt
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return response.read()
-            except urllib.error.HTTPError as e:
-                detail = _error_detail(e)
-                if e.code not in _RETRY_STATUS and e.code < 500:
-                    raise self._rejected(e.code, detail) from None
-                last = f"HTTP {e.code}{': ' + detail if detail else ''}"
-                wait = max(wait, _retry_after(e.headers.get("Retry-After")))
-            except urllib.error.URLError as e:
-                if not isinstance(e.reason, (TimeoutError, socket.timeout, ConnectionResetError)):
-                    raise self._unreachable(e.reason) from None
-                last = f"{type(e.reason).__name__}"
-            except (TimeoutError, ConnectionResetError, http.client.RemoteDisconnected,
-                    http.client.IncompleteRead) as e:
-                last = type(e).__name__
-            if attempt < self.retries:
-                logger.info("judge %s: %s, retrying in %.1fs", self.url, last, wait)
-                time.sleep(wait)
-        raise BenchError(f"judge endpoint {self.url} kept failing ({last}) after {self.retries + 1} attempts",
-                         "check the server's health and load, then rerun")
-
-    def _unreachable(self, reason: object) -> BenchError:
-        what = "refused the connection" if isinstance(reason, ConnectionRefusedError) else f"is unreachable ({reason})"
-        return BenchError(f"judge endpoint {self.url} {what}",
-                          "start the server or correct --judge-url (judge_url)")
-
-    def _rejected(self, code: int, detail: str) -> BenchError:
-        said = f": {detail}" if detail else ""
-        if code in (401, 403):
-            return BenchError(f"judge endpoint {self.url} rejected the API key (HTTP {code}){said}",
-                              f"export {self.api_key_env}=<a valid key>, or set judge_api_key_env to the variable that holds it")
-        if code in (404, 405):
-            return BenchError(f"no chat-completions endpoint at {self.url} (HTTP {code}){said}",
-                              "give the base URL that serves /chat/completions, e.g. http://host:8000/v1")
-        return BenchError(f"judge endpoint {self.url} rejected the request (HTTP {code}){said}",
-                          "check judge_model and judge_max_tokens against what the server accepts")
-
-
-def _error_detail(e: urllib.error.HTTPError) -> str:
-    """The server's error message, one line, short (OpenAI: ``{"error": {"message": ...}}``)."""
-    try:
-        text = e.read().decode(errors="replace")
-    except Exception:  # noqa: BLE001 - an unreadable body just means no detail
-        return ""
-    with contextlib.suppress(ValueError, AttributeError, TypeError):
-        err = json.loads(text).get("error")
-        text = err.get("message", text) if isinstance(err, dict) else str(err or text)
-    return " ".join(text.split())[:200]
-
-
-def _retry_after(value: str | None) -> float:
-    try:
-        seconds = float(value) if value else 0.0
-    except ValueError:
-        return 0.0
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER_S) if math.isfinite(seconds) else 0.0
 
 
 # --- local transformers model -------------------------------------------------------------------
