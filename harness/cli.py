@@ -123,10 +123,19 @@ DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto | bfloat16 |
                      "checkpoint's on GPU, float32 on CPU).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
 BatchOpt = Annotated[str | None, typer.Option("--batch-size", help="Evaluation batch size: N or auto.")]
+BackendOpt = Annotated[str | None, typer.Option("--backend", help="How evaluated models run: hf (default), vllm "
+                       "(CUDA, the [vllm] extra) or openai (a served model, openai:NAME).")]
+BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="openai backend: the OpenAI-compatible server, "
+                       "e.g. http://localhost:8000/v1.")]
+TokenizerOpt = Annotated[str | None, typer.Option("--tokenizer", help="openai backend: the served model's tokenizer "
+                         "(folder or zoo:NAME), needed for log-likelihood suites.")]
 
 
-def _placement(dtype: str | None, device: str | None, batch_size: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
+def _placement(dtype: str | None, device: str | None, batch_size: str | None, backend: str | None = None,
+               base_url: str | None = None, tokenizer: str | None = None) -> dict[str, Any]:
+    given = (("dtype", dtype), ("device", device), ("backend", backend), ("base_url", base_url),
+             ("tokenizer", tokenizer))
+    out: dict[str, Any] = {k: v for k, v in given if v is not None}
     if batch_size is not None:
         if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) >= 1):
             raise BenchError(f"--batch-size {batch_size!r} is neither a positive number nor auto", "e.g. --batch-size 16")
@@ -154,6 +163,7 @@ def run(
     judge_model: JudgeModelOpt = None, judge_prompts: JudgePromptsOpt = None, judge_repeats: JudgeRepeatsOpt = None,
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
     dtype: DtypeOpt = None, device: DeviceOpt = None, batch_size: BatchOpt = None,
+    backend: BackendOpt = None, base_url: BaseUrlOpt = None, tokenizer: TokenizerOpt = None,
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Fuse the sources with FUSER, then evaluate the fused model and its sources on the same suites."""
@@ -178,7 +188,7 @@ def run(
         run_id, cfg = _open_run(store, "run", name, raw, lambda: build_run_config(
             config_file=config, fuser=fuser, sources=_split(sources), target=target, suites=suite, sets=set_,
             name=name, limit=limit, seed=seed, suite_flags=flags, processes=processes,
-            placement=_placement(dtype, device, batch_size)))
+            placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)))
     run_fusion(cfg, store, run_id, resume=bool(resume))
     typer.echo(f"run {run_id} ok")
     _print_leaderboard(store, cfg.suites, run_id=run_id)
@@ -195,6 +205,7 @@ def eval_(
     judge_model: JudgeModelOpt = None, judge_prompts: JudgePromptsOpt = None, judge_repeats: JudgeRepeatsOpt = None,
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
     dtype: DtypeOpt = None, device: DeviceOpt = None, batch_size: BatchOpt = None,
+    backend: BackendOpt = None, base_url: BaseUrlOpt = None, tokenizer: TokenizerOpt = None,
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Evaluate one or more models as they are (no fusion)."""
@@ -208,7 +219,7 @@ def eval_(
                          allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
     run_id, cfg = _open_run(store, "eval", name, {"models": model, "suites": suite, "set": set_, "limit": limit},
                             lambda: build_eval_config(suites=suite, sets=set_, limit=limit, name=name, suite_flags=flags,
-                                                      placement=_placement(dtype, device, batch_size)))
+                                                      placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)))
     run_eval(_split(model), cfg, store, run_id)
     typer.echo(f"run {run_id} ok")
     _print_leaderboard(store, cfg.suites, run_id=run_id)

@@ -42,13 +42,20 @@ Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 _DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 
 
+Backend = Literal["hf", "vllm", "openai"]
+
+
 class ModelPlacement(BaseModel):
-    """One model's own precision and device (a ``sources:`` / ``target:`` entry with ``path``); None = the run's."""
+    """One model's own precision, device and backend (a ``sources:`` / ``target:`` entry with ``path``); None =
+    the run's."""
 
     model_config = ConfigDict(extra="forbid")
 
     dtype: Dtype | None = None
     device: str | None = Field(None, pattern=_DEVICE_PATTERN)
+    backend: Backend | None = None
+    base_url: str | None = None
+    tokenizer: str | None = None
 
 
 class RunConfig(BaseModel):
@@ -71,6 +78,11 @@ class RunConfig(BaseModel):
     device: str = Field("auto", pattern=_DEVICE_PATTERN, description="auto | cpu | cuda | cuda:N.")
     models: dict[str, ModelPlacement] = Field(
         default_factory=dict, description="Per-model dtype/device, by model reference (from the YAML's model entries).")
+    backend: Backend = Field("hf", description="How evaluated models run: hf (transformers), vllm, openai (served).")
+    base_url: str | None = Field(None, description="openai backend: the OpenAI-compatible server, e.g. http://h:8000/v1.")
+    tokenizer: str | None = Field(None, description="openai backend: the served model's tokenizer (folder or zoo:NAME).")
+    vllm: dict[str, Any] = Field(default_factory=dict, description="vllm backend: engine arguments "
+                                                                  "(tensor_parallel_size, gpu_memory_utilization ...).")
     processes: int = Field(1, ge=1, description="Processes for the fusion's training (accelerate launch).")
 
     @field_validator("batch_size")
@@ -86,8 +98,11 @@ class RunConfig(BaseModel):
         return self.batch_size if isinstance(self.batch_size, int) else 8
 
     def canonical_json(self) -> str:
-        # how a run executes (processes) does not change what it computes; no per-model entries = earlier hashes
-        exclude = {"name", "processes"} | (set() if self.models else {"models"})
+        # how a run executes (processes) does not change what it computes; fields added later are left out at
+        # their defaults, so that earlier runs keep their hashes
+        later = {"models", "backend", "base_url", "tokenizer", "vllm"}
+        exclude = {"name", "processes"} | {f for f in later if getattr(self, f) == type(self).model_fields[f].get_default(
+            call_default_factory=True)}
         return json.dumps(self.model_dump(exclude=exclude), sort_keys=True, default=str)
 
 
@@ -227,6 +242,8 @@ def build_run_config(
                              f"(for batch_size: --batch-size) for the run's")
         if head == "run" and rest in top_level:
             data[rest] = value
+        elif head == "vllm" and rest:
+            data.setdefault("vllm", {})[rest] = value
         elif key in top_level:
             data[key] = value
         elif head == "fuser" and rest:
@@ -303,11 +320,13 @@ def build_eval_config(*, suites: list[str] | None, sets: list[str] | None, limit
         head, _, rest = key.partition(".")
         if head in names and rest:
             suite_args.setdefault(head, {})[rest] = value
-        elif key in ("seed", "limit", "batch_size", "dtype", "device"):
+        elif key in ("seed", "limit", "batch_size", "dtype", "device", "backend", "base_url", "tokenizer"):
             top[key] = value
+        elif head == "vllm" and rest:
+            top.setdefault("vllm", {})[rest] = value
         else:
             raise BenchError(f"--set {key}: unknown key for bench eval",
-                             "use SUITE.FIELD=value, seed=, limit=, batch_size=, dtype= or device=")
+                             "use SUITE.FIELD=value, seed=, limit=, batch_size=, dtype=, device=, backend= or vllm.KEY=")
     apply_suite_flags(names, suite_args, suite_flags)
     fields = {"suites": names, "suite_args": suite_args, "name": name, **top, **(placement or {})}
     if limit is not None:

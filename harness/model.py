@@ -3,7 +3,9 @@
 A reference is one of
   * ``zoo:NAME``        a member of FuseBench's embedded tiny zoo (``bench zoo list``),
   * a local directory   an HF model folder (``config.json`` + weights + tokenizer),
-  * an HF hub id        ``org/name`` (needs the hub, or a populated HF cache).
+  * an HF hub id        ``org/name`` (needs the hub, or a populated HF cache),
+  * ``openai:NAME``     a model behind an OpenAI-compatible server (``--base-url``; evaluated only, see
+                        :mod:`harness.backends`).
 
 Loading is transformers on CPU (or CUDA when present); lm-eval's ``HFLM`` wraps the loaded model so
 every suite sees the same ``LM`` interface.
@@ -12,6 +14,7 @@ every suite sees the same ``LM`` interface.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -39,7 +42,7 @@ class ModelRef:
     """A resolved model reference. ``path`` is set for zoo members and local folders."""
 
     spec: str  # what the user wrote
-    kind: str  # "zoo" | "local" | "hub"
+    kind: str  # "zoo" | "local" | "hub" | "served"
     path: Path | None = None
     revision: str | None = None
 
@@ -57,6 +60,8 @@ class ModelRef:
 
     def content_hash(self) -> str:
         """A hash of everything that determines the model's outputs (cached per path+mtime)."""
+        if self.kind == "served":  # what answers behind the URL is named by the placement key (the server)
+            return hashlib.sha256(f"served:{self.spec}".encode()).hexdigest()[:16]
         if self.path is None:
             return hashlib.sha256(f"hub:{self.spec}@{self.revision or 'main'}".encode()).hexdigest()[:16]
         return directory_hash(self.path)
@@ -73,6 +78,10 @@ def resolve(spec: str, *, build_missing_zoo: bool = False) -> ModelRef:
         folder = zoo.resolve(spec[4:], build_missing=build_missing_zoo)
         check_model_files(folder, spec)
         return ModelRef(spec=spec, kind="zoo", path=folder)
+    if spec.startswith("openai:"):
+        if not spec[len("openai:"):].strip():
+            raise BenchError(f"{spec!r} names no served model", "write openai:NAME with the server's model id")
+        return ModelRef(spec=spec, kind="served")
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -180,21 +189,32 @@ class Placement:
 
     dtype: str = "auto"
     device: str = "auto"
+    backend: str = "hf"  # hf | vllm | openai (harness/backends.py): how evaluated models run
+    base_url: str | None = None  # openai: the server
+    tokenizer: str | None = None  # openai: the served model's tokenizer, for log-likelihoods
+    engine_args: tuple[tuple[str, Any], ...] = ()  # vllm: engine arguments
     per_model: tuple[tuple[str, Placement], ...] = ()
 
     def __post_init__(self) -> None:
+        from harness.backends import BACKENDS
+
         if self.dtype not in DTYPES:
             raise BenchError(f"unknown dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
         if not _DEVICE.fullmatch(self.device):
             raise BenchError(f"unknown device {self.device!r}", "use auto, cpu, cuda or cuda:N")
+        if self.backend not in BACKENDS:
+            raise BenchError(f"unknown backend {self.backend!r}", f"use one of {', '.join(BACKENDS)}")
 
     def for_model(self, ref: ModelRef) -> Placement:
-        """The placement of ``ref``: its own entry in the run config, else the run's."""
+        """The placement of ``ref``: its own entry in the run config, else the run's (a served model always
+        runs on the ``openai`` backend)."""
         names = {ref.spec, str(ref.path)} if ref.path is not None else {ref.spec}
-        for name, chosen in self.per_model:
-            if name in names:
-                return chosen
-        return Placement(self.dtype, self.device) if self.per_model else self
+        chosen = next((p for name, p in self.per_model if name in names), None)
+        if chosen is None:
+            chosen = dataclasses.replace(self, per_model=()) if self.per_model else self
+        if ref.kind == "served" and chosen.backend != "openai":
+            chosen = dataclasses.replace(chosen, backend="openai")
+        return chosen
 
     @property
     def device_name(self) -> str:
@@ -222,9 +242,25 @@ class Placement:
         """Part of evaluation and fusion keys: the dtype models are loaded in and where they run
         (``float32@cpu``; ``auto@cuda`` = the checkpoint's own dtype, which the model's hash covers), plus the
         per-model choices that differ from it."""
-        own = f"{self.load_dtype()}@{self.kind}"
+        if self.backend == "openai":
+            own = f"openai@{self.base_url}"
+        else:
+            own = f"{self.load_dtype()}@{self.kind}" + ("" if self.backend == "hf" else f"/{self.backend}")
         others = sorted(f"{name}={chosen.key}" for name, chosen in self.per_model if chosen.key != own)
         return ";".join([own, *others])
+
+    @property
+    def weights_key(self) -> str:
+        """:attr:`key` for what FuseBench loads itself with transformers whatever the backend (fusers' teachers and
+        students, runtime fusers' members): dtype and device kind only."""
+        own = f"{self.load_dtype()}@{self.kind}"
+        others = sorted(f"{name}={chosen.weights_key}" for name, chosen in self.per_model if chosen.weights_key != own)
+        return ";".join([own, *others])
+
+    @property
+    def backend_label(self) -> str:
+        """What ``scores.backend`` records: ``hf-cpu``, ``vllm-cuda``, ``openai``."""
+        return "openai" if self.backend == "openai" else f"{self.backend}-{self.kind}"
 
 
 _DEFAULT_PLACEMENT = Placement()  # frozen: safe to share
@@ -232,15 +268,19 @@ _PLACEMENT: ContextVar[Placement] = ContextVar("fusebench_placement", default=_D
 
 
 @contextlib.contextmanager
-def placement(dtype: str = "auto", device: str = "auto",
-              per_model: dict[str, dict[str, str | None]] | None = None) -> Iterator[Placement]:
+def placement(dtype: str = "auto", device: str = "auto", per_model: dict[str, dict[str, Any]] | None = None,
+              **backend: Any) -> Iterator[Placement]:
     """Load models with ``dtype`` on ``device`` inside this block (the runner sets it from the run config);
-    ``per_model`` maps a model reference to its own ``{"dtype": …, "device": …}`` (None: the run's)."""
+    ``backend`` holds ``backend`` / ``base_url`` / ``tokenizer`` / ``engine_args``; ``per_model`` maps a model
+    reference to its own values of any of these (None: the run's)."""
+    if isinstance(backend.get("engine_args"), dict):
+        backend["engine_args"] = tuple(sorted(backend["engine_args"].items()))
+    run = Placement(dtype, device, **{k: v for k, v in backend.items() if v is not None})
     entries: list[tuple[str, Placement]] = []
     for spec, choice in (per_model or {}).items():
-        chosen = Placement(choice.get("dtype") or dtype, choice.get("device") or device)
+        chosen = dataclasses.replace(run, **{k: v for k, v in choice.items() if v is not None})
         entries += [(name, chosen) for name in _names_of(spec)]
-    token = _PLACEMENT.set(chosen_run := Placement(dtype, device, tuple(entries)))
+    token = _PLACEMENT.set(chosen_run := dataclasses.replace(run, per_model=tuple(entries)))
     try:
         yield chosen_run
     finally:
@@ -266,6 +306,9 @@ def load_hf(ref: ModelRef, dtype: str | None = None) -> tuple[PreTrainedModel, P
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per tiny model is noise, not progress
+    if ref.kind == "served":
+        raise BenchError(f"{ref.spec} is served behind an API: FuseBench cannot read its weights or logits",
+                         "fuse a local folder, zoo:NAME or hub id; served models can only be evaluated")
     where = current_placement().for_model(ref)
     chosen = dtype or where.load_dtype()
     kwargs: dict[str, Any] = {}

@@ -10,6 +10,7 @@ entries are written to a temp name and renamed, so an interrupted stage never le
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -85,7 +86,7 @@ def run_fusion(cfg: RunConfig, store: Store, run_id: str, *, resume: bool = Fals
 
     timings = Timings()
     try:
-        with placement(cfg.dtype, cfg.device, _per_model(cfg)):
+        with placement(cfg.dtype, cfg.device, _per_model(cfg), **_backend(cfg)):
             _run_fusion(cfg, store, run_id, timings, resume)
     except BaseException as e:
         store.finish_run(run_id, "error", error=_error_text(e), timings=timings)
@@ -139,7 +140,7 @@ def run_eval(refs: list[str], cfg: RunConfig, store: Store, run_id: str) -> None
             evaluands = _dedupe([_source_evaluand(_resolve(r), "model") for r in refs])
         store.update_run(run_id, sources=[e.ref for e in evaluands])
         suite_objs = [(suites().get(name), suite_cfgs[name]) for name in cfg.suites]
-        with placement(cfg.dtype, cfg.device, _per_model(cfg)):
+        with placement(cfg.dtype, cfg.device, _per_model(cfg), **_backend(cfg)):
             _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings)
     except BaseException as e:
         store.finish_run(run_id, "error", error=_error_text(e), timings=timings)
@@ -249,7 +250,7 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
     fuser_args = fuser_cfg.model_dump(mode="json")
     fuse_hash = stable_hash(cfg.fuser, getattr(fuser_cls, "version", "1"), fuser_args,
                             [s.content_hash() for s in sources], target.content_hash() if target else None, cfg.seed,
-                            current_placement().key, data_fingerprints(fuser_args) or None)
+                            current_placement().weights_key, data_fingerprints(fuser_args) or None)
     label = run_name or f"{cfg.fuser}#{fuse_hash[:6]}"
     fuser = fuser_cls()
     if getattr(fuser_cls, "runtime_only", False):
@@ -363,14 +364,25 @@ def _per_model(cfg: RunConfig) -> dict[str, dict[str, str | None]]:
     return {spec: choice.model_dump() for spec, choice in cfg.models.items()}
 
 
+def _backend(cfg: RunConfig) -> dict[str, Any]:
+    """The run's backend choices, as :func:`harness.model.placement` takes them."""
+    return {"backend": cfg.backend, "base_url": cfg.base_url, "tokenizer": cfg.tokenizer, "engine_args": cfg.vllm}
+
+
 def _placement_of(ev: Evaluand) -> Placement:
-    """Where ``ev`` runs: its own entry in the run config, else the run's (a runtime fuser: the run's, whose key
-    also names its members' own entries)."""
+    """Where ``ev`` runs: its own entry in the run config, else the run's. A runtime fuser's members are loaded
+    with transformers whatever the backend, each in its own entry's dtype and device."""
     from harness.model import current_placement
 
+    where = current_placement()
     if ev.runtime is not None:
-        return current_placement()
-    return current_placement().for_model(ev.model_ref or ModelRef(spec=str(ev.path), kind="local", path=ev.path))
+        return dataclasses.replace(where, backend="hf")
+    return where.for_model(ev.model_ref or ModelRef(spec=str(ev.path), kind="local", path=ev.path))
+
+
+def _placement_key(ev: Evaluand) -> str:
+    where = _placement_of(ev)
+    return where.weights_key if ev.runtime is not None else where.key
 
 
 def data_fingerprints(args: dict[str, Any]) -> dict[str, str]:
@@ -407,7 +419,7 @@ def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_ob
             for suite_cls, suite_cfg in suite_objs:
                 if resume and store.has_scores(run_id, ev.id, suite_cls.name):
                     continue
-                key = eval_key(ev.content_hash, suite_cls, suite_cfg, cfg, _placement_of(ev).key)
+                key = eval_key(ev.content_hash, suite_cls, suite_cfg, cfg, _placement_key(ev))
                 cache_file = paths.cache_dir() / "evals" / f"{key}.json"
                 with timings.stage(f"eval:{ev.name}:{suite_cls.name}"):
                     if cache_file.is_file():
@@ -433,22 +445,25 @@ def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_ob
 
 
 def _precision(lm: Any, where: Placement) -> dict[str, str]:
-    """What the scores were computed in: the model's parameter dtype (a runtime fuser: the placement's) and the
-    backend (``hf-cpu``, ``hf-cuda``)."""
+    """What the scores were computed in: the model's parameter dtype (a runtime fuser or a vLLM engine: the
+    placement's; a served model: ``served``) and the backend (``hf-cpu``, ``vllm-cuda``, ``openai``)."""
     from harness.model import model_dtype
 
-    model = getattr(lm, "model", None)  # HFLM's; runtime fusers have none and report the placement's dtype
-    dtype = model_dtype(model) if model is not None else where.load_dtype()
-    return {"dtype": dtype, "backend": f"hf-{where.kind}"}
+    if where.backend == "openai":
+        dtype = "served"
+    else:
+        model = getattr(lm, "model", None)  # HFLM's module; runtime fusers have none, VLLM's is its engine
+        dtype = model_dtype(model) if model is not None and where.backend == "hf" else where.load_dtype()
+    return {"dtype": dtype, "backend": where.backend_label}
 
 
 def _load(ev: Evaluand, batch_size: int | str) -> Any:
     if ev.runtime is not None:
         return ev.runtime()
-    from harness.model import load_lm
+    from harness.backends import load_lm
 
     ref = ev.model_ref or ModelRef(spec=str(ev.path), kind="local", path=ev.path)
-    return load_lm(ref, batch_size=batch_size)
+    return load_lm(ref, batch_size, _placement_of(ev))
 
 
 def _plain_default(value: Any) -> Any:

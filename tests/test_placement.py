@@ -115,7 +115,8 @@ target: {path: zoo:llama-base, dtype: float16}
 """))
     assert cfg.sources == ["zoo:llama-code", "zoo:llama-docs"] and cfg.target == "zoo:llama-base"
     assert {k: v.model_dump() for k, v in cfg.models.items()} == {
-        "zoo:llama-docs": {"dtype": "bfloat16", "device": "cpu"}, "zoo:llama-base": {"dtype": "float16", "device": None}}
+        "zoo:llama-docs": {"dtype": "bfloat16", "device": "cpu", "backend": None, "base_url": None, "tokenizer": None},
+        "zoo:llama-base": {"dtype": "float16", "device": None, "backend": None, "base_url": None, "tokenizer": None}}
     plain = build_run_config(fuser="ensemble", sources=["zoo:llama-code", "zoo:llama-docs"])
     assert "models" not in plain.canonical_json()  # runs without per-model entries keep their hashes
     assert "models" in cfg.canonical_json()
