@@ -1,0 +1,157 @@
+"""Backends: --backend vllm through lm-eval's VLLM (a fake engine computing with transformers stands in for vLLM,
+which needs a GPU), served models as openai:NAME, and the one-line refusals."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import sqlite_utils
+
+from harness.errors import BenchError
+from tests.conftest import bench
+
+PPL = ["--suite", "perplexity", "--set", "perplexity.max_docs=2", "--set", "perplexity.max_chars_per_doc=300"]
+
+
+class FakeEngine:
+    """``vllm.LLM`` as lm-eval's VLLM drives it, computed by the transformers model at ``model``: greedy
+    generation with stop strings, and prompt log-probs (the token's and the argmax's) when asked for."""
+
+    created: list[FakeEngine] = []
+
+    def __init__(self, **kwargs: object) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.kwargs = kwargs
+        self.model = AutoModelForCausalLM.from_pretrained(str(kwargs["model"])).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(kwargs["model"]))
+        from harness.model import max_length
+
+        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=max_length(self.model)))
+        FakeEngine.created.append(self)
+
+    def generate(self, prompts, sampling_params, use_tqdm=False, lora_request=None):  # noqa: ANN001, ANN201, ARG002
+        import torch
+
+        outputs = []
+        with torch.no_grad():
+            for prompt, params in zip(prompts, sampling_params, strict=True):
+                ids = list(prompt["prompt_token_ids"])
+                if getattr(params, "prompt_logprobs", None):
+                    logps = torch.log_softmax(self.model(torch.tensor([ids])).logits[0].float(), dim=-1)
+                    per_token = [None] + [{ids[t + 1]: SimpleNamespace(logprob=float(logps[t, ids[t + 1]])),
+                                           int(logps[t].argmax()): SimpleNamespace(logprob=float(logps[t].max()))}
+                                          for t in range(len(ids) - 1)]
+                    outputs.append(SimpleNamespace(prompt_logprobs=per_token, outputs=[SimpleNamespace(text="")]))
+                    continue
+                out = self.model.generate(torch.tensor([ids]), max_new_tokens=params.max_tokens, do_sample=False,
+                                          pad_token_id=self.tokenizer.eos_token_id)
+                text = self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+                cuts = [text.index(s) for s in params.stop or [] if s and s in text]
+                outputs.append(SimpleNamespace(prompt_logprobs=None,
+                                               outputs=[SimpleNamespace(text=text[: min(cuts)] if cuts else text)]))
+        return outputs
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """A ``vllm`` package whose ``LLM`` is :class:`FakeEngine`; lm-eval's VLLM module is imported fresh against
+    it and dropped afterwards."""
+    from importlib.machinery import ModuleSpec
+
+    def module(name: str, **attrs: object) -> types.ModuleType:
+        mod = types.ModuleType(name)
+        mod.__spec__ = ModuleSpec(name, None)
+        mod.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, name, mod)
+        return mod
+
+    def get_tokenizer(name: str, **kwargs: object):  # noqa: ANN202, ARG001
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name)
+
+    module("vllm", LLM=FakeEngine, SamplingParams=lambda **kw: SimpleNamespace(**{"prompt_logprobs": None, **kw}),
+           TokensPrompt=lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids})
+    module("vllm.lora")
+    module("vllm.lora.request", LoRARequest=object)
+    module("vllm.tokenizers", get_tokenizer=get_tokenizer)
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.8.0" if name == "vllm" else real_version(name))
+    from lm_eval.api.registry import model_registry
+
+    # lm-eval registers its VLLM class on import: import it fresh against the fake, and forget it afterwards
+    monkeypatch.setitem(model_registry._objs, "vllm", model_registry._objs.get("vllm"))
+    monkeypatch.delitem(sys.modules, "lm_eval.models.vllm_causallms", raising=False)
+    FakeEngine.created.clear()
+    yield FakeEngine
+    sys.modules.pop("lm_eval.models.vllm_causallms", None)
+
+
+def _scores(db: Path) -> list[dict]:
+    return list(sqlite_utils.Database(db).query(
+        "select r.name as run, s.value, s.dtype, s.backend, s.eval_key from scores s join runs r on r.id = s.run_id "
+        "where s.metric = 'bits_per_byte' and s.task = 'avg' order by r.started_at"))
+
+
+def test_vllm_backend_maps_the_run_onto_lm_eval_vllm(zoo_home: Path, tmp_path: Path, fake_vllm, capsys) -> None:  # noqa: ANN001
+    db = tmp_path / "b.db"
+    assert bench("eval", "--model", "zoo:llama-base", *PPL, "--db", str(db), "--name", "hf") == 0
+    code = bench("eval", "--model", "zoo:llama-base", *PPL, "--db", str(db), "--name", "vllm", "--backend", "vllm",
+                 "--set", "vllm.gpu_memory_utilization=0.5", "--set", "vllm.tensor_parallel_size=1")
+    assert code == 0, capsys.readouterr().err[-2000:]
+    (engine,) = fake_vllm.created
+    from harness import zoo
+
+    assert engine.kwargs["model"] == str(zoo.resolve("llama-base"))
+    assert engine.kwargs["dtype"] == "float32"  # auto on the CPU
+    assert engine.kwargs["gpu_memory_utilization"] == 0.5 and engine.kwargs["tensor_parallel_size"] == 1
+    hf, vllm = _scores(db)
+    assert (hf["backend"], vllm["backend"]) == ("hf-cpu", "vllm-cpu")
+    assert hf["eval_key"] != vllm["eval_key"]  # never one cache entry for two backends
+    assert vllm["value"] == pytest.approx(hf["value"], abs=1e-4)  # the same numbers through lm-eval's VLLM
+
+
+def test_vllm_generation_goes_through_the_engine(zoo_home: Path, fake_vllm) -> None:  # noqa: ANN001
+    from lm_eval.api.instance import Instance
+
+    from harness.backends import load_lm
+    from harness.model import current_placement, load_lm as load_hf_lm, resolve
+
+    ref = resolve("zoo:llama-code")
+    request = Instance(request_type="generate_until", doc={}, idx=0,
+                       arguments=("def add(a, b):\n", {"until": ["\n\n"], "max_gen_toks": 16, "do_sample": False}))
+    import dataclasses
+
+    vllm = load_lm(ref, 4, dataclasses.replace(current_placement(), backend="vllm"))
+    assert vllm.generate_until([request]) == load_hf_lm(ref, 4).generate_until([request])
+
+
+def test_unknown_vllm_argument_and_missing_vllm_are_one_line_errors(zoo_home: Path, tmp_path: Path, fake_vllm,
+                                                                      capsys, monkeypatch) -> None:  # noqa: ANN001
+    code = bench("eval", "--model", "zoo:llama-base", *PPL, "--db", str(tmp_path / "b.db"), "--backend", "vllm",
+                 "--set", "vllm.tensor_paralel_size=2")
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "unknown vLLM argument(s) tensor_paralel_size" in err
+    monkeypatch.setitem(sys.modules, "vllm", None)  # not installed
+    sys.modules.pop("lm_eval.models.vllm_causallms", None)
+    code = bench("eval", "--model", "zoo:llama-math", *PPL, "--db", str(tmp_path / "b.db"), "--backend", "vllm")
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "make venv-vllm" in err
+
+
+def test_served_models_are_refused_where_weights_are_needed(zoo_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from harness.model import load_hf, resolve
+
+    with pytest.raises(BenchError, match="served behind an API"):
+        load_hf(resolve("openai:some-model"))
+    code = bench("eval", "--model", "openai:some-model", *PPL, "--db", str(tmp_path / "b.db"))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "no server URL" in err and "--base-url" in err
+    with pytest.raises(BenchError, match="names no served model"):
+        resolve("openai:")
