@@ -14,7 +14,7 @@ the held-out text the suites measure stays unseen:
 ``{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}`` or ShareGPT style
 ``{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]}``; an optional first system
 turn, then user/assistant turns alternating, ending with the assistant. Optional ``reference`` (a verifiable
-answer) and ``tests`` (code appended by the unit-test reward) fields are kept.
+answer) and ``tests`` (test code that judges the answer in the unit-test reward) fields are kept.
 
 **Rendered** (:func:`render`) with a tokenizer's chat template (or a plain ``User: ... / Assistant: ...``
 transcript without one), with the character span of every assistant message's content in the text: the
