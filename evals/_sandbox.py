@@ -12,7 +12,8 @@ Used by the HumanEval suite and ProFuser's ``code`` reward, through :func:`run_c
 * The verdict is the judge's: it passes when the tests run to their end and the solution broke no
   rule. An object whose ``__eq__`` always says yes, patched builtins, or a walk up the frames to the
   secret the verdict is reported with all stay in the solution's process, where nothing is judged:
-  the solution never holds the secret, the tests' source, or a way into the judge's process.
+  the solution never holds the secret, the tests' source, or a way into the judge's process (when
+  the harness runs as root; see the limits for an ordinary user).
 * An exception the solution raises comes back as the nearest builtin exception class (so a test may
   expect a ``ValueError``). A result that is not plain data, an exit in the middle of a call, or a
   dead process fails the run, even if the tests catch everything.
@@ -33,9 +34,10 @@ Defences, outermost first (each one is there because the ones inside it can be b
 * **A uid of its own** (root only): each sandboxed process (the solution, its judge, and every other
   program running at the same time) switches to its own uid and gid from :data:`SANDBOX_UIDS`, with
   no supplementary groups, so it can neither signal nor ptrace another one, nor read its files, and
-  ``RLIMIT_NPROC`` applies per program. A uid is leased with a lock file, so harness processes running
-  side by side never share one. When the pool is not mapped in this user namespace, every process
-  runs as ``nobody`` (65534) instead. The interpreter's import path stays reachable through directory
+  ``RLIMIT_NPROC`` applies per program. A uid is leased with a lock file
+  (``/run/fusebench-sandbox/<uid>``, an empty file kept for reuse), so harness processes running side
+  by side never share one. When the pool is not mapped in this user namespace, every process runs as
+  ``nobody`` (65534) instead. The interpreter's import path stays reachable through directory
   descriptors opened beforehand (the interpreter may live under ``/root``).
 * **Namespaces** (root only), made by the trusted bootstrap with ``unshare(2)`` before the privilege
   drop: each process is the first process of a new PID namespace (it sees and can signal no process
@@ -82,10 +84,15 @@ Known limits, stated plainly:
   are not affected, since the solution's process holds no secret.
 * Run as an ordinary user there is no privilege drop and there are no namespaces (an unprivileged user
   namespace could provide them; that is not implemented): every program runs as that user, may write
-  where the user may, and has network access unless the guards hold. The filter, rlimits, guards and
-  timeouts still apply. Programs see the standard library only (``-S``: no numpy), no threads once
-  ``RLIMIT_NPROC`` applies, and as the first process of a PID namespace a program ignores the soft CPU
-  limit's SIGXCPU and is killed at the hard limit, one second later.
+  where the user may and may signal the user's processes, the harness and the other programs
+  included, once it gets past the guards (ctypes). The harness's own /proc files (and, where ptrace
+  is allowed, its memory, which holds the nonce) are then within reach too, so verdicts hold against
+  a determined solution only when the harness runs as root. The filter (so no sockets), rlimits,
+  guards and timeouts still apply.
+* Programs see the standard library only (``-S``: no numpy) and no threads once ``RLIMIT_NPROC`` applies.
+* As the first process of its PID namespace, a program is immune to signals from inside it that it
+  has no handler for: the soft CPU limit's SIGXCPU is ignored (the hard limit, one second later,
+  kills), and ``abort()`` ends in SIGSEGV rather than SIGABRT.
 * The judge runs the tests under the same confinement: tests are trusted to be tests, not to be safe.
 """
 
