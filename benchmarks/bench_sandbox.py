@@ -50,13 +50,14 @@ def load_baseline(ref: str) -> ModuleType:
     """``evals/_sandbox.py`` as it was at ``ref``, imported under another name."""
     source = subprocess.run(["git", "-C", str(REPO), "show", f"{ref}:evals/_sandbox.py"], check=True,
                             capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="bench-sandbox-")) / "baseline_sandbox.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("baseline_sandbox", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["baseline_sandbox"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory(prefix="bench-sandbox-") as folder:  # the module needs no file once loaded
+        path = Path(folder) / "baseline_sandbox.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("baseline_sandbox", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["baseline_sandbox"] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
     return module
 
 

@@ -35,8 +35,8 @@ Defences, outermost first (each one is there because the ones inside it can be b
   program running at the same time) switches to its own uid and gid from :data:`SANDBOX_UIDS`, with
   no supplementary groups, so it can neither signal nor ptrace another one, nor read its files, and
   ``RLIMIT_NPROC`` applies per program. A uid is leased with a lock file
-  (``/run/fusebench-sandbox/<uid>``, an empty file kept for reuse), so harness processes running side
-  by side never share one. When the pool is not mapped in this user namespace, every process runs as
+  (``/run/fusebench-sandbox/<uid>``, empty, kept for reuse; the lowest free uid is taken), so harness
+  processes running side by side never share one. When the pool is not mapped in this user namespace, every process runs as
   ``nobody`` (65534) instead. The interpreter's import path stays reachable through directory
   descriptors opened beforehand (the interpreter may live under ``/root``).
 * **Namespaces** (root only), made by the trusted bootstrap with ``unshare(2)`` before the privilege
@@ -370,9 +370,7 @@ def _lease_uid() -> Iterator[int]:
         yield NOBODY
         return
     directory = _uid_lock_dir()
-    first = secrets.randbelow(len(pool))
-    for i in range(len(pool)):
-        uid = pool[(first + i) % len(pool)]
+    for uid in pool:  # the lowest free one: as many lock files as processes ever ran at once
         fd = os.open(directory / str(uid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
