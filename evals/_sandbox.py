@@ -1,52 +1,106 @@
-"""Run untrusted Python (model-written code) in a throw-away child process and say whether it finished.
+"""Run untrusted Python (model-written code) in throw-away child processes, and judge it with tests it cannot reach.
 
-Used by the HumanEval suite (and meant for ProFuser's code reward): every program runs in its own
-fresh interpreter (``sys.executable -I -S -B -c <child main>``, spawned with fork+exec, never a fork
-of the harness), inside a temporary working directory that is deleted afterwards.
+Used by the HumanEval suite and ProFuser's ``code`` reward, through :func:`run_code_tests`:
 
-A program *passes* when it runs to its last line without raising. Exit status and output are not
-trusted for that: the child main gets a random nonce over stdin and, only after the program's code
-returns normally, writes ``ok <nonce>`` to a private report pipe. ``sys.exit(0)``, ``os._exit(0)``,
-``raise SystemExit``, a patched ``print`` or a guessed marker on stdout therefore all count as
-failures.
+* The untrusted **solution** and the trusted **tests** run in two separate sandboxed processes. The
+  tests' process (the *judge*) sees each of the solution's top-level functions as a proxy; a call
+  sends its arguments over a pipe as plain data, the solution's process calls the real function and
+  sends the result back the same way, and the judge's own interpreter rebuilds it. Plain data is JSON
+  with tags (:func:`evals._sandbox_child.to_plain`): None, bools, ints, floats (nan and infinities
+  included), strings, bytes, complex numbers, and lists, tuples, dicts, sets and frozensets of these;
+  subclasses of these types arrive as the base type (a namedtuple as a tuple, a Counter as a dict).
+* The verdict is the judge's: it passes when the tests run to their end and the solution broke no
+  rule. An object whose ``__eq__`` always says yes, patched builtins, or a walk up the frames to the
+  secret the verdict is reported with all stay in the solution's process, where nothing is judged:
+  the solution never holds the secret, the tests' source, or a way into the judge's process (when
+  the harness runs as root; see the limits for an ordinary user).
+* An exception the solution raises comes back as the nearest builtin exception class (so a test may
+  expect a ``ValueError``). A result that is not plain data, an exit in the middle of a call, or a
+  dead process fails the run, even if the tests catch everything.
+
+:func:`run_program` runs one whole program in one process; it *passes* when it runs to its last line.
+That is the unit the confinement tests use; as a verdict on untrusted code it can be faked (below).
+
+Every process is a fresh interpreter (``sys.executable -I -S -B evals/_sandbox_child.py``, fork+exec,
+never a fork of the harness). It reads its instructions from stdin, confines itself, writes an ``iso``
+line naming the defences in force to a private report pipe, and only then runs the code it was given.
+A pass is ``ok <nonce>`` on the report pipe of the judge (or of the program) with exit status 0; exit
+status and output alone are never trusted, so ``sys.exit(0)``, ``os._exit(0)`` or a printed marker fail.
 
 Defences, outermost first (each one is there because the ones inside it can be bypassed):
 
-* **Wall-clock timeout** in the parent; on expiry, or when the output cap is hit, the whole process
-  group (the child is a session leader) gets SIGKILL. The group is killed again after every run to
-  take down stragglers.
-* **Privilege drop**: when the harness runs as root, the child switches to ``nobody`` (uid 65534, no
-  supplementary groups) before the program runs, so it cannot touch the harness's files or signal
-  its processes and ``RLIMIT_NPROC`` is enforced. The interpreter's import path is kept reachable
-  through directory descriptors opened beforehand (the interpreter may live under ``/root``).
-* **Network namespace** (root only): the child unshares a fresh, empty network namespace, so even a
-  raw socket has no interface to use, not even loopback.
+* **Wall-clock timeout** in the parent; on expiry, or when the output cap is hit, every process group
+  of the run (each child is a session leader) gets SIGKILL. The groups are killed again after every run.
+* **A uid of its own** (root only): each sandboxed process (the solution, its judge, and every other
+  program running at the same time) switches to its own uid and gid from :data:`SANDBOX_UIDS`, with
+  no supplementary groups, so it can neither signal nor ptrace another one, nor read its files, and
+  ``RLIMIT_NPROC`` applies per program. A uid is leased with a lock file
+  (``/run/fusebench-sandbox/<uid>``, empty, kept for reuse; the lowest free uid is taken), so harness
+  processes running side by side never share one. When the pool is not mapped in this user namespace, every process runs as
+  ``nobody`` (65534) instead. The interpreter's import path stays reachable through directory
+  descriptors opened beforehand (the interpreter may live under ``/root``).
+* **Namespaces** (root only), made by the trusted bootstrap with ``unshare(2)`` before the privilege
+  drop: each process is the first process of a new PID namespace (it sees and can signal no process
+  outside it, and anything it starts dies with it), with new IPC and network namespaces (no shared
+  SysV/POSIX IPC; no network, not even loopback), and a new mount namespace in which every mount is
+  read-only (Linux 5.12+, tag ``rofs``) except a private ``/tmp`` and ``/dev/shm`` (tmpfs,
+  ``tmpfs_mb`` each, gone with the process; the working directory is ``/tmp/work``) and a ``/proc``
+  that shows the namespace alone. Where the kernel refuses (a container without ``CAP_SYS_ADMIN``),
+  the process runs with a network namespace if that alone is allowed, and a working directory under
+  the harness's temp dir, removed afterwards; the tags say which.
+* **System call filter** (seccomp, x86-64 and arm64 Linux, root or not): ``socket`` and ``socketpair``
+  (so no unix socket either, whose filesystem path reaches past any network namespace), io_uring,
+  ``ptrace``, ``process_vm_*``, ``pidfd_getfd``, ``setsid``/``setpgid``, and the mount and namespace
+  calls fail with EPERM, as do system calls of another ABI (x32, i386).
+* **Not dumpable**: ``/proc/PID/mem``, ``fd`` and ``environ`` of a sandboxed process are closed to
+  other processes of the same uid (which matters when there is no privilege drop).
 * **Resource limits**, hard and soft alike: address space (``RLIMIT_AS``), CPU seconds, file size,
   open files, no core dumps, and ``RLIMIT_NPROC = 1`` (no fork, no threads, once uid != 0).
-* **Python-level guards** installed just before the program runs: process creation and signalling
+* **Python-level guards** installed just before the given code runs: process creation and signalling
   (``fork``, ``exec*``, ``spawn*``, ``system``, ``kill``, ``killpg``, ``setuid`` ...) raise
   ``PermissionError``; file mutations (``remove``, ``rename``, ``rmdir``, ``chmod``, writable
   ``open`` ...) are only allowed inside the working directory; imports of ``socket``, ``ctypes``,
   ``subprocess``, ``multiprocessing`` and ``resource`` are refused.
 * **Scrubbed environment**: only ``PATH``/``LANG``, with ``HOME`` and ``TMPDIR`` set to the working
   directory; ``-I -S`` ignores ``PYTHON*`` variables, user site and site-packages; stdin is /dev/null.
-* **Output cap**: stdout and stderr are read by the parent up to ``max_output_bytes``; a program
-  that prints more is killed, so a gigabyte print fills neither memory nor disk.
+* **Output cap**: stdout and stderr of all the run's processes share one pipe, read by the parent up to
+  ``max_output_bytes``; past that the run is killed, so a gigabyte print fills neither memory nor disk.
+* **Message cap**: one call or result is at most 16 MiB of JSON, nested at most 200 levels deep.
 
-Known limits, stated plainly: the guards are Python-level and a program that digs through the
-interpreter (frames, ``gc``, ``/proc/self/fd``) can bypass them or find the nonce and fake a pass;
-they stop accidents and naive escapes, not a determined attacker. The privilege drop, rlimits and the
-network namespace are the real barriers, and they need root: run as an ordinary user, the program
-keeps that user's rights (rlimits, guards and timeouts still apply, NPROC does limit forks) and has
-network access unless the guards hold. The world-writable ``/tmp`` and ``/dev/shm`` are writable by
-``nobody`` (the guards block it, the file-size limit and timeout bound it). There is no seccomp
-filter and no private mount namespace. Programs see the standard library only (``-S``: no numpy), and
-no threads once ``RLIMIT_NPROC`` applies.
+``Outcome.isolation`` names the defences in force beyond the guards (for code tests, in the
+solution's process): ``rlimits``, ``uid``, ``netns``, ``pidns``, ``mountns``, ``ipcns``, ``rofs``, ``seccomp``.
+
+Known limits, stated plainly:
+
+* Reading is not confined: the solution may read whatever its uid may read (world-readable files,
+  installed packages, and so possibly the benchmark's own data files with the answers in them).
+* Only plain data crosses: the tests cannot hand the solution a callable or any other object, and
+  see the solution's callables, not its other globals. Arguments are copies, so a test that looks
+  for the solution mutating its argument sees no mutation. A class of the solution's can be called,
+  but its instances cannot come back. Any of these fail the run rather than pass it.
+* Inside its own process a program can dig through the interpreter (frames, ``gc``, ``/proc/self/fd``)
+  and undo the Python-level guards. For :func:`run_program` that includes finding the nonce and
+  faking a pass, so its verdict stops accidents and naive exits, not a determined program; code tests
+  are not affected, since the solution's process holds no secret.
+* Run as an ordinary user there is no privilege drop and there are no namespaces (an unprivileged user
+  namespace could provide them; that is not implemented): every program runs as that user, may write
+  where the user may and may signal the user's processes, the harness and the other programs
+  included, once it gets past the guards (ctypes). The harness's own /proc files (and, where ptrace
+  is allowed, its memory, which holds the nonce) are then within reach too, so verdicts hold against
+  a determined solution only when the harness runs as root. The filter (so no sockets), rlimits,
+  guards and timeouts still apply.
+* Programs see the standard library only (``-S``: no numpy) and no threads once ``RLIMIT_NPROC`` applies.
+* As the first process of its PID namespace, a program is immune to signals from inside it that it
+  has no handler for: the soft CPU limit's SIGXCPU is ignored (the hard limit, one second later,
+  kills), and ``abort()`` ends in SIGSEGV rather than SIGABRT.
+* The judge runs the tests under the same confinement: tests are trusted to be tests, not to be safe.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import json
 import math
 import os
@@ -58,15 +112,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
-#: The unprivileged user a root harness drops to (``nobody`` on Debian/Ubuntu/Fedora).
-SANDBOX_UID = 65534
-SANDBOX_GID = 65534
+#: The uids (and gids, same numbers) a root harness hands out, one per running sandboxed process.
+SANDBOX_UIDS = range(0x7F00_0000, 0x7F00_0000 + 4096)
+#: The shared fallback when :data:`SANDBOX_UIDS` is not mapped in this user namespace.
+NOBODY = 65534
 
+_CHILD_SCRIPT = Path(__file__).with_name("_sandbox_child.py")
 _REPORT_CAP = 64 << 10  # the report pipe carries a few short lines; more is the program scribbling on it
 _DRAIN_S = 1.0  # after the kill, how long to wait for the pipes to close
 
@@ -77,7 +134,7 @@ class SandboxError(RuntimeError):
 
 @dataclass(frozen=True)
 class Limits:
-    """What one program may use. ``cpu_s`` defaults to the wall timeout rounded up, plus one second."""
+    """What one process may use. ``cpu_s`` defaults to the wall timeout rounded up, plus one second."""
 
     timeout_s: float = 5.0
     memory_mb: int = 512
@@ -85,20 +142,26 @@ class Limits:
     file_size_mb: int = 16
     max_output_bytes: int = 1 << 20
     max_open_files: int = 64
-    #: As root: switch to uid/gid 65534 before the program runs (off only to test the guards alone).
+    #: Size of each private /tmp and /dev/shm (tmpfs, so it is memory) when namespaces apply.
+    tmpfs_mb: int = 64
+    #: As root: switch to a uid/gid of the process's own before it runs (off only to test the guards alone).
     drop_privileges: bool = True
-    #: As root: give the child an empty network namespace.
+    #: As root: give the process an empty network namespace.
     network_namespace: bool = True
+    #: As root: own PID, IPC and mount namespaces (read-only mounts, private /tmp, /dev/shm, /proc).
+    namespaces: bool = True
+    #: The seccomp filter (no sockets, io_uring, ptrace, mount or namespace calls).
+    syscall_filter: bool = True
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one program ended.
+    """How one program (or one code test) ended.
 
-    ``result`` is ``"passed"``, ``"timed out"`` or ``"failed: <reason>"`` (the exception and the
-    program's line number, an early exit, a limit that killed it, ...). ``output`` is the program's
-    stdout and stderr, interleaved, cut at the output cap. ``isolation`` names the defences that
-    were in force beyond the guards (``rlimits``, ``uid=65534``, ``netns``).
+    ``result`` is ``"passed"``, ``"timed out"`` or ``"failed: <reason>"`` (the exception and where it
+    was raised, an early exit, a broken rule, a limit that killed it, ...). ``output`` is the stdout and
+    stderr of the run's processes, interleaved, cut at the output cap. ``returncode`` is that of the
+    program or the judge. ``isolation`` names the defences that were in force beyond the guards.
     """
 
     passed: bool
@@ -109,112 +172,293 @@ class Outcome:
     isolation: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class CodeTest:
+    """Untrusted ``solution`` code, judged by trusted ``tests`` that run in another process.
+
+    ``preamble`` is trusted code the judge runs before the tests (for HumanEval, the prompt: its
+    imports and the helpers the tests call). The tests then see each top-level callable of the
+    solution as a proxy under its own name, except where a builtin or the preamble already has that
+    name; names in ``required`` always come from the solution, which fails if it lacks one.
+    """
+
+    solution: str
+    tests: str
+    preamble: str = ""
+    required: tuple[str, ...] = ()
+
+
+_Item = TypeVar("_Item")
+
+
 def run_programs(sources: Sequence[str], limits: Limits | None = None, workers: int = 2) -> list[Outcome]:
     """Run each source as its own sandboxed process, ``workers`` at a time; results in input order."""
-    if not sources:
-        return []
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="sandbox") as pool:
-        return list(pool.map(lambda src: run_program(src, limits), sources))
+    return _in_parallel(run_program, sources, limits, workers)
 
 
 def run_program(source: str, limits: Limits | None = None) -> Outcome:
-    """Run ``source`` as ``__main__`` in a fresh sandboxed interpreter and report how it ended."""
-    limits = limits or Limits()
-    workdir = Path(tempfile.mkdtemp(prefix="fusebench-sandbox-"))
-    try:
-        return _run_in(workdir, source, limits)
-    finally:
-        _remove_tree(workdir)
+    """Run ``source`` as ``__main__`` in a fresh sandboxed interpreter; it passes if it runs to its end."""
+    with _Pipes() as pipes:
+        return _execute([_Role("program", {"source": source}, decides=True)], limits or Limits(), pipes)
+
+
+def run_code_tests(tests: Sequence[CodeTest], limits: Limits | None = None, workers: int = 2) -> list[Outcome]:
+    """Run each code test (two processes each), ``workers`` tests at a time; results in input order."""
+    return _in_parallel(run_code_test, tests, limits, workers)
+
+
+def run_code_test(test: CodeTest, limits: Limits | None = None) -> Outcome:
+    """Run ``test.solution`` in one sandboxed process and judge it by ``test.tests`` run in another."""
+    with _Pipes() as pipes:
+        calls_read, calls_write = pipes.open()
+        replies_read, replies_write = pipes.open()
+        roles = [
+            _Role("candidate", {"solution": test.solution, "calls_fd": calls_read, "replies_fd": replies_write}),
+            _Role("judge", {"preamble": test.preamble, "tests": test.tests, "required": list(test.required),
+                            "calls_fd": calls_write, "replies_fd": replies_read}, decides=True),
+        ]
+        return _execute(roles, limits or Limits(), pipes)
+
+
+def _in_parallel(run: Any, items: Sequence[_Item], limits: Limits | None, workers: int) -> list[Outcome]:
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="sandbox") as pool:
+        return list(pool.map(lambda item: run(item, limits), items))
 
 
 # --- parent side --------------------------------------------------------------------------------
 
 
-def _run_in(workdir: Path, source: str, limits: Limits) -> Outcome:
-    drop = limits.drop_privileges and os.geteuid() == 0
-    program = workdir / "program.py"
-    program.write_text(source, encoding="utf-8")
-    if drop:
-        os.chown(workdir, SANDBOX_UID, SANDBOX_GID)
-        os.chmod(program, 0o644)
+@dataclass(frozen=True)
+class _Role:
+    """One process of a run: its role name, the header fields it alone gets, whether its report decides.
+
+    Header fields ending in ``_fd`` are pipe ends passed to that process (and closed in the parent).
+    The first role is the untrusted one, whose ``iso`` line the Outcome reports.
+    """
+
+    name: str
+    fields: dict[str, Any]
+    decides: bool = False
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        return tuple(v for k, v in self.fields.items() if k.endswith("_fd"))
+
+
+@dataclass
+class _Child:
+    role: str
+    process: subprocess.Popen[bytes]
+    report_fd: int
+    decides: bool
+    report: bytearray = field(default_factory=bytearray)
+    #: Exit status (negative: the signal) when it ended before the harness killed the run, else None.
+    early_exit: int | None = None
+
+
+class _Pipes:
+    """The pipe ends of one run; every end still open is closed on exit."""
+
+    def __init__(self) -> None:
+        self._open: set[int] = set()
+
+    def open(self) -> tuple[int, int]:
+        read, write = os.pipe()
+        self._open |= {read, write}
+        return read, write
+
+    def close(self, *fds: int) -> None:
+        for fd in fds:
+            if fd in self._open:
+                self._open.discard(fd)
+                os.close(fd)
+
+    def __enter__(self) -> _Pipes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(*list(self._open))
+
+
+def _execute(roles: list[_Role], limits: Limits, pipes: _Pipes) -> Outcome:
+    root = os.geteuid() == 0
     nonce = secrets.token_hex(16)
-    cpu_s = limits.cpu_s if limits.cpu_s is not None else math.ceil(limits.timeout_s) + 1
-    header = {
-        "nonce": nonce,
-        "workdir": str(workdir),
-        "program": str(program),
-        "uid": SANDBOX_UID if drop else None,
-        "gid": SANDBOX_GID,
-        "netns": limits.network_namespace and os.geteuid() == 0,
+    common = {
+        "netns": limits.network_namespace and root,
+        "namespaces": limits.namespaces and root,
+        "syscall_filter": limits.syscall_filter,
         "memory_bytes": limits.memory_mb << 20,
-        "cpu_s": cpu_s,
+        "cpu_s": limits.cpu_s if limits.cpu_s is not None else math.ceil(limits.timeout_s) + 1,
         "file_size_bytes": limits.file_size_mb << 20,
         "open_files": limits.max_open_files,
+        "tmpfs_bytes": limits.tmpfs_mb << 20,
     }
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(workdir), "TMPDIR": str(workdir)}
-    report_r, report_w = os.pipe()
+    output_read, output_write = pipes.open()
+    children: list[_Child] = []
     start = time.monotonic()
-    try:
+    with contextlib.ExitStack() as stack:
+        for role in roles:
+            uid = stack.enter_context(_lease_uid()) if limits.drop_privileges and root else None
+            workdir = stack.enter_context(_workdir(uid))
+            report_read, report_write = pipes.open()
+            header = {**common, **role.fields, "role": role.name, "report_fd": report_write,
+                      "workdir": str(workdir), "uid": uid, "gid": uid}
+            if role.decides:
+                header["nonce"] = nonce  # the untrusted process never gets it
+            process = _spawn(header, (report_write, *role.fds), workdir, output_write)
+            stack.callback(_reap, process)
+            pipes.close(report_write, *role.fds)
+            children.append(_Child(role.name, process, report_read, role.decides))
+        pipes.close(output_write)
         try:
-            header["report_fd"] = report_w
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", "-c", _CHILD_MAIN],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                pass_fds=(report_w,), cwd=workdir, env=env, start_new_session=True,
-            )
-        finally:
-            os.close(report_w)
-        assert proc.stdin is not None and proc.stdout is not None
-        with proc:
-            try:
-                # The header is far below a pipe buffer, so this cannot block even if the child stalls.
-                with contextlib.suppress(BrokenPipeError):
-                    proc.stdin.write(json.dumps(header).encode())
-                    proc.stdin.close()
-                verdict, output, report = _watch(proc, proc.stdout.fileno(), report_r,
-                                                 start + limits.timeout_s, limits.max_output_bytes)
-            except BaseException:  # e.g. Ctrl-C: never leave the group running, nor wait on it forever
-                _kill_group(proc.pid)
-                raise
-            returncode = proc.wait()
+            verdict, output = _watch(children, output_read, start + limits.timeout_s, limits.max_output_bytes)
+        except BaseException:  # e.g. Ctrl-C: never leave a group running (the stack then reaps them)
+            for child in children:
+                _kill_group(child.process.pid)
+            raise
+        for child in children:
+            child.process.wait()
+    return _conclude(children, verdict, output, nonce, limits, time.monotonic() - start)
+
+
+def _spawn(header: dict[str, Any], pass_fds: tuple[int, ...], workdir: Path, output_fd: int) -> subprocess.Popen[bytes]:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(workdir), "TMPDIR": str(workdir)}
+    process = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-B", str(_CHILD_SCRIPT)],
+        stdin=subprocess.PIPE, stdout=output_fd, stderr=output_fd,
+        pass_fds=pass_fds, cwd=workdir, env=env, start_new_session=True,
+    )
+    assert process.stdin is not None
+    # The child reads its header before anything else, so this write ends once its interpreter is up.
+    try:
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.write(json.dumps(header).encode())
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
+    except BaseException:
+        _reap(process)
+        raise
+    return process
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    """Kill the group of a child not reaped yet (its pid, the group id, is still ours), then reap it."""
+    if process.returncode is None:
+        _kill_group(process.pid)
+        process.wait()
+
+
+@contextlib.contextmanager
+def _workdir(uid: int | None) -> Iterator[Path]:
+    """The harness-side working directory (used where the child gets no private /tmp); removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="fusebench-sandbox-"))
+    try:
+        if uid is not None:
+            os.chown(path, uid, uid)
+        yield path
     finally:
-        os.close(report_r)
-    seconds = time.monotonic() - start
-    return _judge(verdict, output, report, returncode, nonce, limits, seconds)
+        _remove_tree(path)
 
 
-def _watch(proc: subprocess.Popen[bytes], out_fd: int, report_fd: int, deadline: float,
-           cap: int) -> tuple[str | None, bytes, bytes]:
-    """Collect output until the child exits, the deadline passes or the cap is hit; then kill the group.
+@contextlib.contextmanager
+def _lease_uid() -> Iterator[int]:
+    """A uid from SANDBOX_UIDS that no other sandboxed process (of any harness) holds; NOBODY if unmapped."""
+    pool = _uid_pool()
+    if pool is None:
+        yield NOBODY
+        return
+    directory = _uid_lock_dir()
+    for uid in pool:  # the lowest free one: as many lock files as processes ever ran at once
+        fd = os.open(directory / str(uid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield uid
+        finally:
+            os.close(fd)  # releases the lock
+        return
+    raise SandboxError(f"all {len(pool)} sandbox uids are in use")
 
-    Returns (verdict, output, report): verdict is ``"timeout"``, ``"output"`` or None (it exited).
-    The leader is not reaped here, so its pid, which is also the group id, cannot be reused by an
-    unrelated process before ``killpg`` runs.
+
+@functools.cache
+def _uid_pool() -> range | None:
+    """SANDBOX_UIDS when this process's user namespace maps all of them, as uids and as gids."""
+
+    def mapped(map_file: str) -> bool:
+        try:
+            rows = Path(map_file).read_text().splitlines()
+        except OSError:
+            return True  # a kernel without user namespaces: every id exists
+        for row in rows:
+            inside, _, count = (int(x) for x in row.split())
+            if inside <= SANDBOX_UIDS.start and SANDBOX_UIDS.stop <= inside + count:
+                return True
+        return False
+
+    return SANDBOX_UIDS if mapped("/proc/self/uid_map") and mapped("/proc/self/gid_map") else None
+
+
+@functools.cache
+def _uid_lock_dir() -> Path:
+    """Where the uid leases' lock files live: a root-only directory under /run (or the temp dir)."""
+    directory = Path("/run/fusebench-sandbox") if Path("/run").is_dir() else \
+        Path(tempfile.gettempdir()) / "fusebench-sandbox-uids"
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=0o700)
+    info = directory.lstat()
+    if not directory.is_dir() or directory.is_symlink() or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise SandboxError(f"{directory} is not a directory private to uid {os.geteuid()}; "
+                           "the sandbox keeps its uid leases there")
+    return directory
+
+
+def _watch(children: list[_Child], output_fd: int, deadline: float, cap: int) -> tuple[str | None, bytes]:
+    """Collect output and reports until the deciding child exits, the deadline passes or the cap is hit.
+
+    Then every group is killed. Returns (verdict, output): verdict is ``"timeout"``, ``"output"`` or
+    None (it exited). No child is reaped here, so a pid, which is also its group id, cannot be reused
+    by an unrelated process before ``killpg`` runs.
     """
-    buffers = {out_fd: bytearray(), report_fd: bytearray()}
-    caps = {out_fd: cap, report_fd: _REPORT_CAP}
+    deciding = next(c for c in children if c.decides)
+    output = bytearray()
+    buffers = {output_fd: output, **{c.report_fd: c.report for c in children}}
+    caps = {output_fd: cap, **{c.report_fd: _REPORT_CAP for c in children}}
+    pidfds = [_pidfd_open(c.process.pid) for c in children]
     verdict: str | None = None
-    pidfd = _pidfd_open(proc.pid)
     with selectors.DefaultSelector() as sel:
         for fd in buffers:
             sel.register(fd, selectors.EVENT_READ)
-        if pidfd is not None:
-            sel.register(pidfd, selectors.EVENT_READ)
+        watched = [fd for fd in pidfds if fd is not None]
+        for fd in watched:
+            sel.register(fd, selectors.EVENT_READ, data="exit")
+        poll_s = None if len(watched) == len(children) else 0.01  # without pidfds, poll for the exit
         try:
-            while verdict is None and not _has_exited(proc.pid):
+            while verdict is None and _exit_status(deciding.process.pid) is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     verdict = "timeout"
                     break
-                events = sel.select(remaining if pidfd is not None else min(remaining, 0.01))
-                for key, _ in events:
-                    if key.fd == pidfd:
-                        continue  # the loop condition sees the exit
-                    if not _read_into(sel, key.fd, buffers[key.fd], caps[key.fd]):
+                for key, _ in sel.select(remaining if poll_s is None else min(remaining, poll_s)):
+                    if key.data == "exit":  # a pidfd stays readable once its process ended
+                        sel.unregister(key.fd)
+                        watched.remove(key.fd)
+                    elif not _read_into(sel, key.fd, buffers[key.fd], caps[key.fd]):
                         verdict = "output"
-            _kill_group(proc.pid)
-            if pidfd is not None:
-                sel.unregister(pidfd)
+            if verdict is None:  # its report is complete: every writer is gone
+                _read_to_end(sel, deciding.report_fd, deciding.report, _REPORT_CAP, time.monotonic() + _DRAIN_S)
+            solution_gone = verdict is None and b"\ngone " in deciding.report
+            for child in children:
+                # When the judge lost the solution's process, that process is ending on its own: wait for
+                # how, briefly (its first process passes that on once the namespace's process is gone).
+                child.early_exit = _exit_status(child.process.pid, wait_s=_DRAIN_S if solution_gone else 0.0)
+                _kill_group(child.process.pid)
+            for fd in watched:
+                sel.unregister(fd)
             # The writers are gone (or killed); take what is still in the pipes, within bounds.
             drain_until = time.monotonic() + _DRAIN_S
             while sel.get_map() and time.monotonic() < drain_until:
@@ -222,9 +466,19 @@ def _watch(proc: subprocess.Popen[bytes], out_fd: int, report_fd: int, deadline:
                     if not _read_into(sel, key.fd, buffers[key.fd], caps[key.fd]) and verdict is None:
                         verdict = "output"
         finally:
-            if pidfd is not None:
-                os.close(pidfd)
-    return verdict, bytes(buffers[out_fd]), bytes(buffers[report_fd])
+            for fd in pidfds:
+                if fd is not None:
+                    os.close(fd)
+    return verdict, bytes(output)
+
+
+def _read_to_end(sel: selectors.BaseSelector, fd: int, buf: bytearray, cap: int, until: float) -> None:
+    """Read ``fd`` until its end (or its cap, or ``until``), leaving the other registered pipes alone."""
+    with selectors.DefaultSelector() as own:
+        own.register(fd, selectors.EVENT_READ)
+        while fd in sel.get_map() and time.monotonic() < until:
+            if own.select(max(0.0, until - time.monotonic())) and not _read_into(sel, fd, buf, cap):
+                break
 
 
 def _read_into(sel: selectors.BaseSelector, fd: int, buf: bytearray, cap: int) -> bool:
@@ -251,12 +505,22 @@ def _pidfd_open(pid: int) -> int | None:
         return None  # old kernel or platform: fall back to polling
 
 
-def _has_exited(pid: int) -> bool:
-    """True once the child has exited; leaves it a zombie (WNOWAIT) so its pid stays ours."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
+def _exit_status(pid: int, wait_s: float = 0.0) -> int | None:
+    """The child's exit status (negative: killed by that signal) once it exited, else None.
+
+    Waits up to ``wait_s`` for it. Leaves it a zombie (WNOWAIT), so its pid stays ours.
+    """
+    give_up = time.monotonic() + wait_s
+    while True:
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return 0  # already reaped, which only the harness does: it exited
+        if info is not None:
+            return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        if time.monotonic() >= give_up:
+            return None
+        time.sleep(0.005)
 
 
 def _kill_group(pgid: int) -> None:
@@ -264,39 +528,53 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _judge(verdict: str | None, output: bytes, report: bytes, returncode: int, nonce: str, limits: Limits,
-           seconds: float) -> Outcome:
-    """Turn what was observed into an Outcome; only the child main's nonce line means 'passed'.
+def _conclude(children: list[_Child], verdict: str | None, output: bytes, nonce: str, limits: Limits,
+              seconds: float) -> Outcome:
+    """Turn what was observed into an Outcome; only the deciding child's nonce line means 'passed'.
 
-    The first report line is the child main's own (``iso`` or ``setup``): the program starts only
-    after it is written, so a program cannot fake it to abort the whole evaluation. Later lines may
-    be the program's scribbles, which is why 'passed' needs the nonce.
+    Each child's first report line is its bootstrap's own (``iso`` or ``setup``): given code runs only
+    after it is written, so no program can fake it to abort the whole evaluation. Later lines of a
+    program's report may be its scribbles, which is why 'passed' needs the nonce.
     """
-    lines = report.decode("utf-8", "replace").splitlines()
-    first = lines[0] if lines else ""
-    isolation = tuple(x for x in first[4:].split(",") if x) if first.startswith("iso ") else None
     text = output.decode("utf-8", "replace")
+    lines = {c.role: c.report.decode("utf-8", "replace").splitlines() for c in children}
+    first = {role: (found[0] if found else "") for role, found in lines.items()}
+    for child in children:
+        if first[child.role].startswith("setup "):
+            raise SandboxError(f"the sandbox could not start the {child.role}: {first[child.role][6:]}")
+    untrusted = first[children[0].role]
+    isolation = tuple(x for x in untrusted[4:].split(",") if x) if untrusted.startswith("iso ") else ()
+    deciding = next(c for c in children if c.decides)
+    returncode = deciding.process.returncode
 
     def outcome(passed: bool, result: str) -> Outcome:
-        return Outcome(passed, result, text, returncode, round(seconds, 4), isolation or ())
+        return Outcome(passed, result, text, returncode, round(seconds, 4), isolation)
 
-    if first.startswith("setup "):
-        raise SandboxError(f"the sandbox could not start the program: {first[6:]}")
     if verdict == "timeout":
         return outcome(False, "timed out")
     if verdict == "output":
         return outcome(False, f"failed: output limit exceeded (more than {limits.max_output_bytes} bytes)")
-    if isolation is None:
-        raise SandboxError(f"the sandboxed interpreter died before running the program "
-                           f"(exit {returncode}): {text.strip()[-500:]}")
-    if lines and lines[-1] == f"ok {nonce}" and returncode == 0:
+    for child in children:
+        if not first[child.role].startswith("iso "):
+            raise SandboxError(f"the sandboxed interpreter ({child.role}) died before running its code "
+                               f"(exit {child.process.returncode}): {text.strip()[-500:]}")
+    report = lines[deciding.role]
+    if report[-1] == f"ok {nonce}" and returncode == 0:
         return outcome(True, "passed")
-    failure = next((line[5:] for line in reversed(lines[1:]) if line.startswith("fail ")), None)
-    if failure:
-        return outcome(False, f"failed: {failure}")
+    for line in reversed(report[1:]):
+        kind, _, reason = line.partition(" ")
+        if kind == "fail":
+            return outcome(False, f"failed: {reason}")
+        if kind == "gone":  # the judge lost the solution's process; say how it ended, where known
+            ended = next((c.early_exit for c in children if not c.decides and c.early_exit is not None), None)
+            return outcome(False, f"failed: {reason}" + (f": {_exit_reason(ended)}" if ended is not None else ""))
     if returncode < 0:
         return outcome(False, f"failed: {_signal_reason(-returncode)}")
     return outcome(False, f"failed: exited with code {returncode} before the program finished")
+
+
+def _exit_reason(status: int) -> str:
+    return _signal_reason(-status) if status < 0 else f"it exited with code {status}"
 
 
 def _signal_reason(signum: int) -> str:
@@ -321,236 +599,3 @@ def _remove_tree(path: Path) -> None:
 
     shutil.rmtree(path, onerror=make_writable_and_retry)
     shutil.rmtree(path, ignore_errors=True)
-
-
-# --- child side ---------------------------------------------------------------------------------
-# The child's main module, passed with -c. It runs in the fresh interpreter and is trusted; the
-# program it runs is not. Order matters: read the header, confine the process (network namespace,
-# rlimits, privilege drop), install the guards, report what was applied, compile and run, report.
-# A ``setup`` line on the report pipe means the sandbox failed, ``fail`` that the program did.
-
-_CHILD_MAIN = r'''
-import os
-import sys
-
-DENIED_IMPORTS = frozenset({"socket", "_socket", "ssl", "_ssl", "ctypes", "_ctypes", "subprocess",
-                            "_posixsubprocess", "multiprocessing", "_multiprocessing", "pty", "resource"})
-REFUSED = ("fork", "forkpty", "kill", "killpg", "system", "popen", "execv", "execve", "execl", "execle",
-           "execlp", "execlpe", "execvp", "execvpe", "spawnv", "spawnve", "spawnl", "spawnle", "spawnlp",
-           "spawnlpe", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp", "setuid", "seteuid",
-           "setgid", "setegid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups",
-           "initgroups", "setsid", "setpgid", "setpgrp", "tcsetpgrp", "chroot", "pidfd_open",
-           "setpriority", "sched_setaffinity", "sched_setscheduler", "sched_setparam", "plock",
-           "unshare", "setns")
-# name -> (position, keyword) of each path argument that must lie inside the working directory
-PATH_CHECKED = {"remove": ((0, "path"),), "unlink": ((0, "path"),), "rmdir": ((0, "path"),),
-                "mkdir": ((0, "path"),), "chmod": ((0, "path"),), "chown": ((0, "path"),),
-                "lchown": ((0, "path"),), "truncate": ((0, "path"),), "utime": ((0, "path"),),
-                "mkfifo": ((0, "path"),), "mknod": ((0, "path"),), "setxattr": ((0, "path"),),
-                "removexattr": ((0, "path"),), "rename": ((0, "src"), (1, "dst")),
-                "replace": ((0, "src"), (1, "dst")), "link": ((0, "src"), (1, "dst")),
-                "symlink": ((1, "dst"),)}
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-
-def main():
-    header = read_header()
-    report_fd, nonce = header["report_fd"], header["nonce"]
-    write, exit_now = os.write, os._exit  # the program may replace the os functions; keep these
-
-    def report(kind, text=""):
-        line = (kind + " " + " ".join(str(text).split())[:400] + "\n").encode("utf-8", "replace")
-        try:
-            write(report_fd, line)
-        except OSError:
-            pass
-
-    try:  # everything up to the "iso" line is the sandbox's job; a failure here is not the program's
-        with open(header["program"], encoding="utf-8") as f:
-            source = f.read()
-        applied = confine(header)
-        install_guards(header["workdir"])
-    except BaseException as e:
-        report("setup", describe(e))
-        exit_now(70)
-    del header
-    report("iso", ",".join(applied))
-    try:
-        code = compile(source, "program.py", "exec")
-        del source
-        exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
-    except BaseException as e:  # SystemExit too: leaving before the end is not a pass
-        report("fail", describe(e))
-        exit_now(1)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-    report("ok", nonce)
-    exit_now(0)
-
-
-def read_header():
-    chunks = []
-    while True:
-        chunk = os.read(0, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    import json
-    return json.loads(b"".join(chunks))
-
-
-def confine(h):
-    applied = []
-    if h["netns"] and unshare_network():
-        applied.append("netns")
-    import resource
-    for name, value in (("RLIMIT_CORE", 0), ("RLIMIT_AS", h["memory_bytes"]),
-                        ("RLIMIT_FSIZE", h["file_size_bytes"]), ("RLIMIT_NOFILE", h["open_files"]),
-                        ("RLIMIT_NPROC", 1)):
-        resource.setrlimit(getattr(resource, name), (value, value))
-    resource.setrlimit(resource.RLIMIT_CPU, (h["cpu_s"], h["cpu_s"] + 1))
-    applied.append("rlimits")
-    if h["uid"] is not None:
-        pin_import_path()
-        os.setgroups([])
-        os.setgid(h["gid"])
-        os.setuid(h["uid"])
-        if 0 in (os.getuid(), os.geteuid(), os.getgid(), os.getegid()):
-            raise RuntimeError("privilege drop did not take")
-        applied.append("uid=%d" % h["uid"])
-    os.umask(0o077)
-    return applied
-
-
-def unshare_network():
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.unshare(0x40000000) == 0  # CLONE_NEWNET: a namespace with only a downed loopback
-    except Exception:
-        return False
-
-
-def pin_import_path():
-    # After the drop, the interpreter's own directories may be unreachable (/root is 0700). Paths
-    # through descriptors opened now stay usable: /proc/self/fd/N skips the ancestors' permissions.
-    # Packages imported already (collections, encodings, json ...) keep their own __path__, which
-    # needs the same rewriting or their submodules (collections.abc) stop importing.
-    pinned = {}
-    for entry in sys.path:
-        try:
-            pinned[entry] = "/proc/self/fd/%d" % os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            pass
-
-    def rewrite(path):
-        for original, via_fd in pinned.items():
-            if path == original or path.startswith(original + os.sep):
-                return via_fd + path[len(original):]
-        return path
-
-    sys.path[:] = [rewrite(p) for p in sys.path]
-    for module in list(sys.modules.values()):
-        search = getattr(module, "__path__", None)
-        if isinstance(search, list):
-            search[:] = [rewrite(p) for p in search]
-    sys.path_importer_cache.clear()
-
-
-def install_guards(workdir):
-    import _io
-    import builtins
-    import io
-    import posix
-    import signal
-
-    root = os.path.realpath(workdir)
-    realpath, fspath = os.path.realpath, os.fspath
-
-    def refuse(name):
-        def refused(*args, **kwargs):
-            raise PermissionError(name + " is disabled in the sandbox")
-        return refused
-
-    def check_inside(path, what):
-        if isinstance(path, int) or path is None:
-            raise PermissionError(what + " on a file descriptor is disabled in the sandbox")
-        p = realpath(fspath(path))
-        if isinstance(p, bytes):
-            p = os.fsdecode(p)
-        if p != root and not p.startswith(root + os.sep):
-            raise PermissionError(what + " outside the sandbox directory: " + repr(p))
-
-    def path_checked(func, name, arguments):
-        def checked(*args, **kwargs):
-            if any(kwargs.get(k) is not None for k in ("dir_fd", "src_dir_fd", "dst_dir_fd")):
-                raise PermissionError(name + " with dir_fd is disabled in the sandbox")
-            for position, keyword in arguments:
-                check_inside(args[position] if position < len(args) else kwargs.get(keyword), name)
-            return func(*args, **kwargs)
-        return checked
-
-    for module in (os, posix):
-        for name in REFUSED:
-            if hasattr(module, name):
-                setattr(module, name, refuse("os." + name))
-        for name, arguments in PATH_CHECKED.items():
-            if hasattr(module, name):
-                setattr(module, name, path_checked(getattr(module, name), "os." + name, arguments))
-    os.removedirs = refuse("os.removedirs")
-    os.renames = refuse("os.renames")
-    signal.pidfd_send_signal = refuse("signal.pidfd_send_signal")
-
-    real_os_open, real_open = posix.open, builtins.open
-
-    def guarded_os_open(path, flags, *args, **kwargs):
-        if flags & WRITE_FLAGS:
-            if kwargs.get("dir_fd") is not None:
-                raise PermissionError("os.open with dir_fd is disabled in the sandbox")
-            check_inside(path, "writing")
-        return real_os_open(path, flags, *args, **kwargs)
-
-    def guarded_open(file, mode="r", *args, **kwargs):
-        if not isinstance(file, int) and any(c in mode for c in "wax+"):
-            check_inside(file, "writing")
-        return real_open(file, mode, *args, **kwargs)
-
-    os.open = posix.open = guarded_os_open
-    builtins.open = io.open = _io.open = guarded_open
-
-    class DenyImports:
-        @staticmethod
-        def find_spec(name, path=None, target=None):
-            if name.partition(".")[0] in DENIED_IMPORTS:
-                raise ImportError("import of " + name + " is disabled in the sandbox")
-            return None
-
-    for name in list(sys.modules):
-        if name.partition(".")[0] in DENIED_IMPORTS:
-            del sys.modules[name]
-    sys.meta_path.insert(0, DenyImports)
-
-
-def describe(e):
-    try:
-        message = e.msg if isinstance(e, SyntaxError) else str(e)
-    except BaseException:
-        message = "?"
-    text = type(e).__name__ + (": " + message if message else "")
-    line = e.lineno if isinstance(e, SyntaxError) else None
-    tb = e.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "program.py":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return text + (" (line %d)" % line if line else "")
-
-
-main()
-'''

@@ -10,10 +10,14 @@ Generation goes through lm-eval's ``LM`` interface directly: one ``generate_unti
 (problem, sample) with the prompt, the stop sequences of the Codex paper and ``max_gen_toks``.
 Greedy by default; ``samples > 1`` with ``temperature > 0`` samples, seeded from the run's seed.
 
-Every completion is appended to its prompt, followed by the problem's test code and
-``check(<entry_point>)``, and executed in :mod:`evals._sandbox` (one process per program, two at a
-time). That runs model-written code, so it is opt-in: ``allow_code_exec`` or
-``BENCH_ALLOW_CODE_EXEC=1``; without either nothing is generated or run.
+Every completion is appended to its prompt (the *solution*) and judged in :mod:`evals._sandbox` by
+the problem's test code and ``check(<entry_point>)``, which run in a process of their own. The prompt
+runs there too, when it is valid Python on its own, so its imports and helpers (HumanEval/38's
+``encode_cyclic``) are the dataset's, not the completion's; ``candidate`` is a proxy that calls the
+completion's function with plain data across a pipe. A completion that returns an always-equal
+object or digs through the frames therefore cannot pass. Two tests run at a time. That runs
+model-written code, so it is opt-in: ``allow_code_exec`` or ``BENCH_ALLOW_CODE_EXEC=1``; without
+either nothing is generated or run.
 
 Scores (task ``humaneval``): ``pass@1`` and, when every problem has at least k samples, ``pass@10`` and
 ``pass@100``, with the unbiased estimator of the paper averaged over problems; ``stderr`` is the
@@ -23,12 +27,14 @@ binomial standard error); ``n`` is the number of problems.
 Samples: one per (problem, sample). ``doc_id`` is the problem's position in the problems file (0 for
 HumanEval/0); when a problem has several samples it is ``position * 1000 + sample`` instead, and
 ``metrics["sample"]`` always holds the sample index. ``output`` is the completion, ``extracted`` the
-full program that was run, ``target`` the entry point; ``metrics`` holds ``passed`` (0/1) and
-``result`` (``passed``, ``timed out`` or ``failed: <reason>``).
+solution that was run (prompt + completion; "solution line N" in a result counts its lines, "tests
+line N" those of the test code followed by the check call), ``target`` the entry point; ``metrics``
+holds ``passed`` (0/1) and ``result`` (``passed``, ``timed out`` or ``failed: <reason>``).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import gzip
 import json
@@ -43,7 +49,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field, model_validator
 
-from evals._sandbox import Limits, run_programs
+from evals._sandbox import CodeTest, Limits, run_code_tests
 from harness.api import EvalContext, EvalResult, Sample, Score
 from harness.errors import BenchError, did_you_mean
 
@@ -92,14 +98,28 @@ class Problem:
     test: str
     canonical_solution: str = ""
 
-    def program(self, completion: str) -> str:
-        """The program the sandbox runs: prompt + completion, then the tests, then the check call."""
-        return f"{self.prompt}{completion}\n\n{self.test}\n\ncheck({self.entry_point})\n"
+    def solution(self, completion: str) -> str:
+        """The untrusted code the sandbox runs: prompt + completion."""
+        return self.prompt + completion
+
+    def code_test(self, completion: str) -> CodeTest:
+        """The solution judged by the tests and the check call; the prompt is the trusted preamble when it
+        is valid Python on its own (a signature and docstring is; all 164 HumanEval prompts are)."""
+        return CodeTest(solution=self.solution(completion), tests=f"{self.test}\n\ncheck({self.entry_point})\n",
+                        preamble=self.prompt if _is_python(self.prompt) else "", required=(self.entry_point,))
 
     def doc(self) -> dict[str, str]:
         """The raw row, as lm-eval would pass it in ``Instance.doc``."""
         return {"task_id": self.task_id, "prompt": self.prompt, "entry_point": self.entry_point,
                 "test": self.test, "canonical_solution": self.canonical_solution}
+
+
+def _is_python(source: str) -> bool:
+    try:
+        ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    return True
 
 
 class HumanEval:
@@ -280,10 +300,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def score(problems: Sequence[Problem], completions: Sequence[Sequence[str]], cfg: Config) -> EvalResult:
-    """Run every (problem, completion) program in the sandbox and aggregate pass@k."""
+    """Judge every (problem, completion) in the sandbox and aggregate pass@k."""
     limits = Limits(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
-    programs = [p.program(c) for p, cs in zip(problems, completions, strict=True) for c in cs]
-    outcomes = iter(run_programs(programs, limits, workers=SANDBOX_WORKERS))
+    tests = [p.code_test(c) for p, cs in zip(problems, completions, strict=True) for c in cs]
+    outcomes = iter(run_code_tests(tests, limits, workers=SANDBOX_WORKERS))
     several = any(len(cs) > 1 for cs in completions)
     samples: list[Sample] = []
     correct: list[tuple[int, int]] = []  # (n, c) per problem
@@ -295,7 +315,7 @@ def score(problems: Sequence[Problem], completions: Sequence[Sequence[str]], cfg
             samples.append(Sample(
                 task=TASK, doc_id=problem.index * SAMPLE_STRIDE + j if several else problem.index,
                 prompt=problem.prompt, output=completion, target=problem.entry_point,
-                extracted=problem.program(completion),
+                extracted=problem.solution(completion),
                 metrics={"passed": float(outcome.passed), "result": outcome.result, "sample": j},  # type: ignore[dict-item]
             ))
         correct.append((len(cs), c))

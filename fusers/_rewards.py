@@ -14,9 +14,10 @@ Built-in rewards (:func:`make_reward` builds them from a spec string):
   falling back to the last number in the response; see :func:`extract_answer`.
 * ``math_steps`` — :class:`ArithmeticStepsReward`: the share of the response's ``a op b = c`` steps (and of
   its final answer, given a reference) that are correct: verifiable partial credit.
-* ``code`` — :class:`UnitTestReward`: the response's code followed by the reference tests (asserts)
-  runs in the HumanEval sandbox (:mod:`evals._sandbox`); 1.0 when the program runs to its end. A
-  sandbox that cannot run a program raises :class:`~evals._sandbox.SandboxError` (never a silent 0).
+* ``code`` — :class:`UnitTestReward`: the reference tests (asserts) judge the response's code in the
+  HumanEval sandbox (:mod:`evals._sandbox`), each in a process of its own, so a response cannot fake
+  a pass (always-equal objects, frame inspection); 1.0 when the tests run to their end. A sandbox
+  that cannot run a program raises :class:`~evals._sandbox.SandboxError` (never a silent 0).
 * ``reward_model:PATH`` — :class:`RewardModelReward`: an HF sequence-classification model; the score is
   its logit for prompt + response (single-label head: logit 0, else the last label's logit).
 * ``judge`` — :class:`JudgeReward`: an LLM judge through :mod:`evals._judge` (HTTP endpoint or local
@@ -30,6 +31,7 @@ highest mean of the per-reward min-max-normalised scores, then to the lowest ind
 
 from __future__ import annotations
 
+import ast
 import inspect
 import logging
 import math
@@ -44,7 +46,7 @@ from harness.errors import BenchError, did_you_mean
 
 if TYPE_CHECKING:
     from evals._judge import ChatJudge, Message
-    from evals._sandbox import Limits, Outcome
+    from evals._sandbox import CodeTest, Limits, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -191,12 +193,17 @@ def extract_code(response: str) -> str:
 
 
 class UnitTestReward:
-    """1.0 when the response's code, followed by the reference tests, runs to its end in the sandbox.
+    """1.0 when the reference tests, judging the response's code in the sandbox, run to their end.
 
-    ``include_prompt=False`` (default; chat-style prompts): the program is the response's code
-    (:func:`extract_code`) then the tests. ``include_prompt=True`` (HumanEval-style completion prompts,
-    a signature plus docstring): the program is prompt + response, cut at HumanEval's stop sequences,
-    then the tests. ``last_outcomes`` keeps the sandbox's verdicts of the latest call (why it failed).
+    The tests run in a process of their own and call the solution's top-level functions by name
+    through proxies that pass plain data (:mod:`evals._sandbox`); a test may use any function the
+    solution defines, not its other globals. ``include_prompt=False`` (default; chat-style prompts):
+    the solution is the response's code (:func:`extract_code`). ``include_prompt=True`` (HumanEval-style
+    completion prompts, a signature plus docstring): the solution is prompt + response, cut at
+    HumanEval's stop sequences; a prompt that is valid Python on its own also runs before the tests as
+    trusted code, so the helpers it defines are the prompt's, and its last function (the one the
+    response completes) must come from the solution. ``last_outcomes`` keeps the sandbox's verdicts of
+    the latest call (why it failed).
     """
 
     name = "code"
@@ -210,23 +217,37 @@ class UnitTestReward:
         self.include_prompt = include_prompt
         self.last_outcomes: list[Outcome] = []
 
-    def program(self, prompt: str, response: str, tests: str) -> str:
-        if self.include_prompt:
-            from evals.humaneval import truncate_at_stop
+    def code_test(self, prompt: str, response: str, tests: str) -> CodeTest:
+        from evals._sandbox import CodeTest
 
-            code = prompt + truncate_at_stop(response)
-        else:
-            code = extract_code(response)
-        return f"{code}\n\n{tests}\n"
+        if not self.include_prompt:
+            return CodeTest(solution=extract_code(response), tests=tests)
+        from evals.humaneval import truncate_at_stop
+
+        solution = prompt + truncate_at_stop(response)
+        completed = _last_function(prompt)
+        if completed is None:  # not Python on its own: nothing of it can be trusted to run apart
+            return CodeTest(solution=solution, tests=tests)
+        return CodeTest(solution=solution, tests=tests, preamble=prompt, required=(completed,))
 
     def score(self, prompts: list[str], responses: list[str], references: list[str | None]) -> list[float]:
-        from evals._sandbox import run_programs
+        from evals._sandbox import run_code_tests
 
         _check_batch(prompts, responses, references)
         _require_references(self.name, references)
-        programs = [self.program(p, r, t or "") for p, r, t in zip(prompts, responses, references, strict=True)]
-        self.last_outcomes = run_programs(programs, self.limits, workers=self.workers)  # SandboxError propagates
+        tests = [self.code_test(p, r, t or "") for p, r, t in zip(prompts, responses, references, strict=True)]
+        self.last_outcomes = run_code_tests(tests, self.limits, workers=self.workers)  # SandboxError propagates
         return [1.0 if o.passed else 0.0 for o in self.last_outcomes]
+
+
+def _last_function(source: str) -> str | None:
+    """The name of the last top-level function ``source`` defines; None if it defines none or does not parse."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    names = [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return names[-1] if names else None
 
 
 # --- reward model: an HF sequence-classification head ---------------------------------------------

@@ -15,8 +15,8 @@ folder, or a folder of those (:mod:`harness.text_data` reads the rows, streamed)
 ``{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}``, ShareGPT style
 ``{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]}`` or a single turn
 ``{"prompt": ..., "response": ...}``; an optional first system turn, then user/assistant turns alternating,
-ending with the assistant. Optional ``reference`` (a verifiable answer) and ``tests`` (code appended by the
-unit-test reward) fields are kept. ProFuser also takes plain-text rows (only a ``text`` field) as
+ending with the assistant. Optional ``reference`` (a verifiable answer) and ``tests`` (test code that judges the
+answer in the unit-test reward) fields are kept. ProFuser also takes plain-text rows (only a ``text`` field) as
 documents (:func:`load_training_rows`).
 
 **Rendered** (:func:`render`) with a tokenizer's chat template (or a plain ``User: ... / Assistant: ...``

@@ -43,8 +43,10 @@ JudgeUrlOpt = Annotated[str | None, typer.Option("--judge-url", help="mtbench: O
 JudgeModelOpt = Annotated[str | None, typer.Option("--judge-model", help="mtbench: judge model (name or local ref).")]
 JudgePromptsOpt = Annotated[str | None, typer.Option("--judge-prompts", help="mtbench: FastChat judge_prompts.jsonl.")]
 JudgeRepeatsOpt = Annotated[int | None, typer.Option("--judge-repeats", min=1, help="mtbench: judge N times (mean, std).")]
-CodeExecOpt = Annotated[bool, typer.Option("--allow-code-exec", help="humaneval: run model code in the sandbox.",
-                                           envvar="BENCH_ALLOW_CODE_EXEC")]
+# No envvar here: BENCH_ALLOW_CODE_EXEC=1 is read by the code that executes (humaneval, ProFuser's code
+# reward), so setting it never turns into a flag that runs without such a suite would reject.
+CodeExecOpt = Annotated[bool, typer.Option("--allow-code-exec", help="humaneval: run model code in the sandbox "
+                                           "(BENCH_ALLOW_CODE_EXEC=1 opts in too, wherever code runs).")]
 SamplesOpt = Annotated[int | None, typer.Option("--samples", min=1, help="humaneval: completions per problem (pass@k).")]
 TemperatureOpt = Annotated[float | None, typer.Option("--temperature", min=0.0, help="humaneval: sampling temperature.")]
 

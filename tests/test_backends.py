@@ -121,7 +121,8 @@ def test_vllm_generation_goes_through_the_engine(zoo_home: Path, fake_vllm) -> N
     from lm_eval.api.instance import Instance
 
     from harness.backends import load_lm
-    from harness.model import current_placement, load_lm as load_hf_lm, resolve
+    from harness.model import current_placement, resolve
+    from harness.model import load_lm as load_hf_lm
 
     ref = resolve("zoo:llama-code")
     request = Instance(request_type="generate_until", doc={}, idx=0,

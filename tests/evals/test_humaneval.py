@@ -179,8 +179,7 @@ def test_end_to_end_with_a_stub_lm(tmp_path: Path, problems: list) -> None:
     assert (sample.task, sample.doc_id, sample.target) == ("humaneval", 2, problems[2].entry_point)
     assert sample.prompt == problems[2].prompt
     assert sample.output == problems[2].canonical_solution  # cut before "\ndef unrelated"
-    assert sample.extracted.startswith(problems[2].prompt + problems[2].canonical_solution)
-    assert sample.extracted.rstrip().endswith(f"check({problems[2].entry_point})")
+    assert sample.extracted == problems[2].prompt + problems[2].canonical_solution  # the solution that ran
     assert sample.metrics == {"passed": 1.0, "result": "passed", "sample": 0}
 
 
@@ -210,6 +209,32 @@ def test_hostile_completions_are_contained(tmp_path: Path) -> None:
     assert [x.metrics["result"].split(":")[0] for x in result.samples] == ["failed", "failed", "timed out", "failed"]
 
 
+# Each returns a wrong answer that would pass if the tests ran in the completion's process.
+FORGING_COMPLETIONS = {
+    "always-equal": "    class Yes:\n        def __eq__(self, other):\n            return True\n    return Yes()\n",
+    "frame nonce theft": ("    import sys\n    frame = sys._getframe()\n"
+                          "    while frame is not None and 'nonce' not in frame.f_locals:\n"
+                          "        frame = frame.f_back\n"
+                          "    if frame is not None:\n"
+                          "        frame.f_locals['report']('ok', frame.f_locals['nonce'])\n"
+                          "        frame.f_locals['exit_now'](0)\n"
+                          "    return None\n"),
+}
+
+
+@pytest.mark.parametrize("forgery", list(FORGING_COMPLETIONS))
+def test_completions_that_forge_a_pass_in_one_process_score_zero(tmp_path: Path, problems: list, forgery: str) -> None:
+    from evals._sandbox import run_program
+
+    completion = FORGING_COMPLETIONS[forgery]
+    first = problems[0]
+    joined = f"{first.prompt}{completion}\n\n{first.test}\n\ncheck({first.entry_point})\n"
+    assert run_program(joined).passed  # one process, as HumanEval ran before: the forgery works
+    result = HumanEval().evaluate(ScriptedLM(lambda r: completion), Config(allow_code_exec=True), ctx(tmp_path, limit=3))
+    assert result.scores[0].value == 0.0
+    assert all(x.metrics["result"].startswith("failed: ") for x in result.samples)
+
+
 def test_a_custom_problems_file(tmp_path: Path) -> None:
     rows = [{"task_id": "t/0", "prompt": "def inc(x):\n", "entry_point": "inc",
              "test": "def check(f):\n    assert f(1) == 2\n", "canonical_solution": "    return x + 1\n"},
@@ -220,7 +245,7 @@ def test_a_custom_problems_file(tmp_path: Path) -> None:
     cfg = Config(allow_code_exec=True, problems_file=str(path))
     result = HumanEval().evaluate(ScriptedLM(canonical), cfg, ctx(tmp_path))
     assert result.scores[0].value == 0.5 and result.scores[0].n == 2
-    assert result.samples[1].metrics["result"] == "failed: AssertionError (line 6)"
+    assert result.samples[1].metrics["result"] == "failed: AssertionError (tests line 2)"
     path.write_text(json.dumps({"task_id": "t/0", "prompt": "x"}) + "\n")
     with pytest.raises(BenchError, match="entry_point, test"):
         HumanEval().evaluate(ScriptedLM(canonical), cfg, ctx(tmp_path))

@@ -139,6 +139,31 @@ def test_code_reward_completion_style_prompts() -> None:
     assert reward.score([prompt] * 2, responses, [TESTS] * 2) == [1.0, 0.0]
 
 
+def test_code_reward_cannot_be_gamed_by_the_response() -> None:
+    """A policy trained against this reward must not be able to learn to fake passing tests."""
+    responses = [
+        "class Yes:\n    def __eq__(self, other):\n        return True\n\ndef add(a, b):\n    return Yes()\n",
+        "class Zero(int):\n    def __eq__(self, other):\n        return True\n\ndef add(a, b):\n    return Zero()\n",
+        ("import sys\nframe = sys._getframe(1)\nwhile frame is not None and 'nonce' not in frame.f_locals:\n"
+         "    frame = frame.f_back\nif frame is not None:\n    frame.f_locals['report']('ok', frame.f_locals['nonce'])\n"
+         "    frame.f_locals['exit_now'](0)\ndef add(a, b):\n    return 0\n"),
+        "def add(a, b):\n    return a + b\n",
+    ]
+    reward = UnitTestReward(timeout_s=5.0)
+    assert reward.score(["p"] * 4, responses, [TESTS] * 4) == [0.0, 0.0, 0.0, 1.0]
+    assert "not plain data" in reward.last_outcomes[0].result
+
+
+def test_code_reward_completion_prompts_keep_their_helpers() -> None:
+    prompt = 'def double(x):\n    return 2 * x\n\ndef add(a, b):\n    """Sum."""\n'
+    tests = "assert add(double(1), 3) == 5\n"
+    redefined = "    return 4\n\ndef double(x):\n    return 1\n"  # would pass if double were the response's
+    reward = make_reward("code", include_prompt=True, timeout_s=5.0)
+    assert reward.score([prompt] * 2, ["    return a + b\n", redefined], [tests] * 2) == [1.0, 0.0]
+    assert reward.code_test(prompt, "    return a + b\n", tests).required == ("add",)
+    assert reward.code_test("def add(a, b):\n", "    return a + b\n", tests).preamble == ""  # not Python alone
+
+
 def test_code_reward_raises_when_the_sandbox_cannot_run() -> None:
     reward = UnitTestReward(limits=Limits(max_open_files=1 << 40))
     with pytest.raises(SandboxError, match="could not start"):

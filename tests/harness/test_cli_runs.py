@@ -190,6 +190,22 @@ def test_eval_command(fake_plugins_registered):
     assert bench("eval", "--model", env["a"], "--suite", "fakesuite", "--set", "nope.x=1", "--db", env["db"]) == 2
 
 
+def test_the_code_exec_opt_in_variable_does_not_break_runs_without_code_suites(fake_plugins_registered, monkeypatch,
+                                                                               capsys):
+    """BENCH_ALLOW_CODE_EXEC=1 is permission for the code that executes, not a flag every suite must accept."""
+    env = fake_plugins_registered
+    monkeypatch.setenv("BENCH_ALLOW_CODE_EXEC", "1")
+    assert bench("eval", "--model", env["a"], "--suite", "fakesuite", "--db", env["db"]) == 0
+    assert bench("run", "--fuser", "fake", "--sources", f"{env['a']},{env['b']}", "--suite", "fakesuite",
+                 "--db", env["db"]) == 0
+    runs = db_rows(env["db"], "runs")
+    assert [r["status"] for r in runs] == ["ok", "ok"]
+    assert all("allow_code_exec" not in r["config"] for r in runs)
+    # the explicit flag still says where it belongs
+    assert bench("eval", "--model", env["a"], "--suite", "fakesuite", "--allow-code-exec", "--db", env["db"]) == 2
+    assert "--allow-code-exec applies to suite(s) humaneval" in capsys.readouterr().err
+
+
 def test_db_that_is_not_sqlite(tmp_path, capsys):
     bad = tmp_path / "x.db"
     bad.write_text("this is not a database" * 100)
