@@ -9,7 +9,7 @@ BENCH := $(VENV)/bin/bench
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.fusebench-installed
 
-.PHONY: install demo test lint regress table7 regress
+.PHONY: install demo test lint regress table7 venv-vllm
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# vLLM pins its own torch and transformers, so the vllm backend gets its own environment, on a CUDA machine
+# (make test never needs it): `make venv-vllm`, then `.venv-vllm/bin/bench eval --backend vllm ...`.
+VLLM_VENV ?= .venv-vllm
+venv-vllm:
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q -e ".[vllm]"
 
 demo: install
 	$(BENCH) zoo build

@@ -116,6 +116,8 @@ def _client_classes() -> tuple[type, type]:
             payload = self._create_payload(self.create_message(messages), generate=generate,  # type: ignore[attr-defined]
                                            gen_kwargs=copy.deepcopy(gen_kwargs), seed=self._seed,  # type: ignore[attr-defined]
                                            eos=self.eos_string, **kwargs)  # type: ignore[attr-defined]
+            if not payload.get("stop", True):
+                del payload["stop"]  # "no stop strings": some servers reject an empty list (transformers serve)
             return self.client.post(self.endpoint, payload)
 
     class Completions(ClientTransport, LocalCompletionsAPI):
@@ -137,23 +139,32 @@ class ServedLM(LM):
         completions_cls, chat_cls = _client_classes()
         common = {"model": model, "base_url": client.url("completions"), "max_retries": 1, "num_concurrent": 1,
                   "max_length": 2048}
-        self.client, self.model_name, self.tokenizer_path = client, model, tokenizer
-        self.completions = completions_cls(tokenizer_backend="huggingface" if tokenizer else None, tokenizer=tokenizer,
-                                           tokenized_requests=tokenizer is not None,
-                                           batch_size=batch_size if isinstance(batch_size, int) else 1, **common)
-        self.completions.client = client
+        self.client, self.model_name = client, model
+        # prompts go one per request as text (every server takes that; some take no lists, no token ids)
+        self.completions = completions_cls(tokenizer_backend=None, tokenized_requests=False, batch_size=1, **common)
+        # log-likelihoods send token ids, so that the context ends exactly where our tokenizer says it does
+        self.scoring = completions_cls(tokenizer_backend="huggingface", tokenizer=tokenizer, tokenized_requests=True,
+                                       batch_size=batch_size if isinstance(batch_size, int) else 1,
+                                       **common) if tokenizer else None
         self.chat = chat_cls(tokenizer_backend=None, **common)
-        self.chat.client = client
+        for api in (self.completions, self.scoring, self.chat):
+            if api is not None:
+                api.client = client
         self._prompt_logprobs: bool | None = None
 
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
-        return self.completions.generate_until(requests, disable_tqdm=disable_tqdm)
+        """Completions cut at the first stop string (servers differ in whether they include it)."""
+        from lm_eval.models.utils import handle_stop_sequences
+
+        outputs = self.completions.generate_until(requests, disable_tqdm=disable_tqdm)
+        return [_cut(text or "", handle_stop_sequences(dict(r.args[1]).get("until"), eos=None))
+                for text, r in zip(outputs, requests, strict=True)]
 
     def generate_chat(self, conversations: Sequence[list[dict[str, str]]], *, max_gen_toks: int | None = None,
                       ) -> list[str]:
         """The next assistant turn of each conversation, rendered by the server with its model's template."""
         from lm_eval.api.instance import Instance
-        from lm_eval.models.utils import JsonChatStr
+        from lm_eval.models.api_models import JsonChatStr
 
         requests = [Instance(request_type="generate_until", doc={}, idx=0, arguments=(
             JsonChatStr(json.dumps(messages)), {"max_gen_toks": max_gen_toks or 256, "do_sample": False, "until": []}))
@@ -161,17 +172,15 @@ class ServedLM(LM):
         return [(text or "").strip() for text in self.chat.generate_until(requests, disable_tqdm=True)]
 
     def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        self._check_prompt_logprobs()
-        return self.completions.loglikelihood(requests, disable_tqdm=disable_tqdm)
+        return self._scorer().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
-        self._check_prompt_logprobs()
-        return self.completions.loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        return self._scorer().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
 
-    def _check_prompt_logprobs(self) -> None:
+    def _scorer(self) -> Any:
         """Log-likelihoods need the server's log-probabilities of the prompt's own tokens, and a local copy of the
         served model's tokenizer to know where a context ends: probe once, refuse in one line."""
-        if self.tokenizer_path is None:
+        if self.scoring is None:
             raise BenchError(f"scoring log-likelihoods of served model {self.model_name!r} needs its tokenizer here",
                              "pass --tokenizer with a folder or zoo:NAME holding the served model's tokenizer")
         if self._prompt_logprobs is None:
@@ -183,6 +192,12 @@ class ServedLM(LM):
                              f"for {self.model_name!r}, so it cannot score log-likelihoods (perplexity)",
                              "serve it with a server that does (e.g. `vllm serve`), or evaluate its weights with "
                              "--backend hf or vllm; generation suites work as they are")
+        return self.scoring
+
+
+def _cut(text: str, stops: Sequence[str]) -> str:
+    hits = [text.index(stop) for stop in stops if stop and stop in text]
+    return text[: min(hits)] if hits else text
 
 
 def _has_prompt_logprobs(reply: Any) -> bool:
