@@ -85,6 +85,12 @@ class FuseChat:
     #: judge is configured; without one its answers are stored unrated).
     default_suites: ClassVar[list[str]] = ["perplexity", "bbh-mini", "mtbench"]
 
+    @classmethod
+    def control_config(cls, cfg: BaseModel) -> BaseModel:
+        """The data-only control (``--control``): the pivot trained on the same conversations, steps and seed with
+        λ = 1 (plain SFT). Every pairwise target is then the same model, so one is trained and it is the result."""
+        return cfg.model_copy(update={"lam": 1.0})
+
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
@@ -228,7 +234,9 @@ class _Run:
 
         trained: dict[str, Path] = {}
         stage_details: dict[str, Any] = {}
-        for ref in self.others:
+        # λ = 1 switches the fusion term off: the source no longer enters training, so the pairwise targets would
+        # all be one model (the data-only control); train it once
+        for ref in self.others[:1] if cfg.lam == 1.0 else self.others:
             name = f"{_short(self.pivot)}+{_short(ref)}"
             trained[name], stage_details[name] = self._pairwise_target(ref)
 
@@ -238,8 +246,9 @@ class _Run:
             # vector keeps nothing (it would return the pivot and call it a fusion); the target IS the result.
             (name, cached), = trained.items()
             shutil.copytree(cached, out_dir, ignore=shutil.ignore_patterns("pairwise.json"), dirs_exist_ok=True)
-            merge_details = {"method": "none", "reason": f"one pairwise target ({name}): the fused model is that "
-                                                         "target; merging needs two or more"}
+            merge_details = {"method": "none", "reason": "λ = 1, the data-only control: every pairwise target is one "
+                                                         "model" if cfg.lam == 1.0 else f"one pairwise target ({name}): "
+                                                         "the fused model is that target; merging needs two or more"}
             stages: dict[str, Path] = {}
         else:
             start = time.perf_counter()

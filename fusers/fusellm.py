@@ -62,6 +62,12 @@ class FuseLLM:
     default_sources: ClassVar[list[str]] = ["zoo:gpt2-code", "zoo:neox-docs", "zoo:mpt-math"]
     default_target: ClassVar[str] = "zoo:gpt2-code"
 
+    @classmethod
+    def control_config(cls, cfg: BaseModel) -> BaseModel:
+        """The data-only control (``--control``): the same target, corpus, steps and seed with λ = 1, i.e. plain
+        continued training (the teachers' rows get weight 0)."""
+        return cfg.model_copy(update={"lam": 1.0})
+
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
 

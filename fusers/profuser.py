@@ -70,6 +70,13 @@ class ProFuser:
     default_target: ClassVar[str] = "zoo:gpt2-code"
     default_suites: ClassVar[list[str]] = ["perplexity", "bbh-mini", "mtbench"]
 
+    @classmethod
+    def control_config(cls, cfg: BaseModel) -> BaseModel:
+        """The data-only control (``--control``): the same target, ground-truth conversations, number of steps and
+        seed, trained on ground truth only (no inference-mode data, no fusion term: λ = 1)."""
+        steps = cfg.inference_steps + cfg.training_steps  # type: ignore[attr-defined]
+        return cfg.model_copy(update={"lam": 1.0, "inference_steps": 0, "training_steps": steps})
+
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
 

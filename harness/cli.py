@@ -159,6 +159,8 @@ def run(
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the fusion and the "
                     "evaluations.")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue a failed/interrupted run by id.")] = None,
+    control: Annotated[bool, typer.Option("--control", help="Also train the data-only control (the same target, "
+                       "data, steps and seed with λ = 1) of a training fuser, evaluated beside the fused model.")] = False,
     processes: Annotated[int | None, typer.Option("--processes", min=1,
                          help="Train the fusion in N processes (accelerate launch; GPUs or CPU/gloo).")] = None,
     data_dir: DataDirOpt = None, questions: QuestionsOpt = None, judge_url: JudgeUrlOpt = None,
@@ -189,7 +191,7 @@ def run(
                              allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
         run_id, cfg = _open_run(store, "run", name, raw, lambda: build_run_config(
             config_file=config, fuser=fuser, sources=_split(sources), target=target, suites=suite, sets=set_,
-            name=name, limit=limit, seed=seed, suite_flags=flags, processes=processes,
+            name=name, limit=limit, seed=seed, suite_flags=flags, processes=processes, control=control or None,
             placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)))
     run_fusion(cfg, store, run_id, resume=bool(resume))
     typer.echo(f"run {run_id} ok")

@@ -84,6 +84,7 @@ class RunConfig(BaseModel):
     vllm: dict[str, Any] = Field(default_factory=dict, description="vllm backend: engine arguments "
                                                                   "(tensor_parallel_size, gpu_memory_utilization ...).")
     processes: int = Field(1, ge=1, description="Processes for the fusion's training (accelerate launch).")
+    control: bool = Field(False, description="Also train the data-only control (λ = 1) of a training fuser.")
 
     @field_validator("batch_size")
     @classmethod
@@ -100,7 +101,7 @@ class RunConfig(BaseModel):
     def canonical_json(self) -> str:
         # how a run executes (processes) does not change what it computes; fields added later are left out at
         # their defaults, so that earlier runs keep their hashes
-        later = {"models", "backend", "base_url", "tokenizer", "vllm"}
+        later = {"models", "backend", "base_url", "tokenizer", "vllm", "control"}
         exclude = {"name", "processes"} | {f for f in later if getattr(self, f) == type(self).model_fields[f].get_default(
             call_default_factory=True)}
         return json.dumps(self.model_dump(exclude=exclude), sort_keys=True, default=str)
@@ -207,7 +208,7 @@ def build_run_config(
     target: str | None = None, suites: list[str] | None = None, sets: list[str] | None = None,
     name: str | None = None, limit: int | None = None, seed: int | None = None,
     suite_flags: dict[str, Any] | None = None, processes: int | None = None,
-    placement: dict[str, Any] | None = None,
+    placement: dict[str, Any] | None = None, control: bool | None = None,
 ) -> RunConfig:
     """Merge file, flags and overrides into a validated :class:`RunConfig` (BenchError on any problem).
 
@@ -217,7 +218,8 @@ def build_run_config(
 
     data = _normalise_file(read_yaml(config_file)) if config_file else {}
     flags = {"fuser": fuser, "sources": sources or None, "target": target, "suites": suites or None,
-             "name": name, "limit": limit, "seed": seed, "processes": processes, **(placement or {})}
+             "name": name, "limit": limit, "seed": seed, "processes": processes, "control": control,
+             **(placement or {})}
     data.update({k: v for k, v in flags.items() if v is not None})
     if not data.get("fuser"):
         raise BenchError("no fuser given", "pass --fuser NAME or set `fuser:` in the config file")

@@ -163,7 +163,8 @@ def member_names(store: Store, run: dict[str, Any]) -> dict[str, str]:
     members = store.query("select rm.model_id, rm.role, m.name, m.kind from run_models rm "
                           "join models m on m.id = rm.model_id where rm.run_id = ? order by rm.position", [run["id"]])
     names = {m["model_id"]: m["name"] for m in members}
-    misnamed = [m["model_id"] for m in members if m["role"] != "fused" and m["kind"] in ("fused", "runtime")]
+    misnamed = [m["model_id"] for m in members
+                if m["role"] not in ("fused", "control", "stage") and m["kind"] in ("fused", "runtime")]
     if misnamed:
         specs = ([run["target"]] if run.get("target") else []) + json.loads(run.get("sources") or "[]")
         taken = {names[m["model_id"]] for m in members if m["model_id"] not in misnamed}

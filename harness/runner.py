@@ -101,6 +101,9 @@ def _run_fusion(cfg: RunConfig, store: Store, run_id: str, timings: Timings, res
 
         fuser_cls = fusers().get(cfg.fuser)
         fuser_cfg, suite_cfgs = validate_plugin_args(cfg)
+        if cfg.control and not hasattr(fuser_cls, "control_config"):
+            raise BenchError(f"fuser {cfg.fuser} has no fusion term to switch off, so no data-only control",
+                             "drop --control (it applies to the training fusers fusellm, fusechat and profuser)")
         if cfg.processes > 1 and not getattr(fuser_cls, "distributed", False):
             raise BenchError(f"fuser {cfg.fuser} runs in one process", "drop --processes (only training fusers "
                              "such as fusellm scale over processes)")
@@ -119,6 +122,9 @@ def _run_fusion(cfg: RunConfig, store: Store, run_id: str, timings: Timings, res
     with timings.stage("fuse"):
         fused, stages = _fuse(fuser_cls, fuser_cfg, cfg, sources, target, run_name=cfg.name)
     evaluands = [fused, *stages]
+    if cfg.control:
+        with timings.stage("control"):
+            evaluands.append(_control(fuser_cls, fuser_cfg, cfg, sources, target, fused))
     if target is not None:
         evaluands.append(_source_evaluand(target, "target"))
     evaluands += [_source_evaluand(s, "source") for s in sources]
@@ -306,6 +312,15 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
                                ref=str(stage_dir), path=stage_dir, fuser=cfg.fuser, fuse_hash=fuse_hash,
                                details=stage_details.get(name, {})))
     return fused, stages
+
+
+def _control(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef], target: ModelRef | None,
+             fused: Evaluand) -> Evaluand:
+    """The data-only control of a training fuser: the same target, data, steps and seed with the fusion term
+    switched off (the fuser's ``control_config``: λ = 1), evaluated beside the fused model with role ``control``."""
+    control_cfg = fuser_cls.control_config(fuser_cfg)
+    control, _ = _fuse(fuser_cls, control_cfg, cfg, sources, target, run_name=f"{fused.name} control")
+    return dataclasses.replace(control, role="control")
 
 
 def _inside(root: Path, stage_dir: Path) -> str:

@@ -212,3 +212,23 @@ class TrainedSequences:
             assert tuple(row) in whole, "a training sequence is not one whole conversation"
             assert any(mask) and not mask[0] and not mask[-1]  # instruction start and the last row never count
         return len(self.rows)
+
+
+@pytest.fixture(scope="session")
+def reward_model(tmp_path_factory) -> Path:  # noqa: ANN001
+    """A tiny random HF sequence-classification model: any such model is a ProFuser reward, and a random one
+    tells the sources' answers apart even where the micro models cannot do arithmetic."""
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from tests.conftest import one_thread
+
+    path = tmp_path_factory.mktemp("rm") / "rm"
+    with one_thread():
+        tok = bpe_tokenizer([corpus()[0][:6000]], vocab_size=280)
+        torch.manual_seed(0)
+        model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=4,
+                                                         n_positions=256, num_labels=1, **special_ids(tok)))
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+    return path

@@ -88,25 +88,6 @@ def test_config_validation(monkeypatch) -> None:  # noqa: ANN001
     assert "bench run --fuser profuser" in fusers.profuser.__doc__
 
 
-@pytest.fixture(scope="module")
-def reward_model(tmp_path_factory) -> Path:  # noqa: ANN001
-    import torch
-    from transformers import GPT2Config, GPT2ForSequenceClassification
-
-    from tests.conftest import one_thread
-    from tests.fusers.conftest import bpe_tokenizer, corpus, special_ids
-
-    path = tmp_path_factory.mktemp("rm") / "rm"
-    with one_thread():
-        tok = bpe_tokenizer([corpus()[0][:6000]], vocab_size=280)
-        torch.manual_seed(0)
-        model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=4,
-                                                         n_positions=256, num_labels=1, **special_ids(tok)))
-        model.save_pretrained(path)
-        tok.save_pretrained(path)
-    return path
-
-
 @pytest.mark.parametrize("schedule", ["two_stage", "linear_mix"])
 def test_bench_run_profuser_records_wins_per_mode_and_the_schedule(private_home: Path, tmp_path: Path, reward_model,
                                                                   schedule: str, capsys) -> None:  # noqa: ANN001
