@@ -156,3 +156,84 @@ def test_served_models_are_refused_where_weights_are_needed(zoo_home: Path, tmp_
     assert code == 2 and "no server URL" in err and "--base-url" in err
     with pytest.raises(BenchError, match="names no served model"):
         resolve("openai:")
+
+
+# --- a server that returns prompt log-probabilities -------------------------------------------------
+
+
+class LogprobServer:
+    """A loopback ``/v1/completions`` endpoint that answers ``echo`` + ``logprobs`` requests the way ``vllm serve``
+    does (token-id prompts, one log-probability per prompt token, the argmax among the top log-probabilities),
+    computed by a transformers model. ``transformers serve`` returns no log-probabilities and llama.cpp's server
+    neither takes token ids nor lines its echoed log-probabilities up with the tokens, so this one stands in."""
+
+    def __init__(self, folder: Path):
+        import http.server
+        import json
+        import threading
+
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(body)
+                prompt = body["prompt"]
+                if isinstance(prompt, str):
+                    prompt = tokenizer(prompt)["input_ids"]
+                prompts = prompt if prompt and isinstance(prompt[0], list) else [prompt]
+                choices = []
+                with torch.no_grad():
+                    for index, ids in enumerate(prompts):
+                        logps = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+                        token_lps: list[float | None] = [None] + [float(logps[t, ids[t + 1]]) for t in range(len(ids) - 1)]
+                        tops: list[dict | None] = [None] + [{str(int(logps[t].argmax())): float(logps[t].max())}
+                                                            for t in range(len(ids) - 1)]
+                        nxt = int(logps[-1].argmax())  # the one generated token (max_tokens=1)
+                        token_lps.append(float(logps[-1, nxt]))
+                        tops.append({str(nxt): float(logps[-1, nxt])})
+                        choices.append({"index": index, "text": "", "logprobs": {"token_logprobs": token_lps,
+                                                                                  "top_logprobs": tops}})
+                payload = json.dumps({"choices": choices}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+def test_served_perplexity_equals_the_weights_when_the_server_returns_prompt_logprobs(zoo_home: Path, tmp_path: Path,
+                                                                                     capsys) -> None:  # noqa: ANN001
+    from harness import zoo
+
+    server = LogprobServer(zoo.resolve("llama-base"))
+    try:
+        db = tmp_path / "b.db"
+        code = bench("eval", "--model", "openai:llama-base", "--base-url", server.url, "--tokenizer", "zoo:llama-base",
+                     *PPL, "--db", str(db), "--name", "served")
+        assert code == 0, capsys.readouterr().err[-2000:]
+        assert bench("eval", "--model", "zoo:llama-base", *PPL, "--db", str(db), "--name", "hf") == 0
+    finally:
+        server.close()
+    served, hf = sorted(_scores(db), key=lambda r: r["run"] != "served")
+    assert (served["backend"], hf["backend"]) == ("openai", "hf-cpu")
+    assert served["value"] == pytest.approx(hf["value"], abs=1e-4)
+    scored = [r for r in server.requests if r.get("echo") and isinstance(r["prompt"], list)]
+    assert scored and all(isinstance(t, int) for p in scored for t in (p["prompt"][0] if isinstance(p["prompt"][0], list)
+                                                                       else p["prompt"]))  # token ids went out

@@ -1,10 +1,10 @@
 """The openai backend against a real OpenAI-compatible server on loopback serving the real checkpoint.
 
 The server is ``transformers serve`` (transformers' own FastAPI server: ``/v1/completions``,
-``/v1/chat/completions``) on zoo:smollm2-135m's folder. llama.cpp's server through ``llama-cpp-python[server]``
-was the first choice, but it compiles llama.cpp from source (no wheel on PyPI), longer than CI can spend.
-``transformers serve`` returns no prompt log-probabilities, so it also shows the one-line refusal of
-log-likelihood suites.
+``/v1/chat/completions``) on zoo:smollm2-135m's folder. llama.cpp's server (``llama-cpp-python[server]``) was
+tried first: no wheel on PyPI (a 9 CPU-minute source build), no token-id prompts, and echoed log-probabilities
+shifted by one token. ``transformers serve`` returns no prompt log-probabilities, so it also shows the
+one-line refusal of log-likelihood suites (tests/test_backends.py scores them through a loopback endpoint).
 """
 
 from __future__ import annotations
