@@ -9,17 +9,23 @@ Tables (stable, documented columns; later migrations only add):
 
 Writes that belong together happen in one transaction, so a crash never leaves half of a model's
 suite results behind; a run row is always closed as ``ok`` or ``error``.
+
+Any number of processes may open and write one DB at once, a new one included: each write transaction takes the
+write lock up front and waits for it (``BUSY_TIMEOUT_S``), and migrations run under a file lock beside the DB
+(``<db>.lock``), one process at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
 import os
 import secrets
 import sqlite3
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +33,11 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from harness.errors import BenchError
+from harness.paths import file_lock
 
 migrations = Migrations("fusebench")
+
+BUSY_TIMEOUT_S = 60.0  # how long a write waits for another process's write transaction to end
 
 
 @migrations()
@@ -136,20 +145,47 @@ class Store:
             raise BenchError(f"--db {path} is a directory", "give a file path such as results/bench.db")
         _make_folder_of(self.path)
         try:
-            self.db = sqlite_utils.Database(self.path)
-            self.db.enable_wal()
-            migrations.apply(self.db)
+            self.db = sqlite_utils.Database(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S))
+            self._migrate()
         except Exception as e:  # a text file, a DB of another tool, a locked file ...
             if isinstance(e, BenchError):
                 raise
             raise BenchError(f"cannot open results DB {path}: {e}", "give a FuseBench DB path or a new file") from e
+
+    def _migrate(self, attempts: int = 6) -> None:
+        """WAL mode and the pending migrations, one process at a time (the lock file ``<db>.lock``): the others wait,
+        then find nothing left to do. A lock held by a process that does not take that file lock (another tool, an
+        older FuseBench) is retried with backoff."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        for attempt in range(attempts):
+            try:
+                with file_lock(lock):
+                    self.db.enable_wal()
+                    migrations.apply(self.db)
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.1 * 2**attempt)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction that takes the write lock at its start (waiting up to ``BUSY_TIMEOUT_S`` while
+        another process writes), so what it reads cannot change under it before it writes; all or nothing."""
+        self.db.conn.execute("begin immediate")
+        try:
+            yield
+        except BaseException:
+            self.db.conn.rollback()
+            raise
+        self.db.conn.commit()
 
     # --- runs -----------------------------------------------------------------------------------
 
     def start_run(self, *, kind: str, name: str | None, command: str, provenance: dict[str, Any],
                   config: dict[str, Any] | None = None, run_id: str | None = None) -> str:
         run_id = run_id or new_run_id()
-        with self.db.conn:
+        with self._writing():
             self.db["runs"].insert(
                 {
                     "id": run_id, "name": name, "kind": kind, "status": "running", "command": command,
@@ -162,7 +198,7 @@ class Store:
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         row = {k: (_json(v) if isinstance(v, (dict, list)) else plain(v)) for k, v in fields.items()}
-        with self.db.conn:
+        with self._writing():
             self.db["runs"].update(run_id, row)
 
     def finish_run(self, run_id: str, status: str, *, error: str | None = None,
@@ -189,7 +225,7 @@ class Store:
         row = {k: (_json(v) if isinstance(v, (dict, list)) else v) for k, v in model.items()}
         row.setdefault("created_at", now())
         row.setdefault("created_by_run", run_id)
-        with self.db.conn:
+        with self._writing():
             self.db["models"].insert(row, pk="id", ignore=True)
             self.db["run_models"].insert(
                 {"run_id": run_id, "model_id": model["id"], "role": role, "position": position},
@@ -201,7 +237,7 @@ class Store:
         rows = [{"run_id": run_id, "model_id": model_id, "step": step, "name": name, "value": plain(value)}
                 for name, values in curves.items() for step, value in enumerate(values)]
         if rows:
-            with self.db.conn:
+            with self._writing():
                 self.db["train_log"].insert_all(rows, pk=("run_id", "model_id", "name", "step"), replace=True,
                                                 batch_size=500)
 
@@ -236,7 +272,7 @@ class Store:
             }
             for s in samples
         ]
-        with self.db.conn:
+        with self._writing():
             self.db["scores"].insert_all(score_rows, pk=("run_id", "model_id", "suite", "task", "metric"), replace=True)
             if sample_rows:
                 self.db["samples"].insert_all(sample_rows, pk=("run_id", "model_id", "suite", "task", "doc_id"),
