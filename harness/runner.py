@@ -5,13 +5,19 @@ Every costly stage is cached by a content hash of everything that determines it:
   * eval results    ``$BENCH_HOME/cache/evals/<eval_key>.json`` (model bytes, suite, version, args, limit)
 so repeating a run (or resuming a failed one with ``--resume``) only redoes what is missing. Cache
 entries are written to a temp name and renamed, so an interrupted stage never leaves a partial one.
+
+Processes share the caches: each artifact and each evaluation has one builder at a time, the holder of the file
+lock beside it (``artifacts/<fuse_hash>.lock``, ``cache/evals/<eval_key>.lock``); the others wait for it and reuse
+what it wrote. A builder that died leaves at most a scratch folder, which the next process to take its lock removes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -27,6 +33,7 @@ from harness import corpus, paths, provenance
 from harness.config import RunConfig, stable_hash, validate_plugin_args
 from harness.errors import BenchError
 from harness.model import ModelRef, Placement
+from harness.paths import file_lock
 from harness.store import Store
 
 console = Console(stderr=True)
@@ -173,8 +180,10 @@ def run_score(predictions: str, cfg: RunConfig, store: Store, run_id: str) -> No
         with timings.stage(f"score:{suite_name}"):
             fn = module.score_predictions
             kwargs = {"workdir": workdir} if "workdir" in inspect.signature(fn).parameters else {}
-            result = fn(path, suite_cfgs[suite_name], **kwargs)
-        shutil.rmtree(workdir, ignore_errors=True)
+            try:
+                result = fn(path, suite_cfgs[suite_name], **kwargs)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
         key = stable_hash(digest, suite_cls.name, suite_cls.version, suite_cfgs[suite_name].model_dump(mode="json"))
         store.add_eval(run_id, ev.id, suite_cls.name, suite_cls.version, key,
                        [asdict(s) for s in result.scores], [asdict(s) for s in result.samples])
@@ -260,37 +269,14 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
                         runtime=result.runtime, fuser=cfg.fuser, fuse_hash=fuse_hash, details=result.details), []
 
     out_dir = paths.artifacts_dir() / fuse_hash
-    card_path = out_dir / "fusebench.json"
-    if card_path.is_file():
-        console.log(f"fuse: cached artifact {out_dir}")
-        card = json.loads(card_path.read_text())
-    else:
-        tmp = out_dir.with_name(f".tmp-{fuse_hash}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            start_t = time.perf_counter()
-            if cfg.processes > 1:
-                result = _fuse_in_processes(cfg, fuser_cfg, sources, target, tmp)
-            else:
-                result = fuser.fuse(sources, target, fuser_cfg, FuseContext(out_dir=tmp, seed=cfg.seed,
-                                                                           batch_size=cfg.int_batch_size))
-            if result.path is None:
-                raise RuntimeError(f"fuser {cfg.fuser} returned no model path")
-            if Path(result.path).resolve() != tmp.resolve():
-                shutil.copytree(result.path, tmp, dirs_exist_ok=True)
-            card = {"fuser": cfg.fuser, "config": fuser_cfg.model_dump(mode="json"), "fuse_hash": fuse_hash,
-                    "sources": [s.spec for s in sources], "target": target.spec if target else None,
-                    "seed": cfg.seed, "seconds": round(time.perf_counter() - start_t, 3),
-                    "details": result.details, "provenance": provenance.collect(),
-                    "stages": {name: _inside(Path(result.path), Path(stage_dir))
-                               for name, stage_dir in getattr(result, "stages", {}).items()}}
-            (tmp / "fusebench.json").write_text(json.dumps(card, indent=1, sort_keys=True, default=str))
-            shutil.rmtree(out_dir, ignore_errors=True)
-            tmp.rename(out_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        console.log(f"fuse: wrote {out_dir} in {card['seconds']:.1f}s")
+    card = _cached_card(out_dir)
+    if card is None:
+        _remove_abandoned_builds(out_dir.parent)
+        waiting = functools.partial(console.log, f"fuse: another process is building {out_dir}; waiting for it")
+        with file_lock(_build_lock(out_dir), on_wait=waiting):
+            card = _cached_card(out_dir)  # built by the process we waited for
+            if card is None:
+                card = _build_artifact(fuser, fuser_cfg, cfg, sources, target, fuse_hash, out_dir)
     from harness.model import directory_hash
 
     h = directory_hash(out_dir)
@@ -305,6 +291,79 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
                                ref=str(stage_dir), path=stage_dir, fuser=cfg.fuser, fuse_hash=fuse_hash,
                                details=stage_details.get(name, {})))
     return fused, stages
+
+
+def _cached_card(out_dir: Path) -> dict[str, Any] | None:
+    """The card of the finished artifact ``out_dir``, or None when it is not built (its card is written last)."""
+    card_path = out_dir / "fusebench.json"
+    if not card_path.is_file():
+        return None
+    console.log(f"fuse: cached artifact {out_dir}")
+    return json.loads(card_path.read_text())
+
+
+def _build_lock(out_dir: Path) -> Path:
+    """The lock file that its builder holds while it builds the artifact ``out_dir``: ``<fuse_hash>.lock`` beside it."""
+    return out_dir.with_name(f"{out_dir.name}.lock")
+
+
+def _remove_abandoned(folder: Path, name: re.Pattern[str], lock_of: Callable[[str], Path]) -> None:
+    """Remove the scratch space left by processes that were killed (or lost with their machine): each entry of
+    ``folder`` whose ``name`` matches and whose owner's lock, ``lock_of(<the name's first group>)``, nobody holds.
+    (A live owner holds its lock from before it creates its scratch until after it removes it.)"""
+    if not folder.is_dir():
+        return
+    for scratch in folder.iterdir():
+        match = name.match(scratch.name)
+        if match is None:
+            continue
+        with file_lock(lock_of(match.group(1)), wait=False) as owner_gone:
+            if owner_gone:
+                console.log(f"removing {scratch}, left by a process that did not finish")
+                if scratch.is_dir():
+                    shutil.rmtree(scratch, ignore_errors=True)
+                else:
+                    scratch.unlink(missing_ok=True)
+
+
+def _remove_abandoned_builds(artifacts: Path) -> None:
+    """The ``.tmp-<fuse_hash>-<pid>`` folders (and ``_fuse_in_processes``' ``.spec-`` files) of unfinished builds."""
+    _remove_abandoned(artifacts, re.compile(r"^(?:\.spec-)?\.tmp-([0-9a-f]+)-\d+(?:\.json)?$"),
+                      lambda fuse_hash: _build_lock(artifacts / fuse_hash))
+
+
+def _build_artifact(fuser: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef], target: ModelRef | None,
+                    fuse_hash: str, out_dir: Path) -> dict[str, Any]:
+    """Fuse into a scratch folder, write the card, then rename it to ``out_dir`` (the caller holds its build lock)."""
+    from harness.api import FuseContext
+
+    tmp = out_dir.with_name(f".tmp-{fuse_hash}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        start_t = time.perf_counter()
+        if cfg.processes > 1:
+            result = _fuse_in_processes(cfg, fuser_cfg, sources, target, tmp)
+        else:
+            result = fuser.fuse(sources, target, fuser_cfg, FuseContext(out_dir=tmp, seed=cfg.seed,
+                                                                       batch_size=cfg.int_batch_size))
+        if result.path is None:
+            raise RuntimeError(f"fuser {cfg.fuser} returned no model path")
+        if Path(result.path).resolve() != tmp.resolve():
+            shutil.copytree(result.path, tmp, dirs_exist_ok=True)
+        card = {"fuser": cfg.fuser, "config": fuser_cfg.model_dump(mode="json"), "fuse_hash": fuse_hash,
+                "sources": [s.spec for s in sources], "target": target.spec if target else None,
+                "seed": cfg.seed, "seconds": round(time.perf_counter() - start_t, 3),
+                "details": result.details, "provenance": provenance.collect(),
+                "stages": {name: _inside(Path(result.path), Path(stage_dir))
+                           for name, stage_dir in getattr(result, "stages", {}).items()}}
+        (tmp / "fusebench.json").write_text(json.dumps(card, indent=1, sort_keys=True, default=str))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    console.log(f"fuse: wrote {out_dir} in {card['seconds']:.1f}s")
+    return card
 
 
 def _inside(root: Path, stage_dir: Path) -> str:
@@ -393,10 +452,23 @@ def data_fingerprints(args: dict[str, Any]) -> dict[str, str]:
     return found
 
 
+def _eval_lock(cache_file: Path) -> Path:
+    """The lock file that its builder holds while it computes the eval cache entry ``cache_file``."""
+    return cache_file.with_suffix(".lock")
+
+
+def _cached_eval(cache_file: Path, ev: Evaluand, suite_cls: Any) -> dict[str, Any] | None:
+    if not cache_file.is_file():
+        return None
+    console.log(f"eval {ev.name} on {suite_cls.name}: cached")
+    return json.loads(cache_file.read_text())
+
+
 def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_objs: list[tuple[Any, Any]],
                   cfg: RunConfig, timings: Timings, *, resume: bool = False) -> None:
-    from harness.api import EvalContext
-
+    evals = paths.cache_dir() / "evals"
+    _remove_abandoned(paths.cache_dir() / "work", re.compile(r"^([0-9a-f]+)$"),
+                      lambda key: _eval_lock(evals / f"{key}.json"))
     for position, ev in enumerate(evaluands):
         store.add_model(ev.store_row(), run_id, ev.role, position)
         curves = ev.details.get("loss_curves") if isinstance(ev.details, dict) else None
@@ -408,28 +480,44 @@ def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_ob
                 if resume and store.has_scores(run_id, ev.id, suite_cls.name):
                     continue
                 key = eval_key(ev.content_hash, suite_cls, suite_cfg, cfg, _placement_of(ev).key)
-                cache_file = paths.cache_dir() / "evals" / f"{key}.json"
+                cache_file = evals / f"{key}.json"
                 with timings.stage(f"eval:{ev.name}:{suite_cls.name}"):
-                    if cache_file.is_file():
-                        payload = json.loads(cache_file.read_text())
-                        console.log(f"eval {ev.name} on {suite_cls.name}: cached")
-                    else:
-                        if lm is None:
-                            with timings.stage(f"load:{ev.name}"):
-                                lm = _load(ev, cfg.batch_size)
-                        console.log(f"eval {ev.name} ({ev.role}) on {suite_cls.name} ...")
-                        workdir = paths.cache_dir() / "work" / key
-                        workdir.mkdir(parents=True, exist_ok=True)
-                        result = suite_cls().evaluate(lm, suite_cfg, EvalContext(
-                            workdir=workdir, seed=cfg.seed, limit=cfg.limit, batch_size=cfg.int_batch_size))
-                        payload = {"scores": [asdict(s) for s in result.scores],
-                                   "samples": [asdict(s) for s in result.samples], "precision": _precision(lm, _placement_of(ev))}
-                        _atomic_write(cache_file, json.dumps(payload, default=_plain_default))
-                        shutil.rmtree(workdir, ignore_errors=True)
+                    payload = _cached_eval(cache_file, ev, suite_cls)
+                    if payload is None:
+                        waiting = functools.partial(console.log, f"eval {ev.name} on {suite_cls.name}: another "
+                                                    "process is computing it; waiting for it")
+                        with file_lock(_eval_lock(cache_file), on_wait=waiting):
+                            payload = _cached_eval(cache_file, ev, suite_cls)  # by the process we waited for
+                            if payload is None:
+                                if lm is None:
+                                    with timings.stage(f"load:{ev.name}"):
+                                        lm = _load(ev, cfg.batch_size)
+                                payload = _evaluate(lm, ev, suite_cls, suite_cfg, cfg, key, cache_file)
                     store.add_eval(run_id, ev.id, suite_cls.name, suite_cls.version, key,
                                    payload["scores"], payload["samples"], precision=payload.get("precision"))
         finally:
             del lm
+
+
+def _evaluate(lm: Any, ev: Evaluand, suite_cls: Any, suite_cfg: Any, cfg: RunConfig, key: str,
+              cache_file: Path) -> dict[str, Any]:
+    """Evaluate ``lm`` on the suite in the scratch folder ``cache/work/<key>`` and write the cache entry (the caller
+    holds the entry's lock, so the folder is this process's alone: whatever is in it was left by a killed process)."""
+    from harness.api import EvalContext
+
+    console.log(f"eval {ev.name} ({ev.role}) on {suite_cls.name} ...")
+    workdir = paths.cache_dir() / "work" / key
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    try:
+        result = suite_cls().evaluate(lm, suite_cfg, EvalContext(
+            workdir=workdir, seed=cfg.seed, limit=cfg.limit, batch_size=cfg.int_batch_size))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    payload = {"scores": [asdict(s) for s in result.scores], "samples": [asdict(s) for s in result.samples],
+               "precision": _precision(lm, _placement_of(ev))}
+    _atomic_write(cache_file, json.dumps(payload, default=_plain_default))
+    return payload
 
 
 def _precision(lm: Any, where: Placement) -> dict[str, str]:
