@@ -9,6 +9,9 @@ entries are written to a temp name and renamed, so an interrupted stage never le
 Processes share the caches: each artifact and each evaluation has one builder at a time, the holder of the file
 lock beside it (``artifacts/<fuse_hash>.lock``, ``cache/evals/<eval_key>.lock``); the others wait for it and reuse
 what it wrote. A builder that died leaves at most a scratch folder, which the next process to take its lock removes.
+
+While a run works, a heartbeat thread stamps its row every ``HEARTBEAT_S`` seconds, so a run whose process was
+killed is told from a live one (``store.stale_reason``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -34,9 +39,14 @@ from harness.config import RunConfig, stable_hash, validate_plugin_args
 from harness.errors import BenchError
 from harness.model import ModelRef, Placement
 from harness.paths import file_lock
-from harness.store import Store
+from harness.store import HEARTBEAT_S, Store, beat
 
 console = Console(stderr=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers, CI and `kill` send), raised where the process is, so that it stops like Ctrl-C: the
+    run row is closed as interrupted and scratch space is cleaned up."""
 
 
 @dataclass
@@ -78,6 +88,49 @@ def command_line() -> str:
     return " ".join(["bench", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("bench") else " ".join(sys.argv)
 
 
+class Heartbeat:
+    """A daemon thread that stamps the run row's ``heartbeat_at`` every ``every`` seconds while the run works (on a
+    connection of its own). A beat that cannot be written (the DB busy for minutes) is skipped; the next one follows."""
+
+    def __init__(self, db_path: Path, run_id: str, every: float):
+        self.db_path, self.run_id, self.every = db_path, run_id, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {run_id}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            with contextlib.suppress(sqlite3.Error):
+                beat(self.db_path, self.run_id)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@contextlib.contextmanager
+def _attempt(store: Store, run_id: str) -> Iterator[Timings]:
+    """The body is one attempt at run ``run_id``: with a heartbeat while it works, then the row closed as ok, error
+    or interrupted, with this attempt's timings (added to earlier attempts' when the run was resumed)."""
+    timings = Timings()
+    try:
+        with Heartbeat(store.path, run_id, every=HEARTBEAT_S):
+            yield timings
+    except BaseException as e:
+        store.finish_run(run_id, closing_status(e), error=_error_text(e), timings=timings)
+        raise
+    store.finish_run(run_id, "ok", timings=timings)
+
+
+def closing_status(e: BaseException) -> str:
+    """How a run that stopped on ``e`` is closed: ``interrupted`` (Ctrl-C, SIGTERM: resumable as it was) or
+    ``error``."""
+    return "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
+
+
 # --- bench run ----------------------------------------------------------------------------------
 
 
@@ -87,17 +140,11 @@ def start(store: Store, kind: str, name: str | None, config: dict[str, Any]) -> 
 
 
 def run_fusion(cfg: RunConfig, store: Store, run_id: str, *, resume: bool = False) -> None:
-    """Fuse, then evaluate fused model + target + sources. Closes the run row as ok or error."""
+    """Fuse, then evaluate fused model + target + sources. Closes the run row as ok, error or interrupted."""
     from harness.model import placement
 
-    timings = Timings()
-    try:
-        with placement(cfg.dtype, cfg.device, _per_model(cfg)):
-            _run_fusion(cfg, store, run_id, timings, resume)
-    except BaseException as e:
-        store.finish_run(run_id, "error", error=_error_text(e), timings=timings)
-        raise
-    store.finish_run(run_id, "ok", timings=timings)
+    with _attempt(store, run_id) as timings, placement(cfg.dtype, cfg.device, _per_model(cfg)):
+        _run_fusion(cfg, store, run_id, timings, resume)
 
 
 def _run_fusion(cfg: RunConfig, store: Store, run_id: str, timings: Timings, resume: bool) -> None:
@@ -133,12 +180,12 @@ def _run_fusion(cfg: RunConfig, store: Store, run_id: str, timings: Timings, res
     _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings, resume=resume)
 
 
-def run_eval(refs: list[str], cfg: RunConfig, store: Store, run_id: str) -> None:
-    """`bench eval`: evaluate models as they are (no fusion)."""
+def run_eval(refs: list[str], cfg: RunConfig, store: Store, run_id: str, *, resume: bool = False) -> None:
+    """`bench eval`: evaluate models as they are (no fusion). ``resume``: skip the (model, suite) pairs the run has
+    already recorded."""
     from harness.model import placement
 
-    timings = Timings()
-    try:
+    with _attempt(store, run_id) as timings:
         from harness.registry import suites
 
         _, suite_cfgs = validate_plugin_args(cfg)
@@ -147,11 +194,7 @@ def run_eval(refs: list[str], cfg: RunConfig, store: Store, run_id: str) -> None
         store.update_run(run_id, sources=[e.ref for e in evaluands])
         suite_objs = [(suites().get(name), suite_cfgs[name]) for name in cfg.suites]
         with placement(cfg.dtype, cfg.device, _per_model(cfg)):
-            _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings)
-    except BaseException as e:
-        store.finish_run(run_id, "error", error=_error_text(e), timings=timings)
-        raise
-    store.finish_run(run_id, "ok", timings=timings)
+            _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings, resume=resume)
 
 
 def run_score(predictions: str, cfg: RunConfig, store: Store, run_id: str) -> None:
@@ -159,8 +202,7 @@ def run_score(predictions: str, cfg: RunConfig, store: Store, run_id: str) -> No
     import hashlib
     import inspect
 
-    timings = Timings()
-    try:
+    with _attempt(store, run_id) as timings:
         from harness.registry import suites
 
         _, suite_cfgs = validate_plugin_args(cfg)
@@ -187,15 +229,13 @@ def run_score(predictions: str, cfg: RunConfig, store: Store, run_id: str) -> No
         key = stable_hash(digest, suite_cls.name, suite_cls.version, suite_cfgs[suite_name].model_dump(mode="json"))
         store.add_eval(run_id, ev.id, suite_cls.name, suite_cls.version, key,
                        [asdict(s) for s in result.scores], [asdict(s) for s in result.samples])
-    except BaseException as e:
-        store.finish_run(run_id, "error", error=_error_text(e), timings=timings)
-        raise
-    store.finish_run(run_id, "ok", timings=timings)
 
 
 def _error_text(e: BaseException) -> str:
     if isinstance(e, BenchError):
         return e.one_line()
+    if isinstance(e, Terminated):
+        return "interrupted (SIGTERM)"
     if isinstance(e, KeyboardInterrupt):
         return "interrupted (KeyboardInterrupt)"
     return "".join(traceback.format_exception(e))[-4000:]
