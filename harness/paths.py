@@ -31,6 +31,12 @@ def cache_dir() -> Path:
     return bench_home() / "cache"
 
 
+def locks_dir() -> Path:
+    """The lock files of builders (``artifact-<fuse_hash>.lock``, ``eval-<eval_key>.lock``): kept apart, so that
+    ``artifacts/`` and ``cache/evals/`` hold nothing but what was built."""
+    return cache_dir() / "locks"
+
+
 def downloads_dir() -> Path:
     """Pinned downloads (checkpoint wheels for `bench zoo add`): ``$BENCH_DOWNLOADS``, else ``BENCH_HOME/downloads``.
 

@@ -6,9 +6,9 @@ Every costly stage is cached by a content hash of everything that determines it:
 so repeating a run (or resuming a failed one with ``--resume``) only redoes what is missing. Cache
 entries are written to a temp name and renamed, so an interrupted stage never leaves a partial one.
 
-Processes share the caches: each artifact and each evaluation has one builder at a time, the holder of the file
-lock beside it (``artifacts/<fuse_hash>.lock``, ``cache/evals/<eval_key>.lock``); the others wait for it and reuse
-what it wrote. A builder that died leaves at most a scratch folder, which the next process to take its lock removes.
+Processes share the caches: each artifact and each evaluation has one builder at a time, the holder of its lock
+file (``cache/locks/artifact-<fuse_hash>.lock``, ``cache/locks/eval-<eval_key>.lock``); the others wait for it and
+reuse what it wrote. A builder that died leaves at most a scratch folder, which the next process to take its lock removes.
 
 While a run works, a heartbeat thread stamps its row every ``HEARTBEAT_S`` seconds, so a run whose process was
 killed is told from a live one (``store.stale_reason``).
@@ -343,8 +343,8 @@ def _cached_card(out_dir: Path) -> dict[str, Any] | None:
 
 
 def _build_lock(out_dir: Path) -> Path:
-    """The lock file that its builder holds while it builds the artifact ``out_dir``: ``<fuse_hash>.lock`` beside it."""
-    return out_dir.with_name(f"{out_dir.name}.lock")
+    """The lock file that its builder holds while it builds the artifact ``out_dir`` (named by its fuse hash)."""
+    return paths.locks_dir() / f"artifact-{out_dir.name}.lock"
 
 
 def _remove_abandoned(folder: Path, name: re.Pattern[str], lock_of: Callable[[str], Path]) -> None:
@@ -494,7 +494,7 @@ def data_fingerprints(args: dict[str, Any]) -> dict[str, str]:
 
 def _eval_lock(cache_file: Path) -> Path:
     """The lock file that its builder holds while it computes the eval cache entry ``cache_file``."""
-    return cache_file.with_suffix(".lock")
+    return paths.locks_dir() / f"eval-{cache_file.stem}.lock"
 
 
 def _cached_eval(cache_file: Path, ev: Evaluand, suite_cls: Any) -> dict[str, Any] | None:

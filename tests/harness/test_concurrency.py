@@ -98,8 +98,7 @@ def test_identical_fusions_at_once_build_the_artifact_once(fake_plugins_register
     assert _calls(log).count("fuse") == 1
     fused = [r for r in sqlite_utils.Database(env["db"])["models"].rows if r["kind"] == "fused"]
     assert len(fused) == 1  # the three runs evaluated one artifact, byte for byte
-    assert sorted(p.name for p in paths.artifacts_dir().iterdir()) == [fused[0]["fuse_hash"],
-                                                                      f"{fused[0]['fuse_hash']}.lock"]
+    assert [p.name for p in paths.artifacts_dir().iterdir()] == [fused[0]["fuse_hash"]]  # no scratch, no lock files
 
 
 def test_scratch_of_dead_builders_is_removed_and_a_live_builders_kept(fake_plugins_registered):
@@ -112,7 +111,7 @@ def test_scratch_of_dead_builders_is_removed_and_a_live_builders_kept(fake_plugi
     for folder in (dead_build, live_build, dead_eval, live_eval):
         folder.mkdir(parents=True)
     dead_spec.write_text("{}")
-    with paths.file_lock(artifacts / "00bb.lock"), paths.file_lock(paths.cache_dir() / "evals" / "00dd.lock"):
+    with paths.file_lock(paths.locks_dir() / "artifact-00bb.lock"), paths.file_lock(paths.locks_dir() / "eval-00dd.lock"):
         assert bench("run", "--fuser", "fake", "--sources", f"{env['a']},{env['b']}", "--suite", "fakesuite",
                      "--db", env["db"]) == 0
     assert not dead_build.exists() and not dead_spec.exists() and not dead_eval.exists()
