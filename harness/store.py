@@ -14,7 +14,7 @@ that it is stale (``stale_reason``).
 
 Any number of processes may open and write one DB at once, a new one included: each write transaction takes the
 write lock up front and waits for it (``BUSY_TIMEOUT_S``), and migrations run under a file lock beside the DB
-(``<db>.lock``), one process at a time.
+(``<db>-lock``), one process at a time.
 """
 
 from __future__ import annotations
@@ -249,10 +249,10 @@ class Store:
             raise BenchError(f"cannot open results DB {path}: {e}", "give a FuseBench DB path or a new file") from e
 
     def _migrate(self, attempts: int = 6) -> None:
-        """WAL mode and the pending migrations, one process at a time (the lock file ``<db>.lock``): the others wait,
+        """WAL mode and the pending migrations, one process at a time (the lock file ``<db>-lock``): the others wait,
         then find nothing left to do. A lock held by a process that does not take that file lock (another tool, an
         older FuseBench) is retried with backoff."""
-        lock = self.path.with_name(self.path.name + ".lock")
+        lock = self.path.with_name(self.path.name + "-lock")  # beside -wal and -shm, ignored with them
         for attempt in range(attempts):
             try:
                 with file_lock(lock):

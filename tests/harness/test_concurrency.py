@@ -53,6 +53,7 @@ def test_processes_creating_and_writing_one_new_db_at_once_all_succeed(tmp_path)
     assert sorted(r["name"] for r in runs) == [f"writer-{i}" for i in range(n)]
     assert {r["status"] for r in runs} == {"ok"}
     assert sqlite_utils.Database(db)["scores"].count == n * 5
+    assert (db.parent / "bench.db-lock").is_file()  # the migration lock, named like SQLite's -wal and -shm files
     assert sqlite_utils.Database(db)["samples"].count == n * 5 * 20
 
 
