@@ -8,7 +8,8 @@
 
 Heavy libraries (torch, transformers, lm-eval) are imported inside the commands that need them,
 so `bench --help`, `bench runs` and `bench leaderboard` start fast. Bad input exits with code 2 and
-a one-line message that says what to fix.
+a one-line message that says what to fix. Ctrl-C or SIGTERM during `bench run`, `eval` or `score` closes
+the run as interrupted and prints one line with the command that continues it (exit 130, 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import click
@@ -63,18 +68,66 @@ def _offline_defaults() -> None:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def _open_run(store, kind: str, name: str | None, raw: dict, build):  # noqa: ANN001, ANN202
+def _open_run(store, kind: str, name: str | None, raw: dict, build, recording: _Recording):  # noqa: ANN001, ANN202
     """Record the run row first (with the raw flags), then validate the config; a bad config closes it as error."""
-    from harness.runner import start
+    from harness.runner import closing_status, start
 
-    run_id = start(store, kind, name, raw)
+    run_id = recording.run_id = start(store, kind, name, raw)
     try:
         cfg = build()
     except BaseException as e:
-        store.finish_run(run_id, "error", error=e.one_line() if isinstance(e, BenchError) else repr(e))
+        store.finish_run(run_id, closing_status(e), error=e.one_line() if isinstance(e, BenchError) else repr(e))
         raise
     store.update_run(run_id, name=cfg.name, config=cfg.model_dump(mode="json"))
     return run_id, cfg
+
+
+def _db_flag(db: str) -> str:
+    return "" if db == str(DEFAULT_DB) else f" --db {shlex.quote(db)}"
+
+
+def continue_hint(run: dict[str, Any], db: str) -> str:
+    """How to continue the interrupted or stale run ``run``: `bench run|eval --resume ID`; a `bench score` run is
+    started again (scoring a file is one step)."""
+    if run["kind"] in ("run", "eval"):
+        return f"continue it with `bench {run['kind']} --resume {run['id']}{_db_flag(db)}`"
+    return f"start it again with `{run['command']}`"
+
+
+class _Recording:
+    """The run that a recording command (`bench run`, `eval`, `score`) works on, once its row exists."""
+
+    run_id: str | None = None
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    from harness.runner import Terminated
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _recording(kind: str, db: str) -> Iterator[_Recording]:
+    """Around a command that records a run: SIGTERM stops it like Ctrl-C (the runner closes the row as interrupted),
+    and either ends it with one line naming the run and how to continue it, exit 130 (Ctrl-C) or 143 (SIGTERM)."""
+    from harness.runner import Terminated, command_line
+
+    recording = _Recording()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    try:
+        yield recording
+    except KeyboardInterrupt as e:
+        if recording.run_id is None:
+            click.echo("interrupted before the run was recorded", err=True)
+        else:
+            hint = continue_hint({"kind": kind, "id": recording.run_id, "command": command_line()}, db)
+            click.echo(f"interrupted: run {recording.run_id} is recorded as interrupted; {hint}", err=True)
+        raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+    finally:
+        if in_main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _writable(db: str) -> bool:
@@ -102,6 +155,24 @@ def _store_for_writing(db: str):  # noqa: ANN202
     return Store(db)
 
 
+def _claim_for_resume(store, run_id: str, kind: str):  # noqa: ANN001, ANN202
+    """Run ``run_id`` (a `bench KIND` run) and its validated config, claimed for another attempt in this process
+    once everything that could refuse it has been checked."""
+    from harness.store import refuse_if_running
+
+    row = store.get_run(run_id)
+    if row["kind"] != kind:
+        fix = (f"resume it with `bench {row['kind']} --resume {run_id}`" if row["kind"] in ("run", "eval")
+               else "only `bench run` and `bench eval` runs resume; score the file again")
+        raise BenchError(f"run {run_id} is a `bench {row['kind']}` run, not `bench {kind}`", fix)
+    refuse_if_running(row)
+    cfg = _resumable_config(row)
+    if kind == "eval" and not json.loads(row["sources"] or "[]"):
+        raise BenchError(f"run {run_id} recorded no models to evaluate", f"start it again: {row['command']}")
+    store.resume_run(run_id)
+    return row, cfg
+
+
 def _resumable_config(row: dict[str, Any]):  # noqa: ANN202
     """The validated config of run ``row``. A run whose flags never passed validation recorded only those raw
     flags: there is nothing to continue, only a command line to correct."""
@@ -112,9 +183,12 @@ def _resumable_config(row: dict[str, Any]):  # noqa: ANN202
     try:
         return RunConfig(**json.loads(row["config"] or "{}"))
     except (ValidationError, ValueError, TypeError):
+        if row["status"] != "error":  # interrupted or killed while its flags were being checked
+            raise BenchError(f"run {row['id']} cannot be resumed: it stopped before its configuration was checked",
+                             f"start it again: {row['command']}") from None
         why = f" ({row['error'].split(' (fix: ')[0]})" if row.get("error") else ""
         raise BenchError(f"run {row['id']} cannot be resumed: its configuration never passed validation{why}",
-                         "correct the flags and start a new `bench run`") from None
+                         f"correct the flags and start a new `bench {row['kind']}`") from None
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -176,31 +250,28 @@ def run(
 
     _offline_defaults()
     store = _store_for_writing(db)
-    if resume:
-        row = store.get_run(resume)
-        if row["kind"] != "run":
-            raise BenchError(f"run {resume} is a `bench {row['kind']}` run", "resume only `bench run` runs")
-        cfg = _resumable_config(row)
-        store.update_run(resume, status="running", error=None)
-        run_id = resume
-    else:
-        raw = {"fuser": fuser, "sources": _split(sources), "target": target, "suites": suite, "config_file": config,
-               "set": set_, "limit": limit, "name": name, "seed": seed}
-        flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
-                             judge_prompts=judge_prompts, judge_repeats=judge_repeats,
-                             allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
-        run_id, cfg = _open_run(store, "run", name, raw, lambda: build_run_config(
-            config_file=config, fuser=fuser, sources=_split(sources), target=target, suites=suite, sets=set_,
-            name=name, limit=limit, seed=seed, suite_flags=flags, processes=processes, control=control or None,
-            placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)))
-    run_fusion(cfg, store, run_id, resume=bool(resume))
+    with _recording("run", db) as recording:
+        if resume:
+            _, cfg = _claim_for_resume(store, resume, "run")
+            run_id = recording.run_id = resume
+        else:
+            raw = {"fuser": fuser, "sources": _split(sources), "target": target, "suites": suite,
+                   "config_file": config, "set": set_, "limit": limit, "name": name, "seed": seed}
+            flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
+                                 judge_prompts=judge_prompts, judge_repeats=judge_repeats,
+                                 allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
+            run_id, cfg = _open_run(store, "run", name, raw, lambda: build_run_config(
+                config_file=config, fuser=fuser, sources=_split(sources), target=target, suites=suite, sets=set_,
+                name=name, limit=limit, seed=seed, suite_flags=flags, processes=processes, control=control or None,
+                placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)), recording)
+        run_fusion(cfg, store, run_id, resume=bool(resume))
     typer.echo(f"run {run_id} ok")
     _print_leaderboard(store, cfg.suites, run_id=run_id)
 
 
 @app.command("eval")
 def eval_(
-    model: Annotated[list[str], typer.Option("--model", help="Model to evaluate (repeatable).")],
+    model: Annotated[list[str] | None, typer.Option("--model", help="Model to evaluate (repeatable).")] = None,
     suite: SuiteOpt = None,
     set_: SetOpt = None,
     limit: LimitOpt = None,
@@ -210,6 +281,8 @@ def eval_(
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
     dtype: DtypeOpt = None, device: DeviceOpt = None, batch_size: BatchOpt = None,
     backend: BackendOpt = None, base_url: BaseUrlOpt = None, tokenizer: TokenizerOpt = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="Continue an interrupted `bench eval` run by id "
+                      "(its models and flags; evaluations it recorded are kept).")] = None,
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Evaluate one or more models as they are (no fusion)."""
@@ -217,14 +290,28 @@ def eval_(
     from harness.runner import run_eval
 
     _offline_defaults()
+    if not model and not resume:
+        raise BenchError("missing option '--model'", "name the models to evaluate, e.g. --model zoo:llama-base, "
+                         "or continue a run with --resume RUN_ID")
     store = _store_for_writing(db)
-    flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
-                         judge_prompts=judge_prompts, judge_repeats=judge_repeats,
-                         allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
-    run_id, cfg = _open_run(store, "eval", name, {"models": model, "suites": suite, "set": set_, "limit": limit},
-                            lambda: build_eval_config(suites=suite, sets=set_, limit=limit, name=name, suite_flags=flags,
-                                                      placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)))
-    run_eval(_split(model), cfg, store, run_id)
+    with _recording("eval", db) as recording:
+        if resume:
+            row, cfg = _claim_for_resume(store, resume, "eval")
+            run_id = recording.run_id = resume
+            refs = json.loads(row["sources"])
+        else:
+            flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
+                                 judge_prompts=judge_prompts, judge_repeats=judge_repeats,
+                                 allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
+            run_id, cfg = _open_run(store, "eval", name, {"models": model, "suites": suite, "set": set_, "limit": limit},
+                                    lambda: build_eval_config(suites=suite, sets=set_, limit=limit, name=name,
+                                                              suite_flags=flags,
+                                                              placement=_placement(dtype, device, batch_size, backend,
+                                                                                   base_url, tokenizer)),
+                                    recording)
+            refs = _split(model)
+            store.update_run(run_id, sources=refs)  # what --resume evaluates, should this attempt not finish
+        run_eval(refs, cfg, store, run_id, resume=bool(resume))
     typer.echo(f"run {run_id} ok")
     _print_leaderboard(store, cfg.suites, run_id=run_id)
 
@@ -247,9 +334,11 @@ def score(
     _offline_defaults()
     store = _store_for_writing(db)
     flags = _suite_flags(data_dir=data_dir, mode=mode, allow_code_exec=allow_code_exec)
-    run_id, cfg = _open_run(store, "score", name, {"suite": suite, "predictions": predictions, "set": set_},
-                            lambda: build_eval_config(suites=[suite], sets=set_, limit=None, name=name, suite_flags=flags))
-    run_score(predictions, cfg, store, run_id)
+    with _recording("score", db) as recording:
+        run_id, cfg = _open_run(store, "score", name, {"suite": suite, "predictions": predictions, "set": set_},
+                                lambda: build_eval_config(suites=[suite], sets=set_, limit=None, name=name,
+                                                          suite_flags=flags), recording)
+        run_score(predictions, cfg, store, run_id)
     typer.echo(f"run {run_id} ok")
     _print_leaderboard(store, cfg.suites, run_id=run_id)
 
@@ -282,23 +371,31 @@ def leaderboard_cmd(
 def runs(
     db: DbOpt = str(DEFAULT_DB),
     limit: Annotated[int, typer.Option("--limit", min=1)] = 30,
+    stale: Annotated[bool, typer.Option("--stale", help="Only runs left `running` by a process that is gone "
+                     "(killed, or lost with its machine).")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """List runs, newest first, with status and timings."""
+    """List runs, newest first, with status and timings. A run whose process is gone shows as interrupted, with the
+    command that continues it."""
+    from harness.store import stale_reason
 
-    rows = _store_for_reading(db).runs(limit)
+    rows = _store_for_reading(db).runs(limit, stale=stale)
     if as_json:
-        typer.echo(json.dumps(rows, indent=1))
+        typer.echo(json.dumps([r | {"stale": stale_reason(r) is not None} for r in rows], indent=1))
         return
     if not rows:
-        typer.echo("no runs yet")
+        typer.echo("no stale runs" if stale else "no runs yet")
         return
     for r in rows:
         total = sum(json.loads(r["timings"]).values()) if r.get("timings") else None
         secs = f"{total:7.1f}s" if total is not None else "       -"
-        err = f"  {r['error'].splitlines()[-1][:100]}" if r.get("error") else ""
-        typer.echo(f"{r['id']}  {r['status']:<7} {r['kind']:<5} {r.get('fuser') or '-':<10} {secs}  "
-                   f"{r.get('name') or ''}{err}")
+        why_stale = stale_reason(r)
+        status = "interrupted" if why_stale else r["status"]
+        note = f"  {why_stale}" if why_stale else f"  {r['error'].splitlines()[-1][:100]}" if r.get("error") else ""
+        if status == "interrupted":
+            note += f"; {continue_hint(r, db)}"
+        typer.echo(f"{r['id']}  {status:<11} {r['kind']:<5} {r.get('fuser') or '-':<10} {secs}  "
+                   f"{r.get('name') or ''}{note}")
 
 
 @app.command()
@@ -483,9 +580,7 @@ def main(argv: list[str] | None = None) -> None:
     except _click_exception_types("ClickException") as e:
         click.echo(f"error: {_usage_error(e).one_line()}", err=True)
         sys.exit(2)
-    if isinstance(code, int) and code:  # typer turns KeyboardInterrupt into exit code 130
-        if code == 130:
-            click.echo("interrupted: the run is recorded as error; continue it with `bench run --resume RUN_ID`", err=True)
+    if isinstance(code, int) and code:  # typer turns KeyboardInterrupt outside a recorded run into exit code 130
         sys.exit(code)
     sys.exit(0)
 

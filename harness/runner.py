@@ -5,16 +5,27 @@ Every costly stage is cached by a content hash of everything that determines it:
   * eval results    ``$BENCH_HOME/cache/evals/<eval_key>.json`` (model bytes, suite, version, args, limit)
 so repeating a run (or resuming a failed one with ``--resume``) only redoes what is missing. Cache
 entries are written to a temp name and renamed, so an interrupted stage never leaves a partial one.
+
+Processes share the caches: each artifact and each evaluation has one builder at a time, the holder of its lock
+file (``cache/locks/artifact-<fuse_hash>.lock``, ``cache/locks/eval-<eval_key>.lock``); the others wait for it and
+reuse what it wrote. A builder that died leaves at most a scratch folder, which the next process to take its lock removes.
+
+While a run works, a heartbeat thread stamps its row every ``HEARTBEAT_S`` seconds, so a run whose process was
+killed is told from a live one (``store.stale_reason``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
+import re
 import shutil
+import sqlite3
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -28,9 +39,15 @@ from harness import corpus, paths, provenance
 from harness.config import RunConfig, stable_hash, validate_plugin_args
 from harness.errors import BenchError
 from harness.model import ModelRef, Placement
-from harness.store import Store
+from harness.paths import file_lock
+from harness.store import HEARTBEAT_S, Store, beat
 
 console = Console(stderr=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers, CI and `kill` send), raised where the process is, so that it stops like Ctrl-C: the
+    run row is closed as interrupted and scratch space is cleaned up."""
 
 
 @dataclass
@@ -72,6 +89,49 @@ def command_line() -> str:
     return " ".join(["bench", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("bench") else " ".join(sys.argv)
 
 
+class Heartbeat:
+    """A daemon thread that stamps the run row's ``heartbeat_at`` every ``every`` seconds while the run works (on a
+    connection of its own). A beat that cannot be written (the DB busy for minutes) is skipped; the next one follows."""
+
+    def __init__(self, db_path: Path, run_id: str, every: float):
+        self.db_path, self.run_id, self.every = db_path, run_id, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {run_id}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            with contextlib.suppress(sqlite3.Error):
+                beat(self.db_path, self.run_id)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@contextlib.contextmanager
+def _attempt(store: Store, run_id: str) -> Iterator[Timings]:
+    """The body is one attempt at run ``run_id``: with a heartbeat while it works, then the row closed as ok, error
+    or interrupted, with this attempt's timings (added to earlier attempts' when the run was resumed)."""
+    timings = Timings()
+    try:
+        with Heartbeat(store.path, run_id, every=HEARTBEAT_S):
+            yield timings
+    except BaseException as e:
+        store.finish_run(run_id, closing_status(e), error=_error_text(e), timings=timings)
+        raise
+    store.finish_run(run_id, "ok", timings=timings)
+
+
+def closing_status(e: BaseException) -> str:
+    """How a run that stopped on ``e`` is closed: ``interrupted`` (Ctrl-C, SIGTERM: resumable as it was) or
+    ``error``."""
+    return "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
+
+
 # --- bench run ----------------------------------------------------------------------------------
 
 
@@ -81,17 +141,12 @@ def start(store: Store, kind: str, name: str | None, config: dict[str, Any]) -> 
 
 
 def run_fusion(cfg: RunConfig, store: Store, run_id: str, *, resume: bool = False) -> None:
-    """Fuse, then evaluate fused model + target + sources. Closes the run row as ok or error."""
+    """Fuse, then evaluate fused model + target + sources. Closes the run row as ok, error or interrupted."""
     from harness.model import placement
 
-    timings = Timings()
-    try:
-        with placement(cfg.dtype, cfg.device, _per_model(cfg), **_backend(cfg)):
-            _run_fusion(cfg, store, run_id, timings, resume)
-    except BaseException as e:
-        store.finish_run(run_id, "error", error=_error_text(e), timings=timings)
-        raise
-    store.finish_run(run_id, "ok", timings=timings)
+    with _attempt(store, run_id) as timings, placement(cfg.dtype, cfg.device, _per_model(cfg),
+                                                          **_backend(cfg)):
+        _run_fusion(cfg, store, run_id, timings, resume)
 
 
 def _run_fusion(cfg: RunConfig, store: Store, run_id: str, timings: Timings, resume: bool) -> None:
@@ -133,12 +188,12 @@ def _run_fusion(cfg: RunConfig, store: Store, run_id: str, timings: Timings, res
     _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings, resume=resume)
 
 
-def run_eval(refs: list[str], cfg: RunConfig, store: Store, run_id: str) -> None:
-    """`bench eval`: evaluate models as they are (no fusion)."""
+def run_eval(refs: list[str], cfg: RunConfig, store: Store, run_id: str, *, resume: bool = False) -> None:
+    """`bench eval`: evaluate models as they are (no fusion). ``resume``: skip the (model, suite) pairs the run has
+    already recorded."""
     from harness.model import placement
 
-    timings = Timings()
-    try:
+    with _attempt(store, run_id) as timings:
         from harness.registry import suites
 
         _, suite_cfgs = validate_plugin_args(cfg)
@@ -147,11 +202,7 @@ def run_eval(refs: list[str], cfg: RunConfig, store: Store, run_id: str) -> None
         store.update_run(run_id, sources=[e.ref for e in evaluands])
         suite_objs = [(suites().get(name), suite_cfgs[name]) for name in cfg.suites]
         with placement(cfg.dtype, cfg.device, _per_model(cfg), **_backend(cfg)):
-            _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings)
-    except BaseException as e:
-        store.finish_run(run_id, "error", error=_error_text(e), timings=timings)
-        raise
-    store.finish_run(run_id, "ok", timings=timings)
+            _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings, resume=resume)
 
 
 def run_score(predictions: str, cfg: RunConfig, store: Store, run_id: str) -> None:
@@ -159,8 +210,7 @@ def run_score(predictions: str, cfg: RunConfig, store: Store, run_id: str) -> No
     import hashlib
     import inspect
 
-    timings = Timings()
-    try:
+    with _attempt(store, run_id) as timings:
         from harness.registry import suites
 
         _, suite_cfgs = validate_plugin_args(cfg)
@@ -180,20 +230,20 @@ def run_score(predictions: str, cfg: RunConfig, store: Store, run_id: str) -> No
         with timings.stage(f"score:{suite_name}"):
             fn = module.score_predictions
             kwargs = {"workdir": workdir} if "workdir" in inspect.signature(fn).parameters else {}
-            result = fn(path, suite_cfgs[suite_name], **kwargs)
-        shutil.rmtree(workdir, ignore_errors=True)
+            try:
+                result = fn(path, suite_cfgs[suite_name], **kwargs)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
         key = stable_hash(digest, suite_cls.name, suite_cls.version, suite_cfgs[suite_name].model_dump(mode="json"))
         store.add_eval(run_id, ev.id, suite_cls.name, suite_cls.version, key,
                        [asdict(s) for s in result.scores], [asdict(s) for s in result.samples])
-    except BaseException as e:
-        store.finish_run(run_id, "error", error=_error_text(e), timings=timings)
-        raise
-    store.finish_run(run_id, "ok", timings=timings)
 
 
 def _error_text(e: BaseException) -> str:
     if isinstance(e, BenchError):
         return e.one_line()
+    if isinstance(e, Terminated):
+        return "interrupted (SIGTERM)"
     if isinstance(e, KeyboardInterrupt):
         return "interrupted (KeyboardInterrupt)"
     return "".join(traceback.format_exception(e))[-4000:]
@@ -267,37 +317,14 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
                         runtime=result.runtime, fuser=cfg.fuser, fuse_hash=fuse_hash, details=result.details), []
 
     out_dir = paths.artifacts_dir() / fuse_hash
-    card_path = out_dir / "fusebench.json"
-    if card_path.is_file():
-        console.log(f"fuse: cached artifact {out_dir}")
-        card = json.loads(card_path.read_text())
-    else:
-        tmp = out_dir.with_name(f".tmp-{fuse_hash}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            start_t = time.perf_counter()
-            if cfg.processes > 1:
-                result = _fuse_in_processes(cfg, fuser_cfg, sources, target, tmp)
-            else:
-                result = fuser.fuse(sources, target, fuser_cfg, FuseContext(out_dir=tmp, seed=cfg.seed,
-                                                                           batch_size=cfg.int_batch_size))
-            if result.path is None:
-                raise RuntimeError(f"fuser {cfg.fuser} returned no model path")
-            if Path(result.path).resolve() != tmp.resolve():
-                shutil.copytree(result.path, tmp, dirs_exist_ok=True)
-            card = {"fuser": cfg.fuser, "config": fuser_cfg.model_dump(mode="json"), "fuse_hash": fuse_hash,
-                    "sources": [s.spec for s in sources], "target": target.spec if target else None,
-                    "seed": cfg.seed, "seconds": round(time.perf_counter() - start_t, 3),
-                    "details": result.details, "provenance": provenance.collect(),
-                    "stages": {name: _inside(Path(result.path), Path(stage_dir))
-                               for name, stage_dir in getattr(result, "stages", {}).items()}}
-            (tmp / "fusebench.json").write_text(json.dumps(card, indent=1, sort_keys=True, default=str))
-            shutil.rmtree(out_dir, ignore_errors=True)
-            tmp.rename(out_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        console.log(f"fuse: wrote {out_dir} in {card['seconds']:.1f}s")
+    card = _cached_card(out_dir)
+    if card is None:
+        _remove_abandoned_builds(out_dir.parent)
+        waiting = functools.partial(console.log, f"fuse: another process is building {out_dir}; waiting for it")
+        with file_lock(_build_lock(out_dir), on_wait=waiting):
+            card = _cached_card(out_dir)  # built by the process we waited for
+            if card is None:
+                card = _build_artifact(fuser, fuser_cfg, cfg, sources, target, fuse_hash, out_dir)
     from harness.model import directory_hash
 
     h = directory_hash(out_dir)
@@ -321,6 +348,79 @@ def _control(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[Model
     control_cfg = fuser_cls.control_config(fuser_cfg)
     control, _ = _fuse(fuser_cls, control_cfg, cfg, sources, target, run_name=f"{fused.name} control")
     return dataclasses.replace(control, role="control")
+
+
+def _cached_card(out_dir: Path) -> dict[str, Any] | None:
+    """The card of the finished artifact ``out_dir``, or None when it is not built (its card is written last)."""
+    card_path = out_dir / "fusebench.json"
+    if not card_path.is_file():
+        return None
+    console.log(f"fuse: cached artifact {out_dir}")
+    return json.loads(card_path.read_text())
+
+
+def _build_lock(out_dir: Path) -> Path:
+    """The lock file that its builder holds while it builds the artifact ``out_dir`` (named by its fuse hash)."""
+    return paths.locks_dir() / f"artifact-{out_dir.name}.lock"
+
+
+def _remove_abandoned(folder: Path, name: re.Pattern[str], lock_of: Callable[[str], Path]) -> None:
+    """Remove the scratch space left by processes that were killed (or lost with their machine): each entry of
+    ``folder`` whose ``name`` matches and whose owner's lock, ``lock_of(<the name's first group>)``, nobody holds.
+    (A live owner holds its lock from before it creates its scratch until after it removes it.)"""
+    if not folder.is_dir():
+        return
+    for scratch in folder.iterdir():
+        match = name.match(scratch.name)
+        if match is None:
+            continue
+        with file_lock(lock_of(match.group(1)), wait=False) as owner_gone:
+            if owner_gone:
+                console.log(f"removing {scratch}, left by a process that did not finish")
+                if scratch.is_dir():
+                    shutil.rmtree(scratch, ignore_errors=True)
+                else:
+                    scratch.unlink(missing_ok=True)
+
+
+def _remove_abandoned_builds(artifacts: Path) -> None:
+    """The ``.tmp-<fuse_hash>-<pid>`` folders (and ``_fuse_in_processes``' ``.spec-`` files) of unfinished builds."""
+    _remove_abandoned(artifacts, re.compile(r"^(?:\.spec-)?\.tmp-([0-9a-f]+)-\d+(?:\.json)?$"),
+                      lambda fuse_hash: _build_lock(artifacts / fuse_hash))
+
+
+def _build_artifact(fuser: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef], target: ModelRef | None,
+                    fuse_hash: str, out_dir: Path) -> dict[str, Any]:
+    """Fuse into a scratch folder, write the card, then rename it to ``out_dir`` (the caller holds its build lock)."""
+    from harness.api import FuseContext
+
+    tmp = out_dir.with_name(f".tmp-{fuse_hash}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        start_t = time.perf_counter()
+        if cfg.processes > 1:
+            result = _fuse_in_processes(cfg, fuser_cfg, sources, target, tmp)
+        else:
+            result = fuser.fuse(sources, target, fuser_cfg, FuseContext(out_dir=tmp, seed=cfg.seed,
+                                                                       batch_size=cfg.int_batch_size))
+        if result.path is None:
+            raise RuntimeError(f"fuser {cfg.fuser} returned no model path")
+        if Path(result.path).resolve() != tmp.resolve():
+            shutil.copytree(result.path, tmp, dirs_exist_ok=True)
+        card = {"fuser": cfg.fuser, "config": fuser_cfg.model_dump(mode="json"), "fuse_hash": fuse_hash,
+                "sources": [s.spec for s in sources], "target": target.spec if target else None,
+                "seed": cfg.seed, "seconds": round(time.perf_counter() - start_t, 3),
+                "details": result.details, "provenance": provenance.collect(),
+                "stages": {name: _inside(Path(result.path), Path(stage_dir))
+                           for name, stage_dir in getattr(result, "stages", {}).items()}}
+        (tmp / "fusebench.json").write_text(json.dumps(card, indent=1, sort_keys=True, default=str))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    console.log(f"fuse: wrote {out_dir} in {card['seconds']:.1f}s")
+    return card
 
 
 def _inside(root: Path, stage_dir: Path) -> str:
@@ -420,10 +520,23 @@ def data_fingerprints(args: dict[str, Any]) -> dict[str, str]:
     return found
 
 
+def _eval_lock(cache_file: Path) -> Path:
+    """The lock file that its builder holds while it computes the eval cache entry ``cache_file``."""
+    return paths.locks_dir() / f"eval-{cache_file.stem}.lock"
+
+
+def _cached_eval(cache_file: Path, ev: Evaluand, suite_cls: Any) -> dict[str, Any] | None:
+    if not cache_file.is_file():
+        return None
+    console.log(f"eval {ev.name} on {suite_cls.name}: cached")
+    return json.loads(cache_file.read_text())
+
+
 def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_objs: list[tuple[Any, Any]],
                   cfg: RunConfig, timings: Timings, *, resume: bool = False) -> None:
-    from harness.api import EvalContext
-
+    evals = paths.cache_dir() / "evals"
+    _remove_abandoned(paths.cache_dir() / "work", re.compile(r"^([0-9a-f]+)$"),
+                      lambda key: _eval_lock(evals / f"{key}.json"))
     for position, ev in enumerate(evaluands):
         store.add_model(ev.store_row(), run_id, ev.role, position)
         curves = ev.details.get("loss_curves") if isinstance(ev.details, dict) else None
@@ -435,28 +548,44 @@ def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_ob
                 if resume and store.has_scores(run_id, ev.id, suite_cls.name):
                     continue
                 key = eval_key(ev.content_hash, suite_cls, suite_cfg, cfg, _placement_key(ev))
-                cache_file = paths.cache_dir() / "evals" / f"{key}.json"
+                cache_file = evals / f"{key}.json"
                 with timings.stage(f"eval:{ev.name}:{suite_cls.name}"):
-                    if cache_file.is_file():
-                        payload = json.loads(cache_file.read_text())
-                        console.log(f"eval {ev.name} on {suite_cls.name}: cached")
-                    else:
-                        if lm is None:
-                            with timings.stage(f"load:{ev.name}"):
-                                lm = _load(ev, cfg.batch_size)
-                        console.log(f"eval {ev.name} ({ev.role}) on {suite_cls.name} ...")
-                        workdir = paths.cache_dir() / "work" / key
-                        workdir.mkdir(parents=True, exist_ok=True)
-                        result = suite_cls().evaluate(lm, suite_cfg, EvalContext(
-                            workdir=workdir, seed=cfg.seed, limit=cfg.limit, batch_size=cfg.int_batch_size))
-                        payload = {"scores": [asdict(s) for s in result.scores],
-                                   "samples": [asdict(s) for s in result.samples], "precision": _precision(lm, _placement_of(ev))}
-                        _atomic_write(cache_file, json.dumps(payload, default=_plain_default))
-                        shutil.rmtree(workdir, ignore_errors=True)
+                    payload = _cached_eval(cache_file, ev, suite_cls)
+                    if payload is None:
+                        waiting = functools.partial(console.log, f"eval {ev.name} on {suite_cls.name}: another "
+                                                    "process is computing it; waiting for it")
+                        with file_lock(_eval_lock(cache_file), on_wait=waiting):
+                            payload = _cached_eval(cache_file, ev, suite_cls)  # by the process we waited for
+                            if payload is None:
+                                if lm is None:
+                                    with timings.stage(f"load:{ev.name}"):
+                                        lm = _load(ev, cfg.batch_size)
+                                payload = _evaluate(lm, ev, suite_cls, suite_cfg, cfg, key, cache_file)
                     store.add_eval(run_id, ev.id, suite_cls.name, suite_cls.version, key,
                                    payload["scores"], payload["samples"], precision=payload.get("precision"))
         finally:
             del lm
+
+
+def _evaluate(lm: Any, ev: Evaluand, suite_cls: Any, suite_cfg: Any, cfg: RunConfig, key: str,
+              cache_file: Path) -> dict[str, Any]:
+    """Evaluate ``lm`` on the suite in the scratch folder ``cache/work/<key>`` and write the cache entry (the caller
+    holds the entry's lock, so the folder is this process's alone: whatever is in it was left by a killed process)."""
+    from harness.api import EvalContext
+
+    console.log(f"eval {ev.name} ({ev.role}) on {suite_cls.name} ...")
+    workdir = paths.cache_dir() / "work" / key
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    try:
+        result = suite_cls().evaluate(lm, suite_cfg, EvalContext(
+            workdir=workdir, seed=cfg.seed, limit=cfg.limit, batch_size=cfg.int_batch_size))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    payload = {"scores": [asdict(s) for s in result.scores], "samples": [asdict(s) for s in result.samples],
+               "precision": _precision(lm, _placement_of(ev))}
+    _atomic_write(cache_file, json.dumps(payload, default=_plain_default))
+    return payload
 
 
 def _precision(lm: Any, where: Placement) -> dict[str, str]:

@@ -8,18 +8,27 @@ Tables (stable, documented columns; later migrations only add):
   samples     one row per evaluated example: prompt, raw output, extracted answer, target, metrics
 
 Writes that belong together happen in one transaction, so a crash never leaves half of a model's
-suite results behind; a run row is always closed as ``ok`` or ``error``.
+suite results behind. A run row is closed as ``ok``, ``error`` or ``interrupted`` (Ctrl-C, SIGTERM); a process
+that dies without closing it (SIGKILL, power loss) leaves it ``running``, and its pid, host and heartbeat tell
+that it is stale (``stale_reason``).
+
+Any number of processes may open and write one DB at once, a new one included: each write transaction takes the
+write lock up front and waits for it (``BUSY_TIMEOUT_S``), and migrations run under a file lock beside the DB
+(``<db>-lock``), one process at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
 import os
 import secrets
+import socket
 import sqlite3
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +36,13 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from harness.errors import BenchError
+from harness.paths import file_lock
 
 migrations = Migrations("fusebench")
+
+BUSY_TIMEOUT_S = 60.0  # how long a write waits for another process's write transaction to end
+HEARTBEAT_S = 30.0  # how often a working run stamps ``heartbeat_at``
+STALE_AFTER_S = 4 * HEARTBEAT_S  # a running run without a heartbeat for this long is stale, wherever it ran
 
 
 @migrations()
@@ -92,8 +106,23 @@ def m003_score_precision(db: sqlite_utils.Database) -> None:
     db["scores"].add_column("backend", str)
 
 
+@migrations()
+def m004_run_liveness(db: sqlite_utils.Database) -> None:
+    """Whether a ``running`` run still runs: the ``pid`` and ``hostname`` of the process working on it and its
+    ``heartbeat_at`` (stamped every ``HEARTBEAT_S`` seconds); ``attempts``: how many times the run was started
+    (1, plus one per ``--resume``), over which ``timings`` are summed. Earlier rows keep NULL."""
+    db["runs"].add_column("pid", int)
+    db["runs"].add_column("hostname", str)
+    db["runs"].add_column("heartbeat_at", str)
+    db["runs"].add_column("attempts", int)
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def seconds_since(timestamp: str) -> float:
+    return (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(timestamp)).total_seconds()
 
 
 def new_run_id() -> str:
@@ -116,6 +145,82 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def add_timings(earlier: dict[str, float], later: dict[str, float]) -> dict[str, float]:
+    """Seconds per stage over two attempts of a run: stages in the order they first ran, a repeated stage's seconds
+    summed."""
+    total = dict(earlier)
+    for stage, seconds in later.items():
+        total[stage] = total.get(stage, 0.0) + seconds
+    return {stage: round(seconds, 3) for stage, seconds in total.items()}
+
+
+def _still_running(pid: int, seen_at: str) -> bool | None:
+    """Whether the process ``pid`` of this host, known alive at ``seen_at``, still runs: False when no process has that
+    pid, when it is a zombie (dead, not yet reaped by its parent), or when it started after ``seen_at`` (a later
+    process that reuses the pid); None when this host cannot tell the latter (no /proc)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):  # no /proc (macOS), or it ended just now
+        return None
+    if fields[0] == "Z":
+        return False
+    started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of /proc/PID/stat: start, in ticks
+    return started <= dt.datetime.fromisoformat(seen_at).timestamp() + 2  # seen_at has whole seconds
+
+
+def stale_reason(run: dict[str, Any]) -> str | None:
+    """Why the run row ``run`` is stale: it says ``running`` but no process works on it. On the host it ran on, that
+    is when its process is gone; elsewhere (or where this host cannot tell), when it has had no heartbeat for
+    ``STALE_AFTER_S`` seconds. None when it is not stale (or not running). Rows of FuseBench versions without
+    heartbeats count from their start."""
+    if run.get("status") != "running":
+        return None
+    pid, host = run.get("pid"), run.get("hostname")
+    last = run.get("heartbeat_at") or run.get("started_at")
+    if pid and last and host == socket.gethostname():
+        running = _still_running(pid, last)
+        if running is not None:
+            return None if running else f"its process {pid} on {host} is gone"
+    if last and seconds_since(last) > STALE_AFTER_S:
+        where = f" (process {pid} on {host})" if pid else ""
+        return f"no heartbeat for {_duration(seconds_since(last))}{where}"
+    return None
+
+
+def refuse_if_running(run: dict[str, Any]) -> None:
+    """A BenchError when the run row ``run`` says ``running`` and is not stale: another process works on it."""
+    if run["status"] == "running" and stale_reason(run) is None:
+        where = f"process {run['pid']} on {run['hostname']}" if run.get("pid") else "another process"
+        beat_at = run.get("heartbeat_at") or run["started_at"]
+        raise BenchError(f"run {run['id']} is still running ({where}, last heartbeat {_duration(seconds_since(beat_at))} "
+                         "ago)", "wait for it to finish, or stop that process and resume it then")
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m" if minutes else f"{int(seconds)}s"
+
+
+def beat(db_path: Path, run_id: str) -> None:
+    """Stamp the heartbeat of run ``run_id`` while it is running, on a connection of its own (a heartbeat thread
+    cannot share the store's)."""
+    conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        conn.execute("begin immediate")
+        conn.execute("update runs set heartbeat_at = ? where id = ? and status = 'running'", [now(), run_id])
+        conn.execute("commit")
+    finally:
+        conn.close()
+
+
 def _make_folder_of(db_path: Path) -> None:
     """Create the DB's folder; a one-line error when a part of the path is a file or cannot be created."""
     try:
@@ -136,42 +241,87 @@ class Store:
             raise BenchError(f"--db {path} is a directory", "give a file path such as results/bench.db")
         _make_folder_of(self.path)
         try:
-            self.db = sqlite_utils.Database(self.path)
-            self.db.enable_wal()
-            migrations.apply(self.db)
+            self.db = sqlite_utils.Database(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S))
+            self._migrate()
         except Exception as e:  # a text file, a DB of another tool, a locked file ...
             if isinstance(e, BenchError):
                 raise
             raise BenchError(f"cannot open results DB {path}: {e}", "give a FuseBench DB path or a new file") from e
+
+    def _migrate(self, attempts: int = 6) -> None:
+        """WAL mode and the pending migrations, one process at a time (the lock file ``<db>-lock``): the others wait,
+        then find nothing left to do. A lock held by a process that does not take that file lock (another tool, an
+        older FuseBench) is retried with backoff."""
+        lock = self.path.with_name(self.path.name + "-lock")  # beside -wal and -shm, ignored with them
+        for attempt in range(attempts):
+            try:
+                with file_lock(lock):
+                    self.db.enable_wal()
+                    migrations.apply(self.db)
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.1 * 2**attempt)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction that takes the write lock at its start (waiting up to ``BUSY_TIMEOUT_S`` while
+        another process writes), so what it reads cannot change under it before it writes; all or nothing."""
+        self.db.conn.execute("begin immediate")
+        try:
+            yield
+        except BaseException:
+            self.db.conn.rollback()
+            raise
+        self.db.conn.commit()
 
     # --- runs -----------------------------------------------------------------------------------
 
     def start_run(self, *, kind: str, name: str | None, command: str, provenance: dict[str, Any],
                   config: dict[str, Any] | None = None, run_id: str | None = None) -> str:
         run_id = run_id or new_run_id()
-        with self.db.conn:
+        started = now()
+        with self._writing():
             self.db["runs"].insert(
                 {
                     "id": run_id, "name": name, "kind": kind, "status": "running", "command": command,
-                    "config": _json(config or {}), "started_at": now(),
+                    "config": _json(config or {}), "started_at": started,
                     "git_sha": provenance.get("git_sha"), "git_dirty": int(bool(provenance.get("git_dirty"))),
                     "versions": _json(provenance.get("versions", {})), "host": _json(provenance.get("host", {})),
+                    "pid": os.getpid(), "hostname": socket.gethostname(), "heartbeat_at": started, "attempts": 1,
                 }
             )
         return run_id
 
+    def resume_run(self, run_id: str) -> dict[str, Any]:
+        """Claim run ``run_id`` for another attempt in this process, and return its row as it was. A run that is still
+        running elsewhere (not stale) is refused, so two processes never work on one run."""
+        with self._writing():
+            row = self.get_run(run_id)
+            refuse_if_running(row)  # in the write transaction: no other process can claim it between check and claim
+            self.db["runs"].update(run_id, {
+                "status": "running", "error": None, "finished_at": None, "pid": os.getpid(),
+                "hostname": socket.gethostname(), "heartbeat_at": now(), "attempts": (row.get("attempts") or 1) + 1,
+            })
+        return row
+
     def update_run(self, run_id: str, **fields: Any) -> None:
         row = {k: (_json(v) if isinstance(v, (dict, list)) else plain(v)) for k, v in fields.items()}
-        with self.db.conn:
+        with self._writing():
             self.db["runs"].update(run_id, row)
 
     def finish_run(self, run_id: str, status: str, *, error: str | None = None,
                    timings: dict[str, float] | None = None) -> None:
-        assert status in ("ok", "error")
-        fields: dict[str, Any] = {"status": status, "error": error, "finished_at": now()}
-        if timings is not None:
-            fields["timings"] = {k: round(v, 3) for k, v in timings.items()}
-        self.update_run(run_id, **fields)
+        """Close the run as ``ok``, ``error`` or ``interrupted``. ``timings`` (seconds per stage of this attempt) are
+        added to those of the run's earlier attempts, if it was resumed."""
+        assert status in ("ok", "error", "interrupted")
+        with self._writing():
+            fields: dict[str, Any] = {"status": status, "error": error, "finished_at": now()}
+            if timings is not None:
+                earlier = self.get_run(run_id).get("timings")
+                fields["timings"] = _json(add_timings(json.loads(earlier) if earlier else {}, timings))
+            self.db["runs"].update(run_id, fields)
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         try:
@@ -179,8 +329,12 @@ class Store:
         except sqlite_utils.db.NotFoundError:
             raise BenchError(f"no run {run_id!r} in {self.path}", "see `bench runs` for run ids") from None
 
-    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
-        return list(self.db["runs"].rows_where(order_by="started_at desc, id desc", limit=limit))
+    def runs(self, limit: int = 50, *, stale: bool = False) -> list[dict[str, Any]]:
+        """The newest runs; ``stale``: only the runs that say ``running`` but whose process is gone."""
+        if not stale:
+            return list(self.db["runs"].rows_where(order_by="started_at desc, id desc", limit=limit))
+        running = self.db["runs"].rows_where("status = 'running'", order_by="started_at desc, id desc")
+        return [r for r in running if stale_reason(r) is not None][:limit]
 
     # --- models ---------------------------------------------------------------------------------
 
@@ -189,7 +343,7 @@ class Store:
         row = {k: (_json(v) if isinstance(v, (dict, list)) else v) for k, v in model.items()}
         row.setdefault("created_at", now())
         row.setdefault("created_by_run", run_id)
-        with self.db.conn:
+        with self._writing():
             self.db["models"].insert(row, pk="id", ignore=True)
             self.db["run_models"].insert(
                 {"run_id": run_id, "model_id": model["id"], "role": role, "position": position},
@@ -201,7 +355,7 @@ class Store:
         rows = [{"run_id": run_id, "model_id": model_id, "step": step, "name": name, "value": plain(value)}
                 for name, values in curves.items() for step, value in enumerate(values)]
         if rows:
-            with self.db.conn:
+            with self._writing():
                 self.db["train_log"].insert_all(rows, pk=("run_id", "model_id", "name", "step"), replace=True,
                                                 batch_size=500)
 
@@ -236,7 +390,7 @@ class Store:
             }
             for s in samples
         ]
-        with self.db.conn:
+        with self._writing():
             self.db["scores"].insert_all(score_rows, pk=("run_id", "model_id", "suite", "task", "metric"), replace=True)
             if sample_rows:
                 self.db["samples"].insert_all(sample_rows, pk=("run_id", "model_id", "suite", "task", "doc_id"),

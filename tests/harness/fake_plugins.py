@@ -2,11 +2,17 @@
 
 A fake "model" is a folder with a config.json holding a number ``quality``; FakeSuite reads it back
 through FakeLM. FakeAverage fuses by averaging the sources' qualities (so results are predictable).
+
+For tests with real processes (``tests/harness/fake_bench.py``): ``$FAKE_FUSE_DELAY`` / ``$FAKE_EVAL_DELAY``
+seconds make a fusion / an evaluation take that long (the delays are not part of any cache key), and each call
+appends a line ``fuse PID`` / ``evaluate PID`` to the file ``$FAKE_CALLS_LOG``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,6 +21,18 @@ from pydantic import BaseModel, ConfigDict
 from harness.api import EvalResult, FusionResult, Sample, Score
 
 CALLS = {"fuse": 0, "evaluate": 0}
+
+
+def _called(what: str) -> None:
+    CALLS[what] += 1
+    log = os.environ.get("FAKE_CALLS_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{what} {os.getpid()}\n")
+
+
+def _work(what: str) -> None:
+    time.sleep(float(os.environ.get(f"FAKE_{what.upper()}_DELAY", "0")))
 
 
 def make_model(path: Path, quality: float) -> Path:
@@ -47,10 +65,11 @@ class FakeAverage:
         stages: bool = False  # also return one stage model per source (as FuseChat's pairwise targets)
 
     def fuse(self, sources, target, cfg, ctx):  # noqa: ANN001
-        CALLS["fuse"] += 1
+        _called("fuse")
         if cfg.fail:
             raise RuntimeError("fuser exploded")
         qs = [json.loads((s.path / "config.json").read_text())["quality"] for s in sources]
+        _work("fuse")
         make_model(ctx.out_dir, sum(qs) / len(qs) + cfg.bonus)
         stages = {}
         if cfg.stages:
@@ -68,10 +87,15 @@ class FakeSuite:
         items: int = 3
 
     def evaluate(self, lm, cfg, ctx):  # noqa: ANN001
-        CALLS["evaluate"] += 1
+        _called("evaluate")
+        # as real suites do (perplexity's data files, humaneval's sandbox): work in ctx.workdir, read it back
+        scratch = Path(ctx.workdir) / "quality.json"
+        scratch.write_text(json.dumps(lm.quality))
+        _work("eval")
+        quality = json.loads(scratch.read_text())
         n = min(cfg.items, ctx.limit or cfg.items)
-        samples = [Sample(task="t", doc_id=i, prompt=f"p{i}", output=str(lm.quality), target="1",
-                          metrics={"acc": float(lm.quality > 0.5)}) for i in range(n)]
-        return EvalResult(scores=[Score(task="t", metric="acc", value=lm.quality, stderr=0.01, n=n),
-                                  Score(task="t", metric="loss", value=1 - lm.quality, higher_is_better=False, n=n)],
+        samples = [Sample(task="t", doc_id=i, prompt=f"p{i}", output=str(quality), target="1",
+                          metrics={"acc": float(quality > 0.5)}) for i in range(n)]
+        return EvalResult(scores=[Score(task="t", metric="acc", value=quality, stderr=0.01, n=n),
+                                  Score(task="t", metric="loss", value=1 - quality, higher_is_better=False, n=n)],
                           samples=samples)

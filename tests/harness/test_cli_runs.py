@@ -126,7 +126,7 @@ def test_config_file_with_overrides(fake_plugins_registered):
     assert len(db_rows(env["db"], "samples")) == 3
 
 
-def test_failing_fuser_marks_run_error_and_resume_completes(fake_plugins_registered, monkeypatch):
+def test_failing_fuser_marks_run_error_and_resume_completes(fake_plugins_registered, monkeypatch, capsys):
     env = fake_plugins_registered
     args = ("run", "--fuser", "fake", "--sources", f"{env['a']},{env['b']}", "--suite", "fakesuite", "--db", env["db"])
     with pytest.raises(RuntimeError, match="fuser exploded"):
@@ -145,9 +145,14 @@ def test_failing_fuser_marks_run_error_and_resume_completes(fake_plugins_registe
         return real(self, lm, cfg, ctx)
 
     monkeypatch.setattr(fake_plugins.FakeSuite, "evaluate", flaky)
+    capsys.readouterr()
     assert bench(*args) == 130
     runs = {r["id"]: r for r in db_rows(env["db"], "runs")}
     interrupted = [r for r in runs.values() if r["error"] and "Interrupt" in r["error"]][0]
+    assert interrupted["status"] == "interrupted"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"interrupted: run {interrupted['id']} is recorded as interrupted; "
+        f"continue it with `bench run --resume {interrupted['id']} --db {env['db']}`")
     assert len(db_rows(env["db"], "scores")) == 2  # only the fused model's complete suite result
     assert bench("run", "--resume", interrupted["id"], "--db", env["db"]) == 0
     assert sqlite_utils.Database(env["db"])["runs"].get(interrupted["id"])["status"] == "ok"
