@@ -69,10 +69,7 @@ def load_vllm(ref: ModelRef, where: Placement, batch_size: int | str) -> LM:
     except ImportError as e:
         raise BenchError(f"the vllm backend needs vLLM, which is not importable here ({e})",
                          "on a CUDA machine run `make venv-vllm` and use .venv-vllm/bin/bench, or use --backend hf") from None
-    engine = dict(where.engine_args)
-    unknown = sorted(set(engine) - set(VLLM_ARGS))
-    if unknown:
-        raise BenchError(f"unknown vLLM argument(s) {', '.join(unknown)}", f"use {', '.join(VLLM_ARGS)}")
+    engine = dict(where.engine_args)  # checked against VLLM_ARGS with the run config
     return VLLM(pretrained=ref.load_id, revision=ref.revision, dtype=where.load_dtype(), batch_size=batch_size,
                 seed=1234, **engine)
 

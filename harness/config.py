@@ -86,6 +86,16 @@ class RunConfig(BaseModel):
     processes: int = Field(1, ge=1, description="Processes for the fusion's training (accelerate launch).")
     control: bool = Field(False, description="Also train the data-only control (λ = 1) of a training fuser.")
 
+    @field_validator("vllm")
+    @classmethod
+    def _known_engine_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from harness.backends import VLLM_ARGS
+
+        unknown = sorted(set(value) - set(VLLM_ARGS))
+        if unknown:
+            raise ValueError(f"unknown vLLM argument(s) {', '.join(unknown)}; use {', '.join(VLLM_ARGS)}")
+        return value
+
     @field_validator("batch_size")
     @classmethod
     def _positive_batch(cls, value: int | str) -> int | str:
