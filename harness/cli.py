@@ -232,6 +232,8 @@ def run(
     name: Annotated[str | None, typer.Option("--name", help="A label for this run.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the fusion and the "
                     "evaluations.")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Run the fusion once per seed, e.g. 0,1,2 (one run "
+                     "group; the evaluations use the first seed, so unchanged models are evaluated once).")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue a failed/interrupted run by id.")] = None,
     control: Annotated[bool, typer.Option("--control", help="Also train the data-only control (the same target, "
                        "data, steps and seed with λ = 1) of a training fuser, evaluated beside the fused model.")] = False,
@@ -263,10 +265,41 @@ def run(
             run_id, cfg = _open_run(store, "run", name, raw, lambda: build_run_config(
                 config_file=config, fuser=fuser, sources=_split(sources), target=target, suites=suite, sets=set_,
                 name=name, limit=limit, seed=seed, suite_flags=flags, processes=processes, control=control or None,
-                placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)), recording)
-        run_fusion(cfg, store, run_id, resume=bool(resume))
-    typer.echo(f"run {run_id} ok")
+                seeds=_seed_list(seeds), placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)),
+                recording)
+        if cfg.seeds:
+            _run_seed_group(store, run_id, cfg, raw, recording)
+        else:
+            run_fusion(cfg, store, run_id, resume=bool(resume))
+            typer.echo(f"run {run_id} ok")
     _print_leaderboard(store, cfg.suites, run_id=run_id)
+
+
+def _seed_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise BenchError(f"--seeds {text!r} is not a comma-separated list of numbers", "e.g. --seeds 0,1,2") from None
+
+
+def _run_seed_group(store: Any, first_id: str, cfg: Any, raw: dict[str, Any], recording: _Recording) -> None:
+    """One run per seed, sharing ``group_id`` (the first run's id); the first row, already open, takes the first
+    seed. Each run is a normal run: its own row, artifact and ``--resume``."""
+    from harness.runner import run_fusion, start
+
+    for position, seed in enumerate(cfg.seeds):
+        one = cfg.for_seed(seed)
+        if cfg.name:
+            one = one.model_copy(update={"name": f"{cfg.name}@seed{seed}"})
+        run_id = first_id if position == 0 else start(store, "run", one.name, {**raw, "seed": seed})
+        recording.run_id = run_id
+        store.update_run(run_id, name=one.name, group_id=first_id, config=one.model_dump(mode="json"))
+        typer.echo(f"seed {seed} ({position + 1}/{len(cfg.seeds)}): run {run_id}")
+        run_fusion(one, store, run_id)
+        typer.echo(f"run {run_id} ok")
+    typer.echo(f"run group {first_id}: {len(cfg.seeds)} seeds ok")
 
 
 @app.command("eval")

@@ -85,6 +85,10 @@ class RunConfig(BaseModel):
                                                                   "(tensor_parallel_size, gpu_memory_utilization ...).")
     processes: int = Field(1, ge=1, description="Processes for the fusion's training (accelerate launch).")
     control: bool = Field(False, description="Also train the data-only control (λ = 1) of a training fuser.")
+    seeds: list[int] = Field(default_factory=list, description="Run the fusion once per seed (a run group); the "
+                                                               "evaluations use the first seed.")
+    eval_seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Seed of the evaluations when it differs from "
+                                                                       "the fusion's (a seed group's runs share one).")
 
     @field_validator("vllm")
     @classmethod
@@ -103,6 +107,23 @@ class RunConfig(BaseModel):
             raise ValueError("batch_size must be >= 1 or 'auto'")
         return value
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value) or any(not 0 <= s <= 2**32 - 1 for s in value):
+            raise ValueError("seeds must be distinct numbers in 0..2**32-1, e.g. --seeds 0,1,2")
+        return value
+
+    @property
+    def evaluation_seed(self) -> int:
+        """The seed the evaluations run with: one for every run of a seed group, so that unchanged models are
+        evaluated once and every seed's fused model is scored on the same samples."""
+        return self.seed if self.eval_seed is None else self.eval_seed
+
+    def for_seed(self, seed: int) -> RunConfig:
+        """The config of one run of this seed group."""
+        return self.model_copy(update={"seed": seed, "seeds": [], "eval_seed": self.seeds[0] if self.seeds else None})
+
     @property
     def int_batch_size(self) -> int:
         """For the places that need a number (fusers, judges): the batch size, 8 when it is ``auto``."""
@@ -111,7 +132,7 @@ class RunConfig(BaseModel):
     def canonical_json(self) -> str:
         # how a run executes (processes) does not change what it computes; fields added later are left out at
         # their defaults, so that earlier runs keep their hashes
-        later = {"models", "backend", "base_url", "tokenizer", "vllm", "control"}
+        later = {"models", "backend", "base_url", "tokenizer", "vllm", "control", "seeds", "eval_seed"}
         exclude = {"name", "processes"} | {f for f in later if getattr(self, f) == type(self).model_fields[f].get_default(
             call_default_factory=True)}
         return json.dumps(self.model_dump(exclude=exclude), sort_keys=True, default=str)
@@ -218,7 +239,7 @@ def build_run_config(
     target: str | None = None, suites: list[str] | None = None, sets: list[str] | None = None,
     name: str | None = None, limit: int | None = None, seed: int | None = None,
     suite_flags: dict[str, Any] | None = None, processes: int | None = None,
-    placement: dict[str, Any] | None = None, control: bool | None = None,
+    placement: dict[str, Any] | None = None, control: bool | None = None, seeds: list[int] | None = None,
 ) -> RunConfig:
     """Merge file, flags and overrides into a validated :class:`RunConfig` (BenchError on any problem).
 
@@ -228,7 +249,7 @@ def build_run_config(
 
     data = _normalise_file(read_yaml(config_file)) if config_file else {}
     flags = {"fuser": fuser, "sources": sources or None, "target": target, "suites": suites or None,
-             "name": name, "limit": limit, "seed": seed, "processes": processes, "control": control,
+             "name": name, "limit": limit, "seed": seed, "processes": processes, "control": control, "seeds": seeds,
              **(placement or {})}
     data.update({k: v for k, v in flags.items() if v is not None})
     if not data.get("fuser"):
@@ -276,6 +297,8 @@ def build_run_config(
         raise BenchError(f"invalid run config: {_first_error(e)}", "check the config file and flags") from None
     validate_plugin_args(cfg)
     _check_per_model_entries(cfg)
+    if cfg.seeds and "seed" in data:
+        raise BenchError("both a seed and seeds are given", "use --seeds A,B,C for a seed group, or --seed N for one run")
     return cfg
 
 

@@ -472,7 +472,7 @@ def eval_key(model_hash: str, suite_cls: Any, suite_cfg: Any, cfg: RunConfig, pl
     device kind the model runs in (``float32@cpu``, ``bfloat16@cuda``: never one cache entry for both)."""
     args = suite_cfg.model_dump(mode="json")
     return stable_hash(model_hash, suite_cls.name, suite_cls.version, args, data_fingerprints(args),
-                       cfg.limit, cfg.seed, corpus.corpus_fingerprint(), placement_key)
+                       cfg.limit, cfg.evaluation_seed, corpus.corpus_fingerprint(), placement_key)
 
 
 def _per_model(cfg: RunConfig) -> dict[str, dict[str, str | None]]:
@@ -579,7 +579,7 @@ def _evaluate(lm: Any, ev: Evaluand, suite_cls: Any, suite_cfg: Any, cfg: RunCon
     workdir.mkdir(parents=True)
     try:
         result = suite_cls().evaluate(lm, suite_cfg, EvalContext(
-            workdir=workdir, seed=cfg.seed, limit=cfg.limit, batch_size=cfg.int_batch_size))
+            workdir=workdir, seed=cfg.evaluation_seed, limit=cfg.limit, batch_size=cfg.int_batch_size))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     payload = {"scores": [asdict(s) for s in result.scores], "samples": [asdict(s) for s in result.samples],

@@ -117,6 +117,13 @@ def m004_run_liveness(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("attempts", int)
 
 
+@migrations()
+def m005_run_groups(db: sqlite_utils.Database) -> None:
+    """``group_id``: the runs of one ``bench run --seeds A,B,C`` share it (the id of the group's first run); NULL
+    for a run on its own."""
+    db["runs"].add_column("group_id", str)
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
