@@ -442,6 +442,28 @@ def regress(
         raise typer.Exit(1)
 
 
+@app.command("compare")
+def compare_cmd(
+    a: Annotated[str, typer.Argument(help="A: MODEL@RUN, a run id or name (its only or fused model), or a model "
+                 "name (its newest ok run with samples).")],
+    b: Annotated[str, typer.Argument(help="B: a reference of the same kinds.")],
+    suite: Annotated[list[str] | None, typer.Option("--suite", help="Only these suites (repeatable). Default: every "
+                     "suite both have samples of.")] = None,
+    resamples: Annotated[int, typer.Option("--resamples", min=1000, help="Bootstrap resamples (and sign-flip "
+                         "permutations).")] = 10_000,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the resampling.")] = 0,
+    format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    db: DbOpt = str(DEFAULT_DB),
+) -> None:
+    """B − A per suite and task on the same examples: 95% paired bootstrap interval and permutation p-value."""
+    from harness import compare as compare_mod
+
+    if format not in ("table", "json"):
+        raise BenchError(f"unknown --format {format!r}", "use table or json")
+    result = compare_mod.compare(_store_for_reading(db), a, b, _split(suite) or None, resamples=resamples, seed=seed)
+    typer.echo(compare_mod.render(result, format))
+
+
 def _click_exception_types(name: str) -> tuple[type[BaseException], ...]:
     """Click's exception class ``name`` and its twin in the copy of click that recent typer releases carry
     (``typer._click``): that copy's exceptions do not derive from click's, so both must be caught."""
