@@ -411,6 +411,8 @@ def regress(
                          "tolerated.")] = 1e-3,
     sigmas: Annotated[float, typer.Option("--sigmas", help="A change must also exceed SIGMAS x the combined "
                       "standard error.")] = 2.0,
+    paired: Annotated[bool, typer.Option("--paired", help="Where both sides are DB runs with per-example samples, "
+                      "take the noise from the paired difference over the shared examples (bootstrap).")] = False,
     save_baseline: Annotated[tuple[str, str] | None, typer.Option("--save-baseline", metavar="RUN FILE",
                              help="Write the scores of RUN (id or name; comma-separated for several) to FILE "
                              "(.json) and exit.")] = None,
@@ -436,7 +438,11 @@ def regress(
     store = _store_for_reading(db) if needs_db else None
     base = [run for ref in baseline for run in rg.load_ref(ref, store)]
     cand = [run for ref in candidate for run in rg.load_ref(ref, store)]
-    result = rg.compare(base, cand, suites=_split(suite) or None, tolerance=tolerance, sigmas=sigmas)
+    if paired and store is None:
+        raise BenchError("--paired needs runs from the results DB (baseline files keep no per-example samples)",
+                         "give run ids or names on both sides, or leave out --paired")
+    result = rg.compare(base, cand, suites=_split(suite) or None, tolerance=tolerance, sigmas=sigmas,
+                        paired=rg.PairedNoise(store) if paired and store is not None else None)
     typer.echo(rg.render(result, rg.describe(base, " ".join(baseline)), rg.describe(cand, " ".join(candidate))))
     if result.of("regression"):
         raise typer.Exit(1)
