@@ -86,7 +86,7 @@ def resolve(store: Store, ref: str, suites: list[str] | None = None) -> Side:
                          "give a run id or name from `bench runs`, a model name from `bench leaderboard`, or MODEL@RUN")
     suite_filter = f" and s.suite in ({', '.join('?' * len(suites))})" if suites else ""
     rows = store.query(
-        "select s.run_id from scores s join runs r on r.id = s.run_id join models m on m.id = s.model_id "
+        "select s.run_id, s.model_id from scores s join runs r on r.id = s.run_id join models m on m.id = s.model_id "
         "where r.status = 'ok' and (m.name = ? or m.id = ?)" + suite_filter +
         " and exists (select 1 from samples x where x.run_id = s.run_id and x.model_id = s.model_id "
         "and x.suite = s.suite) order by r.started_at desc, r.rowid desc limit 1", [ref, ref, *(suites or [])])
@@ -94,7 +94,7 @@ def resolve(store: Store, ref: str, suites: list[str] | None = None) -> Side:
         raise BenchError(f"model {ref!r} has no per-example samples{_in(suites)} in an ok run",
                          f"evaluate it first: bench eval --model {ref}" + (f" --suite {suites[0]}" if suites else ""))
     run = find_run(store, rows[0]["run_id"])
-    return _member(store, ref, run, ref)
+    return _member(store, ref, run, rows[0]["model_id"])
 
 
 def _is_model(store: Store, ref: str) -> bool:

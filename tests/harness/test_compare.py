@@ -239,3 +239,20 @@ def test_bad_references_are_refused_in_one_line(db, capsys):
     assert "share no suite with samples" in _one_line_error(capsys, "z", "x@two", "--db", path)
     assert "has no samples of suite bbh" in _one_line_error(capsys, "z@ppl", "x@two", "--suite", "bbh", "--db", path)
     assert "unknown --format" in _one_line_error(capsys, "x@two", "y@two", "--format", "xml", "--db", path)
+
+
+def test_compare_reads_only_sqlite(db):
+    """No torch, transformers or lm-eval: comparing stored results starts as fast as `bench leaderboard`."""
+    import subprocess
+    import sys
+
+    path, store = db
+    record(store, "ev", "bbh", {"x": bbh_samples({"t": [0, 1] * 10}), "y": bbh_samples({"t": [1] * 20})})
+    code = ("import sys\nfrom harness.cli import main\n"
+            f"try:\n    main(['compare', 'x@ev', 'y@ev', '--db', {path!r}, '--resamples', '1000'])\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "heavy = [m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "B better" in done.stdout
