@@ -543,6 +543,8 @@ def regress(
                          "tolerated.")] = 1e-3,
     sigmas: Annotated[float, typer.Option("--sigmas", help="A change must also exceed SIGMAS x the combined "
                       "standard error.")] = 2.0,
+    paired: Annotated[bool, typer.Option("--paired", help="Where both sides are DB runs with per-example samples, "
+                      "take the noise from the paired difference over the shared examples (bootstrap).")] = False,
     save_baseline: Annotated[tuple[str, str] | None, typer.Option("--save-baseline", metavar="RUN FILE",
                              help="Write the scores of RUN (id or name; comma-separated for several) to FILE "
                              "(.json) and exit.")] = None,
@@ -568,10 +570,36 @@ def regress(
     store = _store_for_reading(db) if needs_db else None
     base = [run for ref in baseline for run in rg.load_ref(ref, store)]
     cand = [run for ref in candidate for run in rg.load_ref(ref, store)]
-    result = rg.compare(base, cand, suites=_split(suite) or None, tolerance=tolerance, sigmas=sigmas)
+    if paired and store is None:
+        raise BenchError("--paired needs runs from the results DB (baseline files keep no per-example samples)",
+                         "give run ids or names on both sides, or leave out --paired")
+    result = rg.compare(base, cand, suites=_split(suite) or None, tolerance=tolerance, sigmas=sigmas,
+                        paired=rg.PairedNoise(store) if paired and store is not None else None)
     typer.echo(rg.render(result, rg.describe(base, " ".join(baseline)), rg.describe(cand, " ".join(candidate))))
     if result.of("regression"):
         raise typer.Exit(1)
+
+
+@app.command("compare")
+def compare_cmd(
+    a: Annotated[str, typer.Argument(help="A: MODEL@RUN, a run id or name (its only or fused model), or a model "
+                 "name (its newest ok run with samples).")],
+    b: Annotated[str, typer.Argument(help="B: a reference of the same kinds.")],
+    suite: Annotated[list[str] | None, typer.Option("--suite", help="Only these suites (repeatable). Default: every "
+                     "suite both have samples of.")] = None,
+    resamples: Annotated[int, typer.Option("--resamples", min=1000, help="Bootstrap resamples (and sign-flip "
+                         "permutations).")] = 10_000,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the resampling.")] = 0,
+    format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    db: DbOpt = str(DEFAULT_DB),
+) -> None:
+    """B − A per suite and task on the same examples: 95% paired bootstrap interval and permutation p-value."""
+    from harness import compare as compare_mod
+
+    if format not in ("table", "json"):
+        raise BenchError(f"unknown --format {format!r}", "use table or json")
+    result = compare_mod.compare(_store_for_reading(db), a, b, _split(suite) or None, resamples=resamples, seed=seed)
+    typer.echo(compare_mod.render(result, format))
 
 
 def _click_exception_types(name: str) -> tuple[type[BaseException], ...]:

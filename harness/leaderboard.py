@@ -3,22 +3,40 @@
 Reads only SQLite (pandas), never torch. Scores come from runs with status ``ok``; for each model and
 column the newest value wins. Columns are keyed by suite *version* too, so scores of a changed
 suite are never ranked together with old ones.
+
+Each value is shown as ``mean ± half-width`` of its 95% confidence interval when it has a standard error:
+the suite's stored stderr (``1.96 · stderr``), or, for a run group (runs that share a ``group_id``: one
+evaluation repeated over seeds), the mean over the group's runs with the seed-to-seed spread added
+(:func:`harness.stats.mean_over_seeds`). Without run groups every value is one run's.
+
+The best mark goes only to values not significantly worse than the best value of their column (a
+two-sided Welch test of the difference, :func:`harness.stats.not_worse`; a missing stderr counts as 0,
+so then only equal values tie): ``best`` when that is one model, ``tied`` for each when several, and no
+mark at all when every model of the column is such a value (nothing tells them apart: a column where
+every model scores 0, or a single model).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pandas as pd
 
 from harness import markdown as md
+from harness import stats
 from harness.store import Store
+
+#: The runs column that ties the runs of one run group (the same evaluation over several seeds) together;
+#: read when the results DB has it, otherwise every run stands alone.
+GROUP_COLUMN = "group_id"
+LEVEL = stats.DEFAULT_LEVEL
 
 _SQL = """
 select s.run_id, s.model_id, s.suite, s.suite_version, s.task, s.metric, s.value, s.stderr, s.n,
        s.higher_is_better, s.created_at, m.name as model, m.kind as model_kind, rm.role,
-       r.name as run_name, r.kind as run_kind, r.fuser, r.started_at
+       r.name as run_name, r.kind as run_kind, r.fuser, r.started_at, {group} as group_id
 from scores s
 join runs r on r.id = s.run_id
 join models m on m.id = s.model_id
@@ -28,7 +46,8 @@ where r.status = 'ok'
 
 
 def scores_frame(store: Store, suites: list[str] | None = None) -> pd.DataFrame:
-    df = pd.DataFrame(store.query(_SQL))
+    grouped = GROUP_COLUMN in store.db["runs"].columns_dict
+    df = pd.DataFrame(store.query(_SQL.format(group=f"r.{GROUP_COLUMN}" if grouped else "null")))
     if df.empty:
         return df
     if suites:
@@ -67,6 +86,8 @@ def build(store: Store, suites: list[str] | None = None, all_metrics: bool = Fal
     latest = df.sort_values(["started_at", "created_at"]).groupby(["model_id", "column"]).tail(1)
     values = latest.pivot(index="model_id", columns="column", values="value")
     hib = latest.groupby("column")["higher_is_better"].first().astype(bool).to_dict()
+    estimates = _estimates(df, latest)
+    marks = {c: mark(estimates.get(c, {}), hib[c]) for c in values.columns}
 
     # Groups: each fusion run's fused model followed by its target and sources; then lone models.
     membership = pd.DataFrame(store.query(
@@ -86,39 +107,82 @@ def build(store: Store, suites: list[str] | None = None, all_metrics: bool = Fal
         if model_id not in placed:
             name = latest[latest["model_id"] == model_id]["model"].iloc[0]
             rows.append({"group": "-", "model": name, "role": "model", "model_id": model_id})
-    table = pd.DataFrame(rows)
+    members = pd.DataFrame(rows)
     cols = sorted(values.columns)
-    table = table.join(values[cols], on="model_id").drop(columns=["model_id"])
-    return table.reset_index(drop=True), {c: hib[c] for c in cols}
+    table = members[["group", "model", "role"]].copy()
+    for c in cols:  # each value, and the half-width of its interval beside it when it has one
+        shown = [estimates.get(c, {}).get(m) for m in members["model_id"]]
+        table[c] = [math.nan if e is None else e.value for e in shown]
+        half = [_half_width(e) for e in shown]
+        if any(h is not None for h in half):
+            table[f"{c} ±"] = [math.nan if h is None else h for h in half]
+    table.attrs["marks"] = {c: {i: marks[c][m] for i, m in enumerate(members["model_id"]) if m in marks[c]}
+                            for c in cols}
+    return table, {c: hib[c] for c in cols}
 
 
-def best_rows(table: pd.DataFrame, hib: dict[str, bool]) -> dict[str, set[int]]:
-    best: dict[str, set[int]] = {}
-    for col, higher in hib.items():
-        series = table[col].dropna()
-        if series.empty:
+def _estimates(df: pd.DataFrame, latest: pd.DataFrame) -> dict[str, dict[str, stats.Estimate]]:
+    """column -> model_id -> the shown estimate: the newest run's value and stderr, or, when that run belongs
+    to a run group, the mean over the group's runs of that model and column."""
+    out: dict[str, dict[str, stats.Estimate]] = {}
+    for row in latest.itertuples(index=False):
+        if pd.isna(row.value):
             continue
-        target = series.max() if higher else series.min()
-        best[col] = set(series[series == target].index)
-    return best
+        if pd.isna(row.group_id):
+            estimate = stats.Estimate(float(row.value), None if pd.isna(row.stderr) else float(row.stderr))
+        else:
+            seeds = df[(df["model_id"] == row.model_id) & (df["column"] == row.column) & (df["group_id"] == row.group_id)
+                       & df["value"].notna()].drop_duplicates("run_id")
+            estimate = stats.mean_over_seeds(seeds["value"].astype(float).tolist(),
+                                             [None if pd.isna(x) else float(x) for x in seeds["stderr"]])
+        out.setdefault(row.column, {})[row.model_id] = estimate
+    return out
+
+
+def _half_width(estimate: stats.Estimate | None) -> float | None:
+    return None if estimate is None else estimate.half_width(LEVEL)
+
+
+def mark(estimates: dict[str, stats.Estimate], higher_is_better: bool) -> dict[str, str]:
+    """key -> "best" or "tied" for the values not significantly worse than the best one (see the module
+    docstring); empty when that is every value (no winner) or there are none."""
+    if not estimates:
+        return {}
+    best = (max if higher_is_better else min)(estimates.values(), key=lambda e: e.value)
+    top = [k for k, e in estimates.items() if stats.not_worse(best, e, higher_is_better, LEVEL)]
+    if len(top) == len(estimates):
+        return {}
+    return {top[0]: "best"} if len(top) == 1 else dict.fromkeys(top, "tied")
 
 
 def render(table: pd.DataFrame, hib: dict[str, bool], fmt: str = "table") -> str:
     if table.empty:
         return "no scores yet: run `bench run --fuser merge` or `bench eval --model zoo:llama-base`"
-    best = best_rows(table, hib)
+    marks: dict[str, dict[int, str]] = table.attrs.get("marks", {})
     if fmt == "json":
         records = json.loads(table.to_json(orient="records"))
-        return json.dumps({"columns": {c: {"higher_is_better": h} for c, h in hib.items()}, "rows": records}, indent=1)
+        # marks: per column, the positions in "rows" of the best value, or of the values tied for best
+        marked = {c: {kind: sorted(i for i, m in marks.get(c, {}).items() if m == kind) for kind in ("best", "tied")}
+                  for c in hib}
+        return json.dumps({"columns": {c: {"higher_is_better": h} for c, h in hib.items()}, "rows": records,
+                           "marks": marked, "level": LEVEL}, indent=1)
     if fmt == "csv":
-        return table.to_csv(index=False)
+        out = table.copy()
+        for c in hib:
+            if marks.get(c):
+                out[f"{c} mark"] = [marks[c].get(i, "") for i in out.index]
+        return out.to_csv(index=False)
 
     def cell(i: int, col: str) -> str:
         v = table.at[i, col]
         if pd.isna(v):
             return "-"
-        text = f"{v:.4f}"
-        return (f"**{text}**" if fmt == "markdown" else f"{text}*") if i in best.get(col, ()) else text
+        half = table.at[i, f"{col} ±"] if f"{col} ±" in table.columns else math.nan
+        spread = "" if pd.isna(half) else f" ± {half:.4f}"
+        how = marks.get(col, {}).get(i)
+        if fmt == "markdown":
+            return f"**{v:.4f}**{spread}" + (" (tie)" if how == "tied" else "") if how else f"{v:.4f}{spread}"
+        return f"{v:.4f}{spread}" + {"best": "*", "tied": "="}.get(how or "", " ")
 
     headers = ["group", "model", "role"] + [f"{c} {'↑' if hib[c] else '↓'}" for c in hib]
     body = [[str(table.at[i, "group"]), str(table.at[i, "model"]), str(table.at[i, "role"])]
@@ -126,7 +190,9 @@ def render(table: pd.DataFrame, hib: dict[str, bool], fmt: str = "table") -> str
     if fmt == "markdown":  # names and column labels come from the DB: escaped, so they stay text in one cell
         lines = ["| " + " | ".join(md.escape(h) for h in headers) + " |", "|" + "---|" * len(headers)]
         lines += ["| " + " | ".join([*(md.escape(x) for x in r[:3]), *r[3:]]) + " |" for r in body]
-        return "\n".join(lines) + "\n\n(best per column in bold; ↑ higher is better, ↓ lower is better)"
+        return "\n".join(lines) + ("\n\n(value ± half-width of its 95% interval; in bold: the best per column, "
+                                   "\"(tie)\" when several are not significantly worse than the best; no bold: "
+                                   "nothing tells the column's models apart; ↑ higher is better, ↓ lower is better)")
     widths = [max(len(h), *(len(r[j]) for r in body)) for j, h in enumerate(headers)]
     fmt_row = lambda r: "  ".join(x.ljust(w) if j < 3 else x.rjust(w) for j, (x, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731
     out = [fmt_row(headers), "  ".join("-" * w for w in widths)]
@@ -136,4 +202,6 @@ def render(table: pd.DataFrame, hib: dict[str, bool], fmt: str = "table") -> str
             out.append("")
         prev_group = r[0]
         out.append(fmt_row(r))
-    return "\n".join(out) + "\n\n* best per column; ↑ higher is better, ↓ lower is better"
+    return "\n".join(out) + ("\n\n± half-width of the 95% interval; * best per column (every other value "
+                             "significantly worse), = tied for best (not significantly worse than the best),\n"
+                             "no mark: nothing tells the column's models apart; ↑ higher is better, ↓ lower is better")

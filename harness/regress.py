@@ -31,6 +31,15 @@ then only the tolerance protects), plus, for MT-Bench scores, the judge's own sp
 (``judge_std / sqrt(n)`` per side) when the suite recorded it: a re-judged answer can move that much
 without the model changing. The test is unpaired and therefore conservative; it flags large drops
 (a broken fuser), not 0.1-sigma drifts.
+
+With ``--paired`` (:class:`PairedNoise`), a score whose both sides are runs in the results DB with
+per-example samples of the suite's primary metric uses instead ``noise`` = the standard error of the
+*paired* difference over the shared examples (the paired bootstrap of `bench compare`,
+:mod:`harness.stats`). Both runs see the same examples, so what is hard for one is hard for the other
+and cancels: the paired noise is usually far smaller, and the same rule then flags drops the unpaired
+rule cannot tell from noise. The judge's spread of MT-Bench ratings is already inside the per-answer
+differences. Scores it cannot pair (baseline files, which keep no samples; metrics other than the
+primary; MT-Bench categories) keep the stored standard errors, and the report says how many.
 """
 
 from __future__ import annotations
@@ -92,6 +101,7 @@ class RunScores:
     label: str
     meta: dict[str, Any]
     rows: list[ScoreRow] = field(default_factory=list)
+    model_ids: dict[str, str] = field(default_factory=dict)  # model_key -> models.id: runs read from the DB only
 
 
 # --- resolving references -----------------------------------------------------------------------
@@ -149,7 +159,8 @@ def run_scores(store: Store, run: dict[str, Any]) -> RunScores:
     meta = {k: run.get(k) for k in ("id", "name", "kind", "fuser", "git_sha", "started_at", "command")}
     meta.update(fuser_args=config.get("fuser_args", {}), sources=json.loads(run.get("sources") or "[]"),
                 target=run.get("target"), versions=json.loads(run.get("versions") or "{}"))
-    return RunScores(label=label, meta=meta, rows=rows)
+    model_ids = {row.model_key: s["model_id"] for row, s in zip(rows, scores, strict=True)}
+    return RunScores(label=label, meta=meta, rows=rows, model_ids=model_ids)
 
 
 def member_names(store: Store, run: dict[str, Any]) -> dict[str, str]:
@@ -257,6 +268,7 @@ class Comparison:
     delta: float | None = None       # candidate - baseline, in the better direction (> 0 is better)
     threshold: float | None = None   # what |delta| had to exceed to count
     reason: str = ""
+    paired: bool = False             # noise from the paired difference over shared examples (--paired)
 
     def label(self) -> str:
         model, suite, task, metric = self.key
@@ -292,14 +304,19 @@ def pair_runs(baseline: list[RunScores], candidate: list[RunScores]) -> tuple[li
 
 
 def compare(baseline: list[RunScores], candidate: list[RunScores], *, suites: list[str] | None = None,
-            tolerance: float = DEFAULT_TOLERANCE, sigmas: float = DEFAULT_SIGMAS) -> Report:
-    """Classify every shared score of every run pair; BenchError when nothing at all is comparable."""
+            tolerance: float = DEFAULT_TOLERANCE, sigmas: float = DEFAULT_SIGMAS,
+            paired: PairedNoise | None = None) -> Report:
+    """Classify every shared score of every run pair; BenchError when nothing at all is comparable.
+    ``paired``: take the noise of the scores it can pair from their paired difference (``--paired``)."""
     if tolerance < 0 or sigmas < 0:
         raise BenchError("--tolerance and --sigmas must be >= 0", "give non-negative numbers")
     pairs, notes = pair_runs(baseline, candidate)
     comparisons: list[Comparison] = []
     for b, c in pairs:
-        comparisons += _compare_runs(b, c, suites, tolerance, sigmas)
+        comparisons += _compare_runs(b, c, suites, tolerance, sigmas, paired)
+    if paired is not None and not any(x.paired for x in comparisons):
+        notes.append("--paired: no score could be paired (both sides need DB runs with per-example samples of the "
+                     "suite's primary metric); all used the stored standard errors")
     report = Report(comparisons, notes)
     if not report.compared:
         reasons = sorted({x.reason for x in report.comparisons if x.reason}) or notes or ["no shared scores"]
@@ -311,7 +328,7 @@ def compare(baseline: list[RunScores], candidate: list[RunScores], *, suites: li
 
 
 def _compare_runs(b: RunScores, c: RunScores, suites: list[str] | None, tolerance: float,
-                  sigmas: float) -> list[Comparison]:
+                  sigmas: float, paired: PairedNoise | None = None) -> list[Comparison]:
     def index(run: RunScores) -> dict[tuple[str, str, str, str], ScoreRow]:
         return {r.key: r for r in run.rows if not suites or r.suite in suites}
 
@@ -335,13 +352,50 @@ def _compare_runs(b: RunScores, c: RunScores, suites: list[str] | None, toleranc
         if why:
             out.append(Comparison(b.label, key, "not comparable", rb.value, rc.value, reason=why))
             continue
-        noise = math.sqrt(_variance(rb, base) + _variance(rc, cand))
+        paired_se = paired.se(b, c, rb) if paired is not None else None
+        noise = paired_se if paired_se is not None else math.sqrt(_variance(rb, base) + _variance(rc, cand))
         sign = 1.0 if rb.higher_is_better else -1.0
         delta = sign * (rc.value - rb.value) + 0.0  # type: ignore[operator]  # (+ 0.0: no "-0.0000")
         threshold = max(tolerance, sigmas * noise)
         status = "regression" if -delta > threshold else "improvement" if delta > threshold else "unchanged"
-        out.append(Comparison(b.label, key, status, rb.value, rc.value, delta=delta, threshold=threshold))
+        out.append(Comparison(b.label, key, status, rb.value, rc.value, delta=delta, threshold=threshold,
+                              paired=paired_se is not None))
     return out
+
+
+class PairedNoise:
+    """``--paired``: the standard error of a score's paired difference, from the per-example samples of the
+    two DB runs (:func:`harness.compare.compare_suite`, once per model pair and suite)."""
+
+    def __init__(self, store: Store, resamples: int = 10_000, seed: int = 0):
+        self.store = store
+        self.resamples = resamples
+        self.seed = seed
+        self._cache: dict[tuple[str, str, str, str, str], dict[str, float]] = {}
+
+    def se(self, b: RunScores, c: RunScores, row: ScoreRow) -> float | None:
+        """The paired standard error of ``row``'s difference between the runs, or None when it cannot be paired."""
+        from evals import PRIMARY_METRIC
+
+        ids = b.model_ids.get(row.model_key), c.model_ids.get(row.model_key)
+        if PRIMARY_METRIC.get(row.suite) != row.metric or None in ids:
+            return None
+        key = (b.meta["id"], ids[0], c.meta["id"], ids[1], row.suite)  # type: ignore[assignment]
+        if key not in self._cache:
+            self._cache[key] = self._suite(key)  # type: ignore[arg-type]
+        return self._cache[key].get(row.task)
+
+    def _suite(self, key: tuple[str, str, str, str, str]) -> dict[str, float]:
+        from harness import compare
+
+        run_b, model_b, run_c, model_c, suite = key
+        sides = [compare.Side(ref=run, run=self.store.get_run(run), model_id=model, model=model, role="")
+                 for run, model in ((run_b, model_b), (run_c, model_c))]
+        try:
+            rows, _ = compare.compare_suite(self.store, *sides, suite, resamples=self.resamples, seed=self.seed)
+        except BenchError:  # not pairable after all (e.g. prompts differ): the stored stderrs decide
+            return {}
+        return {r.task: r.diff.se for r in rows}
 
 
 def why_not_comparable(b: ScoreRow, c: ScoreRow) -> str:
@@ -396,7 +450,7 @@ def render(report: Report, baseline_desc: str, candidate_desc: str) -> str:
                 incomparable[(c.run, model, suite, c.reason)] += 1
                 continue
             rows.append((status, c.run, model, f"{suite}/{task}", metric, _num(c.baseline), _num(c.candidate),
-                         _num(c.delta, signed=True), _num(c.threshold)))
+                         _num(c.delta, signed=True), _num(c.threshold) + (" (paired)" if c.paired else "")))
     if rows:
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
         fmt = lambda r: "  ".join(x.rjust(w) if i >= 5 else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731
@@ -406,6 +460,10 @@ def render(report: Report, baseline_desc: str, candidate_desc: str) -> str:
         lines += [f"  {run}: {model} {suite}: {n} score(s): {reason}"
                   for (run, model, suite, reason), n in sorted(incomparable.items())]
     lines += [f"note: {n}" for n in report.notes]
+    n_paired = sum(c.paired for c in report.comparisons)
+    if n_paired:
+        lines.append(f"paired: {n_paired} of {report.compared} compared score(s) took their noise from the paired "
+                     "difference over shared examples (threshold marked \"(paired)\"), the others from stored stderrs")
     counts = {s: len(report.of(s)) for s in _ORDER}
     lines += ["", f"{counts['regression']} regression(s), {counts['improvement']} improvement(s), "
                   f"{counts['unchanged']} unchanged, {counts['not comparable']} not comparable"]
