@@ -5,9 +5,10 @@ column the newest value wins. Columns are keyed by suite *version* too, so score
 suite are never ranked together with old ones.
 
 Each value is shown as ``mean ± half-width`` of its 95% confidence interval when it has a standard error:
-the suite's stored stderr (``1.96 · stderr``), or, for a run group (runs that share a ``group_id``: one
-evaluation repeated over seeds), the mean over the group's runs with the seed-to-seed spread added
-(:func:`harness.stats.mean_over_seeds`). Without run groups every value is one run's.
+the suite's stored stderr (``1.96 · stderr``), or, for a seed group (the runs of ``bench run --seeds``, which
+share a ``group_id``), the mean over the group's runs with the seed-to-seed spread added
+(:func:`harness.stats.mean_over_seeds`): a seed group is one block, its fused model (and control) one row whose
+value is the mean over the seeds' fused models. Without run groups every value is one run's.
 
 The best mark goes only to values not significantly worse than the best value of their column (a
 two-sided Welch test of the difference, :func:`harness.stats.not_worse`; a missing stderr counts as 0,
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import pandas as pd
@@ -86,55 +88,90 @@ def build(store: Store, suites: list[str] | None = None, all_metrics: bool = Fal
     latest = df.sort_values(["started_at", "created_at"]).groupby(["model_id", "column"]).tail(1)
     values = latest.pivot(index="model_id", columns="column", values="value")
     hib = latest.groupby("column")["higher_is_better"].first().astype(bool).to_dict()
-    estimates = _estimates(df, latest)
-    marks = {c: mark(estimates.get(c, {}), hib[c]) for c in values.columns}
-
-    # Groups: each fusion run's fused model followed by its target and sources; then lone models.
+    # Rows: each seed group as one block (its fused and control models as the mean over seeds); each other
+    # fusion run's fused model followed by its target and sources; then lone models. A row's key names what its
+    # value estimates: a model (its newest value), or a role in a seed group (the mean over the group's runs).
     membership = pd.DataFrame(store.query(
-        "select rm.run_id, rm.model_id, rm.role, rm.position, r.name as run_name, r.fuser, r.started_at, m.name as model "
-        "from run_models rm join runs r on r.id = rm.run_id join models m on m.id = rm.model_id "
+        f"select rm.run_id, rm.model_id, rm.role, rm.position, r.name as run_name, r.fuser, r.started_at, "
+        f"m.name as model, {'r.' + GROUP_COLUMN if GROUP_COLUMN in store.db['runs'].columns_dict else 'null'} "
+        "as group_id from run_models rm join runs r on r.id = rm.run_id join models m on m.id = rm.model_id "
         "where r.status = 'ok' order by r.started_at, rm.position"))
     rows: list[dict[str, Any]] = []
+    estimates = _estimates(df, latest)
     placed: set[str] = set()
-    fused = membership[membership["role"] == "fused"]
+    grouped = membership[membership["group_id"].notna()]
+    for group_id, runs in grouped.groupby("group_id", sort=False):
+        rows += _seed_group_rows(str(group_id), runs, df, estimates)
+        placed.update(runs["model_id"])
+    solo = membership[membership["group_id"].isna()]
+    fused = solo[solo["role"] == "fused"]
     for _, f in fused.drop_duplicates("model_id", keep="last").iterrows():
-        group = membership[membership["run_id"] == f["run_id"]].sort_values("position")
+        group = solo[solo["run_id"] == f["run_id"]].sort_values("position")
         for _, m in group.iterrows():
             if m["model_id"] in values.index:
-                rows.append({"group": f["model"], "model": m["model"], "role": m["role"], "model_id": m["model_id"]})
+                rows.append({"group": f["model"], "model": m["model"], "role": m["role"], "key": m["model_id"]})
                 placed.add(m["model_id"])
     for model_id in values.index:
         if model_id not in placed:
             name = latest[latest["model_id"] == model_id]["model"].iloc[0]
-            rows.append({"group": "-", "model": name, "role": "model", "model_id": model_id})
+            rows.append({"group": "-", "model": name, "role": "model", "key": model_id})
     members = pd.DataFrame(rows)
     cols = sorted(values.columns)
+    shown_keys = set(members["key"])  # a seed group's models are shown (and ranked) as the group's means only
+    marks = {c: mark({k: e for k, e in estimates.get(c, {}).items() if k in shown_keys}, hib[c]) for c in cols}
     table = members[["group", "model", "role"]].copy()
     for c in cols:  # each value, and the half-width of its interval beside it when it has one
-        shown = [estimates.get(c, {}).get(m) for m in members["model_id"]]
+        shown = [estimates.get(c, {}).get(k) for k in members["key"]]
         table[c] = [math.nan if e is None else e.value for e in shown]
         half = [_half_width(e) for e in shown]
         if any(h is not None for h in half):
             table[f"{c} ±"] = [math.nan if h is None else h for h in half]
-    table.attrs["marks"] = {c: {i: marks[c][m] for i, m in enumerate(members["model_id"]) if m in marks[c]}
-                            for c in cols}
+    table.attrs["marks"] = {c: {i: marks[c][k] for i, k in enumerate(members["key"]) if k in marks[c]} for c in cols}
     return table, {c: hib[c] for c in cols}
 
 
+def _seed_group_rows(group_id: str, runs: pd.DataFrame, df: pd.DataFrame,
+                     estimates: dict[str, dict[str, stats.Estimate]]) -> list[dict[str, Any]]:
+    """One block for the runs of a seed group: a row per role of its first run (the fused model, the control,
+    each stage, the target, each source), valued at the mean over the group's runs with the seed-to-seed
+    spread (:func:`harness.stats.mean_over_seeds`). Adds those estimates to ``estimates``."""
+    first = runs[runs["run_id"] == runs["run_id"].iloc[0]].sort_values("position")
+    label = re.sub(r"@seed\d+$", "", str(first[first["role"] == "fused"]["model"].iloc[0])
+                   if (first["role"] == "fused").any() else str(first["run_name"].iloc[0]))
+    n_runs = runs["run_id"].nunique()
+    label = f"{label} ({n_runs} seeds)"
+    rows = []
+    for _, m in first.iterrows():
+        same = runs["role"] == m["role"]
+        if m["role"] in ("source", "target", "model"):  # the same model in every run
+            same &= runs["model_id"] == m["model_id"]
+            name = m["model"]
+        elif m["role"] == "stage":
+            stage = str(m["model"]).rsplit("/", 1)[-1]
+            same &= runs["model"].astype(str).str.endswith(f"/{stage}")
+            name = f"{label}/{stage}"
+        else:
+            name = label if m["role"] == "fused" else f"{label} {m['role']}"
+        pairs = set(zip(runs[same]["run_id"], runs[same]["model_id"], strict=True))
+        key = f"{group_id}:{m['role']}:{name}"
+        mine = df[[(r, k) in pairs for r, k in zip(df["run_id"], df["model_id"], strict=True)]]
+        for column, per_run in mine.groupby("column"):
+            per_run = per_run[per_run["value"].notna()].drop_duplicates("run_id")
+            if len(per_run):
+                estimates.setdefault(str(column), {})[key] = stats.mean_over_seeds(
+                    per_run["value"].astype(float).tolist(),
+                    [None if pd.isna(x) else float(x) for x in per_run["stderr"]])
+        rows.append({"group": label, "model": name, "role": m["role"], "key": key})
+    return rows
+
+
 def _estimates(df: pd.DataFrame, latest: pd.DataFrame) -> dict[str, dict[str, stats.Estimate]]:
-    """column -> model_id -> the shown estimate: the newest run's value and stderr, or, when that run belongs
-    to a run group, the mean over the group's runs of that model and column."""
+    """column -> model_id -> the newest value and its stderr (seed groups add their own rows' estimates)."""
     out: dict[str, dict[str, stats.Estimate]] = {}
     for row in latest.itertuples(index=False):
         if pd.isna(row.value):
             continue
-        if pd.isna(row.group_id):
-            estimate = stats.Estimate(float(row.value), None if pd.isna(row.stderr) else float(row.stderr))
-        else:
-            seeds = df[(df["model_id"] == row.model_id) & (df["column"] == row.column) & (df["group_id"] == row.group_id)
-                       & df["value"].notna()].drop_duplicates("run_id")
-            estimate = stats.mean_over_seeds(seeds["value"].astype(float).tolist(),
-                                             [None if pd.isna(x) else float(x) for x in seeds["stderr"]])
+        estimate = stats.Estimate(float(row.value), None if pd.isna(row.stderr) else float(row.stderr))
         out.setdefault(row.column, {})[row.model_id] = estimate
     return out
 

@@ -100,11 +100,10 @@ def test_one_model_in_two_groups_does_not_tie_with_itself(db, capsys):
 
 
 def test_run_group_shows_the_mean_over_its_seeds(db, capsys):
-    """The hook for run groups: once runs carry a ``group_id``, a model's value is the mean over its group's
-    runs and the interval adds the seed-to-seed spread (t quantile, Welch–Satterthwaite df)."""
+    """Runs that share a ``group_id`` (a seed group): a model's value is the mean over its group's runs and the
+    interval adds the seed-to-seed spread (t quantile, Welch–Satterthwaite df)."""
     path, store = db
     scored(store, {"base": (0.55, 0.01)}, name="base")
-    store.db["runs"].add_column(leaderboard.GROUP_COLUMN, str)
     seeds = [0.56, 0.70, 0.63]
     for value in seeds:
         run_id = scored(store, {"fused": (value, 0.01)}, name="fused-seeds")
