@@ -117,7 +117,7 @@ def test_run_group_shows_the_mean_over_its_seeds(db, capsys):
     # the seeds' spread leaves 0.63 not significantly better than the base's 0.55: no winner
     assert table.attrs["marks"]["bbh/macro"] == {}
     # without the group the newest run alone is shown, with its own stderr: then 0.63 wins
-    store.db["runs"].update(run_id, {leaderboard.GROUP_COLUMN: None})
+    store.db.execute(f"update runs set {leaderboard.GROUP_COLUMN} = null")
     table, _ = leaderboard.build(store)
     fused_row = table.index[table["model"] == "fused"][0]
     assert table.at[fused_row, "bbh/macro"] == pytest.approx(0.63)
