@@ -4,7 +4,14 @@ A and B are REFs:
 
 * ``MODEL@RUN``: the model (its name as the run knows it, its id, or ``fused``) in run RUN (id or name);
 * a run id or name: the run's only model, or its fused model when it has one;
-* a model name or id: the newest ``ok`` run with per-example samples of that model (in ``--suite``).
+* a model name or id: the newest ``ok`` run with per-example samples of that model (in ``--suite``);
+* ``MODEL@GROUP``: the model in every run of a seed group (``bench run --seeds``; GROUP is the group's id or
+  its name, the runs being named ``NAME@seedN``); ``fused`` and ``control`` name those roles in each run.
+
+Two seed groups (or a group and one run, whose model is then the same in every seed) are compared seed by
+seed: the hierarchical bootstrap of :func:`harness.stats.paired_difference_over_seeds` (seeds, then examples)
+turns the seed-to-seed spread of a training fuser into the interval. ``bench compare control@grp fused@grp``
+is the fusion term's worth beyond the data.
 
 Two sides are paired on a suite only when they measured the same thing on the same examples: the same
 suite version, the same suite arguments, ``limit`` and ``seed`` (from each run's stored config: the
@@ -97,6 +104,35 @@ def resolve(store: Store, ref: str, suites: list[str] | None = None) -> Side:
     return _member(store, ref, run, rows[0]["model_id"])
 
 
+def resolve_all(store: Store, ref: str, suites: list[str] | None = None) -> list[Side]:
+    """The sides a REF stands for: one per run of a seed group for ``MODEL@GROUP``, else :func:`resolve`'s one."""
+    for at in (i for i, ch in enumerate(ref) if ch == "@"):
+        model, group_ref = ref[:at], ref[at + 1:]
+        runs = _group_runs(store, group_ref)
+        if model and len(runs) > 1:
+            return [_member(store, ref, run, model) for run in runs]
+    return [resolve(store, ref, suites)]
+
+
+def _group_runs(store: Store, group_ref: str) -> list[dict[str, Any]]:
+    """The ``ok`` runs of the seed group ``group_ref`` (its id, or its name: runs named ``NAME@seedN``), in seed
+    order; empty when there is no such group."""
+    from harness.leaderboard import GROUP_COLUMN
+
+    if GROUP_COLUMN not in store.db["runs"].columns_dict:
+        return []
+    rows = store.query(f"select * from runs where {GROUP_COLUMN} = ? and status = 'ok' order by started_at, rowid",
+                       [group_ref])
+    if not rows:
+        rows = store.query(f"select * from runs where {GROUP_COLUMN} is not null and name like ? and status = 'ok' "
+                           "order by started_at, rowid", [f"{group_ref}@seed%"])
+        groups = {r[GROUP_COLUMN] for r in rows}
+        if len(groups) > 1:  # the name was reused: the newest group
+            newest = rows[-1][GROUP_COLUMN]
+            rows = [r for r in rows if r[GROUP_COLUMN] == newest]
+    return rows
+
+
 def _is_model(store: Store, ref: str) -> bool:
     return bool(store.query("select 1 from models where name = ? or id = ? limit 1", [ref, ref]))
 
@@ -119,7 +155,8 @@ def _members_with_samples(store: Store, run: dict[str, Any], suites: list[str] |
 def _member(store: Store, ref: str, run: dict[str, Any], model: str) -> Side:
     """The member of ``run`` called ``model`` (its name in the run, its id, or ``fused``)."""
     members = _members_with_samples(store, run, None)
-    found = [m for m in members if model in (m["name"], m["model_id"]) or (model == "fused" and m["role"] == "fused")]
+    found = [m for m in members if model in (m["name"], m["model_id"])
+             or (model in ("fused", "control") and m["role"] == model)]
     if not found:
         known = ", ".join(m["name"] for m in members) or "none with samples"
         raise BenchError(f"run {run['id']} has no samples of model {model!r} (its models: {known})",
@@ -205,7 +242,14 @@ class Result:
 def compare(store: Store, ref_a: str, ref_b: str, suites: list[str] | None = None, *,
             resamples: int = stats.DEFAULT_RESAMPLES, seed: int = 0) -> Result:
     """Pair A and B on every suite both have samples of (or ``suites``), and compare them."""
-    a, b = resolve(store, ref_a, suites), resolve(store, ref_b, suites)
+    sides_a, sides_b = resolve_all(store, ref_a, suites), resolve_all(store, ref_b, suites)
+    if len(sides_a) > 1 and len(sides_b) > 1 and len(sides_a) != len(sides_b):
+        raise BenchError(f"A has {len(sides_a)} seeds and B {len(sides_b)}",
+                         "compare seed groups of the same seeds (or a group with one run)")
+    seeds = max(len(sides_a), len(sides_b))
+    pairs = list(zip(sides_a * (seeds if len(sides_a) == 1 else 1), sides_b * (seeds if len(sides_b) == 1 else 1),
+                     strict=True))
+    a, b = pairs[0]
     have_a, have_b = _suites_with_samples(store, a), _suites_with_samples(store, b)
     notes = []
     if suites:
@@ -224,9 +268,12 @@ def compare(store: Store, ref_a: str, ref_b: str, suites: list[str] | None = Non
                              f"B: {', '.join(have_b) or 'none'})", "evaluate both on the same suite")
     rows: list[Row] = []
     for suite in chosen:
-        suite_rows, suite_notes = compare_suite(store, a, b, suite, resamples=resamples, seed=seed)
+        suite_rows, suite_notes = compare_suite(store, pairs, suite, resamples=resamples, seed=seed)
         rows += suite_rows
         notes += suite_notes
+    if seeds > 1:
+        notes.append(f"{seeds} seeds: each row is the mean over seeds, its interval from the hierarchical bootstrap "
+                     "(seeds, then examples)")
     return Result(a, b, rows, notes, resamples, seed)
 
 
@@ -297,12 +344,67 @@ def check_pairable(suite: str, a: Side, b: Side, version_a: str, version_b: str,
                 raise refuse(f"{key[0]} doc {key[1]} has a different {name} in A and B")
 
 
-def compare_suite(store: Store, a: Side, b: Side, suite: str, *, resamples: int = stats.DEFAULT_RESAMPLES,
-                  seed: int = 0) -> tuple[list[Row], list[str]]:
-    """The rows of one suite: each task, then the suite's aggregates; plus notes."""
+def compare_suite(store: Store, pairs: list[tuple[Side, Side]], suite: str, *,
+                  resamples: int = stats.DEFAULT_RESAMPLES, seed: int = 0) -> tuple[list[Row], list[str]]:
+    """The rows of one suite: each task, then the suite's aggregates; plus notes. ``pairs``: (A, B) per seed."""
     metric = _primary(suite)
     if metric is None:
         return [], [f"suite {suite}: no per-example rule for its primary metric (not compared)"]
+    per_seed = [_seed_units(store, a, b, suite, metric) for a, b in pairs]
+    version_a = per_seed[0][0]
+    hib = _higher_is_better(store, pairs[0][0], suite, metric)
+
+    tasks: list[dict[str, stats.Paired]] = []
+    dropped: dict[str, int] = defaultdict(int)
+    keys_by_task: dict[str, list[Any]] = defaultdict(list)
+    for position, (_, units_a, units_b) in enumerate(per_seed):
+        seed_keys: dict[str, list[Any]] = defaultdict(list)
+        for task, key in sorted(set(units_a.values) | set(units_b.values), key=lambda k: (k[0], str(k[1]))):
+            if (task, key) in units_a.values and (task, key) in units_b.values:
+                seed_keys[task].append(key)
+            elif position == 0:
+                dropped[task] += 1
+        if position == 0:
+            keys_by_task = seed_keys
+        elif seed_keys != keys_by_task:
+            raise BenchError(f"cannot pair the seeds on {suite}: seed {position} graded other examples than seed 0",
+                             "compare seeds evaluated on the same examples")
+        tasks.append({task: _paired(units_a, units_b, [(task, k) for k in keys]) for task, keys in seed_keys.items()})
+
+    def of(names: list[str]) -> list[list[stats.Paired]]:
+        return [[seed_tasks[n] for n in names] for seed_tasks in tasks]
+
+    def row(task: str, strata: list[list[stats.Paired]], weights: list[float] | None, lost: int) -> Row:
+        """``strata[k]``: seed k's strata, combined with ``weights`` (default equal)."""
+        w = [1 / len(strata[0])] * len(strata[0]) if weights is None else weights
+        value = lambda num, den: sum(wi * (getattr(p, num).sum() / getattr(p, den).sum())  # noqa: E731
+                                     for seed_strata in strata for wi, p in zip(w, seed_strata, strict=True)) / len(strata)
+        diff = stats.paired_difference_over_seeds(strata, w, resamples=resamples, seed=seed)
+        return Row(suite, version_a, task, metric, hib, float(value("a_num", "a_den")),
+                   float(value("b_num", "b_den")), diff, lost)
+
+    names = list(keys_by_task)
+    rows = [row(task, of([task]), None, dropped[task]) for task in names]
+    if suite == "perplexity" and len(names) > 1:
+        rows.append(row("avg", of(names), None, 0))
+    if suite in ("bbh", "bbh-mini") and names:
+        sizes = [len(keys_by_task[t]) for t in names]
+        rows.append(row("macro", of(names), None, 0))
+        rows.append(row("weighted", of(names), [n / sum(sizes) for n in sizes], 0))
+    notes = [f"{suite}/{r.task}: {r.diff.n} example(s) cannot show a difference at p < {1 - r.diff.level:.2f} "
+             f"(the sign-flip test's smallest p is 2/2^{r.diff.n})"
+             for r in rows if r.diff.n * math.log(2) <= math.log(2 / (1 - r.diff.level))]
+    if suite == "mtbench":
+        overall = [_questions(units_a, units_b, keys_by_task) for _, units_a, units_b in per_seed]
+        if all(o is not None for o in overall):
+            rows.append(row("overall", [[o] for o in overall], None, sum(dropped.values())))
+        _, units_a, units_b = per_seed[0]
+        notes += _judge_notes(units_a, units_b, keys_by_task)
+    return rows, notes
+
+
+def _seed_units(store: Store, a: Side, b: Side, suite: str, metric: str) -> tuple[str, Units, Units]:
+    """A and B's per-example units on ``suite`` (checked pairable): (suite version, A's, B's)."""
     version_a, version_b = _suite_version(store, a, suite), _suite_version(store, b, suite)
     samples_a, samples_b = _samples(store, a, suite), _samples(store, b, suite)
     check_pairable(suite, a, b, version_a, version_b, samples_a, samples_b)
@@ -312,44 +414,7 @@ def compare_suite(store: Store, a: Side, b: Side, suite: str, *, resamples: int 
         why = "was never judged (no ratings)" if suite == "mtbench" else f"has no per-example {metric}"
         raise BenchError(f"{side} on {suite} {why}", "evaluate it with a judge (--judge-url / --judge-model)"
                          if suite == "mtbench" else "re-run the evaluation")
-    hib = _higher_is_better(store, a, suite, metric)
-
-    tasks: dict[str, stats.Paired] = {}
-    dropped: dict[str, int] = defaultdict(int)
-    keys_by_task: dict[str, list[Any]] = defaultdict(list)
-    for task, key in sorted(set(units_a.values) | set(units_b.values), key=lambda k: (k[0], str(k[1]))):
-        if (task, key) in units_a.values and (task, key) in units_b.values:
-            keys_by_task[task].append(key)
-        else:
-            dropped[task] += 1
-    for task, keys in keys_by_task.items():
-        tasks[task] = _paired(units_a, units_b, [(task, k) for k in keys])
-
-    def row(task: str, strata: list[stats.Paired], weights: list[float] | None, lost: int) -> Row:
-        w = [1 / len(strata)] * len(strata) if weights is None else weights
-        value = lambda num, den: sum(wi * (getattr(p, num).sum() / getattr(p, den).sum())  # noqa: E731
-                                     for wi, p in zip(w, strata, strict=True))
-        diff = stats.paired_difference(strata, w, resamples=resamples, seed=seed)
-        return Row(suite, version_a, task, metric, hib, float(value("a_num", "a_den")),
-                   float(value("b_num", "b_den")), diff, lost)
-
-    rows = [row(task, [p], None, dropped[task]) for task, p in tasks.items()]
-    names = list(tasks)
-    if suite == "perplexity" and len(names) > 1:
-        rows.append(row("avg", [tasks[t] for t in names], None, 0))
-    if suite in ("bbh", "bbh-mini") and names:
-        sizes = [len(tasks[t]) for t in names]
-        rows.append(row("macro", [tasks[t] for t in names], None, 0))
-        rows.append(row("weighted", [tasks[t] for t in names], [n / sum(sizes) for n in sizes], 0))
-    notes = [f"{suite}/{r.task}: {r.diff.n} example(s) cannot show a difference at p < {1 - r.diff.level:.2f} "
-             f"(the sign-flip test's smallest p is 2/2^{r.diff.n})"
-             for r in rows if r.diff.n * math.log(2) <= math.log(2 / (1 - r.diff.level))]
-    if suite == "mtbench":
-        overall = _questions(units_a, units_b, keys_by_task)
-        if overall is not None:
-            rows.append(row("overall", [overall], None, sum(dropped.values())))
-        notes += _judge_notes(units_a, units_b, keys_by_task)
-    return rows, notes
+    return version_a, units_a, units_b
 
 
 def _paired(units_a: Units, units_b: Units, keys: list[tuple[str, Any]]) -> stats.Paired:
@@ -400,7 +465,7 @@ def render(result: Result, fmt: str = "table") -> str:
                       "higher_is_better": r.higher_is_better, "n": r.diff.n, "a": r.a_value, "b": r.b_value,
                       "difference": r.diff.estimate, "ci_low": r.diff.low, "ci_high": r.diff.high,
                       "level": r.diff.level, "se": r.diff.se, "p_value": r.diff.p_value, "verdict": _verdict(r),
-                      "dropped": r.dropped} for r in result.rows],
+                      "dropped": r.dropped, "seeds": r.diff.seeds} for r in result.rows],
             "notes": result.notes}, indent=1)
     level = f"{100 * result.rows[0].diff.level:.0f}%" if result.rows else "95%"
     header = ("suite", "task", "metric", "n", "A", "B", "B − A", f"{level} CI", "p", "verdict")

@@ -26,7 +26,7 @@ def test_a_seed_group_runs_once_per_seed_and_evaluates_sources_once(private_home
                                                                      capsys) -> None:  # noqa: ANN001
     db = tmp_path / "b.db"
     args = ["--fuser", "fusellm", "--sources", "zoo:llama-code,zoo:llama-docs", "--target", "zoo:llama-base"]
-    code = bench("run", *args, *TINY, *SUITE, "--seeds", "0,1,2", "--name", "grp", "--db", str(db))
+    code = bench("run", *args, *TINY, *SUITE, "--seeds", "0,1,2", "--control", "--name", "grp", "--db", str(db))
     out = capsys.readouterr().out
     assert code == 0 and "run group" in out
     database = sqlite_utils.Database(db)
@@ -40,7 +40,14 @@ def test_a_seed_group_runs_once_per_seed_and_evaluates_sources_once(private_home
     assert len(fused) == 3  # each seed trained its own model
     for role in ("target", "source"):
         assert len({r["eval_key"] for r in rows if r["role"] == role}) == (1 if role == "target" else 2)
-    assert "±" in out  # the leaderboard shows the fused model's mean over seeds with its spread
+    assert "grp (3 seeds)" in out and "±" in out  # one block: the fused model's mean over seeds with its spread
+    # the fusion term beyond the data, seed by seed (hierarchical bootstrap)
+    assert bench("compare", "control@grp", "fused@grp", "--db", str(db), "--format", "json") == 0
+    import json
+
+    result = json.loads(capsys.readouterr().out)
+    avg = next(r for r in result["rows"] if r["task"] == "avg")
+    assert avg["seeds"] == 3 and avg["ci_low"] <= avg["difference"] <= avg["ci_high"]
     # seed and seeds together are a contradiction
     assert bench("run", *args, *SUITE, "--seeds", "0,1", "--seed", "3", "--db", str(db)) == 2
     assert "both a seed and seeds" in capsys.readouterr().err
