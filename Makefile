@@ -9,7 +9,7 @@ BENCH := $(VENV)/bin/bench
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.fusebench-installed
 
-.PHONY: install demo test lint regress table7 venv-vllm
+.PHONY: install demo test lint regress table7 venv-vllm claims
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,3 +69,22 @@ table7: install
 	$(BENCH) run --config configs/table7_merge.yaml
 	$(BENCH) run --config configs/table7_fusellm.yaml
 	$(BENCH) leaderboard --suite perplexity
+
+# The README's claims, re-measured over 3 seeds with the data-only control (about 40 minutes on 2 cores), each
+# stated with a paired confidence interval and p-value (`bench compare`). CLAIMS_DB holds every run.
+CLAIMS_DB ?= results/claims.db
+CLAIMS_SEEDS ?= 0,1,2
+claims: install
+	$(BENCH) zoo build
+	$(BENCH) run --config configs/table7_ensemble.yaml --db $(CLAIMS_DB)
+	$(BENCH) run --config configs/table7_merge.yaml --db $(CLAIMS_DB)
+	$(BENCH) run --config configs/table7_fusellm.yaml --seeds $(CLAIMS_SEEDS) --control --db $(CLAIMS_DB)
+	$(BENCH) run --fuser fusellm --suite perplexity --seeds $(CLAIMS_SEEDS) --control --name fusellm-hetero --db $(CLAIMS_DB)
+	$(BENCH) run --fuser fusechat --suite perplexity --seeds $(CLAIMS_SEEDS) --control --name fusechat-demo --db $(CLAIMS_DB)
+	$(BENCH) run --fuser profuser --suite perplexity --seeds $(CLAIMS_SEEDS) --control --name profuser-demo --db $(CLAIMS_DB)
+	$(BENCH) leaderboard --suite perplexity --db $(CLAIMS_DB)
+	$(BENCH) compare table7-merge fused@table7-fusellm --suite perplexity --db $(CLAIMS_DB)
+	$(BENCH) compare table7-ensemble fused@table7-fusellm --suite perplexity --db $(CLAIMS_DB)
+	$(BENCH) compare table7-ensemble table7-merge --suite perplexity --db $(CLAIMS_DB)
+	for group in table7-fusellm fusellm-hetero fusechat-demo profuser-demo; do \
+		$(BENCH) compare control@$$group fused@$$group --suite perplexity --db $(CLAIMS_DB); done
