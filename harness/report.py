@@ -27,6 +27,7 @@ import datetime as dt
 import html
 import json
 import math
+import re
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -251,6 +252,95 @@ def _gains(fused: Row, others: list[Row], columns: list[Column]) -> dict[Column,
     return out
 
 
+# --- paired comparisons: the fused model against its best source and its control -----------------------
+
+
+@dataclass
+class Comparison:
+    """A fused model against another model of its run (the best source, or the data-only control), paired per
+    example on one suite's headline task (:mod:`harness.compare`)."""
+
+    run_label: str
+    against: str  # "best source" | "control"
+    a_model: str
+    b_model: str
+    suite: str
+    task: str
+    metric: str
+    higher_is_better: bool
+    a_value: float
+    b_value: float
+    diff: Any  # harness.stats.Difference: B − A (B = the fused model)
+
+    @property
+    def gain(self) -> float:
+        """The fused model's advantage, positive = better."""
+        return self.diff.estimate if self.higher_is_better else -self.diff.estimate
+
+    @property
+    def gain_interval(self) -> tuple[float, float]:
+        lo, hi = self.diff.low, self.diff.high
+        return (lo, hi) if self.higher_is_better else (-hi, -lo)
+
+    @property
+    def significant(self) -> bool:
+        return self.diff.p_value < 1 - self.diff.level
+
+
+def comparisons(store: Store, views: list[RunView], rows: list[Row], columns: list[Column]) -> list[Comparison]:
+    """For every fusion run with per-example samples: its fused model against the best of its target and sources
+    on each suite's headline column, and against its control when it has one (over the seeds of its seed group,
+    hierarchically, when it belongs to one). Pairs that cannot be made (no samples, other examples) are skipped."""
+    from harness import compare as cmp
+    from harness.leaderboard import GROUP_COLUMN
+
+    out: list[Comparison] = []
+    done: set[tuple[str, str, str, str]] = set()  # a seed group's control comparison is made once, not per seed
+    for v in (v for v in views if v.is_fusion):
+        group = v.row.get(GROUP_COLUMN)
+        fused_row = next((r for r in rows if r.run_id == v.id and r.role == "fused"), None)
+        if fused_row is None:
+            continue
+        for col in columns:
+            headline = headline_task(col.suite, [c.task for c in columns if c.suite == col.suite]) == col.task
+            if not headline or col not in fused_row.gains:
+                continue
+            _, best_name, _ = fused_row.gains[col]
+            best = next((m for m in v.members if m.name == best_name and m.role in ("source", "target")), None)
+            against = [("best source", best.model_id if best else None, best_name)]
+            control = next((m for m in v.members if m.role == "control"), None)
+            if control is not None:
+                against.append(("control", "control", control.name))
+            for what, a_ref, a_name in against:
+                if a_ref is None:
+                    continue
+                where = group or v.id  # a seed group: over its seeds
+                if (where, what, col.suite, col.task) in done:
+                    continue
+                done.add((where, what, col.suite, col.task))
+                try:
+                    result = cmp.compare(store, f"{a_ref}@{where}", f"fused@{where}", [col.suite], resamples=4000)
+                except BenchError:
+                    continue
+                row = next((r for r in result.rows if r.task == col.task and r.metric == col.metric), None)
+                if row is not None:
+                    label = re.sub(r"@seed\d+$", f" ({row.diff.seeds} seeds)", v.label) if row.diff.seeds > 1 else v.label
+                    out.append(Comparison(label, what, a_name, fused_row.model, col.suite, col.task, col.metric,
+                                          col.higher_is_better, row.a_value, row.b_value, row.diff))
+    return out
+
+
+def comparison_sentence(c: Comparison) -> str:
+    """``fusion term worth +0.0123 [+0.004, +0.021] beyond the data (p = 0.002, 3 seeds)`` and the like."""
+    lo, hi = c.gain_interval
+    seeds = f", {c.diff.seeds} seeds" if c.diff.seeds > 1 else ""
+    what = ("fusion term worth {g} {ci} beyond the data" if c.against == "control"
+            else "gain over the best source ({a}) {g} {ci}")
+    verdict = "" if c.significant else ": not significant"
+    return (what.format(g=_signed(c.gain), ci=f"[{_signed(lo)}, {_signed(hi)}]", a=c.a_model)
+            + f" on {c.suite}/{c.task} {c.metric} (p = {c.diff.p_value:.3g}, n = {c.diff.n}{seeds}){verdict}")
+
+
 def best_values(columns: list[Column], rows: list[Row]) -> dict[Column, float]:
     best = {}
     for col in columns:
@@ -443,6 +533,12 @@ def render_markdown(store: Store, views: list[RunView]) -> str:
         if r.gains:
             gains = [f"{_signed(r.gains[c][0])}" if c in r.gains else "" for c in columns]
             out.append("| " + " | ".join(["", "*gain over best source*", "", *gains]) + " |")
+    found = comparisons(store, views, rows, columns)
+    if found:
+        out += ["", "## Fused models, paired per example", "",
+                "Gain = the fused model's advantage (positive = better) with its 95% paired-bootstrap interval and "
+                "sign-flip p-value (`bench compare`).", ""]
+        out += [f"- {md.escape(c.run_label)}: {md.escape(comparison_sentence(c))}" for c in found]
     for suite in ordered_suites(views):
         metric = primary_metric(suite, views)
         entries = breakdown(views, suite)
@@ -543,6 +639,7 @@ def render_html(store: Store, views: list[RunView]) -> str:
         f"<code>{html.escape(str(store.path))}</code> · generated {_now()}</p>",
         f"<nav>{nav}</nav></header>",
         _html_leaderboard(columns, rows),
+        _html_comparisons(comparisons(store, views, rows, columns)),
         *(_html_suite(views, s) for s in suites),
         _html_training(curves),
         _html_provenance(views),
@@ -551,6 +648,19 @@ def render_html(store: Store, views: list[RunView]) -> str:
         "</main></body></html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+def _html_comparisons(found: list[Comparison]) -> str:
+    """Each fused model's gain over its best source and over its control, with the paired 95% interval."""
+    if not found:
+        return ""
+    e = html.escape
+    items = "".join(f'<li class="{"sig" if c.significant else "nsig"}"><b>{e(c.run_label)}</b>: '
+                    f"{e(comparison_sentence(c))}</li>" for c in found)
+    return ('<section id="comparisons"><h2>Fused models, paired per example</h2><p class="note">Gain = the fused '
+            "model's advantage (positive = better), with its 95% paired-bootstrap interval and sign-flip p-value "
+            "(<code>bench compare</code>); for a seed group, over its seeds (hierarchical bootstrap). "
+            f"A training fuser's headline is its gain over the data-only control.</p><ul>{items}</ul></section>")
 
 
 def _slug(text: str) -> str:
@@ -607,7 +717,7 @@ def _html_suite(views: list[RunView], suite: str) -> str:
     plots = []
     head = headline_task(suite, tasks)
     if head is not None:
-        bars = [(en.label, en.cells[(head, metric)].value, en.cells[(head, metric)].stderr, colors[en.model_id],
+        bars = [(en.label, en.cells[(head, metric)].value, _err(en.cells[(head, metric)]), colors[en.model_id],
                  en.role == "fused") for en in entries if (head, metric) in en.cells]  # type: ignore[index]
         plots.append(hbar_chart(f"{suite} · {head} · {metric}", bars, f"{metric} ({direction})"))
     details = detail_tasks(tasks)
@@ -641,8 +751,8 @@ def _html_suite(views: list[RunView], suite: str) -> str:
                     f'<td class="t"><span class="role {e(en.role)}">{e(en.role)}</span></td>{"".join(cells)}</tr>')
     everything = _html_all_metrics(entries)
     return (f'<section id="suite-{_slug(suite)}"><h2>{e(suite)}</h2><p class="note">{e(_SUITE_NOTES.get(suite, ""))} '
-            f"Primary metric <code>{e(str(metric))}</code> ({direction}) ± standard error; the best per column is "
-            f'highlighted.</p><div class="plots">{"".join(plots)}</div>'
+            f"Primary metric <code>{e(str(metric))}</code> ({direction}) ± standard error in the tables; error bars "
+            f'are 95% intervals; the best per column is highlighted.</p><div class="plots">{"".join(plots)}</div>'
             f'<div class="scroll"><table class="breakdown"><thead><tr><th class="t">model</th><th class="t">role</th>'
             f"{head_row}</tr></thead><tbody>{''.join(body)}</tbody></table></div>{everything}</section>")
 
@@ -729,7 +839,12 @@ def _val(cell: Cell | None) -> float | None:
 
 
 def _err(cell: Cell | None) -> float | None:
-    return None if cell is None else cell.stderr
+    """The error bar: the half-width of the value's 95% interval (as the leaderboard's ±), None without a stderr."""
+    if cell is None or cell.stderr is None or cell.value is None:
+        return None
+    from harness import stats
+
+    return stats.Estimate(cell.value, cell.stderr).half_width(stats.DEFAULT_LEVEL)
 
 
 def _colors(keys: list[str]) -> dict[str, str]:

@@ -48,6 +48,10 @@ def test_a_seed_group_runs_once_per_seed_and_evaluates_sources_once(private_home
     result = json.loads(capsys.readouterr().out)
     avg = next(r for r in result["rows"] if r["task"] == "avg")
     assert avg["seeds"] == 3 and avg["ci_low"] <= avg["difference"] <= avg["ci_high"]
+    # the report states the fused model's gains with their intervals: over the best source, and over the control
+    assert bench("report", "--db", str(db), "--format", "markdown", "--out", str(tmp_path / "rep")) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "gain over the best source" in text and "beyond the data on perplexity/avg" in text and "3 seeds" in text
     # seed and seeds together are a contradiction
     assert bench("run", *args, *SUITE, "--seeds", "0,1", "--seed", "3", "--db", str(db)) == 2
     assert "both a seed and seeds" in capsys.readouterr().err
