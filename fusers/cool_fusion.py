@@ -48,6 +48,8 @@ tokenizer through lm-eval's ``HFLM`` (``is_greedy`` is true only when it is for 
 is the log of the geometric mean of the sequence probabilities — not a normalised distribution, but
 tokenizer-agnostic, so bits/byte, multiple-choice and every other suite can score the fused model.
 
+What a seed changes: nothing; every member decodes greedily and the reranking is deterministic.
+
 Run::
 
     bench run --fuser cool-fusion

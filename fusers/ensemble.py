@@ -31,6 +31,8 @@ and generation stops at any member's end-of-turn marker.
 (``do_sample`` is ignored with a warning); a request for more new tokens than a context holds
 generates half a context instead of failing.
 
+What a seed changes: nothing; the mixture is exact and decoding greedy.
+
 Run::
 
     bench run --fuser ensemble --sources zoo:llama-code,zoo:llama-docs,zoo:llama-math

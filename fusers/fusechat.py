@@ -32,6 +32,9 @@ one dialogue per sequence; conversations longer than ``seq_len`` under any token
 ``reference_compat="all"`` reproduces FuseChat's released code: its DTW over pieces, its stage-3 distribution
 alignment, MS weighting, SCE fork, per-token CE (docs/reference-compat.md lists every quirk and deviation).
 
+What a seed changes (``--seed``, ``--seeds``): the order of each pairwise target's training batches;
+the teachers, the alignment and the VaRM / SCE merge are deterministic.
+
 Run::
 
     bench run --fuser fusechat                      # pivot gpt2-code, sources neox-docs and mpt-math, SCE

@@ -23,6 +23,9 @@ on the union of the three domains' training text. ``reference_compat`` takes qui
 q12, q13) or ``"all"``, which also aligns with FuseLLM's MinED DTW (``align=dtw_ed``; an explicit other
 ``align`` is refused) and applies its matching rules (spec §11; docs/reference-compat.md lists every quirk).
 
+What a seed changes (``--seed``, ``--seeds``): the order of the training batches; the target starts
+from the pivot's weights and the teachers are deterministic, so nothing else.
+
 Run::
 
     bench run --fuser fusellm

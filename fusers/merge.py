@@ -12,6 +12,9 @@ checked from ``config.json``, the safetensors headers and ``tokenizer.json`` bef
 a mismatch is a one-line error rather than a stack trace. The result is an HF model folder
 (weights, config, the base/first model's tokenizer) written to the run's output directory.
 
+What a seed changes (``--seed``, ``--seeds``): only the random merge methods, DARE's drop masks
+(``dare_ties``, ``dare_linear``: mergekit's ``random_seed``); every other method is deterministic.
+
 Run::
 
     bench run --fuser merge --sources zoo:llama-code,zoo:llama-docs --target zoo:llama-base --set method=ties --set density=0.5

@@ -28,6 +28,10 @@ inference-mode steps, then all training-mode steps: easy to hard, the paper's de
 (``loss_curves.inference_mode``), and how often each source won in each mode is recorded with the model
 (``wins``, the paper's key statistic).
 
+What a seed changes (``--seed``, ``--seeds``): the order of the training batches and, with
+``schedule=linear_mix``, which steps are inference-mode steps; the sources answer greedily and the rewards
+are deterministic (an LLM judge sampling at ``temperature`` > 0 aside).
+
 Run::
 
     bench run --fuser profuser                                  # zoo: gpt2-code <- neox-docs, mpt-math
