@@ -193,9 +193,11 @@ def _display_name(spec: str) -> str:
 
 def eval_config(config: dict[str, Any], suite: str) -> dict[str, Any]:
     """The part of a run config that decides what a suite measured (besides the model): the suite's
-    own arguments, ``limit`` and ``seed``; the same fields the eval cache key hashes."""
+    own arguments, ``limit`` and the evaluation seed (a seed group's runs evaluate with its first seed, see
+    :attr:`harness.config.RunConfig.evaluation_seed`); the same fields the eval cache key hashes."""
+    seed = config.get("eval_seed")
     return {"suite_args": (config.get("suite_args") or {}).get(suite, {}), "limit": config.get("limit"),
-            "seed": config.get("seed", 0)}
+            "seed": config.get("seed", 0) if seed is None else seed}
 
 
 def _data_fingerprints(store: Store, run_id: str) -> dict[tuple[str, str], str]:
