@@ -18,12 +18,12 @@ second full copy of the ``batch × length × vocabulary`` logits (0.85 GB for 8 
 49,152-token vocabulary) and read it again for a greedy flag that rolling scores discard; cache-sized chunks cost
 a fifth of that time on a CPU (measured: 0.13 s against 0.65 s per such batch, one thread). Log-probabilities are
 computed in lm-eval's ``softmax_dtype`` as there, so the numbers agree with stock ``HFLM`` up to floating-point
-differences between batch shapes (about 1e-6 relative; ``tests/harness/test_hflm.py``).
+differences between batch shapes (about 1e-6 relative; ``tests/test_hflm.py``).
 
 Scoring each window by itself also sidesteps a slip in lm-eval's one-token-continuation cache: two windows of a
 batch with the same tokens (the last two windows of a periodic document) are computed once, and the shorter
 continuation's log-probabilities are then gathered from the *first* positions of the longer one's logits rather
-than the last, so stock results there depend on the batch size (``tests/harness/test_hflm.py``).
+than the last, so stock results there depend on the batch size (``tests/test_hflm.py``).
 
 Everything else is lm-eval's: ``loglikelihood`` (context/continuation pairs, already sorted across requests, with
 its one-token continuation cache), ``generate_until`` (its per-step stop-sequence check decodes a few tokens per
