@@ -95,17 +95,18 @@ class FuseBenchHFLM(HFLM):
         batch_size = self._rolling_batch_size(windows[order[0]])
         with tqdm(total=len(windows), disable=quiet, desc="Scoring rolling windows") as bar:
             for start in range(0, len(order), batch_size):
-                batch = [windows[i] for i in order[start : start + batch_size]]
-                inputs = torch.zeros((len(batch), len(batch[0].tokens) - 1), dtype=torch.long)
-                for row, window in enumerate(batch):
-                    inputs[row, : len(window.tokens) - 1] = torch.tensor(window.tokens[:-1])
+                chosen = order[start : start + batch_size]
+                inputs = torch.zeros((len(chosen), len(windows[chosen[0]].tokens) - 1), dtype=torch.long)
+                for row, index in enumerate(chosen):
+                    inputs[row, : len(windows[index].tokens) - 1] = torch.tensor(windows[index].tokens[:-1])
                 logits = self._model_call(inputs.to(self.device))
-                for row, (index, window) in enumerate(zip(order[start : start + batch_size], batch, strict=True)):
+                for row, index in enumerate(chosen):
+                    window = windows[index]
                     end = len(window.tokens) - 1  # the logits at position p predict token p + 1
                     targets = torch.tensor(window.tokens[-window.predicted :], device=logits.device)
                     log_probs = target_log_probs(logits[row, end - window.predicted : end], targets, self.softmax_dtype)
                     scores[index] = float(log_probs.sum())
-                bar.update(len(batch))
+                bar.update(len(chosen))
         return scores
 
     def _rolling_batch_size(self, longest: RollingWindow) -> int:
@@ -121,9 +122,8 @@ def target_log_probs(logits: torch.Tensor, targets: torch.Tensor, dtype: torch.d
     """``log_softmax(logits)[i, targets[i]]`` for each row ``i`` of ``logits`` (rows × vocabulary), in ``dtype``
     (None: the logits'), a few rows at a time so that no full-size log-softmax copy is made."""
     rows, vocab = logits.shape
-    out_dtype = dtype or logits.dtype
-    out = torch.empty(rows, dtype=out_dtype, device=logits.device)
-    step = max(1, LOG_SOFTMAX_CHUNK_BYTES // (vocab * torch.empty((), dtype=out_dtype).element_size()))
+    out = torch.empty(rows, dtype=dtype or logits.dtype, device=logits.device)
+    step = max(1, LOG_SOFTMAX_CHUNK_BYTES // (vocab * out.element_size()))
     for start in range(0, rows, step):
         chunk = torch.log_softmax(logits[start : start + step], dim=-1, dtype=dtype)
         out[start : start + step] = chunk.gather(-1, targets[start : start + step, None]).squeeze(-1)
