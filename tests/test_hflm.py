@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import hflm
-from harness.hflm import FuseBenchHFLM, target_log_probs
+from harness.hflm import LOG_SOFTMAX_CHUNK_BYTES, FuseBenchHFLM, target_log_probs
 from harness.model import as_lm
 from tests.conftest import one_thread
 
@@ -124,16 +123,14 @@ def test_perplexity_suite_scores_equal_stock_hflm(zoo_home: Path, tmp_path: Path
         assert got[key] == pytest.approx(value, rel=1e-6), key
 
 
-def test_target_log_probs_in_chunks_equal_a_full_log_softmax(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_target_log_probs_in_chunks_equal_a_full_log_softmax() -> None:
     torch.manual_seed(0)
     logits, targets = torch.randn(10, 7) * 5, torch.randint(0, 7, (10,))
     want = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
-    monkeypatch.setattr(hflm, "LOG_SOFTMAX_CHUNK_BYTES", 3 * 7 * 4)  # three rows per chunk: 3 + 3 + 3 + 1
-    assert torch.equal(target_log_probs(logits, targets), want)
-    monkeypatch.setattr(hflm, "LOG_SOFTMAX_CHUNK_BYTES", 1)  # never less than a row
-    assert torch.equal(target_log_probs(logits, targets), want)
+    for chunk_bytes in (None, 3 * 7 * 4, 1, LOG_SOFTMAX_CHUNK_BYTES):  # all rows, 3 + 3 + 3 + 1, one row at a time
+        assert torch.equal(target_log_probs(logits, targets, chunk_bytes=chunk_bytes), want), chunk_bytes
     half = logits.to(torch.bfloat16)
-    widened = target_log_probs(half, targets, torch.float32)
+    widened = target_log_probs(half, targets, torch.float32, chunk_bytes=3 * 7 * 4)
     assert widened.dtype == torch.float32
     assert torch.equal(widened, torch.log_softmax(half, -1, dtype=torch.float32).gather(-1, targets[:, None]).squeeze(-1))
     assert target_log_probs(half, targets).dtype == torch.bfloat16
