@@ -422,16 +422,16 @@ def max_length(model: PreTrainedModel) -> int:
 
 
 def as_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int | str = 8) -> LM:
-    """Wrap an in-memory transformers model as an lm-eval ``LM``."""
+    """Wrap an in-memory transformers model as an lm-eval ``LM``: lm-eval's ``HFLM`` with rolling log-likelihoods
+    batched across documents (:class:`harness.hflm.FuseBenchHFLM`; same numbers, less padding)."""
     import logging
 
-    from lm_eval.models.huggingface import HFLM
-
+    from harness.hflm import FuseBenchHFLM
     from harness.lmeval import quiet
 
     with quiet(logging.ERROR):  # HFLM warns that an in-memory model "is not of type str"
-        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length(model),
-                    device=str(model.device))
+        return FuseBenchHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                             max_length=max_length(model), device=str(model.device))
 
 
 def load_lm(ref: ModelRef, batch_size: int | str = 8) -> LM:
