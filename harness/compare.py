@@ -72,7 +72,10 @@ def resolve(store: Store, ref: str, suites: list[str] | None = None) -> Side:
     from harness.regress import find_run
 
     if "@" in ref and not _is_model(store, ref):
-        model, run_ref = ref.rsplit("@", 1)
+        # MODEL@RUN; run names may hold an "@" themselves (a seed group's NAME@seedN): the first split that names a run
+        splits = [(ref[:i], ref[i + 1:]) for i, ch in enumerate(ref) if ch == "@"]
+        model, run_ref = next(((m, r) for m, r in splits if m and store.query(
+            "select 1 from runs where id = ? or name = ? limit 1", [r, r])), splits[-1])
         return _member(store, ref, find_run(store, run_ref), model)
     if store.query("select 1 from runs where id = ? or name = ? limit 1", [ref, ref]):
         run = find_run(store, ref)

@@ -50,6 +50,8 @@ def test_a_seed_group_runs_once_per_seed_and_evaluates_sources_once(private_home
     assert avg["seeds"] == 3 and avg["ci_low"] <= avg["difference"] <= avg["ci_high"]
     # a group's runs evaluate with its first seed, so any of them pairs with any other run evaluated at seed 0
     assert bench("compare", "zoo:llama-code", "fused@grp", "--db", str(db)) == 0, capsys.readouterr().err
+    # MODEL@RUN where the run's name holds an "@" itself
+    assert bench("compare", "zoo:llama-code@grp@seed1", "fused@grp@seed1", "--db", str(db)) == 0, capsys.readouterr().err
     # the report states the fused model's gains with their intervals: over the best source, and over the control
     assert bench("report", "--db", str(db), "--format", "markdown", "--out", str(tmp_path / "rep")) == 0
     text = (tmp_path / "rep" / "report.md").read_text()
