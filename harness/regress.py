@@ -394,7 +394,7 @@ class PairedNoise:
         sides = [compare.Side(ref=run, run=self.store.get_run(run), model_id=model, model=model, role="")
                  for run, model in ((run_b, model_b), (run_c, model_c))]
         try:
-            rows, _ = compare.compare_suite(self.store, *sides, suite, resamples=self.resamples, seed=self.seed)
+            rows, _ = compare.compare_suite(self.store, [(sides[0], sides[1])], suite, resamples=self.resamples, seed=self.seed)
         except BenchError:  # not pairable after all (e.g. prompts differ): the stored stderrs decide
             return {}
         return {r.task: r.diff.se for r in rows}

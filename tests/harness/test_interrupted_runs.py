@@ -225,7 +225,7 @@ def test_the_liveness_migration_only_adds_columns(tmp_path):
     old.close()
     store = Store(path)
     after = set(store.db["runs"].columns_dict)
-    assert after - before == {"pid", "hostname", "heartbeat_at", "attempts"} and before <= after
+    assert after - before == {"pid", "hostname", "heartbeat_at", "attempts", "group_id"} and before <= after  # m004, m005
     row = store.get_run("r1")
     assert row["status"] == "ok" and row["timings"] == '{"fuse": 1.5}' and row["pid"] is None
 
