@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness.errors import BenchError
+from harness.errors import BenchError, read_text
 
 _FIX = "give text files, JSONL with a string 'text' field, parquet with a 'text' column, or a datasets folder"
 
@@ -78,15 +78,11 @@ def _file(path: Path, fix: str) -> Iterator[tuple[str, dict[str, Any]]]:
     elif path.suffix == ".parquet":
         yield from _parquet(path, fix)
     else:
-        try:
-            yield str(path), {"text": path.read_text(encoding="utf-8")}
-        except UnicodeDecodeError as e:
-            raise BenchError(f"{path} is not UTF-8 text (byte {e.start})", "convert it to UTF-8") from None
-        except OSError as e:
-            raise BenchError(f"cannot read {path}: {e.strerror or e}", "check the path and its permissions") from None
+        yield str(path), {"text": read_text(path, "training data file")}
 
 
 def _jsonl(path: Path, fix: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Streamed, line by line (``read_text`` would read the whole file); a bad byte or line is one error."""
     try:
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, start=1):
