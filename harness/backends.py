@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import logging
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -38,8 +37,6 @@ if TYPE_CHECKING:
     from lm_eval.api.instance import Instance
 
     from harness.model import ModelRef, Placement
-
-logger = logging.getLogger(__name__)
 
 BACKENDS = ("hf", "vllm", "openai")
 #: Engine arguments ``--set vllm.KEY=VALUE`` may pass to lm-eval's VLLM (and so to ``vllm.LLM``).
