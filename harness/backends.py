@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
     from harness.model import ModelRef, Placement
 
-BACKENDS = ("hf", "vllm", "openai")
 #: Engine arguments ``--set vllm.KEY=VALUE`` may pass to lm-eval's VLLM (and so to ``vllm.LLM``).
 VLLM_ARGS = ("tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization", "max_model_len",
              "max_num_seqs", "enforce_eager", "quantization", "swap_space", "enable_prefix_caching")

@@ -176,6 +176,7 @@ def directory_hash(path: Path) -> str:
 
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+BACKENDS = ("hf", "vllm", "openai")  # how evaluated models run (harness/backends.py)
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -196,8 +197,6 @@ class Placement:
     per_model: tuple[tuple[str, Placement], ...] = ()
 
     def __post_init__(self) -> None:
-        from harness.backends import BACKENDS
-
         if self.dtype not in DTYPES:
             raise BenchError(f"unknown dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
         if not _DEVICE.fullmatch(self.device):
