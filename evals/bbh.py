@@ -9,7 +9,7 @@ Run:  bench eval --model zoo:llama-base --suite bbh --set bbh.data_dir=PATH/bbh/
   stop sequences and the answer filter.
   Data: the hub dataset lm-eval names (when the hub is reachable), or ``data_dir`` = a directory in
   the original BBH repo layout (``<task>.json`` = ``{"examples": [{"input", "target"}]}``).
-* ``bbh-mini``: seeded items for 7 algorithmic tasks from :mod:`evals._bbh_generators`, in BBH's exact
+* ``bbh-mini``: seeded items for 7 algorithmic tasks from :mod:`harness.skills.bbh_items`, in BBH's exact
   format, with FuseBench's own few-shot exemplars. Same machinery; a different suite name so it is
   never ranked with real BBH.
 
@@ -224,7 +224,7 @@ def real_bbh_configs(cfg: Config, workdir: Path) -> tuple[list[dict[str, Any]], 
 
 
 def mini_configs(cfg: MiniConfig, workdir: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    from evals import _bbh_generators as gen
+    from harness.skills import bbh_items as gen
 
     tasks = _check_tasks(cfg.tasks, sorted(gen.GENERATORS), "bbh-mini")
     data = workdir / "data"
@@ -317,7 +317,8 @@ class BBHMini:
     """Generated BBH-format items for 7 algorithmic tasks; offline; its own suite name."""
 
     name: ClassVar[str] = "bbh-mini"
-    version: ClassVar[str] = "2"  # as bbh
+    # 3: items from the eval side of the skills split, word_sorting 3-6 words, object_counting 2-4 kinds + 0-2 others
+    version: ClassVar[str] = "3"
     Config: ClassVar[type[BaseModel]] = MiniConfig
 
     def evaluate(self, lm: Any, cfg: MiniConfig, ctx: EvalContext) -> EvalResult:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evals import _bbh_generators as gen
+from harness.skills import bbh_items as gen
 from evals.bbh import (
     BBH,
     STOP,

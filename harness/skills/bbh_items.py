@@ -1,4 +1,4 @@
-"""Seeded generators for BBH's algorithmic tasks (the offline ``bbh-mini`` suite).
+"""Seeded generators for BBH's algorithmic tasks (the offline ``bbh-mini`` suite, and the zoo's skills).
 
 Each generator returns items in exactly BBH's format — ``{"input": str, "target": str}`` with BBH's
 phrasing and answer conventions — plus a worked chain-of-thought ending in "So the answer is X." used
@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from harness.skills import SPLITS, Split, split_of
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ _WORDS = (
 
 
 def word_sorting(rng: random.Random) -> Item:
-    words = rng.sample(_WORDS, rng.randint(3, 12))
+    words = rng.sample(_WORDS, rng.randint(3, 6))
     ordered = sorted(words)
     steps = f"The first letters in order give: {', '.join(ordered)}."
     return Item("Sort the following words alphabetically: List: " + " ".join(words), " ".join(ordered), steps)
@@ -130,9 +132,9 @@ def _article(noun: str) -> str:
 def object_counting(rng: random.Random) -> Item:
     category = rng.choice(list(_KINDS))
     others = [n for k, v in _KINDS.items() if k != category for n in v]
-    chosen = rng.sample(_KINDS[category], rng.randint(2, 5)) + rng.sample(others, rng.randint(0, 3))
+    chosen = rng.sample(_KINDS[category], rng.randint(2, 4)) + rng.sample(others, rng.randint(0, 2))
     rng.shuffle(chosen)
-    counts = {noun: rng.choice([1, 1, 1, 2, 3, 4]) for noun in chosen}
+    counts = {noun: rng.choice([1, 1, 1, 2, 3]) for noun in chosen}
     phrases = [f"{_article(n)} {n}" if c == 1 else f"{_NUMBER_WORDS[c]} {_plural(n)}" for n, c in counts.items()]
     listing = ", ".join(phrases[:-1]) + f", and {phrases[-1]}" if len(phrases) > 1 else phrases[0]
     relevant = [(n, c) for n, c in counts.items() if n in _KINDS[category]]
@@ -200,23 +202,30 @@ GENERATORS: dict[str, Callable[[random.Random], Item]] = {
 _EXEMPLAR_SEED = -1
 
 
-def generate(task: str, n: int, seed: int) -> list[Item]:
-    """``n`` distinct items of ``task``; the same (task, n, seed) always gives the same list.
+def generate(task: str, n: int, seed: int, split: Split = "eval") -> list[Item]:
+    """``n`` distinct items of ``task`` from one side of the train/eval split (:func:`harness.skills.split_of`);
+    the same (task, n, seed, split) always gives the same list.
 
     Test items never repeat a few-shot exemplar (small tasks such as boolean_expressions would
-    otherwise collide by chance).
+    otherwise collide by chance); training items cannot meet either, being on the other side.
     """
-    rng = random.Random(f"bbh-mini/{task}/{seed}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    rng = random.Random(f"bbh-mini/{task}/{seed}" if split == "eval" else f"bbh-mini/{task}/train/{seed}")
     items: list[Item] = []
-    seen = set() if seed == _EXEMPLAR_SEED else {e.input for e in exemplars(task)}
+    seen = set() if seed == _EXEMPLAR_SEED or split == "train" else {e.input for e in exemplars(task)}
+    tries = 0
     while len(items) < n:
         item = GENERATORS[task](rng)
-        if item.input not in seen:
+        tries += 1
+        if item.input not in seen and split_of(task, item.input) == split:
             seen.add(item.input)
             items.append(item)
+        elif tries > 200 * (n + 10):
+            raise ValueError(f"{task} has fewer than {n} distinct {split} items")
     return items
 
 
 def exemplars(task: str, k: int = 3) -> list[Item]:
-    """Few-shot exemplars, drawn from a seed space the test items never use."""
+    """Few-shot exemplars: eval-side items from a seed the test items never use."""
     return generate(task, k, seed=_EXEMPLAR_SEED)
