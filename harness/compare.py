@@ -25,7 +25,7 @@ What is paired, per suite (the suite's primary metric, :data:`evals.PRIMARY_METR
   ``avg`` is their unweighted mean (documents resampled within each task);
 * bbh, bbh-mini: items (exact match 0/1) per task; ``macro`` = mean over tasks, ``weighted`` = mean over
   all items;
-* humaneval: problems; a problem's value is the fraction of its samples that passed (pass@1);
+* humaneval, humaneval-mini: problems; a problem's value is the fraction of its samples that passed (pass@1);
 * mtbench: questions. ``turn1`` and ``turn2`` pair the rating of each answer graded on both sides (the
   mean over the judge's repeats); ``overall`` resamples questions with both their turns. Category tasks
   are not in the samples and are not compared.
@@ -186,7 +186,7 @@ class Units:
 def units(suite: str, samples: list[dict[str, Any]]) -> Units:
     """Per-example values of ``suite``'s primary metric from its stored samples (see the module docstring)."""
     out = Units()
-    if suite == "humaneval":
+    if suite in ("humaneval", "humaneval-mini"):
         passed: dict[tuple[str, Any], list[float]] = defaultdict(list)
         for s in samples:
             m = s["metrics"]

@@ -40,7 +40,7 @@ from harness.store import Store
 
 #: Tasks that summarise a suite (shown first, and used for the headline bar chart).
 AGGREGATE_TASKS = ("avg", "macro", "weighted", "overall", "turn1", "turn2")
-_SUITE_ORDER = ("perplexity", "bbh", "bbh-mini", "humaneval", "mtbench")
+_SUITE_ORDER = ("perplexity", "bbh", "bbh-mini", "humaneval", "humaneval-mini", "mtbench")
 _ROLE_ORDER = {"fused": 0, "control": 1, "target": 2, "source": 3, "model": 4}
 #: Okabe-Ito (colour-blind safe), then a few extra distinguishable colours.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
@@ -406,6 +406,7 @@ _SUITE_NOTES = {
     "bbh-mini": "Offline BBH-format algorithmic tasks, exact match per task; macro = mean over tasks.",
     "mtbench": "MT-Bench-style judge score 1-10, per turn and per category.",
     "humaneval": "HumanEval functional correctness, pass@k (code run in the sandbox).",
+    "humaneval-mini": "Offline HumanEval-format one-line function problems, pass@k (code run in the sandbox).",
 }
 _TASK_TITLES = {"perplexity": "domain", "mtbench": "category / turn"}
 

@@ -218,7 +218,7 @@ def run_score(predictions: str, cfg: RunConfig, store: Store, run_id: str) -> No
         suite_cls = suites().get(suite_name)
         module = sys.modules[suite_cls.__module__]
         if not hasattr(module, "score_predictions"):
-            raise BenchError(f"suite {suite_name} cannot score external predictions", "use bbh or humaneval")
+            raise BenchError(f"suite {suite_name} cannot score external predictions", "use bbh, humaneval or humaneval-mini")
         path = Path(predictions)
         if not path.is_file():
             raise BenchError(f"predictions file {predictions} not found", "give an existing JSONL file")
