@@ -1,9 +1,9 @@
 """Skills the embedded zoo's experts learn, in the suites' own formats, from items no suite ever scores.
 
 Every generated item -- a ``bbh-mini`` question (:mod:`harness.skills.bbh_items`) or a ``humaneval-mini``
-problem -- falls on one side of a fixed split decided by a hash of its task and text (:func:`split_of`): the
-suites draw their test items and few-shot exemplars from the ``eval`` side only, the zoo trains on the ``train``
-side only. The split is a property of the item, not of a seed, so no choice of ``data_seed`` and no number of
+problem (:mod:`harness.skills.functions`) -- falls on one side of a fixed split decided by a hash of its task
+and text (:func:`split_of`): the suites draw their test items and few-shot exemplars from the ``eval`` side
+only, the zoo trains on the ``train`` side only. The split is a property of the item, not of a seed, so no choice of ``data_seed`` and no number of
 training items can make the two meet (``tests/test_skills.py`` checks it over every task).
 """
 
