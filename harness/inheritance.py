@@ -274,9 +274,9 @@ def rich_table(result: Inheritance) -> Any:
     level = f"{100 * result.level:.0f}%"
     table = Table(title=Text(f"Skill inheritance: {result.fused.describe()}"), title_justify="left")
     spread_header = f"best − worst source ({level} CI)"
-    for header, right in (("suite", False), ("task", False), ("metric", False), ("n", True), ("best source", False),
-                          ("best", True), ("fused", True), ("fused − best", True), (f"{level} CI", True),
-                          (spread_header, False), ("verdict", False)):
+    for header, right in (("suite", False), ("task", False), ("metric", False), ("verdict", False),
+                          ("best source", False), ("best", True), ("fused", True), ("fused − best", True),
+                          (f"{level} CI", True), ("n", True), (spread_header, False)):
         # in a narrow terminal only the names wrap; numbers and verdicts stay whole
         table.add_column(header, justify="right" if right else "left",
                          no_wrap=header not in ("best source", spread_header))
@@ -285,9 +285,9 @@ def rich_table(result: Inheritance) -> Any:
                   f"{_signed(r.source_spread.estimate)} [{_signed(r.source_spread.low)}, "
                   f"{_signed(r.source_spread.high)}] vs {r.worst_source}")
         table.add_row(Text(r.suite), Text(r.task), Text(f"{r.metric} {'↑' if r.higher_is_better else '↓'}"),
-                      str(r.n), Text(r.best_source), f"{r.best_score:.4f}", f"{r.fused_score:.4f}",
-                      _signed(r.versus_best.estimate), f"[{_signed(r.versus_best.low)}, {_signed(r.versus_best.high)}]",
-                      Text(spread), Text(r.verdict, style=VERDICT_STYLES[r.verdict]))
+                      Text(r.verdict, style=VERDICT_STYLES[r.verdict]), Text(r.best_source), f"{r.best_score:.4f}",
+                      f"{r.fused_score:.4f}", _signed(r.versus_best.estimate),
+                      f"[{_signed(r.versus_best.low)}, {_signed(r.versus_best.high)}]", str(r.n), Text(spread))
     return table
 
 

@@ -1,4 +1,4 @@
-"""Skill inheritance (`bench skills`) on hand-made fusion runs whose verdicts are known.
+"""Skill inheritance (`bench skills`, the report's section) on hand-made fusion runs whose verdicts are known.
 
 Each DB is written with the store's own API, as `bench run` writes it: a fusion run with a fused model, its
 target and sources in their roles, their scores and per-example samples; no model is trained."""
@@ -15,6 +15,7 @@ from evals import PRIMARY_METRIC
 from harness.inheritance import classify, skill_inheritance
 from harness.store import Store
 from tests.conftest import bench
+from tests.test_report import by_id, parse
 
 CONFIG = {"suite_args": {}, "limit": None, "seed": 0}
 RESAMPLES = 1000
@@ -159,17 +160,54 @@ def test_unjudged_mtbench_is_left_out_with_a_note(tmp_path):
     assert result.notes == ["mtbench: fused was never judged (left out)"]
 
 
+def test_report_has_a_skill_inheritance_section(skills_db, tmp_path):
+    path, _, run_id = skills_db
+    assert bench("report", "--db", path, "--out", str(tmp_path / "r")) == 0
+    page = (tmp_path / "r" / "report.html").read_text()
+    root = parse(page)
+    section = by_id(root, "skills")
+    assert next(section.iter("h2")).all_text() == "Skill inheritance"
+    table = by_id(section, f"skills-{run_id}")
+    rows = [[td.all_text().strip() for td in tr.iter("td")] for tr in next(table.iter("tbody")).iter("tr")]
+    assert {r[1]: r[3] for r in rows} == {t: verdict for t, (_, verdict) in BBH_MINI.items()}
+    lost = next(r for r in rows if r[1] == "object_counting")
+    assert lost[4:10] == [HOSTILE_SOURCE, "1.0000", "0.0000", "-1.0000", "[-1.0000, -1.0000]", str(N)]
+    badges = [n for n in table.iter("span") if "verdict" in n.classes()]
+    assert {tuple(sorted(b.classes())) for b in badges} >= {("lost", "verdict"), ("no-skill", "verdict")}
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page  # DB text stays text
+    assert '<a href="#skills">Skill inheritance</a>' in page
+
+
+def test_report_without_fusion_runs_has_no_section(tmp_path):
+    store = Store(tmp_path / "bench.db")
+    fusion_run(store, "ev", {"bbh-mini": bbh_mini_samples(BBH_MINI)},
+               roles={"code": "model", HOSTILE_SOURCE: "model"}, kind="eval")
+    assert bench("report", "--db", str(store.path), "--out", str(tmp_path / "r")) == 0
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert 'id="skills"' not in page and "Skill inheritance" not in page
+
+
+def test_markdown_report_lists_the_verdicts(skills_db, tmp_path):
+    path, _, _ = skills_db
+    assert bench("report", "--db", path, "--out", str(tmp_path / "r"), "--format", "markdown") == 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    section = text.split("## Skill inheritance", 1)[1].split("\n## ", 1)[0]
+    lines = {line.split(" | ")[1].replace("\\", ""): line for line in section.splitlines()
+             if line.startswith("| bbh-mini")}
+    assert {t: line.split(" | ")[3] for t, line in lines.items()} == {t: f"**{v}**" for t, (_, v) in BBH_MINI.items()}
+    assert "<img" not in section
+
+
 def test_skills_command_prints_the_table(skills_db, capsys):
     path, _, run_id = skills_db
     capsys.readouterr()
     assert bench("skills", "demo-fusechat", "--db", path, "--resamples", str(RESAMPLES)) == 0
     out = capsys.readouterr().out
-    lines = out.splitlines()
-    for task, (_, verdict) in BBH_MINI.items():
-        (line,) = [x for x in lines if f" {task} " in x]
-        assert line.rstrip(" │|").endswith(verdict), line
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
+    assert {c[1]: c[3] for c in cells} == {t: verdict for t, (_, verdict) in BBH_MINI.items()}
+    lost = next(c for c in cells if c[1] == "object_counting")
+    assert lost[4:10] == [HOSTILE_SOURCE, "1.0000", "0.0000", "-1.0000", "[-1.0000, -1.0000]", str(N)]
     assert f"Skill inheritance: fused (fused) in run {run_id} 'demo-fusechat'" in out
-    assert HOSTILE_SOURCE in out  # rich markup in a name is printed as it is, not interpreted
     assert "no skill = best − worst source includes 0" in out
 
 
