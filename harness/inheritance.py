@@ -54,7 +54,7 @@ class SkillRow:
     """One task: the fused model against the run's best and worst source on it.
 
     Differences are in the metric's units, fused − source (or best − worst), as :class:`harness.stats.Difference`
-    with their paired bootstrap interval; :meth:`advantage` turns one into "positive = better"."""
+    with their paired bootstrap interval: for a lower-is-better metric a negative difference is the better side."""
 
     suite: str
     task: str
@@ -70,12 +70,6 @@ class SkillRow:
     versus_worst: stats.Difference       # fused − worst source
     source_spread: stats.Difference | None  # best − worst source; None with a single source
     verdict: str
-
-    def advantage(self, diff: stats.Difference) -> tuple[float, float, float]:
-        """(estimate, low, high) of ``diff`` signed so that positive means better in this metric."""
-        if self.higher_is_better:
-            return diff.estimate, diff.low, diff.high
-        return -diff.estimate, -diff.high, -diff.low
 
 
 @dataclass(frozen=True)
@@ -254,7 +248,8 @@ def to_json(result: Inheritance) -> dict[str, Any]:
         "seed": result.seed,
         "rows": [{"suite": r.suite, "task": r.task, "metric": r.metric, "higher_is_better": r.higher_is_better,
                   "n": r.n, "best_source": r.best_source, "best_score": r.best_score, "worst_source": r.worst_source,
-                  "worst_score": r.worst_score, "fused_score": r.fused_score, **diff(r.versus_best),  # type: ignore[dict-item]
+                  "worst_score": r.worst_score, "fused_score": r.fused_score, "difference": r.versus_best.estimate,
+                  "ci_low": r.versus_best.low, "ci_high": r.versus_best.high,
                   "versus_worst": diff(r.versus_worst), "source_spread": diff(r.source_spread),
                   "verdict": r.verdict} for r in result.rows],
         "notes": result.notes,
