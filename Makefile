@@ -32,6 +32,8 @@ demo: install
 	$(BENCH) zoo build
 	$(BENCH) run --fuser fusechat --name demo-fusechat
 	$(BENCH) leaderboard
+	$(BENCH) leaderboard --suite bbh-mini --per-task
+	$(BENCH) skills demo-fusechat
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -4,6 +4,7 @@
     bench run --fuser merge              fuse, then evaluate the fused model and its sources
     bench eval --model zoo:llama-base    evaluate models as they are
     bench leaderboard                    one row per model, fused models beside their sources
+    bench skills RUN                     per task: did the fused model inherit its best source's skill?
     bench runs                           what ran, with status
 
 Heavy libraries (torch, transformers, lm-eval) are imported inside the commands that need them,
@@ -600,6 +601,41 @@ def compare_cmd(
         raise BenchError(f"unknown --format {format!r}", "use table or json")
     result = compare_mod.compare(_store_for_reading(db), a, b, _split(suite) or None, resamples=resamples, seed=seed)
     typer.echo(compare_mod.render(result, format))
+
+
+@app.command()
+def skills(
+    run_ref: Annotated[str, typer.Argument(metavar="RUN", help="A fusion run's id or name (see `bench runs`).")],
+    model: Annotated[str | None, typer.Option("--model", help="Judge this member of the run instead of its fused "
+                     "model: a name or id (a FuseChat pairwise target, say), or control.")] = None,
+    suite: Annotated[list[str] | None, typer.Option("--suite", help="Only these suites (repeatable). Default: every "
+                     "suite the fused model has samples of.")] = None,
+    resamples: Annotated[int, typer.Option("--resamples", min=1000, help="Bootstrap resamples.")] = 10_000,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the resampling.")] = 0,
+    format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    db: DbOpt = str(DEFAULT_DB),
+) -> None:
+    """Per task: did the fused model inherit the skill of its best source? (gained, inherited, partly, lost, or
+    no skill when no source stands out), with the paired 95% interval of fused − best source."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from harness import inheritance
+
+    if format not in ("table", "json"):
+        raise BenchError(f"unknown --format {format!r}", "use table or json")
+    result = inheritance.skill_inheritance(_store_for_reading(db), run_ref, model, _split(suite) or None,
+                                           resamples=resamples, seed=seed)
+    if format == "json":
+        typer.echo(json.dumps(inheritance.to_json(result), indent=1))
+        return
+    console = Console(highlight=False)
+    table = inheritance.rich_table(result)
+    if not console.is_terminal:  # a file or a pipe: the whole table, not one cut to 80 columns
+        console.width = max(console.width, console.measure(table, options=console.options.update_width(1000)).maximum)
+    console.print(table)
+    for line in inheritance.legend(result):
+        console.print(Text(line), soft_wrap=True)
 
 
 def _click_exception_types(name: str) -> tuple[type[BaseException], ...]:

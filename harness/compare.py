@@ -25,7 +25,8 @@ What is paired, per suite (the suite's primary metric, :data:`evals.PRIMARY_METR
   ``avg`` is their unweighted mean (documents resampled within each task);
 * bbh, bbh-mini: items (exact match 0/1) per task; ``macro`` = mean over tasks, ``weighted`` = mean over
   all items;
-* humaneval, humaneval-mini: problems; a problem's value is the fraction of its samples that passed (pass@1);
+* humaneval (and any suite whose primary metric is a ``pass@k``, such as humaneval-mini): problems; a
+  problem's value is the fraction of its samples that passed (pass@1);
 * mtbench: questions. ``turn1`` and ``turn2`` pair the rating of each answer graded on both sides (the
   mean over the judge's repeats); ``overall`` resamples questions with both their turns. Category tasks
   are not in the samples and are not compared.
@@ -186,7 +187,7 @@ class Units:
 def units(suite: str, samples: list[dict[str, Any]]) -> Units:
     """Per-example values of ``suite``'s primary metric from its stored samples (see the module docstring)."""
     out = Units()
-    if suite in ("humaneval", "humaneval-mini"):
+    if suite == "humaneval" or (_primary(suite) or "").startswith("pass@"):
         passed: dict[tuple[str, Any], list[float]] = defaultdict(list)
         for s in samples:
             m = s["metrics"]
@@ -230,6 +231,7 @@ class Row:
     b_value: float
     diff: stats.Difference
     dropped: int = 0           # units graded on one side only (MT-Bench judge failures): left out
+    aggregate: bool = False    # a combination of the suite's tasks (avg, macro, weighted, overall), not a task
 
 
 @dataclass
@@ -253,7 +255,7 @@ def compare(store: Store, ref_a: str, ref_b: str, suites: list[str] | None = Non
     pairs = list(zip(sides_a * (seeds if len(sides_a) == 1 else 1), sides_b * (seeds if len(sides_b) == 1 else 1),
                      strict=True))
     a, b = pairs[0]
-    have_a, have_b = _suites_with_samples(store, a), _suites_with_samples(store, b)
+    have_a, have_b = suites_with_samples(store, a), suites_with_samples(store, b)
     notes = []
     if suites:
         for suite in suites:
@@ -280,7 +282,8 @@ def compare(store: Store, ref_a: str, ref_b: str, suites: list[str] | None = Non
     return Result(a, b, rows, notes, resamples, seed)
 
 
-def _suites_with_samples(store: Store, side: Side) -> list[str]:
+def suites_with_samples(store: Store, side: Side) -> list[str]:
+    """The suites of which ``side`` has per-example samples, by name."""
     return [r["suite"] for r in store.query("select distinct suite from samples where run_id = ? and model_id = ? "
                                             "order by suite", [side.run["id"], side.model_id])]
 
@@ -291,6 +294,12 @@ def _samples(store: Store, side: Side, suite: str) -> list[dict[str, Any]]:
     for r in rows:
         r["metrics"] = json.loads(r["metrics"] or "{}")
     return rows
+
+
+def per_example(store: Store, side: Side, suite: str) -> Units:
+    """``side``'s per-example values of ``suite``'s primary metric (empty when its samples hold none, such as
+    MT-Bench answers that were never judged)."""
+    return units(suite, _samples(store, side, suite))
 
 
 def _suite_version(store: Store, side: Side, suite: str) -> str:
@@ -377,17 +386,18 @@ def compare_suite(store: Store, pairs: list[tuple[Side, Side]], suite: str, *,
     def of(names: list[str]) -> list[list[stats.Paired]]:
         return [[seed_tasks[n] for n in names] for seed_tasks in tasks]
 
-    def row(task: str, strata: list[list[stats.Paired]], weights: list[float] | None, lost: int) -> Row:
+    def row(task: str, strata: list[list[stats.Paired]], weights: list[float] | None, lost: int,
+            aggregate: bool = True) -> Row:
         """``strata[k]``: seed k's strata, combined with ``weights`` (default equal)."""
         w = [1 / len(strata[0])] * len(strata[0]) if weights is None else weights
         value = lambda num, den: sum(wi * (getattr(p, num).sum() / getattr(p, den).sum())  # noqa: E731
                                      for seed_strata in strata for wi, p in zip(w, seed_strata, strict=True)) / len(strata)
         diff = stats.paired_difference_over_seeds(strata, w, resamples=resamples, seed=seed)
         return Row(suite, version_a, task, metric, hib, float(value("a_num", "a_den")),
-                   float(value("b_num", "b_den")), diff, lost)
+                   float(value("b_num", "b_den")), diff, lost, aggregate)
 
     names = list(keys_by_task)
-    rows = [row(task, of([task]), None, dropped[task]) for task in names]
+    rows = [row(task, of([task]), None, dropped[task], aggregate=False) for task in names]
     if suite == "perplexity" and len(names) > 1:
         rows.append(row("avg", of(names), None, 0))
     if suite in ("bbh", "bbh-mini") and names:

@@ -12,6 +12,9 @@ of each config for unnamed runs):
   followed by their target and sources; each suite's primary metric on its summary tasks; the best
   value per column marked; for fused models the gain over the best of the run's other models
   (target and sources), signed so that positive is better;
+* skill inheritance: per fusion run, per task, whether the fused model kept its best source's skill (gained,
+  inherited, partly, lost, or no skill), with the paired 95% interval of fused − best source
+  (:mod:`harness.inheritance`, `bench skills`);
 * per suite: a bar chart of the headline number, per-task numbers (BBH tasks, MT-Bench categories
   and turns, perplexity domains) as a table and a grouped bar chart, and every metric in a folded table;
 * training curves: the ``train_log`` table (run_id, model_id, step, name, value) when the DB has one,
@@ -341,6 +344,25 @@ def comparison_sentence(c: Comparison) -> str:
             + f" on {c.suite}/{c.task} {c.metric} (p = {c.diff.p_value:.3g}, n = {c.diff.n}{seeds}){verdict}")
 
 
+def skill_tables(store: Store, views: list[RunView]) -> list[tuple[RunView, Any]]:
+    """(run, :class:`harness.inheritance.Inheritance`) for every fusion run whose fused model and sources have
+    per-example samples, limited to the suites the report shows; runs with nothing to pair are left out."""
+    import dataclasses
+
+    from harness import inheritance
+
+    out = []
+    for v in (v for v in views if v.is_fusion):
+        try:
+            result = inheritance.skill_inheritance(store, v.id, resamples=inheritance.REPORT_RESAMPLES)
+        except BenchError:
+            continue
+        shown = [r for r in result.rows if r.suite in v.suites()]
+        if shown:
+            out.append((v, dataclasses.replace(result, rows=shown)))
+    return out
+
+
 def best_values(columns: list[Column], rows: list[Row]) -> dict[Column, float]:
     best = {}
     for col in columns:
@@ -409,6 +431,12 @@ _SUITE_NOTES = {
     "humaneval-mini": "Offline HumanEval-format one-line function problems, pass@k (code run in the sandbox).",
 }
 _TASK_TITLES = {"perplexity": "domain", "mtbench": "category / turn"}
+_SKILL_RULE = ("Per task, the fused model against the best of its run's sources (target included) on the suite's "
+               "primary metric, paired per example (95% bootstrap interval of fused − best source, in the metric's "
+               "units). Verdict: no skill = the best source is not better than the worst beyond noise (nothing to "
+               "inherit); gained = fused better than the best source; lost = fused worse than the best source and "
+               "not better than the worst; partly = worse than the best but better than the worst; inherited = no "
+               "difference from the best source beyond noise")
 
 
 # --- training curves ----------------------------------------------------------------------------
@@ -540,6 +568,19 @@ def render_markdown(store: Store, views: list[RunView]) -> str:
                 "Gain = the fused model's advantage (positive = better) with its 95% paired-bootstrap interval and "
                 "sign-flip p-value (`bench compare`).", ""]
         out += [f"- {md.escape(c.run_label)}: {md.escape(comparison_sentence(c))}" for c in found]
+    skills = skill_tables(store, views)
+    if skills:
+        out += ["", "## Skill inheritance", "", f"{_SKILL_RULE} (`bench skills RUN`).", ""]
+        for v, result in skills:
+            out += [f"### {md.escape(v.label)}: {md.escape(result.fused.model)}", "",
+                    "| suite | task | metric | verdict | best source | best | fused | fused − best | 95% CI | n |",
+                    "|---|---|---|---|---|---|---|---|---|---|"]
+            for r in result.rows:
+                out.append(f"| {md.escape(r.suite)} | {md.escape(r.task)} | {md.escape(r.metric)} "
+                           f"{'↑' if r.higher_is_better else '↓'} | **{r.verdict}** | {md.escape(r.best_source)} | "
+                           f"{_fmt(r.best_score)} | {_fmt(r.fused_score)} | {_signed(r.versus_best.estimate)} | "
+                           f"[{_signed(r.versus_best.low)}, {_signed(r.versus_best.high)}] | {r.n} |")
+            out += [f"- {md.escape(n)}" for n in result.notes]
     for suite in ordered_suites(views):
         metric = primary_metric(suite, views)
         entries = breakdown(views, suite)
@@ -618,6 +659,10 @@ details { margin: 6px 0 10px; } summary { cursor: pointer; color: var(--accent);
 pre { background: var(--soft); padding: 8px 10px; border-radius: 4px; overflow-x: auto; font-size: 12px; }
 .bar { background: #9cc3e4; height: 10px; display: inline-block; vertical-align: middle; }
 .error { color: var(--neg); }
+.verdict { display: inline-block; font-weight: 600; padding: 0 7px; border-radius: 8px; }
+.verdict.gained { background: #cdebd9; color: var(--pos); } .verdict.inherited { background: #e6f2e9; color: #2e6b3f; }
+.verdict.partly { background: var(--best); color: #7a5600; } .verdict.lost { background: #f8dcd9; color: var(--neg); }
+.verdict.no-skill { background: #eceff3; color: var(--muted); font-weight: 400; }
 """
 
 
@@ -625,8 +670,10 @@ def render_html(store: Store, views: list[RunView]) -> str:
     columns, rows = leaderboard(views)
     suites = ordered_suites(views)
     curves = training_curves(store, views)
+    skills = skill_tables(store, views)
     nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in
-                  [("leaderboard", "Leaderboard"), *((f"suite-{_slug(s)}", s) for s in suites),
+                  [("leaderboard", "Leaderboard"), *([("skills", "Skill inheritance")] if skills else []),
+                   *((f"suite-{_slug(s)}", s) for s in suites),
                    ("training", "Training curves"), ("provenance", "Provenance")])
     parts = [
         "<!doctype html>",
@@ -641,6 +688,7 @@ def render_html(store: Store, views: list[RunView]) -> str:
         f"<nav>{nav}</nav></header>",
         _html_leaderboard(columns, rows),
         _html_comparisons(comparisons(store, views, rows, columns)),
+        _html_skills(skills),
         *(_html_suite(views, s) for s in suites),
         _html_training(curves),
         _html_provenance(views),
@@ -662,6 +710,38 @@ def _html_comparisons(found: list[Comparison]) -> str:
             "model's advantage (positive = better), with its 95% paired-bootstrap interval and sign-flip p-value "
             "(<code>bench compare</code>); for a seed group, over its seeds (hierarchical bootstrap). "
             f"A training fuser's headline is its gain over the data-only control.</p><ul>{items}</ul></section>")
+
+
+def _html_skills(found: list[tuple[RunView, Any]]) -> str:
+    """Per fusion run, a table of its tasks: the verdict (a word on a coloured badge), the best source, the scores
+    and the paired interval of fused − best source."""
+    if not found:
+        return ""
+    e = html.escape
+    blocks = []
+    for v, result in found:
+        body = []
+        for r in result.rows:
+            spread = ("single source" if r.source_spread is None else
+                      f"{_signed(r.source_spread.estimate)} [{_signed(r.source_spread.low)}, "
+                      f"{_signed(r.source_spread.high)}] vs {r.worst_source} ({_fmt(r.worst_score)})")
+            body.append(f'<tr><td class="t">{e(r.suite)}</td><td class="t">{e(r.task)}</td>'
+                        f'<td class="t">{e(r.metric)} {"↑" if r.higher_is_better else "↓"}</td>'
+                        f'<td class="t"><span class="verdict {_slug(r.verdict)}">{e(r.verdict)}</span></td>'
+                        f'<td class="t">{e(r.best_source)}</td><td>{_fmt(r.best_score)}</td><td>{_fmt(r.fused_score)}</td>'
+                        f"<td>{_signed(r.versus_best.estimate)}</td>"
+                        f"<td>[{_signed(r.versus_best.low)}, {_signed(r.versus_best.high)}]</td><td>{r.n}</td>"
+                        f'<td class="t">{e(spread)}</td></tr>')
+        notes = "".join(f'<p class="note">{e(n)}</p>' for n in result.notes)
+        blocks.append(f"<h3>{e(v.label)}: {e(result.fused.model)}</h3>"
+                      f'<div class="scroll"><table class="skills" id="skills-{_slug(v.id)}"><thead><tr>'
+                      '<th class="t">suite</th><th class="t">task</th><th class="t">metric</th><th class="t">verdict</th>'
+                      '<th class="t">best source</th><th>best</th><th>fused</th><th>fused − best</th><th>95% CI</th>'
+                      '<th>n</th><th class="t">best − worst source (95% CI)</th></tr></thead>'
+                      f"<tbody>{''.join(body)}</tbody></table></div>{notes}")
+    return (f'<section id="skills"><h2>Skill inheritance</h2><p class="note">{e(_SKILL_RULE)} '
+            "(<code>bench skills RUN</code>).</p>"
+            f"{''.join(blocks)}</section>")
 
 
 def _slug(text: str) -> str:
