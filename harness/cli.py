@@ -486,6 +486,21 @@ def zoo_add(
     typer.echo(f"zoo:{name} {card['status']}: {card['params'] / 1e6:.1f}M parameters, {card['path']}")
 
 
+@zoo_app.command("has")
+def zoo_has(
+    name: Annotated[str, typer.Argument(help="A zoo member, e.g. smollm2-135m (or zoo:smollm2-135m).")],
+) -> None:
+    """Exit 0 when zoo:NAME loads now without training or downloading anything (built, or added), 1 when it does
+    not; prints one line saying which. For scripts: `make demo` judges MT-Bench with zoo:smollm2-135m only when
+    `bench zoo has smollm2-135m` says it is added."""
+    from harness import zoo
+
+    ready, line = zoo.readiness(name.removeprefix("zoo:"))
+    typer.echo(line)
+    if not ready:
+        raise typer.Exit(1)
+
+
 @zoo_app.command("list")
 def zoo_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show the zoo's members: architecture, tokenizer, vocab, params, domain, training stats."""

