@@ -47,6 +47,13 @@ a number.
 **Without a judge** answers are generated and stored, and scores carry only ``judged = 0``: an
 ungraded answer never gets a made-up rating.
 
+**A local judge is a weak judge.** Ratings by a local model (``judge_model`` without ``judge_url``; ``make demo``
+uses ``zoo:smollm2-135m``, 135M parameters, when it is added) are far from those of the GPT-4 judge behind
+published MT-Bench scores. :meth:`MTBench.caveats` says so in one line, naming the judge and its parameter count
+(:func:`local_judge_note`); the runner prints it after the run, and ``bench leaderboard`` and ``bench report``
+print it beside MT-Bench scores that came from such a run (a run's suite arguments are part of every evaluation's
+cache key, so scores stored for a run were rated by the judge its config names).
+
 Scores, for tasks ``turn1``, ``turn2``, ``overall`` (both turns) and ``category/<name>``:
 ``score`` (mean rating, stderr = sample std of the answers' ratings / sqrt(n), n = answers rated),
 ``judge_std`` (mean over answers of the population std across repeats; lower = a steadier judge),
@@ -459,6 +466,35 @@ def build_samples(units: list[Unit], verdicts: list[Verdict] | None) -> list[Sam
     return samples
 
 
+# --- the caveat of a local judge ----------------------------------------------------------------
+
+
+def local_judge(args: dict[str, Any]) -> str | None:
+    """The local judge that the suite arguments ``args`` name (``judge_model`` without ``judge_url``), or None: no
+    judge, or a judge behind an endpoint."""
+    model = args.get("judge_model")
+    return model if isinstance(model, str) and model and not args.get("judge_url") else None
+
+
+def local_judge_note(ref: str) -> str:
+    """One line that goes with every rating by the local judge ``ref``: who rated, its size, and how to read it."""
+    from harness.model import parameter_count_on_disk
+
+    params = parameter_count_on_disk(ref)
+    size = f"a {_short_count(params)}-parameter local model" if params else "a local model of unknown size"
+    return (f"mtbench rated by {ref}, {size}: far weaker than the GPT-4 judge behind published MT-Bench scores; "
+            "read these ratings as a check that answers are generated and graded, not as their quality")
+
+
+def _short_count(n: int) -> str:
+    """134_515_008 -> ``135M``, 1_710_000_000 -> ``1.71B``, 999_999_999 -> ``1B`` (three significant digits)."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        text = f"{n / scale:.3g}"
+        if float(text) >= 1:
+            return f"{text}{suffix}"
+    return str(n)
+
+
 # --- the suite ----------------------------------------------------------------------------------
 
 
@@ -466,6 +502,12 @@ class MTBench:
     name: ClassVar[str] = "mtbench"
     version: ClassVar[str] = "2"  # 2: FastChat's rating rule with FastChat's prompts
     Config: ClassVar[type[BaseModel]] = Config
+
+    @classmethod
+    def caveats(cls, args: dict[str, Any]) -> list[str]:
+        """What every score made with the suite arguments ``args`` must be read with: the local judge's note."""
+        judge = local_judge(args)
+        return [local_judge_note(judge)] if judge else []
 
     def evaluate(self, lm: LM, cfg: Config, ctx: EvalContext) -> EvalResult:
         from evals._judge import build_judge, judge_many, parse_rating, parse_rating_fastchat

@@ -66,7 +66,12 @@ class EvalContext:
 
 
 class Suite(Protocol):
-    """An evaluation suite. Bump ``version`` whenever prompts, data or metrics change."""
+    """An evaluation suite. Bump ``version`` whenever prompts, data or metrics change.
+
+    Optionally a classmethod ``caveats(args: dict) -> list[str]``: one-line warnings that every score made with
+    the suite arguments ``args`` must be read with (MT-Bench: ratings by a small local judge). The runner prints
+    them after a run; ``bench leaderboard`` and ``bench report`` show them beside such scores
+    (:func:`harness.registry.suite_caveats`)."""
 
     name: ClassVar[str]
     version: ClassVar[str]

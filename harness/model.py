@@ -365,6 +365,23 @@ def parameter_count(ref: ModelRef) -> int | None:
     return total
 
 
+def parameter_count_on_disk(spec: str) -> int | None:
+    """Parameters of the model ``spec`` names, from its folder on this machine (``zoo:NAME`` in the zoo directory, or
+    a local folder) by :func:`parameter_count`, without resolving, building, downloading or loading anything: for
+    reports that name a model a run used. None when unknown (a hub id, a folder not here, no safetensors)."""
+    from safetensors import SafetensorError
+
+    from harness import paths
+
+    folder = paths.zoo_dir() / spec[4:] if spec.startswith("zoo:") else Path(spec).expanduser()
+    if not folder.is_dir():
+        return None
+    try:
+        return parameter_count(ModelRef(spec=spec, kind="local", path=folder))
+    except (SafetensorError, OSError):  # a damaged checkpoint costs only the size in a note
+        return None
+
+
 def available_memory(where: Placement) -> int:
     """Bytes free on the placement's device: the GPU's free memory, or the host's MemAvailable."""
     if where.kind == "cuda":

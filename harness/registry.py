@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,37 @@ def suites() -> Registry:
     from evals import BUILTIN
 
     return _registry("suite", BUILTIN, "fusebench.suites")
+
+
+def suite_caveats(suite: str, args: dict[str, Any] | None) -> list[str]:
+    """The one-line caveats that suite ``suite`` attaches to every score made with the suite arguments ``args`` (its
+    optional ``caveats(args)`` classmethod; MT-Bench: ratings by a local judge), for the runner, the leaderboard and
+    the report to print beside those scores. None for a suite without the hook, or one not installed here."""
+    try:
+        cls = suites().get(suite)
+    except (BenchError, ImportError):
+        return []
+    return caveats_of(cls, args)
+
+
+def run_caveats(config: dict[str, Any] | str | None, suite: str) -> list[str]:
+    """:func:`suite_caveats` of a recorded run's scores on ``suite``, from the run's stored config (a dict, or the
+    ``runs.config`` JSON): its ``suite_args[suite]``. A run's suite arguments are part of every evaluation's cache
+    key, so the scores stored for the run were made with exactly these arguments, computed then or reused."""
+    if isinstance(config, str) or config is None:
+        try:
+            config = json.loads(config or "{}")
+        except ValueError:
+            return []
+    suite_args = config.get("suite_args") if isinstance(config, dict) else None
+    args = suite_args.get(suite) if isinstance(suite_args, dict) else None
+    return suite_caveats(suite, args if isinstance(args, dict) else {})
+
+
+def caveats_of(suite_cls: Any, args: dict[str, Any] | None) -> list[str]:
+    """:func:`suite_caveats` for a suite class in hand."""
+    hook = getattr(suite_cls, "caveats", None)
+    return list(hook(dict(args or {}))) if callable(hook) else []
 
 
 _REGISTRIES: dict[str, Registry] = {}

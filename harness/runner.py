@@ -565,6 +565,19 @@ def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_ob
                                    payload["scores"], payload["samples"], precision=payload.get("precision"))
         finally:
             del lm
+    _warn_caveats(suite_objs)
+
+
+def _warn_caveats(suite_objs: list[tuple[Any, Any]]) -> None:
+    """Each suite's caveats about the scores just recorded (computed now or taken from the cache: the cache key holds
+    the suite arguments, so both were made the same way), one line each."""
+    from rich.text import Text
+
+    from harness.registry import caveats_of
+
+    for suite_cls, suite_cfg in suite_objs:
+        for line in caveats_of(suite_cls, suite_cfg.model_dump(mode="json")):
+            console.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
 
 
 def _evaluate(lm: Any, ev: Evaluand, suite_cls: Any, suite_cfg: Any, cfg: RunConfig, key: str,

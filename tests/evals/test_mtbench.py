@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import random
+import re
 import statistics
 import threading
 from collections import Counter
@@ -325,6 +326,33 @@ def test_local_judge_tiny_model(tmp_path: Path, tiny_chat_model: Path) -> None:
     assert sc[("overall", "judged")].n == 2 - len(unrated)
     if len(unrated) == 2:
         assert ("overall", "score") not in sc
+
+
+def test_a_local_judge_run_warns_in_one_line_and_the_leaderboard_notes_it(tmp_path: Path, tiny_chat_model: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`bench eval` with a local judge ends with one warning line naming the judge and its parameter count, also when
+    the evaluation is reused from the cache; without a judge there is none. `bench leaderboard` carries the line."""
+    from evals.mtbench import local_judge_note
+    from tests.conftest import bench
+
+    db, model = str(tmp_path / "bench.db"), str(tiny_chat_model)
+    common = ("eval", "--model", model, "--suite", "mtbench", "--limit", "1", "--set", "mtbench.max_gen_toks=2",
+              "--db", db)
+    judged = (*common, "--set", f"mtbench.judge_model={model}", "--set", "mtbench.judge_max_tokens=2")
+    note = local_judge_note(model)
+    assert re.search(r", a \d+(\.\d+)?K-parameter local model: far weaker than the GPT-4 judge", note)
+
+    def warnings(*args: str) -> list[str]:
+        capsys.readouterr()
+        assert bench(*args) == 0
+        return [line for line in capsys.readouterr().err.splitlines() if "rated by" in line]
+
+    assert warnings(*judged) == [f"warning: {note}"]
+    assert warnings(*judged) == [f"warning: {note}"]  # reused from the eval cache: still rated by that judge
+    capsys.readouterr()
+    assert bench("leaderboard", "--all-metrics", "--db", db) == 0
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")] == [f"note: {note}"]
+    assert warnings(*common) == []
 
 
 # --- judge prompt files -------------------------------------------------------------------------
