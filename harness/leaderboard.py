@@ -15,6 +15,10 @@ two-sided Welch test of the difference, :func:`harness.stats.not_worse`; a missi
 so then only equal values tie): ``best`` when that is one model, ``tied`` for each when several, and no
 mark at all when every model of the column is such a value (nothing tells them apart: a column where
 every model scores 0, or a single model).
+
+Under the table, one ``note:`` line per caveat of the runs whose values it shows (a suite's ``caveats`` hook on
+the run's stored suite arguments; MT-Bench rated by a local judge, say): in the table and Markdown footers and as
+``notes`` in JSON.
 """
 
 from __future__ import annotations
@@ -127,7 +131,29 @@ def build(store: Store, suites: list[str] | None = None, all_metrics: bool = Fal
         if any(h is not None for h in half):
             table[f"{c} ±"] = [math.nan if h is None else h for h in half]
     table.attrs["marks"] = {c: {i: marks[c][k] for i, k in enumerate(members["key"]) if k in marks[c]} for c in cols}
+    table.attrs["notes"] = _caveats(store, df, latest, shown_keys)
     return table, {c: hib[c] for c in cols}
+
+
+def _caveats(store: Store, df: pd.DataFrame, latest: pd.DataFrame, shown_keys: set[str]) -> list[str]:
+    """The caveats (:func:`harness.registry.run_caveats`) of the runs whose values the table shows: the run of each
+    shown model's newest value per column, and every run of a seed group (shown as the mean over them); each line
+    once."""
+    from harness.registry import run_caveats
+
+    shown = latest[latest["model_id"].isin(shown_keys)]
+    pairs = set(zip(shown["run_id"], shown["suite"], strict=True))
+    grouped = df[df["group_id"].notna()]
+    pairs |= set(zip(grouped["run_id"], grouped["suite"], strict=True))
+    run_ids = sorted({run_id for run_id, _ in pairs})
+    configs = {r["id"]: r["config"] for r in store.query(
+        f"select id, config from runs where id in ({', '.join('?' * len(run_ids))})", run_ids)} if run_ids else {}
+    notes: list[str] = []
+    for run_id, suite in sorted(pairs):
+        for line in run_caveats(configs.get(run_id), suite):
+            if line not in notes:
+                notes.append(line)
+    return notes
 
 
 def _seed_group_rows(group_id: str, runs: pd.DataFrame, df: pd.DataFrame,
@@ -196,13 +222,14 @@ def render(table: pd.DataFrame, hib: dict[str, bool], fmt: str = "table") -> str
     if table.empty:
         return "no scores yet: run `bench run --fuser merge` or `bench eval --model zoo:llama-base`"
     marks: dict[str, dict[int, str]] = table.attrs.get("marks", {})
+    notes: list[str] = table.attrs.get("notes", [])
     if fmt == "json":
         records = json.loads(table.to_json(orient="records"))
         # marks: per column, the positions in "rows" of the best value, or of the values tied for best
         marked = {c: {kind: sorted(i for i, m in marks.get(c, {}).items() if m == kind) for kind in ("best", "tied")}
                   for c in hib}
         return json.dumps({"columns": {c: {"higher_is_better": h} for c, h in hib.items()}, "rows": records,
-                           "marks": marked, "level": LEVEL}, indent=1)
+                           "marks": marked, "level": LEVEL, "notes": notes}, indent=1)
     if fmt == "csv":
         out = table.copy()
         for c in hib:
@@ -229,7 +256,8 @@ def render(table: pd.DataFrame, hib: dict[str, bool], fmt: str = "table") -> str
         lines += ["| " + " | ".join([*(md.escape(x) for x in r[:3]), *r[3:]]) + " |" for r in body]
         return "\n".join(lines) + ("\n\n(value ± half-width of its 95% interval; in bold: the best per column, "
                                    "\"(tie)\" when several are not significantly worse than the best; no bold: "
-                                   "nothing tells the column's models apart; ↑ higher is better, ↓ lower is better)")
+                                   "nothing tells the column's models apart; ↑ higher is better, ↓ lower is better)"
+                                   + "".join(f"\n\nnote: {md.escape(n)}" for n in notes))
     widths = [max(len(h), *(len(r[j]) for r in body)) for j, h in enumerate(headers)]
     fmt_row = lambda r: "  ".join(x.ljust(w) if j < 3 else x.rjust(w) for j, (x, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731
     out = [fmt_row(headers), "  ".join("-" * w for w in widths)]
@@ -241,4 +269,5 @@ def render(table: pd.DataFrame, hib: dict[str, bool], fmt: str = "table") -> str
         out.append(fmt_row(r))
     return "\n".join(out) + ("\n\n± half-width of the 95% interval; * best per column (every other value "
                              "significantly worse), = tied for best (not significantly worse than the best),\n"
-                             "no mark: nothing tells the column's models apart; ↑ higher is better, ↓ lower is better")
+                             "no mark: nothing tells the column's models apart; ↑ higher is better, ↓ lower is better"
+                             + "".join(f"\nnote: {n}" for n in notes))

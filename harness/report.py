@@ -16,7 +16,9 @@ of each config for unnamed runs):
   inherited, partly, lost, or no skill), with the paired 95% interval of fused − best source
   (:mod:`harness.inheritance`, `bench skills`);
 * per suite: a bar chart of the headline number, per-task numbers (BBH tasks, MT-Bench categories
-  and turns, perplexity domains) as a table and a grouped bar chart, and every metric in a folded table;
+  and turns, perplexity domains) as a table and a grouped bar chart, and every metric in a folded table; above
+  them, one highlighted line per caveat of the runs' scores on that suite (MT-Bench rated by a local judge:
+  :func:`harness.registry.run_caveats`);
 * training curves: the ``train_log`` table (run_id, model_id, step, name, value) when the DB has one,
   and the loss curves recorded in zoo members' cards (``zoo.json``) when their folders exist here;
 * provenance of each run: command, config, git sha, package versions, host and per-stage timings.
@@ -407,6 +409,18 @@ def breakdown(views: list[RunView], suite: str) -> list[Entry]:
     return entries
 
 
+def suite_caveats(views: list[RunView], suite: str) -> list[str]:
+    """The caveats (:func:`harness.registry.run_caveats`) of the selected runs that have scores on ``suite``, each
+    line once: MT-Bench rated by a local judge, say."""
+    from harness.registry import run_caveats
+
+    notes: list[str] = []
+    for v in views:
+        if suite in v.suites():
+            notes += [line for line in run_caveats(v.config, suite) if line not in notes]
+    return notes
+
+
 def headline_task(suite: str, tasks: Iterable[str]) -> str | None:
     from evals import SUMMARY_TASKS
 
@@ -587,6 +601,7 @@ def render_markdown(store: Store, views: list[RunView]) -> str:
         tasks = task_order({t for e in entries for (t, m) in e.cells if m == metric})
         out += ["", f"## {md.escape(suite)}: {md.escape(metric)} per {_TASK_TITLES.get(suite, 'task')}", "",
                 _SUITE_NOTES.get(suite, ""), ""]
+        out += [line for note in suite_caveats(views, suite) for line in (f"**Note:** {md.escape(note)}", "")]
         out += ["| model | role | " + " | ".join(md.escape(t) for t in tasks) + " |", "|" + "---|" * (len(tasks) + 2)]
         for e in entries:
             vals = [_fmt_se(e.cells.get((t, metric))) for t in tasks]  # type: ignore[arg-type]
@@ -659,6 +674,7 @@ details { margin: 6px 0 10px; } summary { cursor: pointer; color: var(--accent);
 pre { background: var(--soft); padding: 8px 10px; border-radius: 4px; overflow-x: auto; font-size: 12px; }
 .bar { background: #9cc3e4; height: 10px; display: inline-block; vertical-align: middle; }
 .error { color: var(--neg); }
+p.caveat { background: var(--best); border-left: 4px solid #b07d00; padding: 6px 10px; color: #5c4200; }
 .verdict { display: inline-block; font-weight: 600; padding: 0 7px; border-radius: 8px; }
 .verdict.gained { background: #cdebd9; color: var(--pos); } .verdict.inherited { background: #e6f2e9; color: #2e6b3f; }
 .verdict.partly { background: var(--best); color: #7a5600; } .verdict.lost { background: #f8dcd9; color: var(--neg); }
@@ -831,9 +847,10 @@ def _html_suite(views: list[RunView], suite: str) -> str:
         body.append(f'<tr><td class="t"><span style="color:{colors[en.model_id]}">■</span> {e(en.label)}</td>'
                     f'<td class="t"><span class="role {e(en.role)}">{e(en.role)}</span></td>{"".join(cells)}</tr>')
     everything = _html_all_metrics(entries)
+    caveats = "".join(f'<p class="caveat">⚠ {e(line)}</p>' for line in suite_caveats(views, suite))
     return (f'<section id="suite-{_slug(suite)}"><h2>{e(suite)}</h2><p class="note">{e(_SUITE_NOTES.get(suite, ""))} '
             f"Primary metric <code>{e(str(metric))}</code> ({direction}) ± standard error in the tables; error bars "
-            f'are 95% intervals; the best per column is highlighted.</p><div class="plots">{"".join(plots)}</div>'
+            f'are 95% intervals; the best per column is highlighted.</p>{caveats}<div class="plots">{"".join(plots)}</div>'
             f'<div class="scroll"><table class="breakdown"><thead><tr><th class="t">model</th><th class="t">role</th>'
             f"{head_row}</tr></thead><tbody>{''.join(body)}</tbody></table></div>{everything}</section>")
 
