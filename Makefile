@@ -28,9 +28,29 @@ venv-vllm:
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install -q -e ".[vllm]"
 
+# MT-Bench in the demo: judged by zoo:$(DEMO_JUDGE) (SmolLM2-135M-Instruct) when, and only when, `bench zoo has` finds
+# it already in the zoo (`bench zoo add smollm2-135m` adds it; the demo never downloads it); otherwise the answers are
+# stored "not judged". All 24 questions with 1024-token judge replies would take hours on 2 cores, so the demo judges
+# only what DEMO_JUDGE_SET selects: the writing category (3 questions, 6 answers a model), answers and judge replies
+# capped at 64 tokens (measured: about 80 s more for the demo's 6 models). `make demo DEMO_JUDGE=` turns judging off.
+DEMO_JUDGE ?= smollm2-135m
+DEMO_JUDGE_SET ?= --set 'mtbench.categories=[writing]' --set mtbench.max_gen_toks=64 --set mtbench.judge_max_tokens=64
 demo: install
 	$(BENCH) zoo build
-	$(BENCH) run --fuser fusechat --name demo-fusechat
+	@judge=(); \
+	if [ -z "$(DEMO_JUDGE)" ]; then \
+	  echo "demo: MT-Bench answers are stored, not judged (DEMO_JUDGE is empty)"; \
+	else \
+	  $(BENCH) zoo has $(DEMO_JUDGE); found=$$?; \
+	  if [ $$found = 0 ]; then \
+	    judge=(--judge-model zoo:$(DEMO_JUDGE) $(DEMO_JUDGE_SET)); \
+	    echo "demo: MT-Bench judged by zoo:$(DEMO_JUDGE), a small local model, on a part only, to keep the demo short: $(DEMO_JUDGE_SET)"; \
+	  elif [ $$found = 1 ]; then \
+	    echo "demo: so MT-Bench answers are stored, not judged"; \
+	  else exit $$found; fi; \
+	fi; \
+	echo "$(BENCH) run --fuser fusechat --name demo-fusechat $${judge[*]}"; \
+	$(BENCH) run --fuser fusechat --name demo-fusechat "$${judge[@]}"
 	$(BENCH) leaderboard
 	$(BENCH) leaderboard --suite bbh-mini --per-task
 	$(BENCH) skills demo-fusechat
