@@ -34,6 +34,9 @@ venv-vllm:
 # only what DEMO_JUDGE_SET selects: the writing category (3 questions, 6 answers a model), answers and judge replies
 # capped at 64 tokens (measured: about 80 s more for the demo's 6 models). `make demo DEMO_JUDGE=` turns judging off.
 DEMO_JUDGE ?= smollm2-135m
+# The demo's suites: the zoo's domains (perplexity) and skills (bbh-mini, answer-only; humaneval-mini, run in the
+# sandbox), and MT-Bench. Per task, `bench skills` then says whether the fused model inherited each source's skill.
+DEMO_SUITES ?= --suite perplexity --suite bbh-mini --suite humaneval-mini --allow-code-exec --suite mtbench
 DEMO_JUDGE_SET ?= --set 'mtbench.categories=[writing]' --set mtbench.max_gen_toks=64 --set mtbench.judge_max_tokens=64
 demo: install
 	$(BENCH) zoo build
@@ -49,10 +52,9 @@ demo: install
 	    echo "demo: so MT-Bench answers are stored, not judged"; \
 	  else exit $$found; fi; \
 	fi; \
-	echo "$(BENCH) run --fuser fusechat --name demo-fusechat $${judge[*]}"; \
-	$(BENCH) run --fuser fusechat --name demo-fusechat "$${judge[@]}"
-	$(BENCH) leaderboard
-	$(BENCH) leaderboard --suite bbh-mini --per-task
+	echo "$(BENCH) run --fuser fusechat --name demo-fusechat $(DEMO_SUITES) $${judge[*]}"; \
+	$(BENCH) run --fuser fusechat --name demo-fusechat $(DEMO_SUITES) "$${judge[@]}"
+	$(BENCH) leaderboard --suite bbh-mini --suite humaneval-mini --per-task
 	$(BENCH) skills demo-fusechat
 
 test: install

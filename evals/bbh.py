@@ -9,9 +9,13 @@ Run:  bench eval --model zoo:llama-base --suite bbh --set bbh.data_dir=PATH/bbh/
   stop sequences and the answer filter.
   Data: the hub dataset lm-eval names (when the hub is reachable), or ``data_dir`` = a directory in
   the original BBH repo layout (``<task>.json`` = ``{"examples": [{"input", "target"}]}``).
-* ``bbh-mini``: seeded items for 7 algorithmic tasks from :mod:`harness.skills.bbh_items`, in BBH's exact
-  format, with FuseBench's own few-shot exemplars. Same machinery; a different suite name so it is
-  never ranked with real BBH.
+* ``bbh-mini``: seeded items for 8 BBH tasks from :mod:`harness.skills.bbh_items`, in BBH's exact
+  format, with FuseBench's own few-shot exemplars (smaller instances than BBH's, so that the embedded zoo's
+  experts can learn some of them: see :mod:`harness.skills`). Items come from the eval side of the skills'
+  train/eval split, which the zoo never trains on. Same machinery; a different suite name so it is never
+  ranked with real BBH. ``mode`` defaults to ``direct`` (the zoo learns answer-only; ``cot`` is one setting
+  away). ``max_gen_toks`` defaults to 48 (direct: the longest target is ~25 tokens) and 160 (cot: the
+  exemplars' reasoning runs to ~100).
 
 **Answer extraction** (:func:`extract_answer`, registered with lm-eval as the ``fusebench_bbh_answer``
 filter, so live runs and `bench score` share it). lm-eval's own BBH filter,
@@ -59,12 +63,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness.api import EvalContext, EvalResult, Sample, Score
 from harness.errors import BenchError, did_you_mean, read_text
+from harness.skills.bbh_items import builtin_yaml, lm_eval_bbh_dir
 
 _FILTER_NAME = "fusebench-answer"
 _FILTER_FUNCTION = "fusebench_bbh_answer"
-_BUILTIN_DIR = {"cot": "cot_fewshot", "direct": "fewshot"}
 STOP = ["\n\nQ:", "</s>"]  # and the model's end-of-sequence token, which lm-eval's LMs always add
 DEFAULT_MAX_GEN_TOKS = {"cot": 1024, "direct": 128}  # see the module docstring
+MINI_MAX_GEN_TOKS = {"cot": 160, "direct": 48}
 _COT_MARKER = "So the answer is "
 _COT_FALLBACK = re.compile(r"the answer is ", flags=re.IGNORECASE)
 
@@ -126,20 +131,10 @@ def _scoring_overrides(mode: str, max_gen_toks: int | None) -> dict[str, Any]:
     }
 
 
-def lm_eval_bbh_dir() -> Path:
-    import lm_eval.tasks
-
-    return Path(lm_eval.tasks.__file__).parent / "bbh"
-
-
 def all_tasks() -> list[str]:
     """The 27 BBH task names, read from lm-eval's task folder."""
     folder = lm_eval_bbh_dir() / "cot_fewshot"
     return sorted(p.stem for p in folder.glob("*.yaml") if not p.name.startswith("_"))
-
-
-def builtin_yaml(task: str, mode: str) -> Path:
-    return lm_eval_bbh_dir() / _BUILTIN_DIR[mode] / f"{task}.yaml"
 
 
 class Config(BaseModel):
@@ -154,11 +149,12 @@ class Config(BaseModel):
 class MiniConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["cot", "direct"] = "cot"
+    mode: Literal["cot", "direct"] = Field(
+        "direct", description="direct (default: the embedded zoo's experts learn answer-only) or cot.")
     tasks: list[str] | None = None
     n_per_task: int = Field(30, ge=1, description="Generated items per task.")
     data_seed: int = Field(0, description="Seed of the item generator (not of the model).")
-    max_gen_toks: int = Field(128, ge=1, description="Cap on generated tokens; tiny models ramble.")
+    max_gen_toks: int | None = Field(None, ge=1, description="Cap on generated tokens (default: direct 48, cot 160).")
 
 
 # --- task construction --------------------------------------------------------------------------
@@ -235,7 +231,8 @@ def mini_configs(cfg: MiniConfig, workdir: Path) -> tuple[list[dict[str, Any]], 
         path.write_text("".join(json.dumps(i.as_row()) + "\n" for i in gen.generate(t, cfg.n_per_task, cfg.data_seed)))
         shots = [{"input": e.input, "target": e.cot_target() if cfg.mode == "cot" else e.target}
                  for e in gen.exemplars(t)]
-        configs.append(_task_yaml(f"fb_bbhmini_{cfg.mode}_{t}", t, cfg.mode, path, cfg.max_gen_toks, shots))
+        configs.append(_task_yaml(f"fb_bbhmini_{cfg.mode}_{t}", t, cfg.mode, path,
+                                  cfg.max_gen_toks or MINI_MAX_GEN_TOKS[cfg.mode], shots))
     return configs, {c["task"]: t for c, t in zip(configs, tasks, strict=True)}
 
 
@@ -314,10 +311,10 @@ class BBH:
 
 
 class BBHMini:
-    """Generated BBH-format items for 7 algorithmic tasks; offline; its own suite name."""
+    """Generated BBH-format items for 8 tasks; offline; its own suite name."""
 
     name: ClassVar[str] = "bbh-mini"
-    # 3: items from the eval side of the skills split, word_sorting 3-6 words, object_counting 2-4 kinds + 0-2 others
+    # 3: items from the eval side of the skills split; hyperbaton; word_sorting 2-4 words; object_counting 2-4 kinds + 0-2 others
     version: ClassVar[str] = "3"
     Config: ClassVar[type[BaseModel]] = MiniConfig
 

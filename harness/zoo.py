@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import corpus, paths
+from harness import corpus, paths, skills
 from harness.errors import BenchError, did_you_mean
 from harness.tokenizer_recipes import TokenizerRecipe
 from harness.train import TrainConfig
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 # Bump when build code changes what a recipe produces (training loop, data packing, saving).
-ZOO_VERSION = "1"
+ZOO_VERSION = "2"  # 2: experts learn skills (harness.skills)
 CARD = "zoo.json"
 PRESET_ENV = "BENCH_ZOO_PRESET"
 _PRESET_FILE = "preset.txt"
@@ -71,9 +71,12 @@ class Recipe:
     model: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None
     description: str = ""
+    #: skills (:mod:`harness.skills`) taught besides the domain's text, in ``skill_share`` of the training tokens
+    skills: tuple[str, ...] = ()
+    skill_share: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "train": self.train.to_dict()}
+        return {**asdict(self), "train": self.train.to_dict(), "skills": list(self.skills)}
 
 
 @dataclass(frozen=True)
@@ -137,14 +140,28 @@ _MEMBER_TABLE = (
 )
 
 
-def _members(models: dict[str, dict[str, Any]], train: dict[str, TrainConfig]) -> tuple[Recipe, ...]:
+def _members(
+    models: dict[str, dict[str, Any]], train: dict[str, TrainConfig], skill_share: dict[str, float]
+) -> tuple[Recipe, ...]:
     """The members with a preset's model sizes (per architecture) and training runs (per member).
 
-    Continuations get no model kwargs: they inherit their parent's config and weights.
+    Continuations get no model kwargs: they inherit their parent's config and weights. Every domain expert
+    learns its domain's skills (:data:`harness.skills.ZOO_SKILLS`) in ``skill_share[family]`` of its tokens;
+    the base, trained on the mix, learns none.
     """
     return tuple(
         Recipe(
-            name, arch, tok, domain, family, train[name], {} if parent else models[arch], parent, description
+            name,
+            arch,
+            tok,
+            domain,
+            family,
+            train[name],
+            {} if parent else models[arch],
+            parent,
+            description,
+            skills.ZOO_SKILLS.get(domain, ()),
+            skill_share[family] if domain in skills.ZOO_SKILLS else 0.0,
         )
         for name, arch, tok, domain, family, parent, description in _MEMBER_TABLE
     )
@@ -199,10 +216,16 @@ def _model_sizes(d: int, layers: int, heads: int) -> dict[str, dict[str, Any]]:
 
 
 def _default_preset() -> Preset:
-    def run(steps: int, lr: float, seed: int) -> TrainConfig:
+    def run(steps: int, lr: float, seed: int, batch_size: int = 8, seq_len: int = 256) -> TrainConfig:
         return TrainConfig(
-            steps=steps, batch_size=8, seq_len=256, lr=lr, warmup_steps=max(10, steps // 10), seed=seed
+            steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup_steps=max(10, steps // 10), seed=seed
         )
+
+    def expert(steps: int, lr: float, seed: int, seq_len: int = 768) -> TrainConfig:
+        # long windows: a 3-shot bbh-mini prompt runs up to ~570 tokens, and a model answers only at positions
+        # it was trained on (GPT-2's learned positions, RoPE's unseen angles); about 8 x 256 tokens a step.
+        # MPT's ALiBi extrapolates, and its attention is slow at 768 (13k vs 17k tokens/s at 512 on 2 cores)
+        return run(steps, lr, seed, batch_size=3 * 768 // seq_len, seq_len=seq_len)
 
     return Preset(
         name="default",
@@ -215,13 +238,15 @@ def _default_preset() -> Preset:
             _model_sizes(d=128, layers=2, heads=4),
             {
                 "llama-base": run(400, 3e-3, seed=0),
-                "llama-code": run(150, 1e-3, seed=1),
-                "llama-docs": run(150, 1e-3, seed=2),
-                "llama-math": run(150, 1e-3, seed=3),
-                "gpt2-code": run(300, 3e-3, seed=11),
-                "neox-docs": run(300, 3e-3, seed=12),
-                "mpt-math": run(300, 3e-3, seed=13),
+                "llama-code": expert(300, 3e-3, seed=1),
+                "llama-docs": expert(300, 3e-3, seed=2),
+                "llama-math": expert(300, 3e-3, seed=3),
+                "gpt2-code": expert(400, 3e-3, seed=11),
+                "neox-docs": expert(400, 3e-3, seed=12),
+                "mpt-math": expert(400, 3e-3, seed=13, seq_len=512),
             },
+            # continuations know the domains already; from-scratch experts still learn their language
+            skill_share={"homogeneous": 0.6, "heterogeneous": 0.6},
         ),
         val_docs=16,
         val_max_length=256,
@@ -252,6 +277,7 @@ def _micro_preset() -> Preset:
                 "neox-docs": run(100, 5e-3, seed=12),
                 "mpt-math": run(100, 5e-3, seed=13),
             },
+            skill_share={"homogeneous": 0.25, "heterogeneous": 0.25},
         ),
         val_docs=6,
         val_max_length=128,
@@ -483,7 +509,13 @@ class _Builder:
             model = AutoModelForCausalLM.from_pretrained(self.zoo / recipe.parent, dtype=torch.float32)
         else:
             model = AutoModelForCausalLM.from_config(_model_config(recipe, tokenizer), dtype=torch.float32)
-        stream = self.token_stream(recipe.tokenizer, recipe.domain, recipe.train.tokens)
+        skill_tokens = round(recipe.train.tokens * recipe.skill_share) if recipe.skills else 0
+        stream = self.token_stream(recipe.tokenizer, recipe.domain, recipe.train.tokens - skill_tokens)
+        if skill_tokens:
+            import numpy as np
+
+            skill_stream = self.skill_stream(recipe.tokenizer, recipe.skills, skill_tokens, recipe.train.seed)
+            stream = np.concatenate([stream, skill_stream])
         batches = training.token_batches(
             stream, recipe.train.batch_size, recipe.train.seq_len, recipe.train.seed
         )
@@ -561,6 +593,24 @@ class _Builder:
             at += 1 + len(ids)
         return stream
 
+    def skill_stream(self, tokenizer: str, skill_set: tuple[str, ...], n_tokens: int, seed: int) -> np.ndarray:
+        """At least ``n_tokens`` tokens of documents teaching ``skill_set`` (:func:`harness.skills.training_documents`,
+        train side of the split only), each preceded by EOS; a document's pieces are tokenised one by one."""
+        import numpy as np
+
+        tok = self.tokenizer(tokenizer)
+        documents = skills.training_documents(skill_set, seed)
+        encoded: list[np.ndarray] = []
+        total = 0
+        while total < n_tokens:
+            batch = [next(documents) for _ in range(64)]
+            ids = iter(tok([piece for doc in batch for piece in doc], add_special_tokens=False)["input_ids"])
+            for doc in batch:
+                tokens = [tok.eos_token_id, *(t for _ in doc for t in next(ids))]
+                encoded.append(np.asarray(tokens, dtype=np.int64))
+                total += len(tokens)
+        return np.concatenate(encoded)
+
     def _card(self, recipe, expected_hash, model, tokenizer, stats, val) -> dict[str, Any]:
         import tokenizers
         import torch
@@ -577,6 +627,7 @@ class _Builder:
             "vocab_size": len(tokenizer),
             "params": sum(p.numel() for p in model.parameters()),
             "domain": recipe.domain,
+            "skills": list(recipe.skills),
             "family": recipe.family,
             "parent": recipe.parent,
             "preset": self.spec.name,

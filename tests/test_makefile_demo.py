@@ -36,6 +36,10 @@ def make_demo(tmp_path: Path, zoo_has_exit: int, *make_args: str) -> tuple[subpr
     return done, calls.read_text().splitlines() if calls.exists() else []
 
 
+RUN = ("run --fuser fusechat --name demo-fusechat --suite perplexity --suite bbh-mini --suite humaneval-mini "
+       "--allow-code-exec --suite mtbench")
+
+
 def run_line(calls: list[str]) -> str:
     (line,) = [c for c in calls if c.startswith("run ")]
     return line
@@ -45,9 +49,8 @@ def test_demo_judges_mtbench_with_smollm2_when_it_is_in_the_zoo(tmp_path: Path) 
     done, calls = make_demo(tmp_path, 0)
     assert done.returncode == 0, done.stderr
     assert "zoo has smollm2-135m" in calls
-    assert run_line(calls) == ("run --fuser fusechat --name demo-fusechat --judge-model zoo:smollm2-135m "
-                               "--set mtbench.categories=[writing] --set mtbench.max_gen_toks=64 "
-                               "--set mtbench.judge_max_tokens=64")
+    assert run_line(calls) == (RUN + " --judge-model zoo:smollm2-135m --set mtbench.categories=[writing] "
+                               "--set mtbench.max_gen_toks=64 --set mtbench.judge_max_tokens=64")
     assert "demo: MT-Bench judged by zoo:smollm2-135m, a small local model, on a part only" in done.stdout
 
 
@@ -55,7 +58,7 @@ def test_demo_leaves_mtbench_unjudged_when_smollm2_is_not_added(tmp_path: Path) 
     done, calls = make_demo(tmp_path, 1)
     assert done.returncode == 0, done.stderr
     assert "zoo has smollm2-135m" in calls and not any(c.startswith("zoo add") for c in calls)
-    assert run_line(calls) == "run --fuser fusechat --name demo-fusechat"
+    assert run_line(calls) == RUN
     assert "demo: so MT-Bench answers are stored, not judged" in done.stdout
 
 
@@ -63,9 +66,16 @@ def test_demo_without_a_judge_does_not_ask_the_zoo(tmp_path: Path) -> None:
     done, calls = make_demo(tmp_path, 0, "DEMO_JUDGE=")
     assert done.returncode == 0, done.stderr
     assert not any(c.startswith("zoo has") for c in calls)
-    assert run_line(calls) == "run --fuser fusechat --name demo-fusechat"
+    assert run_line(calls) == RUN
 
 
 def test_demo_stops_on_a_bad_judge_name(tmp_path: Path) -> None:
     done, calls = make_demo(tmp_path, 2, "DEMO_JUDGE=smollm2-13m")
     assert done.returncode != 0 and not any(c.startswith("run ") for c in calls)
+
+
+def test_demo_shows_the_skills_per_task_after_the_run(tmp_path: Path) -> None:
+    done, calls = make_demo(tmp_path, 1)
+    assert calls[0] == "zoo build"
+    after = calls[calls.index(run_line(calls)) + 1:]
+    assert after == ["leaderboard --suite bbh-mini --suite humaneval-mini --per-task", "skills demo-fusechat"]

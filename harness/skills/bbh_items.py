@@ -8,9 +8,11 @@ suite is stored under its own name so its scores are never mistaken for real BBH
 
 from __future__ import annotations
 
+import functools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness.skills import SPLITS, Split, split_of
 
@@ -100,7 +102,7 @@ _WORDS = (
 
 
 def word_sorting(rng: random.Random) -> Item:
-    words = rng.sample(_WORDS, rng.randint(3, 6))
+    words = rng.sample(_WORDS, rng.randint(2, 4))
     ordered = sorted(words)
     steps = f"The first letters in order give: {', '.join(ordered)}."
     return Item("Sort the following words alphabetically: List: " + " ".join(words), " ".join(ordered), steps)
@@ -188,6 +190,39 @@ def web_of_lies(rng: random.Random) -> Item:
     return Item(text, "Yes" if truthful else "No", " ".join(reasoning))
 
 
+# --- hyperbaton ----------------------------------------------------------------------------------
+
+#: English's order of adjective kinds before a noun, with a few adjectives of each kind
+_ADJECTIVE_KINDS = (
+    ("opinion", ("lovely", "terrible", "nice", "awful", "wonderful", "silly", "obnoxious", "good")),
+    ("size", ("big", "small", "tiny", "enormous", "huge", "little", "large", "massive")),
+    ("age", ("old", "new", "ancient", "brand-new", "old-fashioned", "young")),
+    ("shape", ("square", "circular", "triangular", "rectangular", "spherical", "prismlike")),
+    ("color", ("red", "blue", "green", "gray", "white", "black", "yellow", "purple")),
+    ("origin", ("Japanese", "Brazilian", "Mexican", "Egyptian", "Turkish", "Iranian", "Chinese", "German")),
+    ("material", ("wool", "plastic", "paper", "glass", "steel", "leather", "cloth", "rubber")),
+    ("purpose", ("drinking", "walking", "hiking", "smoking", "eating", "exercise", "typing", "snorkeling")),
+)
+_NOUNS = ("ship", "knife", "sweater", "car", "match", "shoe", "bag", "box", "watch", "chair", "spoon", "cup",
+          "lamp", "table", "rug", "dog", "cat", "house", "book", "bottle")
+
+
+def hyperbaton(rng: random.Random) -> Item:
+    """``Which sentence has the correct adjective order: Options: (A) rubber terrible ship (B) terrible rubber
+    ship`` -> ``(B)``: two adjectives of different kinds (BBH has up to five), one option in English order."""
+    kinds = sorted(rng.sample(range(len(_ADJECTIVE_KINDS)), 2))
+    adjectives = [rng.choice(_ADJECTIVE_KINDS[k][1]) for k in kinds]
+    noun = rng.choice(_NOUNS)
+    right, wrong = " ".join([*adjectives, noun]), " ".join([*reversed(adjectives), noun])
+    correct_first = rng.random() < 0.5
+    options = (right, wrong) if correct_first else (wrong, right)
+    text = f"Which sentence has the correct adjective order:\nOptions:\n(A) {options[0]}\n(B) {options[1]}"
+    names = [_ADJECTIVE_KINDS[k][0] for k in kinds]
+    steps = (f"{adjectives[0]} is {names[0]} and {adjectives[1]} is {names[1]}; "
+             f"{names[0]} comes before {names[1]}, so the right order is {right}.")
+    return Item(text, "(A)" if correct_first else "(B)", steps)
+
+
 GENERATORS: dict[str, Callable[[random.Random], Item]] = {
     "boolean_expressions": boolean_expressions,
     "multistep_arithmetic_two": multistep_arithmetic_two,
@@ -196,6 +231,7 @@ GENERATORS: dict[str, Callable[[random.Random], Item]] = {
     "object_counting": object_counting,
     "navigate": navigate,
     "web_of_lies": web_of_lies,
+    "hyperbaton": hyperbaton,
 }
 
 
@@ -229,3 +265,63 @@ def generate(task: str, n: int, seed: int, split: Split = "eval") -> list[Item]:
 def exemplars(task: str, k: int = 3) -> list[Item]:
     """Few-shot exemplars: eval-side items from a seed the test items never use."""
     return generate(task, k, seed=_EXEMPLAR_SEED)
+
+
+# --- the prompt format: lm-eval's BBH task definitions ----------------------------------------------
+
+_BUILTIN_DIR = {"cot": "cot_fewshot", "direct": "fewshot"}
+#: lm-eval's joins: between exemplars, and between an exemplar's question and its target (direct: lm-eval's
+#: default " "; cot: the builtin task's ``target_delimiter: ""``, its question already ends in a newline).
+FEWSHOT_DELIMITER = "\n\n"
+TARGET_DELIMITER = {"direct": " ", "cot": ""}
+
+
+def lm_eval_bbh_dir() -> Path:
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent / "bbh"
+
+
+def builtin_yaml(task: str, mode: str) -> Path:
+    """lm-eval's task definition of BBH ``task`` in ``mode`` (``cot`` or ``direct``)."""
+    return lm_eval_bbh_dir() / _BUILTIN_DIR[mode] / f"{task}.yaml"
+
+
+@functools.cache
+def _builtin(task: str, mode: str) -> tuple[str, str]:
+    """(description, question template) of lm-eval's builtin task; the template's one field is ``{{input}}``."""
+    import yaml
+
+    spec = yaml.safe_load(builtin_yaml(task, mode).read_text(encoding="utf-8"))
+    template = spec["doc_to_text"]
+    if template.replace("{{input}}", "").count("{{"):
+        raise ValueError(f"lm-eval's {task} ({mode}) prompt has fields besides input: {template!r}")
+    return spec.get("description", ""), template
+
+
+def question(task: str, item: Item, mode: str) -> str:
+    """The question as lm-eval's builtin task writes it (``Q: ...\\nA:``, plus the CoT opener in ``cot``)."""
+    return _builtin(task, mode)[1].replace("{{input}}", item.input)
+
+
+def answer(item: Item, mode: str) -> str:
+    """What an exemplar shows after its question: the target (direct) or the worked steps and the target (cot)."""
+    return TARGET_DELIMITER[mode] + (item.target if mode == "direct" else item.cot_target())
+
+
+def fewshot_prompt(task: str, shots: Sequence[Item], item: Item | None, mode: str) -> str:
+    """The text lm-eval puts before a model's answer: description, solved exemplars, then ``item``'s question
+    (none: just the solved exemplars, which is how the zoo's skill documents read)."""
+    parts = [question(task, s, mode) + answer(s, mode) for s in shots]
+    if item is not None:
+        parts.append(question(task, item, mode))
+    return _builtin(task, mode)[0] + FEWSHOT_DELIMITER.join(parts)
+
+
+def training_items(task: str, seed: int) -> Iterator[Item]:
+    """An endless stream of ``task`` items from the train side of the split (repeats possible on small tasks)."""
+    rng = random.Random(f"bbh-mini/{task}/train-stream/{seed}")
+    while True:
+        item = GENERATORS[task](rng)
+        if split_of(task, item.input) == "train":
+            yield item

@@ -28,7 +28,7 @@ Zoo use: ``[p.training_text() for p in generate(n, seed, split="train")]``.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -333,3 +333,13 @@ def generate(n: int, seed: int, split: Split = "eval") -> list[Problem]:
         seen.add(problem.prompt)
         problems.append(replace(problem, task_id=f"{TASK_ID_PREFIX}/{len(problems)}"))
     return problems
+
+
+def training_problems(seed: int) -> Iterator[Problem]:
+    """An endless stream of train-side problems, families at random (repeats possible: it is training data)."""
+    rng = random.Random(f"humaneval-mini/train-stream/{seed}")
+    families = list(FAMILIES)
+    while True:
+        problem = _problem(rng.choice(families), rng)
+        if split_of(SPLIT_TASK, problem.prompt) == "train":
+            yield problem

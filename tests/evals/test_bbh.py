@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.skills import bbh_items as gen
 from evals.bbh import (
     BBH,
     STOP,
@@ -24,6 +23,7 @@ from evals.bbh import (
 )
 from harness.api import EvalContext
 from harness.errors import BenchError
+from harness.skills import bbh_items as gen
 
 BBH_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "bbh" / "tasks"
 needs_bbh = pytest.mark.skipif(not BBH_DIR.is_dir(), reason="../shared/data/bbh/tasks not present")
@@ -100,7 +100,7 @@ def test_lm_eval_pipeline_uses_the_rule_and_the_stops(tmp_path):
     written = yaml.safe_load((tmp_path / "work" / "tasks" / "fb_bbh_cot_navigate.yaml").read_text())
     assert written["generation_kwargs"]["until"] == STOP == ["\n\nQ:", "</s>"]
     assert written["generation_kwargs"]["max_gen_toks"] == 1024
-    assert BBH.version == BBHMini.version == "2"
+    assert BBH.version == "2" and BBHMini.version == "3"
 
 
 def test_direct_mode_and_the_length_cap_are_configurable(tmp_path):
@@ -222,12 +222,13 @@ def test_generators_are_deterministic_and_correct():
 
 
 class _OracleLM:
-    """Answers bbh-mini items correctly in CoT form, by regenerating the items."""
+    """Answers bbh-mini items correctly in ``mode``'s form, by regenerating the items."""
 
-    def __new__(cls):
+    def __new__(cls, mode: str = "cot"):
         from lm_eval.api.model import LM
 
-        answers = {i.input: i.cot_target() for t in gen.GENERATORS for i in gen.generate(t, 5, seed=0)}
+        answers = {i.input: i.cot_target() if mode == "cot" else i.target
+                   for t in gen.GENERATORS for i in gen.generate(t, 5, seed=0)}
 
         class Oracle(LM):
             def generate_until(self, requests):
@@ -242,9 +243,11 @@ class _OracleLM:
         return Oracle()
 
 
-def test_bbh_mini_with_an_oracle_is_perfect(tmp_path):
-    res = BBHMini().evaluate(_OracleLM(), MiniConfig(n_per_task=5), EvalContext(workdir=tmp_path))
+@pytest.mark.parametrize("mode", ["direct", "cot"])
+def test_bbh_mini_with_an_oracle_is_perfect(tmp_path, mode):
+    assert MiniConfig().mode == "direct"  # what the zoo learns
+    res = BBHMini().evaluate(_OracleLM(mode), MiniConfig(n_per_task=5, mode=mode), EvalContext(workdir=tmp_path))
     scores = {s.task: s.value for s in res.scores}
     assert set(scores) == set(gen.GENERATORS) | {"macro", "weighted"}
     assert all(v == 1.0 for v in scores.values()), scores
-    assert len(res.samples) == 35 and all(s.extracted == s.target for s in res.samples)
+    assert len(res.samples) == 5 * len(gen.GENERATORS) and all(s.extracted == s.target for s in res.samples)
