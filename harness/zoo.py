@@ -277,7 +277,7 @@ def _micro_preset() -> Preset:
                 "neox-docs": run(100, 5e-3, seed=12),
                 "mpt-math": run(100, 5e-3, seed=13),
             },
-            skill_share={"homogeneous": 0.25, "heterogeneous": 0.25},
+            skill_share={"homogeneous": 0.1, "heterogeneous": 0.1},  # micro learns no skill: the path is tested
         ),
         val_docs=6,
         val_max_length=128,

@@ -106,7 +106,7 @@ def test_eval_all_suites_offline_with_a_loopback_judge(home, tmp_path, capsys):
     (run,) = rows(db, "select * from runs")
     assert run["status"] == "ok" and run["kind"] == "eval"
     per_suite = {r["suite"]: r["n"] for r in rows(db, "select suite, count(*) as n from samples group by suite")}
-    assert per_suite == {"bbh-mini": 7 * 2, "humaneval": 2, "mtbench": 2 * 2}
+    assert per_suite == {"bbh-mini": 8 * 2, "humaneval": 2, "mtbench": 2 * 2}
     scores = {(r["suite"], r["task"], r["metric"]): r["value"] for r in rows(db, "select * from scores")}
     assert scores[("mtbench", "overall", "score")] == 7.0
     assert scores[("mtbench", "overall", "judge_std")] == 0.0
