@@ -314,7 +314,8 @@ class BBHMini:
     """Generated BBH-format items for 8 tasks; offline; its own suite name."""
 
     name: ClassVar[str] = "bbh-mini"
-    # 3: items from the eval side of the skills split; hyperbaton; word_sorting 2-4 words; object_counting 2-4 kinds + 0-2 others
+    # 3: items from the eval side of the skills split; hyperbaton; word_sorting 2-4 words;
+    # object_counting 2-4 kinds + 0-2 others
     version: ClassVar[str] = "3"
     Config: ClassVar[type[BaseModel]] = MiniConfig
 

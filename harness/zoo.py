@@ -18,8 +18,8 @@ from the train side of a split the suites never score, take ``skill_share`` of a
 enough for a 3-shot prompt (768 tokens; MPT 512).
 
 Presets scale the same members: ``default`` (~1M-parameter models, about 5 minutes on 2 cores) and ``micro``
-(~50k parameters, tens of seconds, for tests; it learns no skill, but trains on them). A zoo directory remembers the preset it was built with;
-before its first build that is ``$BENCH_ZOO_PRESET`` or ``default``.
+(~50k parameters, tens of seconds, for tests; it learns no skill, but trains on them). A zoo directory
+remembers the preset it was built with; before its first build that is ``$BENCH_ZOO_PRESET`` or ``default``.
 
 Each member is a plain ``save_pretrained`` folder, ``zoo_dir()/NAME``, loadable with
 ``AutoModelForCausalLM`` / ``AutoTokenizer`` offline, plus a ``zoo.json`` card (recipe, recipe hash,
@@ -147,12 +147,12 @@ _MEMBER_TABLE = (
 
 
 def _members(
-    models: dict[str, dict[str, Any]], train: dict[str, TrainConfig], skill_share: dict[str, float]
+    models: dict[str, dict[str, Any]], train: dict[str, TrainConfig], skill_share: float
 ) -> tuple[Recipe, ...]:
     """The members with a preset's model sizes (per architecture) and training runs (per member).
 
     Continuations get no model kwargs: they inherit their parent's config and weights. Every domain expert
-    learns its domain's skills (:data:`harness.skills.ZOO_SKILLS`) in ``skill_share[family]`` of its tokens;
+    learns its domain's skills (:data:`harness.skills.ZOO_SKILLS`) in ``skill_share`` of its tokens;
     the base, trained on the mix, learns none.
     """
     return tuple(
@@ -167,7 +167,7 @@ def _members(
             parent,
             description,
             skills.ZOO_SKILLS.get(domain, ()),
-            skill_share[family] if domain in skills.ZOO_SKILLS else 0.0,
+            skill_share if domain in skills.ZOO_SKILLS else 0.0,
         )
         for name, arch, tok, domain, family, parent, description in _MEMBER_TABLE
     )
@@ -251,8 +251,7 @@ def _default_preset() -> Preset:
                 "neox-docs": expert(400, 3e-3, seed=12),
                 "mpt-math": expert(400, 3e-3, seed=13, seq_len=512),
             },
-            # continuations know the domains already; from-scratch experts still learn their language
-            skill_share={"homogeneous": 0.6, "heterogeneous": 0.6},
+            skill_share=0.6,
         ),
         val_docs=16,
         val_max_length=256,
@@ -283,7 +282,7 @@ def _micro_preset() -> Preset:
                 "neox-docs": run(100, 5e-3, seed=12),
                 "mpt-math": run(100, 5e-3, seed=13),
             },
-            skill_share={"homogeneous": 0.1, "heterogeneous": 0.1},  # micro learns no skill: the path is tested
+            skill_share=0.1,  # micro learns no skill: the path is tested
         ),
         val_docs=6,
         val_max_length=128,

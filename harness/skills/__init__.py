@@ -3,8 +3,8 @@
 Every generated item -- a ``bbh-mini`` question (:mod:`harness.skills.bbh_items`) or a ``humaneval-mini``
 problem (:mod:`harness.skills.functions`) -- falls on one side of a fixed split decided by a hash of its task
 and text (:func:`split_of`): the suites draw their test items and few-shot exemplars from the ``eval`` side
-only, the zoo trains on the ``train`` side only. The split is a property of the item, not of a seed, so no choice of ``data_seed`` and no number of
-training items can make the two meet (``tests/test_skills.py`` checks it over every task).
+only, the zoo trains on the ``train`` side only. The split is a property of the item, not of a seed, so no
+choice of ``data_seed`` and no number of training items can make the two meet (``tests/test_skills.py`` checks it over every task).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ ZOO_SKILLS: dict[str, tuple[str, ...]] = {
     "math": ("object_counting",),
     "docs": ("hyperbaton",),
 }
+
+
 def skill_names() -> tuple[str, ...]:
     """Every skill a zoo member can be trained on: the bbh-mini tasks and ``humaneval_mini``."""
     from harness.skills import bbh_items
