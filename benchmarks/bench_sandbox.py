@@ -1,4 +1,4 @@
-"""Benchmark evals/_sandbox.py: HumanEval programs per second, before and after the judge/solution split.
+"""Benchmark harness/sandbox: HumanEval programs per second, before and after the judge/solution split.
 
 Run: ``.venv/bin/python benchmarks/bench_sandbox.py`` (about a minute on 2 cores; ``--quick``: 40 problems,
 one round). Root gives the full sandbox (uids of their own, namespaces); as another user both sides run
@@ -11,10 +11,10 @@ three alike:
 * **before**: the sandbox at ``--baseline-ref`` (default: the last commit before the split), loaded from
   git: one process per problem running prompt + completion + tests + ``check(entry_point)``, with the
   privilege drop to a shared ``nobody`` and a network namespace;
-* **one process, now**: the same joined programs through today's :func:`evals._sandbox.run_programs`
+* **one process, now**: the same joined programs through today's :func:`harness.sandbox.run_programs`
   (today's isolation: uids of their own, PID/mount/IPC namespaces, seccomp), to tell the cost of the
   isolation from that of the split;
-* **code tests, now**: what the suite runs, :func:`evals._sandbox.run_code_tests` (two processes per
+* **code tests, now**: what the suite runs, :func:`harness.sandbox.run_code_tests` (two processes per
   problem, calls across a pipe).
 
 Printed per way: the median over rounds of programs/s, the spread (min-max), and the ratio to *before*;
@@ -39,15 +39,15 @@ from types import ModuleType
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evals._sandbox import Limits, run_code_tests, run_programs  # noqa: E402
 from evals.humaneval import SANDBOX_WORKERS, Problem, load_problems  # noqa: E402
+from harness.sandbox import Limits, run_code_tests, run_programs  # noqa: E402
 
 #: The last commit whose sandbox ran each HumanEval program in one process.
 DEFAULT_BASELINE_REF = "d53954a"
 
 
 def load_baseline(ref: str) -> ModuleType:
-    """``evals/_sandbox.py`` as it was at ``ref``, imported under another name."""
+    """The sandbox as it was at ``ref`` (then ``evals/_sandbox.py``), imported under another name."""
     source = subprocess.run(["git", "-C", str(REPO), "show", f"{ref}:evals/_sandbox.py"], check=True,
                             capture_output=True, text=True).stdout
     with tempfile.TemporaryDirectory(prefix="bench-sandbox-") as folder:  # the module needs no file once loaded

@@ -17,7 +17,7 @@ Generation goes through lm-eval's ``LM`` interface directly: one ``generate_unti
 (problem, sample) with the prompt, the stop sequences of the Codex paper and ``max_gen_toks``.
 Greedy by default; ``samples > 1`` with ``temperature > 0`` samples, seeded from the run's seed.
 
-Every completion is appended to its prompt (the *solution*) and judged in :mod:`evals._sandbox` by
+Every completion is appended to its prompt (the *solution*) and judged in :mod:`harness.sandbox` by
 the problem's test code and ``check(<entry_point>)``, which run in a process of their own. The prompt
 runs there too, when it is valid Python on its own, so its imports and helpers (HumanEval/38's
 ``encode_cyclic``) are the dataset's, not the completion's; ``candidate`` is a proxy that calls the
@@ -57,9 +57,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field, model_validator
 
-from evals._sandbox import CodeTest, Limits, run_code_tests
 from harness.api import EvalContext, EvalResult, Sample, Score
 from harness.errors import BenchError, did_you_mean
+from harness.sandbox import CodeTest, Limits, run_code_tests
 
 if TYPE_CHECKING:
     from lm_eval.api.model import LM

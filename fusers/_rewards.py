@@ -15,9 +15,9 @@ Built-in rewards (:func:`make_reward` builds them from a spec string):
 * ``math_steps`` — :class:`ArithmeticStepsReward`: the share of the response's ``a op b = c`` steps (and of
   its final answer, given a reference) that are correct: verifiable partial credit.
 * ``code`` — :class:`UnitTestReward`: the reference tests (asserts) judge the response's code in the
-  HumanEval sandbox (:mod:`evals._sandbox`), each in a process of its own, so a response cannot fake
+  code sandbox (:mod:`harness.sandbox`), each in a process of its own, so a response cannot fake
   a pass (always-equal objects, frame inspection); 1.0 when the tests run to their end. A sandbox
-  that cannot run a program raises :class:`~evals._sandbox.SandboxError` (never a silent 0).
+  that cannot run a program raises :class:`~harness.sandbox.SandboxError` (never a silent 0).
 * ``reward_model:PATH`` — :class:`RewardModelReward`: an HF sequence-classification model; the score is
   its logit for prompt + response (single-label head: logit 0, else the last label's logit).
 * ``judge`` — :class:`JudgeReward`: an LLM judge through :mod:`evals._judge` (HTTP endpoint or local
@@ -46,7 +46,7 @@ from harness.errors import BenchError, did_you_mean
 
 if TYPE_CHECKING:
     from evals._judge import ChatJudge, Message
-    from evals._sandbox import CodeTest, Limits, Outcome
+    from harness.sandbox import CodeTest, Limits, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class UnitTestReward:
     """1.0 when the reference tests, judging the response's code in the sandbox, run to their end.
 
     The tests run in a process of their own and call the solution's top-level functions by name
-    through proxies that pass plain data (:mod:`evals._sandbox`); a test may use any function the
+    through proxies that pass plain data (:mod:`harness.sandbox`); a test may use any function the
     solution defines, not its other globals. ``include_prompt=False`` (default; chat-style prompts):
     the solution is the response's code (:func:`extract_code`). ``include_prompt=True`` (HumanEval-style
     completion prompts, a signature plus docstring): the solution is prompt + response, cut at
@@ -210,7 +210,7 @@ class UnitTestReward:
 
     def __init__(self, *, limits: Limits | None = None, timeout_s: float = 5.0, memory_mb: int = 512,
                  workers: int = 2, include_prompt: bool = False):
-        from evals._sandbox import Limits
+        from harness.sandbox import Limits
 
         self.limits = limits or Limits(timeout_s=timeout_s, memory_mb=memory_mb)
         self.workers = max(1, workers)
@@ -218,7 +218,7 @@ class UnitTestReward:
         self.last_outcomes: list[Outcome] = []
 
     def code_test(self, prompt: str, response: str, tests: str) -> CodeTest:
-        from evals._sandbox import CodeTest
+        from harness.sandbox import CodeTest
 
         if not self.include_prompt:
             return CodeTest(solution=extract_code(response), tests=tests)
@@ -231,7 +231,7 @@ class UnitTestReward:
         return CodeTest(solution=solution, tests=tests, preamble=prompt, required=(completed,))
 
     def score(self, prompts: list[str], responses: list[str], references: list[str | None]) -> list[float]:
-        from evals._sandbox import run_code_tests
+        from harness.sandbox import run_code_tests
 
         _check_batch(prompts, responses, references)
         _require_references(self.name, references)

@@ -224,7 +224,7 @@ FORGING_COMPLETIONS = {
 
 @pytest.mark.parametrize("forgery", list(FORGING_COMPLETIONS))
 def test_completions_that_forge_a_pass_in_one_process_score_zero(tmp_path: Path, problems: list, forgery: str) -> None:
-    from evals._sandbox import run_program
+    from harness.sandbox import run_program
 
     completion = FORGING_COMPLETIONS[forgery]
     first = problems[0]

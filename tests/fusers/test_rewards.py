@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from evals._sandbox import Limits, SandboxError
 from fusers._rewards import (
     REWARD_NAMES,
     UNRATED_SCORE,
@@ -26,6 +25,7 @@ from fusers._rewards import (
     vote,
 )
 from harness.errors import BenchError
+from harness.sandbox import Limits, SandboxError
 from tests.evals.test_judge import ListJudge, serving
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from evals._sandbox import (
+from harness.sandbox import (
     SANDBOX_UIDS,
     CodeTest,
     Limits,

@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from evals._sandbox import CodeTest, Limits, Outcome, run_code_test, run_code_tests, run_program
-from evals._sandbox_child import MAX_DEPTH, MESSAGE_CAP, NotPlainData, decode, encode, to_plain
+from harness.sandbox import CodeTest, Limits, Outcome, run_code_test, run_code_tests, run_program
+from harness.sandbox.child import MAX_DEPTH, MESSAGE_CAP, NotPlainData, decode, encode, to_plain
 
 LIMITS = Limits(timeout_s=5.0, memory_mb=256)
 # total(xs) should be sum(xs); the tests use ==, abs() and a helper from the trusted preamble

@@ -6,7 +6,7 @@ Used by the HumanEval suite and ProFuser's ``code`` reward, through :func:`run_c
   tests' process (the *judge*) sees each of the solution's top-level functions as a proxy; a call
   sends its arguments over a pipe as plain data, the solution's process calls the real function and
   sends the result back the same way, and the judge's own interpreter rebuilds it. Plain data is JSON
-  with tags (:func:`evals._sandbox_child.to_plain`): None, bools, ints, floats (nan and infinities
+  with tags (:func:`harness.sandbox.child.to_plain`): None, bools, ints, floats (nan and infinities
   included), strings, bytes, complex numbers, and lists, tuples, dicts, sets and frozensets of these;
   subclasses of these types arrive as the base type (a namedtuple as a tuple, a Counter as a dict).
 * The verdict is the judge's: it passes when the tests run to their end and the solution broke no
@@ -21,11 +21,13 @@ Used by the HumanEval suite and ProFuser's ``code`` reward, through :func:`run_c
 :func:`run_program` runs one whole program in one process; it *passes* when it runs to its last line.
 That is the unit the confinement tests use; as a verdict on untrusted code it can be faked (below).
 
-Every process is a fresh interpreter (``sys.executable -I -S -B evals/_sandbox_child.py``, fork+exec,
+Every process is a fresh interpreter (``sys.executable -I -S -B harness/sandbox/child.py``, fork+exec,
 never a fork of the harness). It reads its instructions from stdin, confines itself, writes an ``iso``
 line naming the defences in force to a private report pipe, and only then runs the code it was given.
 A pass is ``ok <nonce>`` on the report pipe of the judge (or of the program) with exit status 0; exit
 status and output alone are never trusted, so ``sys.exit(0)``, ``os._exit(0)`` or a printed marker fail.
+The child's side is :mod:`harness.sandbox.child`; watching a run's pipes and exits is
+:mod:`harness.sandbox.watch`.
 
 Defences, outermost first (each one is there because the ones inside it can be bypassed):
 
@@ -105,7 +107,6 @@ import json
 import math
 import os
 import secrets
-import selectors
 import shutil
 import signal
 import subprocess
@@ -114,18 +115,18 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from harness.sandbox.watch import Child, kill_group, watch
 
 #: The uids (and gids, same numbers) a root harness hands out, one per running sandboxed process.
 SANDBOX_UIDS = range(0x7F00_0000, 0x7F00_0000 + 4096)
 #: The shared fallback when :data:`SANDBOX_UIDS` is not mapped in this user namespace.
 NOBODY = 65534
 
-_CHILD_SCRIPT = Path(__file__).with_name("_sandbox_child.py")
-_REPORT_CAP = 64 << 10  # the report pipe carries a few short lines; more is the program scribbling on it
-_DRAIN_S = 1.0  # after the kill, how long to wait for the pipes to close
+_CHILD_SCRIPT = Path(__file__).with_name("child.py")
 
 
 class SandboxError(RuntimeError):
@@ -247,17 +248,6 @@ class _Role:
         return tuple(v for k, v in self.fields.items() if k.endswith("_fd"))
 
 
-@dataclass
-class _Child:
-    role: str
-    process: subprocess.Popen[bytes]
-    report_fd: int
-    decides: bool
-    report: bytearray = field(default_factory=bytearray)
-    #: Exit status (negative: the signal) when it ended before the harness killed the run, else None.
-    early_exit: int | None = None
-
-
 class _Pipes:
     """The pipe ends of one run; every end still open is closed on exit."""
 
@@ -296,7 +286,7 @@ def _execute(roles: list[_Role], limits: Limits, pipes: _Pipes) -> Outcome:
         "tmpfs_bytes": limits.tmpfs_mb << 20,
     }
     output_read, output_write = pipes.open()
-    children: list[_Child] = []
+    children: list[Child] = []
     start = time.monotonic()
     with contextlib.ExitStack() as stack:
         for role in roles:
@@ -310,13 +300,13 @@ def _execute(roles: list[_Role], limits: Limits, pipes: _Pipes) -> Outcome:
             process = _spawn(header, (report_write, *role.fds), workdir, output_write)
             stack.callback(_reap, process)
             pipes.close(report_write, *role.fds)
-            children.append(_Child(role.name, process, report_read, role.decides))
+            children.append(Child(role.name, process, report_read, role.decides))
         pipes.close(output_write)
         try:
-            verdict, output = _watch(children, output_read, start + limits.timeout_s, limits.max_output_bytes)
+            verdict, output = watch(children, output_read, start + limits.timeout_s, limits.max_output_bytes)
         except BaseException:  # e.g. Ctrl-C: never leave a group running (the stack then reaps them)
             for child in children:
-                _kill_group(child.process.pid)
+                kill_group(child.process.pid)
             raise
         for child in children:
             child.process.wait()
@@ -346,7 +336,7 @@ def _spawn(header: dict[str, Any], pass_fds: tuple[int, ...], workdir: Path, out
 def _reap(process: subprocess.Popen[bytes]) -> None:
     """Kill the group of a child not reaped yet (its pid, the group id, is still ours), then reap it."""
     if process.returncode is None:
-        _kill_group(process.pid)
+        kill_group(process.pid)
         process.wait()
 
 
@@ -417,118 +407,7 @@ def _uid_lock_dir() -> Path:
     return directory
 
 
-def _watch(children: list[_Child], output_fd: int, deadline: float, cap: int) -> tuple[str | None, bytes]:
-    """Collect output and reports until the deciding child exits, the deadline passes or the cap is hit.
-
-    Then every group is killed. Returns (verdict, output): verdict is ``"timeout"``, ``"output"`` or
-    None (it exited). No child is reaped here, so a pid, which is also its group id, cannot be reused
-    by an unrelated process before ``killpg`` runs.
-    """
-    deciding = next(c for c in children if c.decides)
-    output = bytearray()
-    buffers = {output_fd: output, **{c.report_fd: c.report for c in children}}
-    caps = {output_fd: cap, **{c.report_fd: _REPORT_CAP for c in children}}
-    pidfds = [_pidfd_open(c.process.pid) for c in children]
-    verdict: str | None = None
-    with selectors.DefaultSelector() as sel:
-        for fd in buffers:
-            sel.register(fd, selectors.EVENT_READ)
-        watched = [fd for fd in pidfds if fd is not None]
-        for fd in watched:
-            sel.register(fd, selectors.EVENT_READ, data="exit")
-        poll_s = None if len(watched) == len(children) else 0.01  # without pidfds, poll for the exit
-        try:
-            while verdict is None and _exit_status(deciding.process.pid) is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    verdict = "timeout"
-                    break
-                for key, _ in sel.select(remaining if poll_s is None else min(remaining, poll_s)):
-                    if key.data == "exit":  # a pidfd stays readable once its process ended
-                        sel.unregister(key.fd)
-                        watched.remove(key.fd)
-                    elif not _read_into(sel, key.fd, buffers[key.fd], caps[key.fd]):
-                        verdict = "output"
-            if verdict is None:  # its report is complete: every writer is gone
-                _read_to_end(sel, deciding.report_fd, deciding.report, _REPORT_CAP, time.monotonic() + _DRAIN_S)
-            solution_gone = verdict is None and b"\ngone " in deciding.report
-            for child in children:
-                # When the judge lost the solution's process, that process is ending on its own: wait for
-                # how, briefly (its first process passes that on once the namespace's process is gone).
-                child.early_exit = _exit_status(child.process.pid, wait_s=_DRAIN_S if solution_gone else 0.0)
-                _kill_group(child.process.pid)
-            for fd in watched:
-                sel.unregister(fd)
-            # The writers are gone (or killed); take what is still in the pipes, within bounds.
-            drain_until = time.monotonic() + _DRAIN_S
-            while sel.get_map() and time.monotonic() < drain_until:
-                for key, _ in sel.select(max(0.0, drain_until - time.monotonic())):
-                    if not _read_into(sel, key.fd, buffers[key.fd], caps[key.fd]) and verdict is None:
-                        verdict = "output"
-        finally:
-            for fd in pidfds:
-                if fd is not None:
-                    os.close(fd)
-    return verdict, bytes(output)
-
-
-def _read_to_end(sel: selectors.BaseSelector, fd: int, buf: bytearray, cap: int, until: float) -> None:
-    """Read ``fd`` until its end (or its cap, or ``until``), leaving the other registered pipes alone."""
-    with selectors.DefaultSelector() as own:
-        own.register(fd, selectors.EVENT_READ)
-        while fd in sel.get_map() and time.monotonic() < until:
-            if own.select(max(0.0, until - time.monotonic())) and not _read_into(sel, fd, buf, cap):
-                break
-
-
-def _read_into(sel: selectors.BaseSelector, fd: int, buf: bytearray, cap: int) -> bool:
-    """Read what is available from ``fd``; False when that pushes ``buf`` past ``cap``."""
-    try:
-        chunk = os.read(fd, 65536)
-    except OSError:
-        chunk = b""
-    if not chunk:
-        sel.unregister(fd)
-        return True
-    room = cap - len(buf)
-    buf += chunk[: max(0, room)]
-    if len(chunk) > room:
-        sel.unregister(fd)
-        return False
-    return True
-
-
-def _pidfd_open(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None  # old kernel or platform: fall back to polling
-
-
-def _exit_status(pid: int, wait_s: float = 0.0) -> int | None:
-    """The child's exit status (negative: killed by that signal) once it exited, else None.
-
-    Waits up to ``wait_s`` for it. Leaves it a zombie (WNOWAIT), so its pid stays ours.
-    """
-    give_up = time.monotonic() + wait_s
-    while True:
-        try:
-            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return 0  # already reaped, which only the harness does: it exited
-        if info is not None:
-            return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
-        if time.monotonic() >= give_up:
-            return None
-        time.sleep(0.005)
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _conclude(children: list[_Child], verdict: str | None, output: bytes, nonce: str, limits: Limits,
+def _conclude(children: list[Child], verdict: str | None, output: bytes, nonce: str, limits: Limits,
               seconds: float) -> Outcome:
     """Turn what was observed into an Outcome; only the deciding child's nonce line means 'passed'.
 

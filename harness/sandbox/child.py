@@ -1,4 +1,4 @@
-"""The child side of :mod:`evals._sandbox`: a trusted bootstrap that confines a fresh interpreter, then plays a role.
+"""The child side of :mod:`harness.sandbox`: a trusted bootstrap that confines a fresh interpreter, then plays a role.
 
 The harness starts ``python -I -S -B <this file>`` and writes a JSON header to its stdin. Everything up
 to the ``iso`` report line is the sandbox's own work (confining the process); only then does code it
