@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, Field, model_validator
 
 from harness.api import EvalContext, EvalResult, Sample, Score
+from harness.code_completion import STOP_SEQUENCES, truncate_at_stop
 from harness.errors import BenchError, did_you_mean
 from harness.sandbox import CodeTest, Limits, run_code_tests
 
@@ -66,8 +67,6 @@ if TYPE_CHECKING:
 
 TASK = "humaneval"
 MINI_TASK = "humaneval-mini"
-#: Where a completion stops: the next top-level statement (Codex paper, and lm-eval's humaneval task).
-STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 PASS_AT_K = (1, 10, 100)
 #: doc_id = position * SAMPLE_STRIDE + sample index, when a problem has several samples.
 SAMPLE_STRIDE = 1000
@@ -335,12 +334,6 @@ def generate(lm: LM, problems: Sequence[Problem], cfg: Config | MiniConfig, *, s
                            f"for {len(requests)} requests")
     cut = [truncate_at_stop(str(o)) for o in outputs]
     return [cut[i * cfg.samples:(i + 1) * cfg.samples] for i in range(len(problems))]
-
-
-def truncate_at_stop(text: str, stops: Sequence[str] = STOP_SEQUENCES) -> str:
-    """Cut at the first stop sequence. HFLM already does; a custom ``LM`` may not."""
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
-    return text[:cut]
 
 
 def _seed_everything(seed: int) -> None:

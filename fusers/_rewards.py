@@ -222,7 +222,7 @@ class UnitTestReward:
 
         if not self.include_prompt:
             return CodeTest(solution=extract_code(response), tests=tests)
-        from evals.humaneval import truncate_at_stop
+        from harness.code_completion import truncate_at_stop
 
         solution = prompt + truncate_at_stop(response)
         completed = _last_function(prompt)

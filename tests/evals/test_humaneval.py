@@ -17,16 +17,15 @@ from pydantic import ValidationError
 from evals.humaneval import (
     OPT_IN_ENV,
     SAMPLE_STRIDE,
-    STOP_SEQUENCES,
     Config,
     HumanEval,
     load_problems,
     pass_at_k,
     score,
     score_predictions,
-    truncate_at_stop,
 )
 from harness.api import EvalContext
+from harness.code_completion import STOP_SEQUENCES, truncate_at_stop
 from harness.errors import BenchError
 
 OPT_IN_MESSAGE = ("humaneval runs model-generated code (fix: pass --allow-code-exec "

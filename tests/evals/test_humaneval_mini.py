@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from evals.humaneval import (
     OPT_IN_ENV,
     SAMPLE_STRIDE,
-    STOP_SEQUENCES,
     HumanEvalMini,
     MiniConfig,
     generated_problems,
@@ -23,6 +22,7 @@ from evals.humaneval import (
     score_predictions,
 )
 from harness.api import EvalContext
+from harness.code_completion import STOP_SEQUENCES
 from harness.errors import BenchError
 from harness.skills import split_of
 from harness.skills.functions import FAMILIES, SPLIT_TASK, generate
