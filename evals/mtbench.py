@@ -29,17 +29,17 @@ and stops at the next ``"\\nUser:"``. Decoding is greedy; all turn-1 prompts go 
 
 **Judging** is single-answer grading on 1-10. Questions in math/reasoning/coding are graded against
 their reference answer (when it has one); a turn-2 verdict sees the whole conversation but grades the
-second reply. The four judge prompts (plain / with reference, turn 1 / turn 2) are FuseBench's own
-wording unless ``judge_prompts`` points at FastChat's ``judge_prompts.jsonl`` (entries ``single-v1``,
-``single-math-v1``, ``single-v1-multi-turn``, ``single-math-v1-multi-turn``). The judge is an
-OpenAI-compatible endpoint (``judge_url``) or a local model (``judge_model`` alone); see
-:mod:`evals._judge`. Each answer is judged ``judge_repeats`` times. How a rating is read depends on the
-prompts, side by side:
+second reply. The four judge prompts (plain / with reference, turn 1 / turn 2;
+:mod:`harness.judge_prompts`) are FuseBench's own wording unless ``judge_prompts`` points at FastChat's
+``judge_prompts.jsonl`` (entries ``single-v1``, ``single-math-v1``, ``single-v1-multi-turn``,
+``single-math-v1-multi-turn``). The judge is an OpenAI-compatible endpoint (``judge_url``) or a local
+model (``judge_model`` alone); see :mod:`harness.judge`. Each answer is judged ``judge_repeats`` times.
+How a rating is read depends on the prompts, side by side:
 
 * FuseBench's own prompts: the *last* ``[[N]]`` (spaces allowed inside, 1 <= N <= 10) -- its prompts ask the
   judge to end with the rating, so an explanation that quotes the format earlier does not count;
 * FastChat's ``judge_prompts.jsonl``: FastChat's own rule, so that scores sit beside its numbers -- the
-  *first* ``[[N]]``, else the first ``[N]``, no range check (:func:`evals._judge.parse_rating_fastchat`).
+  *first* ``[[N]]``, else the first ``[N]``, no range check (:func:`harness.judge.parse_rating_fastchat`).
 
 A reply without a rating is a *judge failure* under either rule: counted, and left out of the mean, never
 a number.
@@ -63,11 +63,9 @@ Samples: one per (question, turn), with the exact prompt the model saw and the j
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import statistics
-import string
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -77,12 +75,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness.api import EvalContext, EvalResult, Sample, Score
 from harness.chat_data import PLAIN_STOP, chat_prompt, end_of_turn, has_chat_template
-from harness.errors import BenchError, did_you_mean, read_text
+from harness.errors import BenchError, did_you_mean, read_jsonl
+from harness.judge_prompts import DEFAULT_PROMPTS, JudgePrompt, load_judge_prompts
 
 if TYPE_CHECKING:
     from lm_eval.api.model import LM
 
-    from evals._judge import ChatJudge, Message, Verdict
+    from harness.judge import ChatJudge, Message, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -132,31 +131,13 @@ def embedded_questions() -> Path:
     return Path(str(resources.files("evals") / "data" / "mtbench_mini.jsonl"))
 
 
-def _read_jsonl(path: Path, what: str, fix: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; BenchError naming the line otherwise."""
-    if not path.is_file():
-        raise BenchError(f"{what} file {path} not found", fix)
-    rows = []
-    for number, line in enumerate(read_text(path, f"{what} file").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BenchError(f"{path}:{number}: not valid JSON ({e.msg})", fix) from None
-        if not isinstance(row, dict):
-            raise BenchError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}", fix)
-        rows.append((number, row))
-    return rows
-
-
 def load_questions(path: str | Path | None = None) -> list[Question]:
     """Questions from a FastChat ``question.jsonl`` (None: the embedded set), validated line by line."""
     file = Path(path).expanduser() if path else embedded_questions()
     fix = 'one JSON object a line: {"question_id": 1, "category": "...", "turns": ["...", "..."]}'
     questions: list[Question] = []
     seen: set[int] = set()
-    for number, row in _read_jsonl(file, "question", fix):
+    for number, row in read_jsonl(file, "question", fix):
         where = f"{file}:{number}"
         qid, category, turns, ref = row.get("question_id"), row.get("category"), row.get("turns"), row.get("reference")
         if isinstance(qid, bool) or not isinstance(qid, int):
@@ -182,7 +163,7 @@ def load_references(path: str | Path) -> dict[int, tuple[str, ...]]:
     file = Path(path).expanduser()
     fix = 'one JSON object a line: {"question_id": 1, "choices": [{"turns": ["...", "..."]}]}'
     refs: dict[int, tuple[str, ...]] = {}
-    for number, row in _read_jsonl(file, "reference answer", fix):
+    for number, row in read_jsonl(file, "reference answer", fix):
         try:
             qid, turns = row["question_id"], row["choices"][0]["turns"]
         except (KeyError, IndexError, TypeError):
@@ -208,98 +189,6 @@ def select(questions: list[Question], categories: list[str] | None, limit: int |
                                  f"choose from {', '.join(known)}")
         questions = [q for q in questions if q.category in categories]
     return questions[:limit] if limit is not None else questions
-
-
-# --- judge prompts ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JudgePrompt:
-    """A system prompt and a user template with ``str.format`` placeholders (FastChat's convention)."""
-
-    name: str
-    system: str
-    template: str
-
-    def messages(self, fields: dict[str, str]) -> list[Message]:
-        system = [{"role": "system", "content": self.system}] if self.system.strip() else []
-        return [*system, {"role": "user", "content": self.template.format(**fields)}]
-
-
-_FORMAT_RULE = ("Write a short justification first. Then, on the last line, give your score from 1 (useless) "
-                "to 10 (excellent) in double square brackets, exactly like this with N replaced: Rating: [[N]]")
-_SYSTEM = ("You grade the replies of AI assistants. You are strict, fair and consistent, and you never let "
-           "the length of a reply, or its confidence, stand in for its quality.")
-
-#: FuseBench's own judge prompts, by role: single / single-ref (turn 1), multi / multi-ref (turn 2).
-DEFAULT_PROMPTS: dict[str, JudgePrompt] = {
-    "single": JudgePrompt("fusebench-single", _SYSTEM, (
-        "Grade the assistant's reply to the user's request below. Consider whether it does what was "
-        "asked, and how correct, relevant, clear and complete it is.\n" + _FORMAT_RULE + "\n\n"
-        "=== User request ===\n{question}\n\n=== Assistant reply ===\n{answer}\n=== End of reply ===")),
-    "single-ref": JudgePrompt("fusebench-single-ref", _SYSTEM, (
-        "Grade the assistant's reply to the user's request below against the reference answer, which "
-        "is correct. Correctness comes first: check the reply's result and steps against the reference "
-        "and name any error. Then consider clarity and helpfulness.\n" + _FORMAT_RULE + "\n\n"
-        "=== User request ===\n{question}\n\n=== Reference answer ===\n{ref_answer_1}\n\n"
-        "=== Assistant reply ===\n{answer}\n=== End of reply ===")),
-    "multi": JudgePrompt("fusebench-multi", _SYSTEM, (
-        "Below is a conversation of two exchanges between a user and an assistant. Grade only the "
-        "assistant's SECOND reply; the first exchange is context that the second request may build on. "
-        "Consider whether it does what was asked, and how correct, relevant, clear and complete it is.\n"
-        + _FORMAT_RULE + "\n\n"
-        "=== User, first request ===\n{question_1}\n\n=== Assistant, first reply ===\n{answer_1}\n\n"
-        "=== User, second request ===\n{question_2}\n\n=== Assistant, second reply (grade this) ===\n"
-        "{answer_2}\n=== End of conversation ===")),
-    "multi-ref": JudgePrompt("fusebench-multi-ref", _SYSTEM, (
-        "Below is a conversation of two exchanges between a user and an assistant, and reference answers "
-        "to both requests, which are correct. Grade only the assistant's SECOND reply, against the second "
-        "reference answer. Correctness comes first: check the reply's result and steps and name any "
-        "error. Then consider clarity and helpfulness.\n" + _FORMAT_RULE + "\n\n"
-        "=== User, first request ===\n{question_1}\n\n=== Reference, first answer ===\n{ref_answer_1}\n\n"
-        "=== User, second request ===\n{question_2}\n\n=== Reference, second answer ===\n{ref_answer_2}\n\n"
-        "=== Assistant, first reply ===\n{answer_1}\n\n=== Assistant, second reply (grade this) ===\n"
-        "{answer_2}\n=== End of conversation ===")),
-}
-
-#: Which FastChat ``judge_prompts.jsonl`` entry plays which role.
-FASTCHAT_PROMPTS = {"single": "single-v1", "single-ref": "single-math-v1",
-                    "multi": "single-v1-multi-turn", "multi-ref": "single-math-v1-multi-turn"}
-
-# Placeholders each role can fill (turn 2 also offers ``question``/``answer`` = the second exchange).
-_FIELDS = {
-    "single": {"question", "answer", "question_1", "answer_1"},
-    "single-ref": {"question", "answer", "question_1", "answer_1", "ref_answer_1"},
-    "multi": {"question", "answer", "question_1", "answer_1", "question_2", "answer_2"},
-    "multi-ref": {"question", "answer", "question_1", "answer_1", "question_2", "answer_2",
-                  "ref_answer_1", "ref_answer_2"},
-}
-
-
-def load_judge_prompts(path: str | Path) -> dict[str, JudgePrompt]:
-    """The four single-grading prompts of a FastChat ``judge_prompts.jsonl``, checked for placeholders."""
-    file = Path(path).expanduser()
-    fix = "give FastChat's judge_prompts.jsonl (entries with name, system_prompt, prompt_template)"
-    by_name = {row.get("name"): (number, row) for number, row in _read_jsonl(file, "judge prompt", fix)}
-    prompts = {}
-    for role, name in FASTCHAT_PROMPTS.items():
-        if name not in by_name:
-            raise BenchError(f"judge prompt file {file} has no entry named {name!r}", fix)
-        number, row = by_name[name]
-        system, template = row.get("system_prompt", ""), row.get("prompt_template")
-        if not isinstance(template, str) or not isinstance(system, str):
-            raise BenchError(f"{file}:{number}: {name} needs string system_prompt and prompt_template", fix)
-        try:
-            used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-        except ValueError as e:
-            raise BenchError(f"{file}:{number}: {name}'s prompt_template is not a valid template ({e})",
-                             "escape literal braces as {{ and }}") from None
-        unknown = used - _FIELDS[role]
-        if unknown:
-            raise BenchError(f"{file}:{number}: {name} uses unknown placeholder(s) {sorted(unknown)}",
-                             f"use only {sorted(_FIELDS[role])}")
-        prompts[role] = JudgePrompt(name, system, template)
-    return prompts
 
 
 # --- answer generation --------------------------------------------------------------------------
@@ -510,7 +399,7 @@ class MTBench:
         return [local_judge_note(judge)] if judge else []
 
     def evaluate(self, lm: LM, cfg: Config, ctx: EvalContext) -> EvalResult:
-        from evals._judge import build_judge, judge_many, parse_rating, parse_rating_fastchat
+        from harness.judge import build_judge, judge_many, parse_rating, parse_rating_fastchat
 
         # Everything that can be wrong with the input fails here, before minutes of generation.
         questions = load_questions(cfg.questions)

@@ -20,7 +20,7 @@ Built-in rewards (:func:`make_reward` builds them from a spec string):
   that cannot run a program raises :class:`~harness.sandbox.SandboxError` (never a silent 0).
 * ``reward_model:PATH`` — :class:`RewardModelReward`: an HF sequence-classification model; the score is
   its logit for prompt + response (single-label head: logit 0, else the last label's logit).
-* ``judge`` — :class:`JudgeReward`: an LLM judge through :mod:`evals._judge` (HTTP endpoint or local
+* ``judge`` — :class:`JudgeReward`: an LLM judge through :mod:`harness.judge` (HTTP endpoint or local
   model), prompted with MT-Bench's single-answer grading prompt; the score is the 1-10 rating, and a
   reply without a rating scores :data:`UNRATED_SCORE` (below every rating) and is counted.
 
@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from harness.errors import BenchError, did_you_mean
 
 if TYPE_CHECKING:
-    from evals._judge import ChatJudge, Message
+    from harness.judge import ChatJudge, Message
     from harness.sandbox import CodeTest, Limits, Outcome
 
 logger = logging.getLogger(__name__)
@@ -311,9 +311,9 @@ class RewardModelReward:
         return prompt + response
 
     def encode(self, text: str) -> list[int]:
-        from evals._judge import _starts_with_bos
+        from harness.judge import starts_with_bos
 
-        ids = self.tokenizer(text, add_special_tokens=not _starts_with_bos(self.tokenizer, text))["input_ids"]
+        ids = self.tokenizer(text, add_special_tokens=not starts_with_bos(self.tokenizer, text))["input_ids"]
         return ids[-self.max_length:]
 
     def score(self, prompts: list[str], responses: list[str], references: list[str | None]) -> list[float]:
@@ -342,12 +342,13 @@ UNRATED_SCORE = 0.0
 
 
 class JudgeReward:
-    """The 1-10 rating of an LLM judge (:mod:`evals._judge`), with MT-Bench's single-answer prompt.
+    """The 1-10 rating of an LLM judge (:mod:`harness.judge`), with MT-Bench's single-answer prompt.
 
     Either pass a ready ``judge`` (anything with ``complete(conversations) -> texts``) or the options of
-    :func:`evals._judge.build_judge`: ``url`` (+ ``model``, ``api_key_env``) for an OpenAI-compatible
-    endpoint, or ``model`` alone for a local transformers model. Prompts are MT-Bench's turn-1 prompts
-    (``single``; ``single-ref`` when the item has a reference), FuseBench's own wording unless
+    :func:`harness.judge.build_judge`: ``url`` (+ ``model``, ``api_key_env``) for an OpenAI-compatible
+    endpoint, or ``model`` alone for a local transformers model. Prompts are the single-answer ones of
+    :mod:`harness.judge_prompts`, those MT-Bench grades turn 1 with (``single``; ``single-ref`` when the
+    item has a reference), FuseBench's own wording unless
     ``judge_prompts`` names FastChat's ``judge_prompts.jsonl``. Each answer is judged ``repeats`` times
     and scored by its mean rating. An answer without any parseable rating scores
     :data:`UNRATED_SCORE` and is counted in ``unrated``; ``failed_replies`` counts rating-less replies.
@@ -359,8 +360,8 @@ class JudgeReward:
                  api_key_env: str = "OPENAI_API_KEY", temperature: float = 0.0, max_tokens: int = 1024,
                  timeout: float = 120.0, batch_size: int = 8, seed: int = 0, repeats: int = 1,
                  judge_prompts: str | None = None):
-        from evals._judge import build_judge
-        from evals.mtbench import DEFAULT_PROMPTS, load_judge_prompts
+        from harness.judge import build_judge
+        from harness.judge_prompts import DEFAULT_PROMPTS, load_judge_prompts
 
         if repeats < 1:
             raise BenchError(f"judge repeats must be >= 1, not {repeats}", "set repeats=1 or more")
@@ -382,7 +383,7 @@ class JudgeReward:
         return self.prompts["single-ref" if reference else "single"].messages(fields)
 
     def score(self, prompts: list[str], responses: list[str], references: list[str | None]) -> list[float]:
-        from evals._judge import judge_many
+        from harness.judge import judge_many
 
         _check_batch(prompts, responses, references)
         conversations = [self.conversation(p, r, ref) for p, r, ref in zip(prompts, responses, references, strict=True)]

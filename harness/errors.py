@@ -1,8 +1,11 @@
-"""User-facing errors: one line naming the problem and the fix, exit code 2."""
+"""User-facing errors: one line naming the problem and the fix, exit code 2; and the readers of files a user
+gives, which turn whatever is wrong with one into such an error."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 
 class BenchError(Exception):
@@ -46,3 +49,22 @@ def read_text(path: str | Path, what: str) -> str:
         line = data.count(b"\n", 0, e.start) + 1
         raise BenchError(f"{what} {path} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line})",
                          "save it as UTF-8") from None
+
+
+def read_jsonl(path: Path, what: str, fix: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON-lines file the user gave (``what``: "question",
+    "judge prompt" ...); a BenchError naming the file, or the line, and ``fix`` otherwise."""
+    if not path.is_file():
+        raise BenchError(f"{what} file {path} not found", fix)
+    rows = []
+    for number, line in enumerate(read_text(path, f"{what} file").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BenchError(f"{path}:{number}: not valid JSON ({e.msg})", fix) from None
+        if not isinstance(row, dict):
+            raise BenchError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}", fix)
+        rows.append((number, row))
+    return rows

@@ -94,7 +94,7 @@ def test_zoo_list_json(home, capsys):
 
 
 def test_eval_all_suites_offline_with_a_loopback_judge(home, tmp_path, capsys):
-    from tests.evals.test_judge import serving
+    from tests.harness.test_judge import serving
 
     db = tmp_path / "bench.db"
     with serving(lambda body: "Short and mostly relevant.\nRating: [[7]]") as judge:

@@ -72,7 +72,7 @@ def test_bbh_chain_of_thought_on_two_items(real_home: Path, tmp_path: Path) -> N
 
 
 def test_mtbench_one_question_with_a_loopback_judge(real_home: Path, tmp_path: Path) -> None:
-    from tests.evals.test_judge import serving
+    from tests.harness.test_judge import serving
 
     db = tmp_path / "b.db"
     with serving(lambda body: "Fluent. Rating: [[6]]") as server:

@@ -1,7 +1,7 @@
 """MT-Bench suite: question files, two-turn generation, judge prompts, scores and samples.
 
-Judges are real HTTP servers on 127.0.0.1 (see ``test_judge.py``); answering models are a recording
-lm-eval ``LM`` stub and, once, a tiny random Llama with a chat template behind lm-eval's ``HFLM``.
+Judges are real HTTP servers on 127.0.0.1 (see ``tests/harness/test_judge.py``); answering models are a
+recording lm-eval ``LM`` stub and, once, a tiny random Llama with a chat template behind lm-eval's ``HFLM``.
 """
 
 from __future__ import annotations
@@ -21,19 +21,17 @@ import pytest
 from lm_eval.api.model import LM
 
 from evals.mtbench import (
-    DEFAULT_PROMPTS,
-    FASTCHAT_PROMPTS,
     PLAIN_STOP,
     REFERENCE_CATEGORIES,
     Config,
     MTBench,
-    load_judge_prompts,
     load_questions,
     select,
 )
 from harness.api import EvalContext, EvalResult
 from harness.errors import BenchError
-from tests.evals.test_judge import closed_port_url, serving
+from harness.judge_prompts import DEFAULT_PROMPTS, FASTCHAT_PROMPTS, load_judge_prompts
+from tests.harness.test_judge import closed_port_url, serving
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mt_bench"
 CATEGORIES = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}

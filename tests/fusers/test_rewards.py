@@ -26,7 +26,7 @@ from fusers._rewards import (
 )
 from harness.errors import BenchError
 from harness.sandbox import Limits, SandboxError
-from tests.evals.test_judge import ListJudge, serving
+from tests.harness.test_judge import ListJudge, serving
 
 
 class Scripted:

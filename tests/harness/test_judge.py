@@ -1,6 +1,6 @@
 """The LLM-judge backends against a real HTTP server on loopback speaking OpenAI's chat-completions protocol.
 
-:class:`FakeJudgeServer` (also used by ``test_mtbench.py``) binds ``127.0.0.1`` on a free port and
+:class:`FakeJudgeServer` (also used by ``tests/evals/test_mtbench.py``) binds ``127.0.0.1`` on a free port and
 answers each POST with whatever its ``reply(body)`` callback returns: a string becomes a normal
 completion, a ``(status, body[, headers])`` tuple is sent as is.
 """
@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from evals._judge import (
+from harness.errors import BenchError
+from harness.judge import (
     HttpJudge,
     LocalJudge,
     Verdict,
@@ -29,7 +30,6 @@ from evals._judge import (
     parse_rating,
     parse_rating_fastchat,
 )
-from harness.errors import BenchError
 
 Reply = Callable[[dict[str, Any]], "str | tuple"]
 

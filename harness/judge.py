@@ -14,6 +14,7 @@ where the grader runs:
 :func:`judge_many` sends every conversation ``repeats`` times and parses each reply with
 :func:`parse_rating`, so callers get the mean rating, the spread across repeats and the number of
 replies that carried no rating — a reply without a rating is a *failure*, never a guessed score.
+The grading prompts themselves are in :mod:`harness.judge_prompts`.
 """
 
 from __future__ import annotations
@@ -42,11 +43,6 @@ MIN_RATING, MAX_RATING = 1.0, 10.0
 # "[[7]]", "[[ 8.5 ]]". The judge is asked to end with its rating, so the *last* match wins: an
 # explanation that quotes the requested format earlier ("a rating like [[5]]") does not count.
 _RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
-
-# Transient HTTP statuses worth retrying; everything else in 4xx is a configuration problem.
-_RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-_MAX_RETRY_AFTER_S = 60.0
-
 
 # FastChat's llm_judge rule for its own prompts: the *first* "[[N]]", else the first "[N]"; no range check.
 _FASTCHAT_RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
@@ -273,7 +269,7 @@ class LocalJudge:
             torch.manual_seed(self.seed + self._calls)
             for start in range(0, len(prompts), self.batch_size):
                 chunk = prompts[start:start + self.batch_size]
-                ids = [tok(p, add_special_tokens=not _starts_with_bos(tok, p))["input_ids"][-room:] for p in chunk]
+                ids = [tok(p, add_special_tokens=not starts_with_bos(tok, p))["input_ids"][-room:] for p in chunk]
                 width = max(len(x) for x in ids)
                 input_ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids])
                 mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
@@ -283,7 +279,7 @@ class LocalJudge:
         return replies
 
 
-def _starts_with_bos(tok: Any, text: str) -> bool:
+def starts_with_bos(tok: Any, text: str) -> bool:
     """Chat templates often write the BOS token themselves; adding another one hurts the model."""
     bos = getattr(tok, "bos_token", None)
     return bool(bos) and text.startswith(bos)
