@@ -170,11 +170,11 @@ def _build(domain: str, n: int, rng: random.Random, split: str, seed: int) -> li
 @lru_cache(maxsize=2)
 def _functions(split: str) -> tuple[_Function, ...]:
     """Documented functions (module level and methods) of the corpus files in ``split``."""
-    from harness.corpus import _is_heldout_file, _source_files, docstring_of, parse_source
+    from harness.corpus import docstring_of, is_heldout_file, parse_source, source_files
 
     found: list[_Function] = []
-    for relative, source in _source_files():
-        if _is_heldout_file(relative) != (split == "heldout"):
+    for relative, source in source_files():
+        if is_heldout_file(relative) != (split == "heldout"):
             continue
         tree = parse_source(source)
         if tree is None:

@@ -364,7 +364,7 @@ def source_wheel() -> Path:
 
 
 @lru_cache(maxsize=1)
-def _source_files() -> tuple[tuple[str, str], ...]:
+def source_files() -> tuple[tuple[str, str], ...]:
     """``(path inside the wheel, source)`` of every corpus file, sorted by path; line ends are ``\\n``."""
     return _read_wheel(source_wheel())
 
@@ -479,7 +479,8 @@ def _docs_documents(source: str) -> list[str]:
     return [c.replace("\x00", "") for c in chunks]
 
 
-def _is_heldout_file(relative_path: str) -> bool:
+def is_heldout_file(relative_path: str) -> bool:
+    """Whether a corpus file (its path inside the wheel) is on the held-out side of the code/docs split."""
     return _stable_percent(f"file:{relative_path}") < _HELDOUT_PERCENT
 
 
@@ -514,7 +515,7 @@ def extract(files: tuple[tuple[str, str], ...]) -> Splits:
         else:
             to_documents = _code_documents if domain == "code" else _docs_documents
             for relative_path, source in files:
-                (heldout if _is_heldout_file(relative_path) else train).extend(to_documents(source))
+                (heldout if is_heldout_file(relative_path) else train).extend(to_documents(source))
         heldout_set = set(heldout)
         train = [doc for doc in train if doc not in heldout_set]
         heldout = list(dict.fromkeys(heldout))  # drop duplicates, keep order
@@ -547,7 +548,7 @@ def _corpus() -> tuple[Splits, str]:
             return _deserialize(blob), digest
     started = time.perf_counter()
     _log(f"corpus: extracting code and docs from {SOURCE.filename} (once; cached in {cached.parent})")
-    splits = extract(_source_files())
+    splits = extract(source_files())
     blob = serialize(splits)
     digest = hashlib.sha256(blob).hexdigest()
     if digest != CONTENT_SHA256 and not _unpinned():

@@ -34,7 +34,7 @@ def test_splits_are_disjoint_and_sized(domain: str) -> None:
 
 
 def test_code_and_docs_come_from_the_pinned_wheel_minus_tests() -> None:
-    paths = [p for p, _ in corpus._source_files()]
+    paths = [p for p, _ in corpus.source_files()]
     assert "sympy/core/basic.py" in paths and "sympy/solvers/solvers.py" in paths
     assert all(p.startswith("sympy/") or p == "isympy.py" for p in paths) and all(p.endswith(".py") for p in paths)
     assert not [p for p in paths if {"tests", "benchmarks", "_antlr"} & set(p.split("/"))]
@@ -48,7 +48,7 @@ def test_code_and_docs_come_from_the_pinned_wheel_minus_tests() -> None:
 
 def test_heldout_files_contribute_nothing_to_training() -> None:
     """The split is by file: a held-out file's code and its docstrings are both absent from training."""
-    heldout = [source for path, source in corpus._source_files() if corpus._is_heldout_file(path)]
+    heldout = [source for path, source in corpus.source_files() if corpus.is_heldout_file(path)]
     assert 20 < len(heldout) < 80  # ~5% of ~820 files
     train_code, train_docs = set(corpus.train_documents("code")), set(corpus.train_documents("docs"))
     for source in heldout:

@@ -100,7 +100,7 @@ def fresh_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     shared_wheel = corpus.source_wheel()
     monkeypatch.setenv("BENCH_CORPUS_DIR", str(tmp_path / "corpus"))
 
-    cached = (corpus._corpus, corpus._source_files)  # tests may replace the module attributes
+    cached = (corpus._corpus, corpus.source_files)  # tests may replace the module attributes
 
     def clear() -> None:
         for function in cached:
@@ -155,7 +155,7 @@ def test_the_cache_is_verified_and_rebuilt_and_the_pin_is_enforced(fresh_corpus:
     """A few files stand in for the wheel's 820 so that each extraction takes a second, not five."""
     monkeypatch.setenv("BENCH_CORPUS_WHEEL", str(fresh_corpus))
     few = corpus._read_wheel(fresh_corpus)[:12]
-    monkeypatch.setattr(corpus, "_source_files", lambda: few)
+    monkeypatch.setattr(corpus, "source_files", lambda: few)
     digest = hashlib.sha256(corpus.serialize(corpus.extract(few))).hexdigest()
     assert digest != corpus.CONTENT_SHA256
 
@@ -170,13 +170,13 @@ def test_the_cache_is_verified_and_rebuilt_and_the_pin_is_enforced(fresh_corpus:
     cached = corpus._cache_file()
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == digest
     corpus._corpus.cache_clear()
-    monkeypatch.setattr(corpus, "_source_files", lambda: pytest.fail("read the wheel despite a valid cache"))
+    monkeypatch.setattr(corpus, "source_files", lambda: pytest.fail("read the wheel despite a valid cache"))
     assert corpus.train_documents("docs") == docs
 
     # a damaged cache is not trusted: extracted again and rewritten
     cached.write_bytes(b'{"domains": {}}')
     corpus._corpus.cache_clear()
-    monkeypatch.setattr(corpus, "_source_files", lambda: few)
+    monkeypatch.setattr(corpus, "source_files", lambda: few)
     assert corpus.train_documents("docs") == docs
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == digest
 
@@ -184,7 +184,7 @@ def test_the_cache_is_verified_and_rebuilt_and_the_pin_is_enforced(fresh_corpus:
 def test_an_unpinned_corpus_carries_its_own_fingerprint(fresh_corpus: Path, monkeypatch) -> None:
     monkeypatch.setenv("BENCH_CORPUS_WHEEL", str(fresh_corpus))
     few = corpus._read_wheel(fresh_corpus)[:12]
-    monkeypatch.setattr(corpus, "_source_files", lambda: few)
+    monkeypatch.setattr(corpus, "source_files", lambda: few)
     monkeypatch.setenv(corpus.UNPINNED_ENV, "1")
     digest = hashlib.sha256(corpus.serialize(corpus.extract(few))).hexdigest()
     assert corpus.corpus_fingerprint() == digest[:16] != corpus.CONTENT_SHA256[:16]
@@ -194,7 +194,7 @@ def test_an_unpinned_corpus_carries_its_own_fingerprint(fresh_corpus: Path, monk
     unpinned_hash = zoo.recipe_hash("llama-base", "micro")
     # and it is found again from the cache by a later process (the marker file remembers its hash)
     corpus._corpus.cache_clear()
-    monkeypatch.setattr(corpus, "_source_files", lambda: pytest.fail("read the wheel despite a valid cache"))
+    monkeypatch.setattr(corpus, "source_files", lambda: pytest.fail("read the wheel despite a valid cache"))
     assert corpus.corpus_fingerprint() == digest[:16]
     monkeypatch.delenv(corpus.UNPINNED_ENV)
     assert zoo.recipe_hash("llama-base", "micro") != unpinned_hash

@@ -54,11 +54,11 @@ def test_math_references_are_the_answers_and_code_answers_omit_the_docstring(con
 
 
 def test_only_the_training_split_is_used() -> None:
-    from harness.corpus import _is_heldout_file, _source_files, math_examples
+    from harness.corpus import is_heldout_file, math_examples, source_files
 
     heldout_functions = {f"{f.module}.{f.qualname}" for f in C._functions("heldout")}
     assert heldout_functions and not heldout_functions & {f"{f.module}.{f.qualname}" for f in C._functions("train")}
-    heldout_files = {p for p, _ in _source_files() if _is_heldout_file(p)}
+    heldout_files = {p for p, _ in source_files() if is_heldout_file(p)}
     assert all(f"{f.module.replace('.', '/')}.py" not in heldout_files for f in C._functions("train"))
     train_math = {c.messages[0].content for c in C.default_conversations(300, domains=("math",))}
     heldout_q = {p.question for p in math_examples(300, seed=10_000, split="heldout")}
