@@ -45,7 +45,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.lmeval import generate_greedy, quiet  # noqa: E402
+from harness.lmeval import generate_greedy  # noqa: E402
+from harness.logs import quiet  # noqa: E402
 from harness.model import as_lm, load_hf, max_length, resolve  # noqa: E402
 
 RAW = "raw pass (transformers)"

@@ -14,18 +14,16 @@ the current directory, not against anything of ours.
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.logs import quiet
+
 if TYPE_CHECKING:
     from lm_eval.api.model import LM
     from lm_eval.tasks import TaskManager
-
-# Loggers whose INFO chatter (task building, request counts, dataset generation) hides our own output.
-_NOISY_LOGGERS = ("lm_eval", "lm-eval", "datasets", "fsspec", "filelock")
 
 
 def run_tasks(
@@ -175,37 +173,3 @@ def to_plain(obj: Any) -> Any:
     if hasattr(obj, "tolist"):  # numpy arrays / tensors
         return to_plain(obj.tolist())
     return str(obj)
-
-
-# --- logging ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def quiet(level: int = logging.WARNING) -> Iterator[None]:
-    """Silence lm-eval's and datasets' INFO logging (and datasets' progress bars) inside the block."""
-    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
-    before = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(max(level, lg.level))
-    bars_were_on = _datasets_progress_bars(enable=False)
-    try:
-        yield
-    finally:
-        for lg, old in zip(loggers, before, strict=True):
-            lg.setLevel(old)
-        if bars_were_on:
-            _datasets_progress_bars(enable=True)
-
-
-def _datasets_progress_bars(enable: bool) -> bool:
-    """Switch datasets' progress bars; return whether they were on before."""
-    try:
-        from datasets.utils import logging as ds_logging
-    except ImportError:  # pragma: no cover - datasets comes with lm-eval
-        return False
-    was_on = ds_logging.is_progress_bar_enabled()
-    if enable:
-        ds_logging.enable_progress_bar()
-    else:
-        ds_logging.disable_progress_bar()
-    return was_on

@@ -443,7 +443,7 @@ def as_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size
     import logging
 
     from harness.hflm import FuseBenchHFLM
-    from harness.lmeval import quiet
+    from harness.logs import quiet
 
     with quiet(logging.ERROR):  # HFLM warns that an in-memory model "is not of type str"
         return FuseBenchHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
