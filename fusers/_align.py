@@ -40,8 +40,8 @@ id, a set of them, or ``"all"``) restores the reference:
   ``i+1``); ``"q1"`` uses the current token like FuseLLM.
 * **Q5** top-k entries that collide on one base id have their probability mass summed (logsumexp of
   the logits); ``"q5"`` (or ``collision="first"``) keeps the first, highest one only.
-* **Q11** widths are the model's logit widths; ``"q11"`` in :func:`target_width` uses the tokenizer's
-  width and fails like FuseAI issue #13 when they differ.
+* **Q11** widths are the model's logit widths; ``"q11"`` in :func:`fusers.common.target_width` uses the
+  tokenizer's width and fails like FuseAI issue #13 when they differ.
 * **Q12** the vocabulary map is an id→id array; ``"q12"`` additionally builds the reference's
   dictionary keyed by the marker-replaced source string (:attr:`VocabMap.by_string`).
 """
@@ -83,7 +83,6 @@ __all__ = [
     "vocab_map_for_tokenizers",
     "MappedTopK",
     "map_distribution",
-    "target_width",
     "compat_set",
 ]
 
@@ -1600,21 +1599,6 @@ def vocab_map_for_tokenizers(source_tokenizer: Any, base_tokenizer: Any, *, sour
         base_vocab = dict(sorted(base_vocab.items(), key=lambda kv: kv[1]))
     return vocab_map(src_vocab, base_vocab, source_marker=src_spec.marker, base_marker=base_spec.marker,
                      source_width=source_width, base_width=base_width, reference_compat=reference_compat)
-
-
-def target_width(model_width: int, tokenizer_width: int, *,
-                 reference_compat: str | Iterable[str] | None = None, n_rows: int = 1) -> int:
-    """The width of a dense target over the base vocabulary (Q11).
-
-    Default: the model's logit width (``logits.shape[-1]`` / ``config.vocab_size``), which may exceed the
-    tokenizer's size (Qwen1.5: 151936 vs 151646). ``"q11"``: the reference's ``len(tokenizer.get_vocab())``,
-    failing with the reshape error of FuseAI issue #13 when the two differ.
-    """
-    if "q11" not in compat_set(reference_compat):
-        return int(model_width)
-    if tokenizer_width != model_width:
-        raise RuntimeError(f"shape '[-1, {model_width}]' is invalid for input of size {n_rows * tokenizer_width}")
-    return int(tokenizer_width)
 
 
 # --------------------------------------------------------------------------------------------------

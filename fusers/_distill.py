@@ -1164,31 +1164,6 @@ class ScheduledCorpus(torch.utils.data.Dataset):
         return self.parts[name].collate(local)
 
 
-def pivot_and_sources(sources: Sequence[Any], target: Any | None) -> tuple[Any, list[Any]]:
-    """``(pivot, the other sources)`` of a training fuser: the target (else the first source), and every source
-    whose weights differ from it and from each other (a copy of the pivot would only repeat its own
-    distribution, which is candidate 0 already)."""
-    pivot = target if target is not None else sources[0]
-    seen = {pivot.content_hash()}
-    others = []
-    for ref in sources:
-        if ref.content_hash() not in seen:
-            seen.add(ref.content_hash())
-            others.append(ref)
-    return pivot, others
-
-
-def default_lr(target: Any, *, paper: float, zoo: float) -> float:
-    """The peak learning rate a training fuser uses when ``lr`` is not given: the paper's value for real
-    checkpoints, ``zoo`` for the tiny zoo's own members (~1M parameters trained here from scratch, which learn
-    nothing at a real model's rate; the paper's rate on them, or theirs on a real model, is wrong by 100x: the
-    zoo's 5e-4 took SmolLM2-135M from 0.850 to 0.939 bits/byte in 4 steps)."""
-    from harness import zoo as tiny_zoo
-
-    spec = str(getattr(target, "spec", ""))
-    return zoo if spec.startswith("zoo:") and spec[4:] in tiny_zoo.MEMBERS else paper
-
-
 def make_accelerator() -> Accelerator:
     """An ``Accelerator`` that splits each global batch across processes (DDP on gloo when on CPU), on the run's
     device, with bf16 mixed precision on GPUs that support it (float32 master weights) and float32 on CPU."""
@@ -1269,7 +1244,7 @@ __all__ = [
     "ensure_teacher_store", "TargetRows", "AlignOptions", "identity_rows", "target_rows", "self_rows",
     "surface_vocab_map", "shares_vocabulary", "ensure_aligned_store", "CandidateBlock", "CandidateSource", "StreamCandidates",
     "OnlineTeacher", "OnlineCandidates", "candidate_scores", "fusion_weights", "fuse_topk", "FusionCorpus",
-    "sparse_soft_ce", "fusion_loss", "StepBatches", "ScheduledCorpus", "pivot_and_sources", "default_lr",
+    "sparse_soft_ce", "fusion_loss", "StepBatches", "ScheduledCorpus",
     "make_accelerator", "train_with_accelerate",
     "mean_across_processes", "details_of",
 ]

@@ -194,7 +194,7 @@ class _Run:
 
     def __init__(self, cfg: FuseChat.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
         self.cfg, self.ctx = cfg, ctx
-        from fusers._distill import default_lr, pivot_and_sources
+        from fusers.common import default_lr, pivot_and_sources
 
         self.pivot, self.others = pivot_and_sources(sources, target)  # the pivot starts every pair
         self.lr = cfg.lr if cfg.lr is not None else default_lr(self.pivot, paper=5e-6, zoo=5e-4)
@@ -208,8 +208,7 @@ class _Run:
 
     def run(self) -> FusionResult:
         from fusers import _distill as D
-        from fusers._align import target_width
-        from fusers.fusellm import _load_tokenizer
+        from fusers.common import load_tokenizer, target_width
         from harness.model import load_hf
 
         cfg = self.cfg
@@ -218,7 +217,7 @@ class _Run:
         self.width = target_width(D.logit_width(pivot_model), len(tokenizer.get_vocab()),
                                   reference_compat=cfg.compat & {"q11"})
         self.pivot_encoder = D.ChunkEncoder(tokenizer)
-        self.source_encoders = [D.ChunkEncoder(_load_tokenizer(ref)) for ref in self.others]
+        self.source_encoders = [D.ChunkEncoder(load_tokenizer(ref)) for ref in self.others]
 
         start = time.perf_counter()
         self.chunks, self.spans, corpus_report = self._corpus()
@@ -315,6 +314,7 @@ class _Run:
     def _pairwise_target(self, ref: ModelRef) -> tuple[Path, dict[str, Any]]:
         """Train (or find in the cache) the target of the pivot fused with ``ref``."""
         from fusers import _distill as D
+        from fusers.common import model_loader
 
         cfg = self.cfg
         encoder = self.source_encoders[self.others.index(ref)]
@@ -331,7 +331,7 @@ class _Run:
         start = time.perf_counter()
         teacher_key = D.store_key("teacher", ref.content_hash(), self.fingerprint, cfg.top_k)
         teacher = D.ensure_teacher_store(self.cache / "distill" / "teachers" / teacher_key, self.chunks, encoder,
-                                         _loader(ref), cfg.top_k, about={"model": ref.spec})
+                                         model_loader(ref), cfg.top_k, about={"model": ref.spec})
         teacher_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -378,8 +378,7 @@ class _Run:
         compute for the pivot's own (the source's rows are then used as they are wherever it tokenizes alike)."""
         from fusers import _distill as D
         from fusers import _ms_align as MS
-        from fusers._align import target_width
-        from fusers.fusellm import _config_width
+        from fusers.common import config_width, target_width
 
         if shared:
             return None, None, {"method": "shared vocabulary"}
@@ -388,7 +387,7 @@ class _Run:
         counts, alignments = MS.count_corpus(self.pivot_encoder, encoder, self.chunks, mode=cfg.align,
                                              keep_alignments=True)
         count_seconds = time.perf_counter() - start
-        source_width = target_width(_config_width(ref), len(encoder.tokenizer.get_vocab()))
+        source_width = target_width(config_width(ref), len(encoder.tokenizer.get_vocab()))
         vocab = MS.ms_vocab_map(counts, encoder.tokenizer, self.pivot_tokenizer, weighting=cfg.ms_weighting,
                                 source_width=source_width, pivot_width=self.width)
         if cfg.reference_compat != "all":  # exact byte twins (newlines, EOS) first, as in fusellm
@@ -440,13 +439,3 @@ def _stream(masks: list[np.ndarray]) -> np.ndarray:
     import numpy as np
 
     return np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
-
-
-def _loader(ref: ModelRef):  # noqa: ANN202 - a model factory for ensure_teacher_store
-    def load() -> Any:
-        from harness.model import load_hf
-
-        model, _ = load_hf(ref)
-        return model
-
-    return load

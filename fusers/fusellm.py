@@ -188,25 +188,12 @@ def effective_settings(cfg: FuseLLM.Config) -> tuple[str, bool, Any]:
     return ("block" if "q6" in compat else cfg.granularity), "q13" in compat, options
 
 
-def source_vocab_map(source_tokenizer: Any, target_tokenizer: Any, source_width: int, target_width: int,
-                     compat: frozenset[str], by_surface: bool = True):  # noqa: ANN201 - _align.VocabMap
-    """Map a source's ids to the target's: the reference MinED map (Q12: also its string-keyed dictionary),
-    then, unless ``by_surface`` is off (``reference_compat="all"``), exact byte twins first
-    (:func:`fusers._distill.surface_vocab_map`: newline to newline, EOS to EOS)."""
-    from fusers._align import vocab_map_for_tokenizers
-    from fusers._distill import surface_vocab_map
-
-    vmap = vocab_map_for_tokenizers(source_tokenizer, target_tokenizer, source_width=source_width,
-                                    base_width=target_width, reference_compat=compat & {"q12"})
-    return surface_vocab_map(vmap, source_tokenizer, target_tokenizer, target_width) if by_surface else vmap
-
-
 class _Run:
     """One fusion run: the stages of the module docstring, in order, with what they measured."""
 
     def __init__(self, cfg: FuseLLM.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
         self.cfg, self.ctx = cfg, ctx
-        from fusers._distill import default_lr, pivot_and_sources
+        from fusers.common import default_lr, pivot_and_sources
 
         self.pivot, self.others = pivot_and_sources(sources, target)
         self.lr = cfg.lr if cfg.lr is not None else default_lr(self.pivot, paper=1e-5, zoo=1e-3)
@@ -215,7 +202,7 @@ class _Run:
 
     def run(self) -> FusionResult:
         from fusers import _distill as D
-        from fusers._align import target_width
+        from fusers.common import load_tokenizer, target_width
         from harness.model import load_hf
         from harness.train import TrainConfig
 
@@ -225,7 +212,7 @@ class _Run:
         _check_context(self.pivot, model, cfg.seq_len)
         self.width = target_width(D.logit_width(model), len(tokenizer.get_vocab()), reference_compat=compat)
         self.target = D.ChunkEncoder(tokenizer)
-        self.encoders = [D.ChunkEncoder(_load_tokenizer(ref)) for ref in self.others]
+        self.encoders = [D.ChunkEncoder(load_tokenizer(ref)) for ref in self.others]
 
         start = time.perf_counter()
         if cfg.data is not None:
@@ -285,9 +272,9 @@ class _Run:
     # --- stages -----------------------------------------------------------------------------------
 
     def _vocab_map(self, ref: ModelRef, source_tokenizer: Any, target_tokenizer: Any):  # noqa: ANN202
-        from fusers._align import target_width
+        from fusers.common import config_width, source_vocab_map, target_width
 
-        width = target_width(_config_width(ref), len(source_tokenizer.get_vocab()), reference_compat=self.cfg.compat)
+        width = target_width(config_width(ref), len(source_tokenizer.get_vocab()), reference_compat=self.cfg.compat)
         return source_vocab_map(source_tokenizer, target_tokenizer, width, self.width, self.cfg.compat,
                                 by_surface=self.cfg.reference_compat != "all")
 
@@ -374,23 +361,6 @@ def _status_shares(status: Any) -> dict[str, float]:
     counts = np.bincount(np.asarray(status, dtype=np.int64), minlength=3)
     return {"mapped": round(counts[MAPPED] / n, 4), "fallback": round(counts[FALLBACK] / n, 4),
             "empty": round(counts[EMPTY] / n, 4)}
-
-
-def _load_tokenizer(ref: ModelRef) -> Any:
-    from transformers import AutoTokenizer
-
-    kwargs: dict[str, Any] = {"local_files_only": True} if ref.path is not None else {}
-    if ref.revision:
-        kwargs["revision"] = ref.revision
-    return AutoTokenizer.from_pretrained(ref.load_id, **kwargs)
-
-
-def _config_width(ref: ModelRef) -> int:
-    """A source's logit width from its config (no weights loaded): ``vocab_size``."""
-    from transformers import AutoConfig
-
-    kwargs: dict[str, Any] = {"local_files_only": True} if ref.path is not None else {}
-    return int(AutoConfig.from_pretrained(ref.load_id, **kwargs).vocab_size)
 
 
 def _check_context(ref: ModelRef, model: Any, seq_len: int) -> None:

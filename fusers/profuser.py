@@ -216,7 +216,7 @@ class _Run:
 
     def __init__(self, cfg: ProFuser.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
         self.cfg, self.ctx = cfg, ctx
-        from fusers._distill import default_lr, pivot_and_sources
+        from fusers.common import default_lr, pivot_and_sources
 
         self.pivot, self.others = pivot_and_sources(sources, target)
         self.lr = cfg.lr if cfg.lr is not None else default_lr(self.pivot, paper=5e-6, zoo=5e-4)
@@ -227,8 +227,7 @@ class _Run:
         import numpy as np
 
         from fusers import _distill as D
-        from fusers._align import target_width
-        from fusers.fusellm import _load_tokenizer
+        from fusers.common import load_tokenizer, target_width
         from harness.model import load_hf
         from harness.train import TrainConfig
 
@@ -236,7 +235,7 @@ class _Run:
         model, tokenizer = load_hf(self.pivot, dtype="float32")  # the model trained (its own teacher rows too)
         self.tokenizer = tokenizer
         self.width = target_width(D.logit_width(model), len(tokenizer.get_vocab()))
-        self.encoders = [D.ChunkEncoder(tokenizer), *(D.ChunkEncoder(_load_tokenizer(r)) for r in self.others)]
+        self.encoders = [D.ChunkEncoder(tokenizer), *(D.ChunkEncoder(load_tokenizer(r)) for r in self.others)]
 
         prompts, truth, documents = self._data()
         start = time.perf_counter()
@@ -416,9 +415,7 @@ class _Run:
     def _stores(self, model: Any, fingerprint: str) -> tuple[list[Any], list[Any]]:
         """(candidate stores in the target's positions, teacher stores in each model's own tokenization)."""
         from fusers import _distill as D
-        from fusers._align import target_width
-        from fusers.fusechat import _loader
-        from fusers.fusellm import _config_width, source_vocab_map
+        from fusers.common import config_width, model_loader, source_vocab_map, target_width
         from harness import paths
 
         cfg = self.cfg
@@ -428,14 +425,14 @@ class _Run:
         for c, (ref, enc) in enumerate(zip(self.candidates, self.encoders, strict=True)):
             key = D.store_key("teacher", ref.content_hash(), fingerprint, cfg.top_k)
             teacher = D.ensure_teacher_store(root / "teachers" / key, self.chunks, enc,
-                                             (lambda: model) if c == 0 else _loader(ref), cfg.top_k,
+                                             (lambda: model) if c == 0 else model_loader(ref), cfg.top_k,
                                              about={"model": ref.spec})
             teachers.append(teacher)
             if c == 0:
                 stores.append(teacher)
                 continue
             shared = D.shares_vocabulary(enc.tokenizer, self.tokenizer)
-            width = target_width(_config_width(ref), len(enc.tokenizer.get_vocab()))
+            width = target_width(config_width(ref), len(enc.tokenizer.get_vocab()))
             vocab = source_vocab_map(enc.tokenizer, self.tokenizer, width, self.width, frozenset())
             akey = D.store_key("aligned", key, self.pivot.content_hash(), self.width, options.to_dict(),
                                _digest(vocab.ids.tobytes()))

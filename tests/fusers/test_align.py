@@ -40,10 +40,10 @@ from fusers._align import (
     dtw_from_cost,
     edit_distance_matrix,
     map_distribution,
-    target_width,
     vocab_map,
     vocab_map_for_tokenizers,
 )
+from fusers.common import target_width
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 WORDS = ("the answer is forty two and the question is what hello world print return value function class "
