@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fusers import _distill as D  # noqa: E402
-from fusers._align import MAPPED  # noqa: E402
+from fusers.align import MAPPED  # noqa: E402
 from harness.corpus import train_slice  # noqa: E402
 from harness.tokenizer_recipes import TokenizerRecipe, train_tokenizer  # noqa: E402
 from harness.train import TrainConfig, causal_lm_loss, train  # noqa: E402

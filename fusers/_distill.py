@@ -24,7 +24,7 @@ every piece of that except the method-specific orchestration (spec ``fusion-algo
 
 4. **Into the target's positions and vocabulary** (:func:`target_rows`). A teacher that tokenizes a chunk
    exactly like the target is used as is (the target itself, or a source sharing its vocabulary); any other
-   goes through :mod:`fusers._align`: sequence alignment, MinED vocabulary map, distribution mapping. Each
+   goes through :mod:`fusers.align`: sequence alignment, MinED vocabulary map, distribution mapping. Each
    target position then holds, per candidate, k (id, log-prob) entries and a status (mapped / one-hot
    fallback / empty); empty rows take the target's own distribution, as the reference's collator does.
 
@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from fusers._align import (
+from fusers.align import (
     EMPTY,
     FALLBACK,
     MAPPED,
@@ -71,6 +71,7 @@ from fusers._align import (
     VocabMap,
     align_sequences,
     detect_spec,
+    fusechat_distribution,
     map_distribution,
 )
 
@@ -518,7 +519,7 @@ TARGET_ROW_FIELDS = ("ids", "logp", "status", "token_ce", "token_bytes")
 
 @dataclass(frozen=True)
 class AlignOptions:
-    """How a teacher's rows are moved onto the target (see :func:`fusers._align.map_distribution`).
+    """How a teacher's rows are moved onto the target (see :func:`fusers.align.map_distribution`).
 
     ``fallback="current"`` is quirk Q1, ``collision="first"`` quirk Q5; ``match``/``one_to_many`` default to
     FuseBench's corrected rules, ``"reference"``/``"fallback"`` reproduce FuseLLM's ``transform_step_logits``.
@@ -534,8 +535,8 @@ class AlignOptions:
     match: Literal["surface", "reference"] = "surface"
     one_to_many: Literal["last", "fallback"] = "last"
     same_end: bool = True
-    #: "fusebench": :func:`fusers._align.map_distribution` with the options above; "fusechat": FuseChat's
-    #: released stage 3 (:func:`fusers._ms_align.fusechat_distribution`), which has rules of its own (the
+    #: "fusebench": :func:`fusers.align.map_distribution` with the options above; "fusechat": FuseChat's
+    #: released stage 3 (:func:`fusers.align.fusechat_distribution`), which has rules of its own (the
     #: options above except ``mode`` do not apply).
     distribution: Literal["fusebench", "fusechat"] = "fusebench"
 
@@ -576,8 +577,6 @@ def target_rows(target: Tokenization, source: Tokenization, rows: TeacherRows, v
     if alignment is None:
         alignment = align_sequences(target, source, mode=options.mode)  # type: ignore[arg-type]
     if options.distribution == "fusechat":
-        from fusers._ms_align import fusechat_distribution
-
         mapped = fusechat_distribution(alignment, target, source, rows.topk_ids, rows.topk_logp.astype(np.float32),
                                        vocab, base_width=width, k_out=rows.topk_ids.shape[1])
     else:
@@ -613,35 +612,6 @@ def self_rows(rows: TeacherRows) -> TargetRows:
     """The target's own (initial) distribution as a candidate: every row MAPPED."""
     return TargetRows(rows.topk_ids, rows.topk_logp, np.full(len(rows.tokens), MAPPED, dtype=np.int8),
                       rows.token_ce, rows.token_bytes, rows.nats, rows.n_tokens, rows.n_bytes)
-
-
-def surface_vocab_map(vocab: VocabMap, source_tokenizer: Any, target_tokenizer: Any, target_width: int) -> VocabMap:
-    """``vocab`` with every source piece that spells exactly the bytes of a target piece mapped to that piece.
-
-    Why: the reference MinED map compares piece *strings* after swapping word markers, so a newline
-    (``'\\n'`` in a Unigram vocabulary, ``'<0x0A>'`` with byte fallback) lands on an arbitrary nearest string
-    instead of byte-level ``'Ċ'``, and a predicted newline teaches the target something else. Pieces with
-    no exact byte twin keep their MinED target. Special tokens map by role (EOS to EOS).
-    """
-    src_spec, tgt_spec = detect_spec(source_tokenizer), detect_spec(target_tokenizer)
-    by_bytes: dict[bytes, int] = {}
-    for piece, tid in sorted(target_tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
-        surface = tgt_spec.surface(piece)
-        if surface and tid < target_width:
-            by_bytes.setdefault(surface, tid)
-    ids = vocab.ids.copy()
-    exact = vocab.exact.copy()
-    for piece, sid in source_tokenizer.get_vocab().items():
-        if sid >= len(ids):
-            continue
-        tid = by_bytes.get(src_spec.surface(piece)) if src_spec.surface(piece) else None
-        if tid is not None:
-            ids[sid], exact[sid] = tid, True
-    for role in ("eos", "bos", "unk"):
-        sid, tid = getattr(source_tokenizer, f"{role}_token_id"), getattr(target_tokenizer, f"{role}_token_id")
-        if sid is not None and tid is not None and sid < len(ids) and tid < target_width:
-            ids[sid], exact[sid] = tid, True
-    return VocabMap(ids=ids, exact=exact, keys=vocab.keys, by_string=vocab.by_string)
 
 
 def shares_vocabulary(a: Any, b: Any) -> bool:
@@ -1242,7 +1212,7 @@ __all__ = [
     "FUSIONS", "GRANULARITIES", "TextChunk", "chunk_documents", "chunks_fingerprint", "ChunkEncoder",
     "predicted_bytes", "text_byte_spans", "rows_predicting", "masked_sums", "TeacherRows", "teacher_rows", "logit_width", "store_key", "ShardedStore", "RowView",
     "ensure_teacher_store", "TargetRows", "AlignOptions", "identity_rows", "target_rows", "self_rows",
-    "surface_vocab_map", "shares_vocabulary", "ensure_aligned_store", "CandidateBlock", "CandidateSource", "StreamCandidates",
+    "shares_vocabulary", "ensure_aligned_store", "CandidateBlock", "CandidateSource", "StreamCandidates",
     "OnlineTeacher", "OnlineCandidates", "candidate_scores", "fusion_weights", "fuse_topk", "FusionCorpus",
     "sparse_soft_ce", "fusion_loss", "StepBatches", "ScheduledCorpus",
     "make_accelerator", "train_with_accelerate",

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fusers._align import compat_set, vocab_map_for_tokenizers
+from fusers.align import compat_set, surface_vocab_map, vocab_map_for_tokenizers
 
 if TYPE_CHECKING:
-    from fusers._align import VocabMap
+    from fusers.align import VocabMap
     from harness.model import ModelRef
 
 
@@ -63,8 +63,8 @@ def config_width(ref: ModelRef) -> int:
 
 
 def model_loader(ref: ModelRef):  # noqa: ANN202 - a model factory for ensure_teacher_store
-    """A function that loads ``ref``'s weights when called: a teacher store calls it only when it has shards to
-    compute."""
+    """A function that loads ``ref``'s weights when called: a teacher store calls it only when it has
+    shards to compute."""
 
     def load() -> Any:
         from harness.model import load_hf
@@ -94,9 +94,7 @@ def source_vocab_map(source_tokenizer: Any, target_tokenizer: Any, source_width:
                      compat: frozenset[str], by_surface: bool = True) -> VocabMap:
     """Map a source's ids to the target's: the reference MinED map (Q12: also its string-keyed dictionary),
     then, unless ``by_surface`` is off (``reference_compat="all"``), exact byte twins first
-    (:func:`fusers._distill.surface_vocab_map`: newline to newline, EOS to EOS)."""
-    from fusers._distill import surface_vocab_map
-
+    (:func:`fusers.align.surface_vocab_map`: newline to newline, EOS to EOS)."""
     vmap = vocab_map_for_tokenizers(source_tokenizer, target_tokenizer, source_width=source_width,
                                     base_width=target_width, reference_compat=compat & {"q12"})
     return surface_vocab_map(vmap, source_tokenizer, target_tokenizer, target_width) if by_surface else vmap

@@ -11,10 +11,10 @@ statistics-based alignment) and https://arxiv.org/abs/2402.16107 (v1, VaRM); spe
 
    where MinCE picks, per dialogue, the candidate with the lower cross-entropy on the responses. A source with
    the pivot's vocabulary is used as it is; any other is aligned with FuseChat v2's statistics-based alignment
-   (:mod:`fusers._ms_align`): token alignments over the corpus are counted sparsely, each source token is
-   mapped to the pivot token it co-aligns with (``ms_weighting``: ``frequency``, or the released code's
-   ``reference``, quirk Q2), and its top-k distribution is moved through that map. The per-chunk alignments
-   are computed once and serve both the counts and the distributions.
+   (:mod:`fusers.align.ms_counts`, :mod:`fusers.align.ms_map`): token alignments over the corpus are counted
+   sparsely, each source token is mapped to the pivot token it co-aligns with (``ms_weighting``: ``frequency``,
+   or the released code's ``reference``, quirk Q2), and its top-k distribution is moved through that map. The
+   per-chunk alignments are computed once and serve both the counts and the distributions.
 2. **Merge.** The targets, all of the pivot's shape, are merged in parameter space with the pivot as base,
    through mergekit: ``sce`` (v2, ``sce_variant`` = mergekit | fuseai_fork | paper), ``varm`` (v1; quirk Q7's
    equal weights with ``reference_compat=["q7"]``) or any mergekit method (linear, task_arithmetic, ties,
@@ -376,22 +376,21 @@ class _Run:
     def _alignment(self, ref: ModelRef, encoder: Any, shared: bool) -> tuple[Any, list[Any] | None, dict[str, Any]]:
         """(vocabulary map, per-chunk alignments, report): MS statistics for another vocabulary, nothing to
         compute for the pivot's own (the source's rows are then used as they are wherever it tokenizes alike)."""
-        from fusers import _distill as D
-        from fusers import _ms_align as MS
+        from fusers.align import count_corpus, ms_vocab_map, surface_vocab_map
         from fusers.common import config_width, target_width
 
         if shared:
             return None, None, {"method": "shared vocabulary"}
         cfg = self.cfg
         start = time.perf_counter()
-        counts, alignments = MS.count_corpus(self.pivot_encoder, encoder, self.chunks, mode=cfg.align,
-                                             keep_alignments=True)
+        counts, alignments = count_corpus(self.pivot_encoder, encoder, self.chunks, mode=cfg.align,
+                                          keep_alignments=True)
         count_seconds = time.perf_counter() - start
         source_width = target_width(config_width(ref), len(encoder.tokenizer.get_vocab()))
-        vocab = MS.ms_vocab_map(counts, encoder.tokenizer, self.pivot_tokenizer, weighting=cfg.ms_weighting,
-                                source_width=source_width, pivot_width=self.width)
+        vocab = ms_vocab_map(counts, encoder.tokenizer, self.pivot_tokenizer, weighting=cfg.ms_weighting,
+                             source_width=source_width, pivot_width=self.width)
         if cfg.reference_compat != "all":  # exact byte twins (newlines, EOS) first, as in fusellm
-            vocab = D.surface_vocab_map(vocab, encoder.tokenizer, self.pivot_tokenizer, self.width)
+            vocab = surface_vocab_map(vocab, encoder.tokenizer, self.pivot_tokenizer, self.width)
         report = {"method": "ms", "ms_weighting": cfg.ms_weighting, "observed_pairs": int(counts.nnz),
                   "count_bytes": int(counts.nbytes), "count_seconds": round(count_seconds, 2),
                   "exact_share": round(float(vocab.exact[:source_width].mean()), 4)}

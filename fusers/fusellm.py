@@ -355,7 +355,7 @@ class _Run:
 def _status_shares(status: Any) -> dict[str, float]:
     import numpy as np
 
-    from fusers._align import EMPTY, FALLBACK, MAPPED
+    from fusers.align import EMPTY, FALLBACK, MAPPED
 
     n = max(len(status), 1)
     counts = np.bincount(np.asarray(status, dtype=np.int64), minlength=3)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from fusers import _distill as D
-from fusers._align import EMPTY, FALLBACK, MAPPED, VocabMap
+from fusers.align import EMPTY, FALLBACK, MAPPED, VocabMap, detect_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -355,7 +355,7 @@ def test_same_end_check_and_byte_twin_vocab_map(micro_models, chunks) -> None:  
     plain = source_vocab_map(source_tok, target_tok, len(source_tok), len(target_tok), frozenset(), by_surface=False)
     twins = source_vocab_map(source_tok, target_tok, len(source_tok), len(target_tok), frozenset())
     newline = target_tok.convert_tokens_to_ids("Ċ")
-    source_newline = [i for p, i in source_tok.get_vocab().items() if D.detect_spec(source_tok).surface(p) == b"\n"]
+    source_newline = [i for p, i in source_tok.get_vocab().items() if detect_spec(source_tok).surface(p) == b"\n"]
     assert source_newline and all(twins.ids[i] == newline for i in source_newline)
     assert twins.ids[source_tok.eos_token_id] == target_tok.eos_token_id
     assert (twins.ids != plain.ids).any()
