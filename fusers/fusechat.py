@@ -207,7 +207,7 @@ class _Run:
         self.cache = paths.cache_dir()
 
     def run(self) -> FusionResult:
-        from fusers import _distill as D
+        from fusers import distill as D
         from fusers.common import load_tokenizer, target_width
         from harness.model import load_hf
 
@@ -279,7 +279,7 @@ class _Run:
         Returns the chunks, each one's response byte spans, and a report. A conversation that any model
         would read as more than ``seq_len`` tokens is skipped (and counted).
         """
-        from fusers import _distill as D
+        from fusers import distill as D
         from harness.chat_data import default_conversations, load_conversations, render
 
         cfg = self.cfg
@@ -313,7 +313,7 @@ class _Run:
 
     def _pairwise_target(self, ref: ModelRef) -> tuple[Path, dict[str, Any]]:
         """Train (or find in the cache) the target of the pivot fused with ``ref``."""
-        from fusers import _distill as D
+        from fusers import distill as D
         from fusers.common import model_loader
 
         cfg = self.cfg
@@ -397,7 +397,7 @@ class _Run:
         return vocab, alignments, report
 
     def _train(self, corpus: Any) -> tuple[Any, Any, float]:
-        from fusers import _distill as D
+        from fusers import distill as D
         from harness.model import load_hf
         from harness.train import TrainConfig
 

@@ -11,7 +11,7 @@ positions and vocabulary by token alignment. The fusion function is MinCE (the c
 cross-entropy on the text wins) or AvgCE (candidates weighted by their CE), judged per chunk of a document
 (``sequence``), per token, or per packed block (``block``, the reference's accidental behaviour).
 
-Stages (all in :mod:`fusers._distill`): chunk the corpus so that every model reads the same text ->
+Stages (all in :mod:`fusers.distill`): chunk the corpus so that every model reads the same text ->
 teacher top-k per source (stored in memory-mapped shards under ``$BENCH_HOME/cache/distill``, keyed by
 content and resumable, or computed per batch with ``teacher_mode=online``) -> alignment into the target
 (stored the same way) -> training with ``harness.train`` under ``accelerate`` (``accelerate launch`` scales it
@@ -177,7 +177,7 @@ def effective_settings(cfg: FuseLLM.Config) -> tuple[str, bool, Any]:
     Q13: CE per token instead of per UTF-8 byte. ``"all"`` also applies FuseLLM's matching rules (soft MinED
     match without the same-end check, one-to-many positions fall back).
     """
-    from fusers._distill import AlignOptions
+    from fusers.distill import AlignOptions
 
     compat = cfg.compat
     everything = cfg.reference_compat == "all"
@@ -201,7 +201,7 @@ class _Run:
         self.granularity, self.per_token, self.options = effective_settings(cfg)
 
     def run(self) -> FusionResult:
-        from fusers import _distill as D
+        from fusers import distill as D
         from fusers.common import load_tokenizer, target_width
         from harness.model import load_hf
         from harness.train import TrainConfig
@@ -280,7 +280,7 @@ class _Run:
 
     def _stored(self, model: Any) -> tuple[Any, Any, list[dict[str, Any]]]:
         """Teacher stores (target first), then aligned stores; both content-keyed under the cache dir."""
-        from fusers import _distill as D
+        from fusers import distill as D
         from harness import paths
         from harness.model import load_hf
 
@@ -336,7 +336,7 @@ class _Run:
         """Teachers kept in memory and run per batch; the target's initial distribution from a frozen copy."""
         import numpy as np
 
-        from fusers import _distill as D
+        from fusers import distill as D
         from harness.model import load_hf
 
         frozen = copy.deepcopy(model).eval()

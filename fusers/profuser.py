@@ -226,7 +226,7 @@ class _Run:
     def run(self) -> FusionResult:
         import numpy as np
 
-        from fusers import _distill as D
+        from fusers import distill as D
         from fusers.common import load_tokenizer, target_width
         from harness.model import load_hf
         from harness.train import TrainConfig
@@ -336,7 +336,7 @@ class _Run:
 
     def _answers(self, prompts: list[Conversation]) -> list[list[str]]:
         """Every candidate model's greedy answer to every prompt (cached by content: generation is seeded)."""
-        from fusers import _distill as D
+        from fusers import distill as D
         from harness import paths
         from harness.chat_data import end_of_turn, render_prompt
         from harness.lmeval import generate_greedy, quiet
@@ -388,7 +388,7 @@ class _Run:
     def _chunks(self, conversations: list[Conversation], winners: list[int | None]
                 ) -> tuple[list[Any], list[np.ndarray], list[int | None]]:
         """Conversations rendered with the target's template; those longer than seq_len anywhere are skipped."""
-        from fusers import _distill as D
+        from fusers import distill as D
         from harness.chat_data import render
 
         chunks, spans, kept = [], [], []
@@ -405,7 +405,7 @@ class _Run:
     def _document_chunks(self, documents: list[str]) -> tuple[list[Any], list[np.ndarray]]:
         """Plain-text documents cut to ``seq_len`` under every model's tokenizer, one piece per sequence, the loss
         on all of it (continual training on the user's text, as FuseLLM)."""
-        from fusers import _distill as D
+        from fusers import distill as D
 
         if not documents:
             return [], []
@@ -414,7 +414,7 @@ class _Run:
 
     def _stores(self, model: Any, fingerprint: str) -> tuple[list[Any], list[Any]]:
         """(candidate stores in the target's positions, teacher stores in each model's own tokenization)."""
-        from fusers import _distill as D
+        from fusers import distill as D
         from fusers.common import config_width, model_loader, source_vocab_map, target_width
         from harness import paths
 
@@ -447,7 +447,7 @@ class _Run:
         reference trains dialogues), and the plan of modes per step."""
         import numpy as np
 
-        from fusers import _distill as D
+        from fusers import distill as D
 
         cfg = self.cfg
         common = {"seq_len": cfg.seq_len, "fusion": "min_ce", "granularity": "sequence",

@@ -1,4 +1,4 @@
-"""Tests for fusers/_distill.py: chunking, teacher top-k and its storage, alignment into the target, fusion
+"""Tests for fusers/distill/: chunking, teacher top-k and its storage, alignment into the target, fusion
 functions, the sparse loss, quirk switches, and 2-process DDP training against 1 process.
 
 Constructed tensors with known answers pin the fusion functions and the loss; the micro zoo (``zoo_home``)
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusers import _distill as D
+from fusers import distill as D
 from fusers.align import EMPTY, FALLBACK, MAPPED, VocabMap, detect_spec
 
 REPO = Path(__file__).resolve().parents[2]

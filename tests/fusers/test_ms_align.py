@@ -348,8 +348,8 @@ def tokenizers():  # noqa: ANN201
 
 
 def test_count_corpus_equals_chunk_by_chunk_and_feeds_map_distribution(tokenizers) -> None:  # noqa: ANN001
-    from fusers._distill import ChunkEncoder, TextChunk
     from fusers.align import surface_vocab_map
+    from fusers.distill import ChunkEncoder, TextChunk
 
     bpe, uni, texts = tokenizers
     chunks = [TextChunk(0, texts[0][:600], True), TextChunk(0, texts[0][600:1300], False),
