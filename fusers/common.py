@@ -3,12 +3,14 @@
 Which models take part (:func:`pivot_and_sources`), how a source's tokenizer, logit width and weights are
 loaded (:func:`load_tokenizer`, :func:`config_width`, :func:`model_loader`), the width of a dense target over
 a vocabulary (:func:`target_width`, quirk Q11), the learning rate a run defaults to (:func:`default_lr`) and a
-source's vocabulary map into the target (:func:`source_vocab_map`). The alignment and distillation machinery
-itself lives in :mod:`fusers.align` and :mod:`fusers.distill`.
+source's vocabulary map into the target (:func:`source_vocab_map`) with the digest that keys its aligned store
+(:func:`vocab_digest`). The alignment and distillation machinery itself lives in :mod:`fusers.align` and
+:mod:`fusers.distill`.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -98,3 +100,8 @@ def source_vocab_map(source_tokenizer: Any, target_tokenizer: Any, source_width:
     vmap = vocab_map_for_tokenizers(source_tokenizer, target_tokenizer, source_width=source_width,
                                     base_width=target_width, reference_compat=compat & {"q12"})
     return surface_vocab_map(vmap, source_tokenizer, target_tokenizer, target_width) if by_surface else vmap
+
+
+def vocab_digest(vocab: VocabMap | None) -> str | None:
+    """A short content hash of a vocabulary map's ids, part of an aligned store's key (None: no map)."""
+    return None if vocab is None else hashlib.sha256(vocab.ids.tobytes()).hexdigest()[:16]

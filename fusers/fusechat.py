@@ -43,7 +43,6 @@ Run::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -314,7 +313,7 @@ class _Run:
     def _pairwise_target(self, ref: ModelRef) -> tuple[Path, dict[str, Any]]:
         """Train (or find in the cache) the target of the pivot fused with ``ref``."""
         from fusers import distill as D
-        from fusers.common import model_loader
+        from fusers.common import model_loader, vocab_digest
 
         cfg = self.cfg
         encoder = self.source_encoders[self.others.index(ref)]
@@ -336,8 +335,8 @@ class _Run:
 
         start = time.perf_counter()
         vocab, alignments, ms_report = self._alignment(ref, encoder, shared)
-        vocab_hash = None if vocab is None else hashlib.sha256(vocab.ids.tobytes()).hexdigest()[:16]
-        akey = D.store_key("aligned", teacher_key, self.pivot.content_hash(), self.width, options.to_dict(), vocab_hash)
+        akey = D.store_key("aligned", teacher_key, self.pivot.content_hash(), self.width, options.to_dict(),
+                           vocab_digest(vocab))
         aligned = D.ensure_aligned_store(self.cache / "distill" / "aligned" / akey, self.chunks, self.pivot_encoder,
                                          encoder, teacher, vocab, self.width, options, shared_vocab=shared,
                                          about={"source": ref.spec, "target": self.pivot.spec}, alignments=alignments)

@@ -34,7 +34,6 @@ Run::
 from __future__ import annotations
 
 import copy
-import hashlib
 import random
 import time
 from pathlib import Path
@@ -281,6 +280,7 @@ class _Run:
     def _stored(self, model: Any) -> tuple[Any, Any, list[dict[str, Any]]]:
         """Teacher stores (target first), then aligned stores; both content-keyed under the cache dir."""
         from fusers import distill as D
+        from fusers.common import vocab_digest
         from harness import paths
         from harness.model import load_hf
 
@@ -308,9 +308,8 @@ class _Run:
         aligned = []
         for ref, enc, store, key, vocab, shared in zip(self.others, self.encoders, teacher_stores, teacher_keys[1:],
                                                        self.vocabs, self.shared, strict=True):
-            vocab_hash = None if vocab is None else hashlib.sha256(vocab.ids.tobytes()).hexdigest()[:16]
             akey = D.store_key("aligned", key, self.pivot.content_hash(), self.width, self.options.to_dict(),
-                               vocab_hash)
+                               vocab_digest(vocab))
             aligned.append(D.ensure_aligned_store(root / "aligned" / akey, self.chunks, self.target, enc, store, vocab,
                                                   self.width, self.options, shared_vocab=shared,
                                                   about={"source": ref.spec, "target": self.pivot.spec}))

@@ -415,7 +415,7 @@ class _Run:
     def _stores(self, model: Any, fingerprint: str) -> tuple[list[Any], list[Any]]:
         """(candidate stores in the target's positions, teacher stores in each model's own tokenization)."""
         from fusers import distill as D
-        from fusers.common import config_width, model_loader, source_vocab_map, target_width
+        from fusers.common import config_width, model_loader, source_vocab_map, target_width, vocab_digest
         from harness import paths
 
         cfg = self.cfg
@@ -435,7 +435,7 @@ class _Run:
             width = target_width(config_width(ref), len(enc.tokenizer.get_vocab()))
             vocab = source_vocab_map(enc.tokenizer, self.tokenizer, width, self.width, frozenset())
             akey = D.store_key("aligned", key, self.pivot.content_hash(), self.width, options.to_dict(),
-                               _digest(vocab.ids.tobytes()))
+                               vocab_digest(vocab))
             stores.append(D.ensure_aligned_store(root / "aligned" / akey, self.chunks, self.encoders[0], enc, teacher,
                                                  vocab, self.width, options, shared_vocab=shared,
                                                  about={"source": ref.spec, "target": self.pivot.spec}))
@@ -481,9 +481,3 @@ def _min_ce_winners(sums: Any) -> list[int]:
 
 def _counts(winners: list[int | None], names: list[str]) -> dict[str, int]:
     return {name: sum(1 for w in winners if w == k) for k, name in enumerate(names)}
-
-
-def _digest(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()[:16]
