@@ -1,4 +1,4 @@
-"""Benchmark fusers/_align.py against plain pure-Python baselines measured in the same run.
+"""Benchmark fusers/align/ against plain pure-Python baselines measured in the same run.
 
 Run: ``.venv/bin/python benchmarks/bench_align.py`` (about a minute on 2 idle cores).
 
@@ -41,7 +41,7 @@ from rapidfuzz.distance import Levenshtein
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusers._align import (  # noqa: E402
+from fusers.align import (  # noqa: E402
     Tokenization,
     TokenizerSpec,
     align_sequences,
@@ -201,7 +201,7 @@ def bench_dtw() -> None:
     us = 1e6 / cells
     print(f"    reference loop (numpy cells + per-cell ED): {t_ref:7.3f} s  {t_ref * us:8.4f} µs/cell")
     print(f"    lean Python loop (lists + per-cell ED):     {t_lean:7.3f} s  {t_lean * us:8.4f} µs/cell")
-    print(f"    fusers._align (ED + DP + backtrack):        {t_fast:7.3f} s  {t_fast * us:8.4f} µs/cell")
+    print(f"    fusers.align  (ED + DP + backtrack):        {t_fast:7.3f} s  {t_fast * us:8.4f} µs/cell")
     print(f"    ratio vs reference loop {t_ref / t_fast:6.1f}×, vs lean loop {t_lean / t_fast:6.1f}×   "
           f"identical paths: yes   one-to-many base positions: {sum(len(x) > 1 for x in fast)}")
 
@@ -232,7 +232,7 @@ def bench_vocab_map(sample: int = 300) -> None:
     per_fast = t_fast / len(src_vocab) * 1e3
     print(f"    reference loop ({sample} sampled source pieces): {per_ref:8.4f} ms/source piece")
     print(f"    lean loop      ({sample} sampled source pieces): {per_lean:8.4f} ms/source piece")
-    print(f"    fusers._align  (all {len(src_vocab)} source pieces):  {per_fast:8.4f} ms/source piece "
+    print(f"    fusers.align   (all {len(src_vocab)} source pieces):  {per_fast:8.4f} ms/source piece "
           f"({t_fast * 1e3:.1f} ms in all)")
     exact = float(vm.exact[list(src_vocab.values())].mean())
     print(f"    ratio vs reference loop {per_ref / per_fast:6.1f}×, vs lean loop {per_lean / per_fast:6.1f}×   "

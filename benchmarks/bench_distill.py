@@ -1,4 +1,4 @@
-"""Benchmark fusers/_distill.py: the fusion training step against a plain CLM step, and teacher storage size.
+"""Benchmark fusers/distill/: the fusion training step against a plain CLM step, and teacher storage size.
 
 Run: ``.venv/bin/python benchmarks/bench_distill.py`` (about a minute on 2 idle cores; self-contained: it trains
 its own byte-level BPE tokenizer and uses a randomly initialised model of the default zoo's size).
@@ -6,7 +6,7 @@ its own byte-level BPE tokenizer and uses a randomly initialised model of the de
 (a) **Training step**: one optimizer step of :func:`harness.train.train` (forward, loss, backward, clipping,
     AdamW) on the same batch of 8 × 256 tokens of a GPT-2 with the default zoo's shape (d=128, 2 layers,
     vocabulary 1024), with ``harness.train.causal_lm_loss`` (transformers' own loss) and with
-    :func:`fusers._distill.fusion_loss` (λ·CLM + (1-λ)·sparse soft CE over the fused top-k; MinCE gives k = 10
+    :func:`fusers.distill.fusion_loss` (λ·CLM + (1-λ)·sparse soft CE over the fused top-k; MinCE gives k = 10
     entries per row, AvgCE C·k = 30). Target: ≤ 1.15×. The two losses alternate, best of several rounds each,
     so that a busy machine hurts both alike. A second line times building a fused batch from stored
     candidates (``FusionCorpus.collate``), which the dataloader does per step next to the model.
@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusers import _distill as D  # noqa: E402
-from fusers._align import MAPPED  # noqa: E402
+from fusers import distill as D  # noqa: E402
+from fusers.align import MAPPED  # noqa: E402
 from harness.corpus import train_slice  # noqa: E402
 from harness.tokenizer_recipes import TokenizerRecipe, train_tokenizer  # noqa: E402
 from harness.train import TrainConfig, causal_lm_loss, train  # noqa: E402

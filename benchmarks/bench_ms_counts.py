@@ -1,11 +1,11 @@
-"""Benchmark fusers/_ms_align.py: memory of the sparse co-alignment counts, and the MS vocabulary map.
+"""Benchmark fusers/align/ms_*.py: memory of the sparse co-alignment counts, and the MS vocabulary map.
 
 Run: ``.venv/bin/python benchmarks/bench_ms_counts.py`` (about a minute on 2 idle cores; ``--quick``: a few
 seconds, smaller corpora).
 
 FuseChat's reference keeps the stage-1 co-alignment counts (spec ``fusion-algorithms.md`` §2.3) as a dense
 float64 ``|V_pivot| × |V_source|`` matrix. For a 32,000-token pivot and a 150,000-token source that is
-38.4 GB, before any text is read. :class:`fusers._ms_align.CoAlignmentCounts` stores only the observed pairs.
+38.4 GB, before any text is read. :class:`fusers.align.CoAlignmentCounts` stores only the observed pairs.
 
 (a) **Counts.** Synthetic aligned pairs for a 32,000 (pivot) × 150,000 (source) vocabulary pair, fed in
     batches of 1M (about 500 chunks of 2,048 tokens each): source ids Zipf-distributed (exponent 1.1, ranks
@@ -17,7 +17,7 @@ float64 ``|V_pivot| × |V_source|`` matrix. For a 32,000-token pivot and a 150,0
     plain ``dict`` keyed by ``(pivot, source)`` tuples (the obvious sparse structure in Python), timed and
     sized with ``tracemalloc`` on a sample; the dense matrix cannot be allocated here, so its size is
     computed.
-(b) **Vocabulary map** (:func:`fusers._ms_align.ms_vocab_map`) over the largest store, both weightings, with
+(b) **Vocabulary map** (:func:`fusers.align.ms_vocab_map`) over the largest store, both weightings, with
     synthetic pieces (a fifth of the source pieces are exact twins of a pivot piece after swapping 'Ġ' for
     '▁'). The baseline is the reference's per-source loop (its ``dist_fn`` and argmin over the candidates)
     timed on a sample of source ids and extrapolated; the sampled ids must map identically.
@@ -38,8 +38,7 @@ from rapidfuzz.distance import Levenshtein
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusers._align import TokenizerSpec  # noqa: E402
-from fusers._ms_align import CoAlignmentCounts, ms_vocab_map  # noqa: E402
+from fusers.align import CoAlignmentCounts, TokenizerSpec, ms_vocab_map  # noqa: E402
 
 N_PIVOT, N_SOURCE = 32_000, 150_000
 BATCH = 1_000_000

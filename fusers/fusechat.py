@@ -11,10 +11,10 @@ statistics-based alignment) and https://arxiv.org/abs/2402.16107 (v1, VaRM); spe
 
    where MinCE picks, per dialogue, the candidate with the lower cross-entropy on the responses. A source with
    the pivot's vocabulary is used as it is; any other is aligned with FuseChat v2's statistics-based alignment
-   (:mod:`fusers._ms_align`): token alignments over the corpus are counted sparsely, each source token is
-   mapped to the pivot token it co-aligns with (``ms_weighting``: ``frequency``, or the released code's
-   ``reference``, quirk Q2), and its top-k distribution is moved through that map. The per-chunk alignments
-   are computed once and serve both the counts and the distributions.
+   (:mod:`fusers.align.ms_counts`, :mod:`fusers.align.ms_map`): token alignments over the corpus are counted
+   sparsely, each source token is mapped to the pivot token it co-aligns with (``ms_weighting``: ``frequency``,
+   or the released code's ``reference``, quirk Q2), and its top-k distribution is moved through that map. The
+   per-chunk alignments are computed once and serve both the counts and the distributions.
 2. **Merge.** The targets, all of the pivot's shape, are merged in parameter space with the pivot as base,
    through mergekit: ``sce`` (v2, ``sce_variant`` = mergekit | fuseai_fork | paper), ``varm`` (v1; quirk Q7's
    equal weights with ``reference_compat=["q7"]``) or any mergekit method (linear, task_arithmetic, ties,
@@ -43,7 +43,6 @@ Run::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -194,7 +193,7 @@ class _Run:
 
     def __init__(self, cfg: FuseChat.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
         self.cfg, self.ctx = cfg, ctx
-        from fusers._distill import default_lr, pivot_and_sources
+        from fusers.common import default_lr, pivot_and_sources
 
         self.pivot, self.others = pivot_and_sources(sources, target)  # the pivot starts every pair
         self.lr = cfg.lr if cfg.lr is not None else default_lr(self.pivot, paper=5e-6, zoo=5e-4)
@@ -207,9 +206,8 @@ class _Run:
         self.cache = paths.cache_dir()
 
     def run(self) -> FusionResult:
-        from fusers import _distill as D
-        from fusers._align import target_width
-        from fusers.fusellm import _load_tokenizer
+        from fusers import distill as D
+        from fusers.common import load_tokenizer, target_width
         from harness.model import load_hf
 
         cfg = self.cfg
@@ -218,7 +216,7 @@ class _Run:
         self.width = target_width(D.logit_width(pivot_model), len(tokenizer.get_vocab()),
                                   reference_compat=cfg.compat & {"q11"})
         self.pivot_encoder = D.ChunkEncoder(tokenizer)
-        self.source_encoders = [D.ChunkEncoder(_load_tokenizer(ref)) for ref in self.others]
+        self.source_encoders = [D.ChunkEncoder(load_tokenizer(ref)) for ref in self.others]
 
         start = time.perf_counter()
         self.chunks, self.spans, corpus_report = self._corpus()
@@ -280,7 +278,7 @@ class _Run:
         Returns the chunks, each one's response byte spans, and a report. A conversation that any model
         would read as more than ``seq_len`` tokens is skipped (and counted).
         """
-        from fusers import _distill as D
+        from fusers import distill as D
         from harness.chat_data import default_conversations, load_conversations, render
 
         cfg = self.cfg
@@ -314,7 +312,8 @@ class _Run:
 
     def _pairwise_target(self, ref: ModelRef) -> tuple[Path, dict[str, Any]]:
         """Train (or find in the cache) the target of the pivot fused with ``ref``."""
-        from fusers import _distill as D
+        from fusers import distill as D
+        from fusers.common import model_loader, vocab_digest
 
         cfg = self.cfg
         encoder = self.source_encoders[self.others.index(ref)]
@@ -331,13 +330,13 @@ class _Run:
         start = time.perf_counter()
         teacher_key = D.store_key("teacher", ref.content_hash(), self.fingerprint, cfg.top_k)
         teacher = D.ensure_teacher_store(self.cache / "distill" / "teachers" / teacher_key, self.chunks, encoder,
-                                         _loader(ref), cfg.top_k, about={"model": ref.spec})
+                                         model_loader(ref), cfg.top_k, about={"model": ref.spec})
         teacher_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
         vocab, alignments, ms_report = self._alignment(ref, encoder, shared)
-        vocab_hash = None if vocab is None else hashlib.sha256(vocab.ids.tobytes()).hexdigest()[:16]
-        akey = D.store_key("aligned", teacher_key, self.pivot.content_hash(), self.width, options.to_dict(), vocab_hash)
+        akey = D.store_key("aligned", teacher_key, self.pivot.content_hash(), self.width, options.to_dict(),
+                           vocab_digest(vocab))
         aligned = D.ensure_aligned_store(self.cache / "distill" / "aligned" / akey, self.chunks, self.pivot_encoder,
                                          encoder, teacher, vocab, self.width, options, shared_vocab=shared,
                                          about={"source": ref.spec, "target": self.pivot.spec}, alignments=alignments)
@@ -376,30 +375,28 @@ class _Run:
     def _alignment(self, ref: ModelRef, encoder: Any, shared: bool) -> tuple[Any, list[Any] | None, dict[str, Any]]:
         """(vocabulary map, per-chunk alignments, report): MS statistics for another vocabulary, nothing to
         compute for the pivot's own (the source's rows are then used as they are wherever it tokenizes alike)."""
-        from fusers import _distill as D
-        from fusers import _ms_align as MS
-        from fusers._align import target_width
-        from fusers.fusellm import _config_width
+        from fusers.align import count_corpus, ms_vocab_map, surface_vocab_map
+        from fusers.common import config_width, target_width
 
         if shared:
             return None, None, {"method": "shared vocabulary"}
         cfg = self.cfg
         start = time.perf_counter()
-        counts, alignments = MS.count_corpus(self.pivot_encoder, encoder, self.chunks, mode=cfg.align,
-                                             keep_alignments=True)
+        counts, alignments = count_corpus(self.pivot_encoder, encoder, self.chunks, mode=cfg.align,
+                                          keep_alignments=True)
         count_seconds = time.perf_counter() - start
-        source_width = target_width(_config_width(ref), len(encoder.tokenizer.get_vocab()))
-        vocab = MS.ms_vocab_map(counts, encoder.tokenizer, self.pivot_tokenizer, weighting=cfg.ms_weighting,
-                                source_width=source_width, pivot_width=self.width)
+        source_width = target_width(config_width(ref), len(encoder.tokenizer.get_vocab()))
+        vocab = ms_vocab_map(counts, encoder.tokenizer, self.pivot_tokenizer, weighting=cfg.ms_weighting,
+                             source_width=source_width, pivot_width=self.width)
         if cfg.reference_compat != "all":  # exact byte twins (newlines, EOS) first, as in fusellm
-            vocab = D.surface_vocab_map(vocab, encoder.tokenizer, self.pivot_tokenizer, self.width)
+            vocab = surface_vocab_map(vocab, encoder.tokenizer, self.pivot_tokenizer, self.width)
         report = {"method": "ms", "ms_weighting": cfg.ms_weighting, "observed_pairs": int(counts.nnz),
                   "count_bytes": int(counts.nbytes), "count_seconds": round(count_seconds, 2),
                   "exact_share": round(float(vocab.exact[:source_width].mean()), 4)}
         return vocab, alignments, report
 
     def _train(self, corpus: Any) -> tuple[Any, Any, float]:
-        from fusers import _distill as D
+        from fusers import distill as D
         from harness.model import load_hf
         from harness.train import TrainConfig
 
@@ -440,13 +437,3 @@ def _stream(masks: list[np.ndarray]) -> np.ndarray:
     import numpy as np
 
     return np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
-
-
-def _loader(ref: ModelRef):  # noqa: ANN202 - a model factory for ensure_teacher_store
-    def load() -> Any:
-        from harness.model import load_hf
-
-        model, _ = load_hf(ref)
-        return model
-
-    return load

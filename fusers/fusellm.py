@@ -11,7 +11,7 @@ positions and vocabulary by token alignment. The fusion function is MinCE (the c
 cross-entropy on the text wins) or AvgCE (candidates weighted by their CE), judged per chunk of a document
 (``sequence``), per token, or per packed block (``block``, the reference's accidental behaviour).
 
-Stages (all in :mod:`fusers._distill`): chunk the corpus so that every model reads the same text ->
+Stages (all in :mod:`fusers.distill`): chunk the corpus so that every model reads the same text ->
 teacher top-k per source (stored in memory-mapped shards under ``$BENCH_HOME/cache/distill``, keyed by
 content and resumable, or computed per batch with ``teacher_mode=online``) -> alignment into the target
 (stored the same way) -> training with ``harness.train`` under ``accelerate`` (``accelerate launch`` scales it
@@ -34,7 +34,6 @@ Run::
 from __future__ import annotations
 
 import copy
-import hashlib
 import random
 import time
 from pathlib import Path
@@ -177,7 +176,7 @@ def effective_settings(cfg: FuseLLM.Config) -> tuple[str, bool, Any]:
     Q13: CE per token instead of per UTF-8 byte. ``"all"`` also applies FuseLLM's matching rules (soft MinED
     match without the same-end check, one-to-many positions fall back).
     """
-    from fusers._distill import AlignOptions
+    from fusers.distill import AlignOptions
 
     compat = cfg.compat
     everything = cfg.reference_compat == "all"
@@ -188,25 +187,12 @@ def effective_settings(cfg: FuseLLM.Config) -> tuple[str, bool, Any]:
     return ("block" if "q6" in compat else cfg.granularity), "q13" in compat, options
 
 
-def source_vocab_map(source_tokenizer: Any, target_tokenizer: Any, source_width: int, target_width: int,
-                     compat: frozenset[str], by_surface: bool = True):  # noqa: ANN201 - _align.VocabMap
-    """Map a source's ids to the target's: the reference MinED map (Q12: also its string-keyed dictionary),
-    then, unless ``by_surface`` is off (``reference_compat="all"``), exact byte twins first
-    (:func:`fusers._distill.surface_vocab_map`: newline to newline, EOS to EOS)."""
-    from fusers._align import vocab_map_for_tokenizers
-    from fusers._distill import surface_vocab_map
-
-    vmap = vocab_map_for_tokenizers(source_tokenizer, target_tokenizer, source_width=source_width,
-                                    base_width=target_width, reference_compat=compat & {"q12"})
-    return surface_vocab_map(vmap, source_tokenizer, target_tokenizer, target_width) if by_surface else vmap
-
-
 class _Run:
     """One fusion run: the stages of the module docstring, in order, with what they measured."""
 
     def __init__(self, cfg: FuseLLM.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
         self.cfg, self.ctx = cfg, ctx
-        from fusers._distill import default_lr, pivot_and_sources
+        from fusers.common import default_lr, pivot_and_sources
 
         self.pivot, self.others = pivot_and_sources(sources, target)
         self.lr = cfg.lr if cfg.lr is not None else default_lr(self.pivot, paper=1e-5, zoo=1e-3)
@@ -214,8 +200,8 @@ class _Run:
         self.granularity, self.per_token, self.options = effective_settings(cfg)
 
     def run(self) -> FusionResult:
-        from fusers import _distill as D
-        from fusers._align import target_width
+        from fusers import distill as D
+        from fusers.common import load_tokenizer, target_width
         from harness.model import load_hf
         from harness.train import TrainConfig
 
@@ -225,7 +211,7 @@ class _Run:
         _check_context(self.pivot, model, cfg.seq_len)
         self.width = target_width(D.logit_width(model), len(tokenizer.get_vocab()), reference_compat=compat)
         self.target = D.ChunkEncoder(tokenizer)
-        self.encoders = [D.ChunkEncoder(_load_tokenizer(ref)) for ref in self.others]
+        self.encoders = [D.ChunkEncoder(load_tokenizer(ref)) for ref in self.others]
 
         start = time.perf_counter()
         if cfg.data is not None:
@@ -285,15 +271,16 @@ class _Run:
     # --- stages -----------------------------------------------------------------------------------
 
     def _vocab_map(self, ref: ModelRef, source_tokenizer: Any, target_tokenizer: Any):  # noqa: ANN202
-        from fusers._align import target_width
+        from fusers.common import config_width, source_vocab_map, target_width
 
-        width = target_width(_config_width(ref), len(source_tokenizer.get_vocab()), reference_compat=self.cfg.compat)
+        width = target_width(config_width(ref), len(source_tokenizer.get_vocab()), reference_compat=self.cfg.compat)
         return source_vocab_map(source_tokenizer, target_tokenizer, width, self.width, self.cfg.compat,
                                 by_surface=self.cfg.reference_compat != "all")
 
     def _stored(self, model: Any) -> tuple[Any, Any, list[dict[str, Any]]]:
         """Teacher stores (target first), then aligned stores; both content-keyed under the cache dir."""
-        from fusers import _distill as D
+        from fusers import distill as D
+        from fusers.common import vocab_digest
         from harness import paths
         from harness.model import load_hf
 
@@ -321,9 +308,8 @@ class _Run:
         aligned = []
         for ref, enc, store, key, vocab, shared in zip(self.others, self.encoders, teacher_stores, teacher_keys[1:],
                                                        self.vocabs, self.shared, strict=True):
-            vocab_hash = None if vocab is None else hashlib.sha256(vocab.ids.tobytes()).hexdigest()[:16]
             akey = D.store_key("aligned", key, self.pivot.content_hash(), self.width, self.options.to_dict(),
-                               vocab_hash)
+                               vocab_digest(vocab))
             aligned.append(D.ensure_aligned_store(root / "aligned" / akey, self.chunks, self.target, enc, store, vocab,
                                                   self.width, self.options, shared_vocab=shared,
                                                   about={"source": ref.spec, "target": self.pivot.spec}))
@@ -349,7 +335,7 @@ class _Run:
         """Teachers kept in memory and run per batch; the target's initial distribution from a frozen copy."""
         import numpy as np
 
-        from fusers import _distill as D
+        from fusers import distill as D
         from harness.model import load_hf
 
         frozen = copy.deepcopy(model).eval()
@@ -368,29 +354,12 @@ class _Run:
 def _status_shares(status: Any) -> dict[str, float]:
     import numpy as np
 
-    from fusers._align import EMPTY, FALLBACK, MAPPED
+    from fusers.align import EMPTY, FALLBACK, MAPPED
 
     n = max(len(status), 1)
     counts = np.bincount(np.asarray(status, dtype=np.int64), minlength=3)
     return {"mapped": round(counts[MAPPED] / n, 4), "fallback": round(counts[FALLBACK] / n, 4),
             "empty": round(counts[EMPTY] / n, 4)}
-
-
-def _load_tokenizer(ref: ModelRef) -> Any:
-    from transformers import AutoTokenizer
-
-    kwargs: dict[str, Any] = {"local_files_only": True} if ref.path is not None else {}
-    if ref.revision:
-        kwargs["revision"] = ref.revision
-    return AutoTokenizer.from_pretrained(ref.load_id, **kwargs)
-
-
-def _config_width(ref: ModelRef) -> int:
-    """A source's logit width from its config (no weights loaded): ``vocab_size``."""
-    from transformers import AutoConfig
-
-    kwargs: dict[str, Any] = {"local_files_only": True} if ref.path is not None else {}
-    return int(AutoConfig.from_pretrained(ref.load_id, **kwargs).vocab_size)
 
 
 def _check_context(ref: ModelRef, model: Any, seq_len: int) -> None:

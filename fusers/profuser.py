@@ -216,7 +216,7 @@ class _Run:
 
     def __init__(self, cfg: ProFuser.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
         self.cfg, self.ctx = cfg, ctx
-        from fusers._distill import default_lr, pivot_and_sources
+        from fusers.common import default_lr, pivot_and_sources
 
         self.pivot, self.others = pivot_and_sources(sources, target)
         self.lr = cfg.lr if cfg.lr is not None else default_lr(self.pivot, paper=5e-6, zoo=5e-4)
@@ -226,9 +226,8 @@ class _Run:
     def run(self) -> FusionResult:
         import numpy as np
 
-        from fusers import _distill as D
-        from fusers._align import target_width
-        from fusers.fusellm import _load_tokenizer
+        from fusers import distill as D
+        from fusers.common import load_tokenizer, target_width
         from harness.model import load_hf
         from harness.train import TrainConfig
 
@@ -236,7 +235,7 @@ class _Run:
         model, tokenizer = load_hf(self.pivot, dtype="float32")  # the model trained (its own teacher rows too)
         self.tokenizer = tokenizer
         self.width = target_width(D.logit_width(model), len(tokenizer.get_vocab()))
-        self.encoders = [D.ChunkEncoder(tokenizer), *(D.ChunkEncoder(_load_tokenizer(r)) for r in self.others)]
+        self.encoders = [D.ChunkEncoder(tokenizer), *(D.ChunkEncoder(load_tokenizer(r)) for r in self.others)]
 
         prompts, truth, documents = self._data()
         start = time.perf_counter()
@@ -337,7 +336,7 @@ class _Run:
 
     def _answers(self, prompts: list[Conversation]) -> list[list[str]]:
         """Every candidate model's greedy answer to every prompt (cached by content: generation is seeded)."""
-        from fusers import _distill as D
+        from fusers import distill as D
         from harness import paths
         from harness.chat_data import end_of_turn, render_prompt
         from harness.lmeval import generate_greedy, quiet
@@ -389,7 +388,7 @@ class _Run:
     def _chunks(self, conversations: list[Conversation], winners: list[int | None]
                 ) -> tuple[list[Any], list[np.ndarray], list[int | None]]:
         """Conversations rendered with the target's template; those longer than seq_len anywhere are skipped."""
-        from fusers import _distill as D
+        from fusers import distill as D
         from harness.chat_data import render
 
         chunks, spans, kept = [], [], []
@@ -406,7 +405,7 @@ class _Run:
     def _document_chunks(self, documents: list[str]) -> tuple[list[Any], list[np.ndarray]]:
         """Plain-text documents cut to ``seq_len`` under every model's tokenizer, one piece per sequence, the loss
         on all of it (continual training on the user's text, as FuseLLM)."""
-        from fusers import _distill as D
+        from fusers import distill as D
 
         if not documents:
             return [], []
@@ -415,10 +414,8 @@ class _Run:
 
     def _stores(self, model: Any, fingerprint: str) -> tuple[list[Any], list[Any]]:
         """(candidate stores in the target's positions, teacher stores in each model's own tokenization)."""
-        from fusers import _distill as D
-        from fusers._align import target_width
-        from fusers.fusechat import _loader
-        from fusers.fusellm import _config_width, source_vocab_map
+        from fusers import distill as D
+        from fusers.common import config_width, model_loader, source_vocab_map, target_width, vocab_digest
         from harness import paths
 
         cfg = self.cfg
@@ -428,17 +425,17 @@ class _Run:
         for c, (ref, enc) in enumerate(zip(self.candidates, self.encoders, strict=True)):
             key = D.store_key("teacher", ref.content_hash(), fingerprint, cfg.top_k)
             teacher = D.ensure_teacher_store(root / "teachers" / key, self.chunks, enc,
-                                             (lambda: model) if c == 0 else _loader(ref), cfg.top_k,
+                                             (lambda: model) if c == 0 else model_loader(ref), cfg.top_k,
                                              about={"model": ref.spec})
             teachers.append(teacher)
             if c == 0:
                 stores.append(teacher)
                 continue
             shared = D.shares_vocabulary(enc.tokenizer, self.tokenizer)
-            width = target_width(_config_width(ref), len(enc.tokenizer.get_vocab()))
+            width = target_width(config_width(ref), len(enc.tokenizer.get_vocab()))
             vocab = source_vocab_map(enc.tokenizer, self.tokenizer, width, self.width, frozenset())
             akey = D.store_key("aligned", key, self.pivot.content_hash(), self.width, options.to_dict(),
-                               _digest(vocab.ids.tobytes()))
+                               vocab_digest(vocab))
             stores.append(D.ensure_aligned_store(root / "aligned" / akey, self.chunks, self.encoders[0], enc, teacher,
                                                  vocab, self.width, options, shared_vocab=shared,
                                                  about={"source": ref.spec, "target": self.pivot.spec}))
@@ -450,7 +447,7 @@ class _Run:
         reference trains dialogues), and the plan of modes per step."""
         import numpy as np
 
-        from fusers import _distill as D
+        from fusers import distill as D
 
         cfg = self.cfg
         common = {"seq_len": cfg.seq_len, "fusion": "min_ce", "granularity": "sequence",
@@ -484,9 +481,3 @@ def _min_ce_winners(sums: Any) -> list[int]:
 
 def _counts(winners: list[int | None], names: list[str]) -> dict[str, int]:
     return {name: sum(1 for w in winners if w == k) for k, name in enumerate(names)}
-
-
-def _digest(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()[:16]

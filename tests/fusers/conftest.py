@@ -178,7 +178,7 @@ class TrainedSequences:
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
         import torch
 
-        from fusers import _distill as D
+        from fusers import distill as D
 
         self.chunks: list = []
         self.rows: list[list[int]] = []
@@ -203,7 +203,7 @@ class TrainedSequences:
     def check_one_conversation_each(self, tokenizer) -> int:  # noqa: ANN001
         """Every trained sequence is exactly [EOS] + one conversation's tokens, i.e. what each teacher read
         of it, and its loss covers response tokens only. Returns how many sequences were checked."""
-        from fusers import _distill as D
+        from fusers import distill as D
 
         encoder = D.ChunkEncoder(tokenizer)
         whole = {tuple(encoder.ids(c)) for c in self.chunks}

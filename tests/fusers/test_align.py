@@ -1,4 +1,4 @@
-"""Tests for fusers/_align.py: marker table, sequence alignment, MinED vocab map, distribution mapping.
+"""Tests for fusers/align/: marker table, sequence alignment, MinED vocab map, distribution mapping.
 
 Real tiny tokenizers are trained in fixtures (a few KB of text, well under a second each):
 
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rapidfuzz.distance import Levenshtein
 
-from fusers._align import (
+from fusers.align import (
     EMPTY,
     FALLBACK,
     FUSELLM_REFERENCE,
@@ -32,7 +32,6 @@ from fusers._align import (
     Tokenization,
     TokenizerSpec,
     VocabMap,
-    _spec_from_vocab,
     align_sequences,
     compat_set,
     detect_spec,
@@ -40,10 +39,11 @@ from fusers._align import (
     dtw_from_cost,
     edit_distance_matrix,
     map_distribution,
-    target_width,
     vocab_map,
     vocab_map_for_tokenizers,
 )
+from fusers.align.spec import _spec_from_vocab
+from fusers.common import target_width
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 WORDS = ("the answer is forty two and the question is what hello world print return value function class "
@@ -175,7 +175,7 @@ def plain_vocab_map(src: dict[str, int], base: dict[str, int], sm: str, bm: str)
 
 def plain_rows(alignment, base, source, topk_ids, topk_logits, vmap, *, collision, fallback, one_to_many):  # noqa: ANN001, ANN201
     """A loop version of the mapping, only for the ``match="surface"`` decision taken from the module."""
-    from fusers._align import _match_single
+    from fusers.align.distribution import _match_single
 
     rows = []
     n = len(base)
@@ -397,7 +397,7 @@ SPU = TokenizerSpec.of_kind("metaspace", byte_fallback=True, special_tokens=froz
 
 
 def _byte_level_pieces(text: str, rnd: random.Random) -> list[str]:
-    from fusers._align import _BYTE_ENCODER
+    from fusers.align.spec import _BYTE_ENCODER
 
     data = text.encode()
     cuts = sorted(rnd.sample(range(1, len(data)), rnd.randint(0, len(data) - 1))) if len(data) > 1 else []
@@ -736,7 +736,7 @@ def test_compiled_and_numpy_dtw_agree(monkeypatch):
     """The numba kernels and the pure-numpy fallback (used where numba is absent) give identical paths."""
     import random
 
-    import fusers._align as align
+    import fusers.align.dtw as dtw
 
     rng = random.Random(7)
     words = ["a", "ab", "abc", "b", "bc", "c", "", "x", "xy"]
@@ -744,9 +744,9 @@ def test_compiled_and_numpy_dtw_agree(monkeypatch):
         base = [rng.choice(words) for _ in range(rng.randint(1, 40))]
         source = [rng.choice(words) for _ in range(rng.randint(1, 40))]
         for tie in ("fusellm", "fusechat"):
-            compiled = align.dtw_align(base, source, tie).to_lists()
+            compiled = dtw.dtw_align(base, source, tie).to_lists()
             with monkeypatch.context() as m:
-                m.setattr(align, "_compiled_cumulative", lambda: None)
-                m.setattr(align, "_compiled_backtrack", lambda: None)
-                fallback = align.dtw_align(base, source, tie).to_lists()
+                m.setattr(dtw, "_compiled_cumulative", lambda: None)
+                m.setattr(dtw, "_compiled_backtrack", lambda: None)
+                fallback = dtw.dtw_align(base, source, tie).to_lists()
             assert compiled == fallback

@@ -1,4 +1,4 @@
-"""The MinED search behind ``vocab_map`` (``fusers._align._nearest_pieces`` / ``_first_min_ed``) against a
+"""The MinED search behind ``vocab_map`` (``fusers.align.vocab._nearest_pieces`` / ``_first_min_ed``) against a
 plain reference: for every query, ``min(range(len(cands)), key=lambda c: ED(q, cands[c]))`` (the first
 candidate at the minimal Levenshtein distance, ties to the lowest index; an equal candidate is at distance
 0, so it is the first equal one).
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from rapidfuzz.distance import Levenshtein
 
-import fusers._align as align
+import fusers.align.vocab as vocab
 
 UNICODE = ["a", "b", "é", "▁", "Ġ", "Ċ", "中", "文", "😀", "\ud800", "\U0010ffff", "\x00", " "]
 
@@ -43,18 +43,18 @@ def reference(queries: list[str], cands: list[str], dist=edit_distance) -> tuple
 def path(request, monkeypatch):  # noqa: ANN001, ANN201
     if request.param == "compiled":
         pytest.importorskip("numba")
-        assert align._compiled_first_min_ed() is not None
+        assert vocab.compiled_first_min_ed() is not None
     else:
-        monkeypatch.setattr(align, "_compiled_first_min_ed", lambda: None)
+        monkeypatch.setattr(vocab, "compiled_first_min_ed", lambda: None)
     return request.param
 
 
 def check(queries: list[str], cands: list[str], dist=edit_distance) -> None:  # noqa: ANN001
-    index, exact = align._nearest_pieces(queries, cands)
+    index, exact = vocab._nearest_pieces(queries, cands)
     ref_index, ref_exact = reference(queries, cands, dist)
     assert index.tolist() == ref_index
     assert exact.tolist() == ref_exact
-    assert align._first_min_ed(queries, cands).tolist() == ref_index
+    assert vocab._first_min_ed(queries, cands).tolist() == ref_index
 
 
 def words(rng: random.Random, alphabet: list[str] | str, count: int, longest: int, shortest: int = 0) -> list[str]:
@@ -111,11 +111,11 @@ def test_repeated_characters_far_from_everything(path, seed: int) -> None:  # no
 
 
 def test_degenerate_inputs(path) -> None:  # noqa: ANN001
-    assert align._first_min_ed([], ["a"]).tolist() == []
-    index, exact = align._nearest_pieces([], [])
+    assert vocab._first_min_ed([], ["a"]).tolist() == []
+    index, exact = vocab._nearest_pieces([], [])
     assert index.tolist() == [] and exact.tolist() == []
     with pytest.raises(ValueError, match="empty"):
-        align._nearest_pieces(["a"], [])
+        vocab._nearest_pieces(["a"], [])
     check(["", "a", "ab"], [""])
     check(["", "x"], ["abc", "ab", "b", "a", "ab"])  # ties on length for "", first of the length-1 ones for "x"
     check(["ab", "ba", "abc"], ["ba", "ab", "ab", "abc"])
@@ -128,10 +128,10 @@ def test_vocab_map_same_with_and_without_numba(monkeypatch, seed: int) -> None: 
     alphabet = "abcdeĠ▁Ċ中"
     src = list(dict.fromkeys(words(rng, alphabet, 300, 7, shortest=1)))
     base = list(dict.fromkeys(words(rng, alphabet.replace("Ġ", ""), 500, 7, shortest=1)))
-    compiled = align.vocab_map(src, base, source_marker="Ġ", base_marker="▁")
+    compiled = vocab.vocab_map(src, base, source_marker="Ġ", base_marker="▁")
     with monkeypatch.context() as m:
-        m.setattr(align, "_compiled_first_min_ed", lambda: None)
-        fallback = align.vocab_map(src, base, source_marker="Ġ", base_marker="▁")
+        m.setattr(vocab, "compiled_first_min_ed", lambda: None)
+        fallback = vocab.vocab_map(src, base, source_marker="Ġ", base_marker="▁")
     assert np.array_equal(compiled.ids, fallback.ids)
     assert np.array_equal(compiled.exact, fallback.exact)
     keys = [p.replace("Ġ", "▁") for p in src]

@@ -1,4 +1,4 @@
-"""Tests for fusers/_distill.py: chunking, teacher top-k and its storage, alignment into the target, fusion
+"""Tests for fusers/distill/: chunking, teacher top-k and its storage, alignment into the target, fusion
 functions, the sparse loss, quirk switches, and 2-process DDP training against 1 process.
 
 Constructed tensors with known answers pin the fusion functions and the loss; the micro zoo (``zoo_home``)
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusers import _distill as D
-from fusers._align import EMPTY, FALLBACK, MAPPED, VocabMap
+from fusers import distill as D
+from fusers.align import EMPTY, FALLBACK, MAPPED, VocabMap, detect_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -314,7 +314,7 @@ def oracle_rows(tz, k: int = 3) -> D.TeacherRows:  # noqa: ANN001
 
 
 def test_alignment_into_the_target_vocabulary(micro_models, chunks) -> None:  # noqa: ANN001
-    from fusers.fusellm import source_vocab_map
+    from fusers.common import source_vocab_map
 
     target_tok = micro_models["gpt2-code"][1]
     target = D.ChunkEncoder(target_tok)
@@ -349,13 +349,13 @@ def test_alignment_into_the_target_vocabulary(micro_models, chunks) -> None:  # 
 
 
 def test_same_end_check_and_byte_twin_vocab_map(micro_models, chunks) -> None:  # noqa: ANN001
-    from fusers.fusellm import source_vocab_map
+    from fusers.common import source_vocab_map
 
     target_tok, source_tok = micro_models["gpt2-code"][1], micro_models["mpt-math"][1]
     plain = source_vocab_map(source_tok, target_tok, len(source_tok), len(target_tok), frozenset(), by_surface=False)
     twins = source_vocab_map(source_tok, target_tok, len(source_tok), len(target_tok), frozenset())
     newline = target_tok.convert_tokens_to_ids("Ċ")
-    source_newline = [i for p, i in source_tok.get_vocab().items() if D.detect_spec(source_tok).surface(p) == b"\n"]
+    source_newline = [i for p, i in source_tok.get_vocab().items() if detect_spec(source_tok).surface(p) == b"\n"]
     assert source_newline and all(twins.ids[i] == newline for i in source_newline)
     assert twins.ids[source_tok.eos_token_id] == target_tok.eos_token_id
     assert (twins.ids != plain.ids).any()
@@ -393,7 +393,8 @@ def test_shared_vocabulary_skips_alignment(micro_models, chunks) -> None:  # noq
 
 
 def test_q1_fallback_next_by_default_current_in_compat(micro_models, chunks) -> None:  # noqa: ANN001
-    from fusers.fusellm import FuseLLM, effective_settings, source_vocab_map
+    from fusers.common import source_vocab_map
+    from fusers.fusellm import FuseLLM, effective_settings
 
     target_tok, source_tok = micro_models["gpt2-code"][1], micro_models["mpt-math"][1]
     vmap = source_vocab_map(source_tok, target_tok, len(source_tok), len(target_tok), frozenset())
@@ -437,7 +438,7 @@ def test_q5_collisions_sum_by_default_keep_first_in_compat(micro_models) -> None
 
 
 def test_online_and_stored_candidates_build_the_same_batches(tmp_path, micro_models, chunks) -> None:  # noqa: ANN001
-    from fusers.fusellm import source_vocab_map
+    from fusers.common import source_vocab_map
 
     model, tok = micro_models["gpt2-code"]
     target = D.ChunkEncoder(tok)
@@ -728,9 +729,10 @@ def test_padding_changes_nothing_for_the_real_tokens() -> None:
 
 
 def test_default_lr_is_the_papers_for_real_checkpoints_and_the_zoos_for_its_own_members() -> None:
+    from fusers.common import default_lr
     from harness.model import ModelRef
 
-    assert D.default_lr(ModelRef("zoo:gpt2-code", "zoo"), paper=5e-6, zoo=5e-4) == 5e-4
-    assert D.default_lr(ModelRef("zoo:smollm2-135m", "zoo"), paper=5e-6, zoo=5e-4) == 5e-6  # a real checkpoint
-    assert D.default_lr(ModelRef("/ckpt/hf", "local", Path("/ckpt/hf")), paper=1e-5, zoo=1e-3) == 1e-5
-    assert D.default_lr(ModelRef("org/model", "hub"), paper=1e-5, zoo=1e-3) == 1e-5
+    assert default_lr(ModelRef("zoo:gpt2-code", "zoo"), paper=5e-6, zoo=5e-4) == 5e-4
+    assert default_lr(ModelRef("zoo:smollm2-135m", "zoo"), paper=5e-6, zoo=5e-4) == 5e-6  # a real checkpoint
+    assert default_lr(ModelRef("/ckpt/hf", "local", Path("/ckpt/hf")), paper=1e-5, zoo=1e-3) == 1e-5
+    assert default_lr(ModelRef("org/model", "hub"), paper=1e-5, zoo=1e-3) == 1e-5

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from fusers.fusellm import FuseLLM, effective_settings, source_vocab_map
+from fusers.common import source_vocab_map
+from fusers.fusellm import FuseLLM, effective_settings
 from harness.errors import BenchError
 from tests.conftest import bench
 
@@ -133,12 +134,12 @@ def test_q11_model_width_by_default_tokenizer_width_fails_in_compat(home: Path, 
 
 
 def test_q12_string_keyed_map_gives_the_same_ids(home: Path) -> None:
-    from fusers.fusellm import _load_tokenizer
+    from fusers.common import load_tokenizer
     from harness.model import resolve
 
-    target = _load_tokenizer(resolve("zoo:gpt2-code"))
+    target = load_tokenizer(resolve("zoo:gpt2-code"))
     for name in ("zoo:neox-docs", "zoo:mpt-math"):
-        source = _load_tokenizer(resolve(name))
+        source = load_tokenizer(resolve(name))
         default = source_vocab_map(source, target, len(source), len(target), frozenset())
         compat = source_vocab_map(source, target, len(source), len(target), frozenset({"q12"}))
         assert default.by_string is None and isinstance(compat.by_string, dict) and compat.by_string

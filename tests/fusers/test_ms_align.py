@@ -1,4 +1,4 @@
-"""Tests for fusers/_ms_align.py: FuseChat v2's statistics-based token alignment (spec §2.3, quirk Q2).
+"""Tests for fusers/align/ms_counts.py and ms_map.py: FuseChat v2's statistics-based token alignment (spec §2.3, quirk Q2).
 
 Sparse counting is pinned against a dense numpy matrix filled the reference's way (fancy-index ``+=``); the
 vocabulary map against hand-made corpora with known answers and against a literal transcription of the
@@ -14,8 +14,18 @@ import numpy as np
 import pytest
 from rapidfuzz.distance import Levenshtein
 
-from fusers._align import Alignment, Tokenization, TokenizerSpec, VocabMap, align_sequences, map_distribution
-from fusers._ms_align import CoAlignmentCounts, count_corpus, ms_statistical_map, ms_vocab_map
+from fusers.align import (
+    Alignment,
+    CoAlignmentCounts,
+    Tokenization,
+    TokenizerSpec,
+    VocabMap,
+    align_sequences,
+    count_corpus,
+    map_distribution,
+    ms_statistical_map,
+    ms_vocab_map,
+)
 
 BL = TokenizerSpec.of_kind("byte_level")
 SP = TokenizerSpec.of_kind("metaspace")
@@ -338,7 +348,8 @@ def tokenizers():  # noqa: ANN201
 
 
 def test_count_corpus_equals_chunk_by_chunk_and_feeds_map_distribution(tokenizers) -> None:  # noqa: ANN001
-    from fusers._distill import ChunkEncoder, TextChunk, surface_vocab_map
+    from fusers.align import surface_vocab_map
+    from fusers.distill import ChunkEncoder, TextChunk
 
     bpe, uni, texts = tokenizers
     chunks = [TextChunk(0, texts[0][:600], True), TextChunk(0, texts[0][600:1300], False),

@@ -199,7 +199,7 @@ def test_profuser_trains_on_your_conversations_and_text(private_home: Path, tmp_
     assert details["prompts"]["answered"] == 10 and details["training_conversations"]["given"] == 2
     assert details["training_documents"]["given"] == 3 and details["training_documents"]["chunks"] >= 3
     _, tokenizer = load_hf(resolve("zoo:gpt2-code"))
-    from fusers import _distill as D
+    from fusers import distill as D
 
     encoder = D.ChunkEncoder(tokenizer)
     doc_rows = {tuple(encoder.ids(c)) for c in trained.chunks if c.text.startswith("def double_")}

@@ -13,8 +13,16 @@ import numpy as np
 import pytest
 from rapidfuzz.distance import Levenshtein
 
-from fusers._align import EMPTY, FALLBACK, MAPPED, TokenizerSpec, VocabMap
-from fusers._ms_align import fusechat_distribution, fusechat_dtw_align, fusechat_pieces
+from fusers.align import (
+    EMPTY,
+    FALLBACK,
+    MAPPED,
+    TokenizerSpec,
+    VocabMap,
+    fusechat_distribution,
+    fusechat_dtw_align,
+    fusechat_pieces,
+)
 from tests.fusers.test_align import tz
 
 BYTE = TokenizerSpec.of_kind("byte_level")
@@ -198,7 +206,7 @@ def test_an_empty_plain_pivot_piece_over_several_source_pieces_is_empty_not_a_cr
     piece. The released code then indexes an empty list (IndexError); FuseBench leaves the row EMPTY (the
     pivot's own distribution), its documented deviation."""
     plain = TokenizerSpec.of_kind("plain")
-    from fusers._align import Alignment
+    from fusers.align import Alignment
 
     pivot, source = tz(["", "ab"], plain), tz(["x", "y", "ab"], META)
     alignment = Alignment.from_lists([[0, 1], [2]], n_source=3)
