@@ -339,7 +339,8 @@ class _Run:
         from fusers import distill as D
         from harness import paths
         from harness.chat_data import end_of_turn, render_prompt
-        from harness.lmeval import generate_greedy, quiet
+        from harness.lmeval import generate_greedy
+        from harness.logs import quiet
         from harness.model import as_lm, load_hf
 
         answers = []
