@@ -3,9 +3,12 @@
 Tables (stable, documented columns; later migrations only add):
   runs        one row per `bench run` / `bench eval` / `bench score`: config, status, provenance, timings
   models      every model a run evaluated or built: source refs and fused artifacts, with content hashes
-  run_models  which models a run evaluated, and in which role (fused / target / source / model)
+  run_models  which models a run evaluated, in which role (fused / target / source / model) and under which name
   scores      run, model, suite, task, metric -> value, stderr, n, higher_is_better, suite version
   samples     one row per evaluated example: prompt, raw output, extracted answer, target, metrics
+
+and views for reading (``run_members``, ``score_rows``, ``latest_ok_runs``: :func:`m007_read_views`). Every read of
+the DB goes through a :class:`Store` method: the SQL of FuseBench lives in this module.
 
 Writes that belong together happen in one transaction, so a crash never leaves half of a model's
 suite results behind. A run row is closed as ``ok``, ``error`` or ``interrupted`` (Ctrl-C, SIGTERM); a process
@@ -30,13 +33,16 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 from sqlite_utils import Migrations
 
 from harness.errors import BenchError
 from harness.paths import file_lock
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 migrations = Migrations("fusebench")
 
@@ -122,6 +128,82 @@ def m005_run_groups(db: sqlite_utils.Database) -> None:
     """``group_id``: the runs of one ``bench run --seeds A,B,C`` share it (the id of the group's first run); NULL
     for a run on its own."""
     db["runs"].add_column("group_id", str)
+
+
+#: Roles of models a fuser made for the run; every other member (source, target, model) was named by the user.
+MADE_ROLES = ("fused", "control", "stage")
+
+
+@migrations()
+def m006_member_display_names(db: sqlite_utils.Database) -> None:
+    """``run_models.display_name``: the model's name as the run shows it (see :meth:`Store.add_model`). Rows of
+    earlier runs get what FuseBench showed for them: the model's first recorded name, except for a source or target
+    first recorded as a fused model (a merge that degenerated to one expert, say), which is named after the run's
+    source / target spec that no other member accounts for (in spec order)."""
+    db["run_models"].add_column("display_name", str)
+    members: dict[str, list[dict[str, Any]]] = {}
+    for m in db.query("select rm.run_id, rm.model_id, rm.role, m.name, m.kind from run_models rm "
+                      "join models m on m.id = rm.model_id order by rm.run_id, rm.position"):
+        members.setdefault(m["run_id"], []).append(m)
+    updates = []
+    for run in db.query("select id, target, sources from runs"):
+        names = _names_shown_before_m006(run, members.get(run["id"], []))
+        updates += [(name, run["id"], model_id) for model_id, name in names.items()]
+    db.conn.executemany("update run_models set display_name = ? where run_id = ? and model_id = ?", updates)
+
+
+def _names_shown_before_m006(run: dict[str, Any], members: list[dict[str, Any]]) -> dict[str, str]:
+    """model_id -> the name FuseBench showed for each member of ``run`` before names were stored per run."""
+    names = {m["model_id"]: m["name"] for m in members}
+    misnamed = [m["model_id"] for m in members if m["role"] not in MADE_ROLES and m["kind"] in ("fused", "runtime")]
+    if misnamed:
+        specs = ([run["target"]] if run.get("target") else []) + json.loads(run.get("sources") or "[]")
+        taken = {names[m["model_id"]] for m in members if m["model_id"] not in misnamed}
+        free = [n for n in (_spec_name(s) for s in specs) if n not in taken]
+        if len(free) == len(misnamed):
+            names.update(zip(misnamed, free, strict=True))
+    return names
+
+
+def _spec_name(spec: str) -> str:
+    """What :attr:`harness.model.ModelRef.name` calls a spec: a local folder by its name, others as written."""
+    path = Path(spec).expanduser()
+    return path.name if not spec.startswith("zoo:") and path.exists() else spec
+
+
+@migrations()
+def m007_read_views(db: sqlite_utils.Database) -> None:
+    """Views for reading (the Store's read methods, and anyone with SQL: ``datasette``, ``sqlite3``):
+
+    ``run_members``     run_models with the member's shown name (``model``), its model's kind and path, and its run's
+                        name, kind, fuser, status, start and group
+    ``score_rows``      scores with the member's shown name, role and position and the same run columns
+    ``latest_ok_runs``  the newest ``ok`` run of each run name; unnamed runs are told apart by their run hash (fusion
+                        runs) or kind + sources + config (eval and score runs)
+    """
+    db.execute("""
+        create view run_members as
+        select rm.run_id, rm.model_id, rm.role, rm.position, coalesce(rm.display_name, m.name) as model,
+               m.kind as model_kind, m.path as model_path, r.name as run_name, r.kind as run_kind, r.fuser,
+               r.status, r.started_at, r.group_id
+        from run_models rm join runs r on r.id = rm.run_id join models m on m.id = rm.model_id""")
+    db.execute("""
+        create view score_rows as
+        select s.run_id, s.model_id, s.suite, s.suite_version, s.eval_key, s.task, s.metric, s.value, s.stderr, s.n,
+               s.higher_is_better, s.dtype, s.backend, s.created_at, rm.model, rm.model_kind, rm.role, rm.position,
+               rm.run_name, rm.run_kind, rm.fuser, rm.status, rm.started_at, rm.group_id
+        from scores s join run_members rm on rm.run_id = s.run_id and rm.model_id = s.model_id""")
+    db.execute("""
+        create view latest_ok_runs as
+        select * from runs where rowid in (
+            select rowid from (
+                select rowid, row_number() over (
+                    partition by coalesce(nullif(name, ''), nullif(run_hash, ''),
+                                          coalesce(kind, 'None') || '|' || coalesce(sources, 'None') || '|'
+                                          || coalesce(config, 'None'))
+                    order by started_at desc, rowid desc) as newest
+                from runs where status = 'ok')
+            where newest = 1)""")
 
 
 def now() -> str:
@@ -346,14 +428,21 @@ class Store:
     # --- models ---------------------------------------------------------------------------------
 
     def add_model(self, model: dict[str, Any], run_id: str, role: str, position: int) -> None:
-        """Record a model (idempotent by id) and its role in a run."""
+        """Record a model (idempotent by id) and its role in a run, under the name the run shows it by.
+
+        The models table is keyed by content and keeps a model's first name, and so does the run's member, except a
+        source or target whose content was first recorded as a fused model (a merge that degenerated to one expert,
+        say): that one is shown under the run's own name for it (``model["name"]``)."""
         row = {k: (_json(v) if isinstance(v, (dict, list)) else v) for k, v in model.items()}
         row.setdefault("created_at", now())
         row.setdefault("created_by_run", run_id)
         with self._writing():
             self.db["models"].insert(row, pk="id", ignore=True)
+            first = self.db["models"].get(model["id"])
+            made = first["kind"] in ("fused", "runtime") and role not in MADE_ROLES
             self.db["run_models"].insert(
-                {"run_id": run_id, "model_id": model["id"], "role": role, "position": position},
+                {"run_id": run_id, "model_id": model["id"], "role": role, "position": position,
+                 "display_name": model["name"] if made else first["name"]},
                 pk=("run_id", "model_id"), replace=True,
             )
 
@@ -406,13 +495,147 @@ class Store:
     def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         return list(self.db.query(sql, params))
 
+    # --- reading runs ---------------------------------------------------------------------------
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        return list(self.db.query(sql, list(params)))
+
+    def has_run(self, ref: str) -> bool:
+        """Whether a run has the id or the name ``ref`` (whatever its status)."""
+        return bool(self._rows("select 1 from runs where id = ? or name = ? limit 1", [ref, ref]))
+
+    def find_run(self, ref: str) -> dict[str, Any]:
+        """A run row by id, else the newest ``ok`` run named ``ref``. BenchError if neither exists or the run did not
+        finish ``ok`` (a failed run's scores are incomplete)."""
+        rows = self._rows("select * from runs where id = ?", [ref]) or self._rows(
+            "select * from runs where name = ? and status = 'ok' order by started_at desc, rowid desc limit 1", [ref])
+        if not rows:
+            if self._rows("select status from runs where name = ?", [ref]):
+                raise BenchError(f"run name {ref!r} has no run with status ok in {self.path}",
+                                 "see `bench runs`; re-run it or give another run")
+            raise BenchError(f"unknown run {ref!r}: no run id or run name in {self.path}",
+                             "give a run id or name from `bench runs`, or a baseline .json file")
+        run = rows[0]
+        if run["status"] != "ok":
+            raise BenchError(f"run {run['id']} has status {run['status']}, not ok", "give a run that finished ok")
+        return run
+
+    def latest_ok_runs(self) -> list[dict[str, Any]]:
+        """The newest ``ok`` run of each run name (of each run hash or config for unnamed runs), oldest first."""
+        return self._rows("select * from latest_ok_runs order by coalesce(started_at, ''), id")
+
+    def seed_group_runs(self, group_ref: str) -> list[dict[str, Any]]:
+        """The ``ok`` runs of the seed group ``group_ref`` (its id, or its name: runs named ``NAME@seedN``; the newest
+        group when the name was reused), in seed order; empty when there is no such group."""
+        rows = self._rows("select * from runs where group_id = ? and status = 'ok' order by started_at, rowid",
+                          [group_ref])
+        if not rows:
+            rows = self._rows("select * from runs where group_id is not null and name like ? and status = 'ok' "
+                              "order by started_at, rowid", [f"{group_ref}@seed%"])
+            if len({r["group_id"] for r in rows}) > 1:
+                rows = [r for r in rows if r["group_id"] == rows[-1]["group_id"]]
+        return rows
+
+    def run_configs(self, run_ids: list[str]) -> dict[str, str | None]:
+        """run id -> its config (JSON text)."""
+        marks = ", ".join("?" * len(run_ids))
+        return {r["id"]: r["config"] for r in self._rows(f"select id, config from runs where id in ({marks})", run_ids)}
+
+    # --- reading members, scores and samples ------------------------------------------------------
+
+    def has_model(self, ref: str) -> bool:
+        """Whether a model has the name or the id ``ref``."""
+        return bool(self._rows("select 1 from models where name = ? or id = ? limit 1", [ref, ref]))
+
+    def run_members(self, run_id: str) -> list[dict[str, Any]]:
+        """The members of run ``run_id`` in their order: rows of the view ``run_members``."""
+        return self._rows("select * from run_members where run_id = ? order by position", [run_id])
+
+    def members_frame(self) -> pd.DataFrame:
+        """The members of every ``ok`` run (the view ``run_members``), by run start and position."""
+        import pandas as pd
+
+        return pd.DataFrame(self._rows("select * from run_members where status = 'ok' order by started_at, position"))
+
+    def members_with_samples(self, run_id: str, suites: list[str] | None = None) -> list[dict[str, Any]]:
+        """The members of run ``run_id`` (model_id, role, model: its shown name) that have per-example samples (of
+        ``suites``), in their order."""
+        in_suites = f" and x.suite in ({', '.join('?' * len(suites))})" if suites else ""
+        return self._rows("select m.model_id, m.role, m.model from run_members m where m.run_id = ? and exists "
+                          "(select 1 from samples x where x.run_id = m.run_id and x.model_id = m.model_id"
+                          + in_suites + ") order by m.position", [run_id, *(suites or [])])
+
+    def newest_sampled_member(self, model_ref: str, suites: list[str] | None = None) -> dict[str, Any] | None:
+        """(run_id, model_id) of the newest ``ok`` run with per-example samples (of ``suites``) of the model named or
+        with the id ``model_ref``; None when there is none."""
+        in_suites = f" and s.suite in ({', '.join('?' * len(suites))})" if suites else ""
+        rows = self._rows(
+            "select s.run_id, s.model_id from scores s join runs r on r.id = s.run_id join models m on m.id = s.model_id "
+            "where r.status = 'ok' and (m.name = ? or m.id = ?)" + in_suites +
+            " and exists (select 1 from samples x where x.run_id = s.run_id and x.model_id = s.model_id "
+            "and x.suite = s.suite) order by r.started_at desc, r.rowid desc limit 1", [model_ref, model_ref, *(suites or [])])
+        return rows[0] if rows else None
+
+    def score_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """The scores of run ``run_id`` (rows of the view ``score_rows``), by member position, suite, task and metric."""
+        return self._rows("select * from score_rows where run_id = ? order by position, suite, task, metric", [run_id])
+
+    def score_frame(self, run_ids: list[str] | None = None) -> pd.DataFrame:
+        """The scores of every ``ok`` run, or of the runs ``run_ids``: the view ``score_rows`` as a frame."""
+        import pandas as pd
+
+        if run_ids is None:
+            return pd.DataFrame(self._rows("select * from score_rows where status = 'ok'"))
+        marks = ", ".join("?" * len(run_ids))
+        return pd.DataFrame(self._rows(f"select * from score_rows where run_id in ({marks})", run_ids))
+
+    def first_score(self, run_id: str, model_id: str, suite: str, metric: str | None = None) -> dict[str, Any] | None:
+        """suite_version and higher_is_better of a member's first score on ``suite`` (of ``metric``, when given);
+        None when it has none."""
+        of_metric = " and metric = ?" if metric else ""
+        rows = self._rows("select suite_version, higher_is_better from scores where run_id = ? and model_id = ? "
+                          f"and suite = ?{of_metric} limit 1", [run_id, model_id, suite, *([metric] if metric else [])])
+        return rows[0] if rows else None
+
+    def suites_with_samples(self, run_id: str, model_id: str) -> list[str]:
+        """The suites of which a member has per-example samples, by name."""
+        return [r["suite"] for r in self._rows("select distinct suite from samples where run_id = ? and model_id = ? "
+                                               "order by suite", [run_id, model_id])]
+
+    def samples(self, run_id: str, model_id: str, suite: str) -> list[dict[str, Any]]:
+        """A member's samples of ``suite`` (task, doc_id, prompt, target, metrics as JSON text), by task and doc_id."""
+        return self._rows("select task, doc_id, prompt, target, metrics from samples where run_id = ? and model_id = ? "
+                          "and suite = ? order by task, doc_id", [run_id, model_id, suite])
+
+    def run_samples(self, run_id: str, suite: str | None = None) -> list[dict[str, Any]]:
+        """Every sample of run ``run_id`` (of ``suite``) with its member's shown name (``model``), by model, suite,
+        task and doc_id."""
+        return self._rows("select s.*, m.model from samples s join run_members m on m.run_id = s.run_id "
+                          "and m.model_id = s.model_id where s.run_id = ?" + (" and s.suite = ?" if suite else "")
+                          + " order by m.model, s.suite, s.task, s.doc_id", [run_id, *([suite] if suite else [])])
+
+    def sample_targets(self, run_id: str) -> list[dict[str, Any]]:
+        """(model_id, suite, task, doc_id, target) of every sample of run ``run_id``."""
+        return self._rows("select model_id, suite, task, doc_id, target from samples where run_id = ?", [run_id])
+
+    def train_log(self, run_ids: list[str]) -> list[dict[str, Any]]:
+        """The training curves of runs ``run_ids``: (run_id, model_id, step, name, value) by run, model, curve and
+        step; empty where the DB's ``train_log`` is of another shape."""
+        marks = ",".join("?" * len(run_ids))
+        try:
+            return self._rows(f"select run_id, model_id, step, name, value from train_log where run_id in ({marks}) "
+                              "order by run_id, model_id, name, step", run_ids)
+        except sqlite3.Error:
+            return []
+
     # --- reading only -----------------------------------------------------------------------------
 
     @classmethod
     def read_only(cls, path: str | Path) -> Store:
-        """An existing DB opened for reading only, not migrated: for listing commands where the DB file or its
-        folder cannot be written (a read-only mount, someone else's results). SQLite cannot create the WAL index
-        in a folder it cannot write, so there the file is opened as immutable."""
+        """An existing DB opened for reading only: for listing commands where the DB file or its folder cannot be
+        written (a read-only mount, someone else's results). SQLite cannot create the WAL index in a folder it cannot
+        write, so there the file is opened as immutable. A DB of an older FuseBench is read from a migrated copy in
+        memory, so that every read method finds the schema it expects."""
         store = cls.__new__(cls)
         store.path = Path(path)
         mode = "mode=ro" if os.access(store.path.parent, os.W_OK) else "immutable=1"
@@ -423,7 +646,18 @@ class Store:
         try:
             store.db = sqlite_utils.Database(sqlite3.connect(f"{store.path.resolve().as_uri()}?{mode}", uri=True))
             store.db.execute("select 1 from runs limit 1")
+            if migrations.pending(store.db):
+                store.db = _migrated_copy(store.db)
         except sqlite3.Error as e:
             raise BenchError(f"cannot read results DB {path} (opened read-only): {e}",
                              "give a FuseBench DB path") from None
         return store
+
+
+def _migrated_copy(db: sqlite_utils.Database) -> sqlite_utils.Database:
+    """An in-memory copy of ``db`` with every migration applied."""
+    copy = sqlite_utils.Database(memory=True)
+    db.conn.backup(copy.conn)
+    db.conn.close()
+    migrations.apply(copy)
+    return copy
