@@ -34,12 +34,14 @@ def bench(*args: str) -> tuple[float, int, str]:
 
 
 def scores(db: Path, metric: str) -> dict[str, float]:
-    import sqlite_utils
+    """backend -> the mean ``avg`` value of ``metric`` over the DB's runs."""
+    from harness.store import Store
 
-    rows = sqlite_utils.Database(db).query(
-        "select s.backend, avg(s.value) as value from scores s where s.metric = ? and s.task = 'avg' group by s.backend",
-        [metric])
-    return {r["backend"]: round(r["value"], 4) for r in rows}
+    frame = Store(db).score_frame()
+    if frame.empty:
+        return {}
+    chosen = frame[(frame["metric"] == metric) & (frame["task"] == "avg")]
+    return {backend: round(value, 4) for backend, value in chosen.groupby("backend")["value"].mean().items()}
 
 
 def main() -> None:

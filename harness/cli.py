@@ -444,9 +444,7 @@ def samples(
 
     store = _store_for_reading(db)
     store.get_run(run_id)
-    sql = ("select s.*, m.name as model from samples s join models m on m.id = s.model_id where s.run_id = ?"
-           + (" and s.suite = ?" if suite else "") + " order by m.name, s.suite, s.task, s.doc_id")
-    rows = store.query(sql, [run_id, suite] if suite else [run_id])
+    rows = store.run_samples(run_id, suite)
     if failed:
         rows = [r for r in rows if any(v == 0 for v in json.loads(r["metrics"] or "{}").values())]
     for r in rows[:limit]:

@@ -70,17 +70,14 @@ class Side:
 
 def resolve(store: Store, ref: str, suites: list[str] | None = None) -> Side:
     """The (run, model) a REF stands for; a BenchError naming the fix when there is none or several."""
-    from harness.regress import find_run
-
-    if "@" in ref and not _is_model(store, ref):
+    if "@" in ref and not store.has_model(ref):
         # MODEL@RUN; run names may hold an "@" themselves (a seed group's NAME@seedN): the first split that names a run
         splits = [(ref[:i], ref[i + 1:]) for i, ch in enumerate(ref) if ch == "@"]
-        model, run_ref = next(((m, r) for m, r in splits if m and store.query(
-            "select 1 from runs where id = ? or name = ? limit 1", [r, r])), splits[-1])
-        return _member(store, ref, find_run(store, run_ref), model)
-    if store.query("select 1 from runs where id = ? or name = ? limit 1", [ref, ref]):
-        run = find_run(store, ref)
-        members = _members_with_samples(store, run, suites)
+        model, run_ref = next(((m, r) for m, r in splits if m and store.has_run(r)), splits[-1])
+        return _member(store, ref, store.find_run(run_ref), model)
+    if store.has_run(ref):
+        run = store.find_run(ref)
+        members = store.members_with_samples(run["id"], suites)
         if len(members) == 1:
             return _side(ref, run, members[0])
         fused = [m for m in members if m["role"] == "fused"]
@@ -89,87 +86,47 @@ def resolve(store: Store, ref: str, suites: list[str] | None = None) -> Side:
         if not members:
             raise BenchError(f"run {run['id']} has no per-example samples{_in(suites)}",
                              "compare runs that evaluated a suite (`bench samples RUN` lists them)")
-        names = ", ".join(m["name"] for m in members)
+        names = ", ".join(m["model"] for m in members)
         raise BenchError(f"run {run['id']} evaluated {len(members)} models ({names})",
-                         f"name one as MODEL@{ref}, e.g. {members[0]['name']}@{ref}")
-    if not _is_model(store, ref):
+                         f"name one as MODEL@{ref}, e.g. {members[0]['model']}@{ref}")
+    if not store.has_model(ref):
         raise BenchError(f"unknown model or run {ref!r} in {store.path}",
                          "give a run id or name from `bench runs`, a model name from `bench leaderboard`, or MODEL@RUN")
-    suite_filter = f" and s.suite in ({', '.join('?' * len(suites))})" if suites else ""
-    rows = store.query(
-        "select s.run_id, s.model_id from scores s join runs r on r.id = s.run_id join models m on m.id = s.model_id "
-        "where r.status = 'ok' and (m.name = ? or m.id = ?)" + suite_filter +
-        " and exists (select 1 from samples x where x.run_id = s.run_id and x.model_id = s.model_id "
-        "and x.suite = s.suite) order by r.started_at desc, r.rowid desc limit 1", [ref, ref, *(suites or [])])
-    if not rows:
+    newest = store.newest_sampled_member(ref, suites)
+    if newest is None:
         raise BenchError(f"model {ref!r} has no per-example samples{_in(suites)} in an ok run",
                          f"evaluate it first: bench eval --model {ref}" + (f" --suite {suites[0]}" if suites else ""))
-    run = find_run(store, rows[0]["run_id"])
-    return _member(store, ref, run, rows[0]["model_id"])
+    return _member(store, ref, store.find_run(newest["run_id"]), newest["model_id"])
 
 
 def resolve_all(store: Store, ref: str, suites: list[str] | None = None) -> list[Side]:
     """The sides a REF stands for: one per run of a seed group for ``MODEL@GROUP``, else :func:`resolve`'s one."""
     for at in (i for i, ch in enumerate(ref) if ch == "@"):
         model, group_ref = ref[:at], ref[at + 1:]
-        runs = _group_runs(store, group_ref)
+        runs = store.seed_group_runs(group_ref)
         if model and len(runs) > 1:
             return [_member(store, ref, run, model) for run in runs]
     return [resolve(store, ref, suites)]
-
-
-def _group_runs(store: Store, group_ref: str) -> list[dict[str, Any]]:
-    """The ``ok`` runs of the seed group ``group_ref`` (its id, or its name: runs named ``NAME@seedN``), in seed
-    order; empty when there is no such group."""
-    from harness.leaderboard import GROUP_COLUMN
-
-    if GROUP_COLUMN not in store.db["runs"].columns_dict:
-        return []
-    rows = store.query(f"select * from runs where {GROUP_COLUMN} = ? and status = 'ok' order by started_at, rowid",
-                       [group_ref])
-    if not rows:
-        rows = store.query(f"select * from runs where {GROUP_COLUMN} is not null and name like ? and status = 'ok' "
-                           "order by started_at, rowid", [f"{group_ref}@seed%"])
-        groups = {r[GROUP_COLUMN] for r in rows}
-        if len(groups) > 1:  # the name was reused: the newest group
-            newest = rows[-1][GROUP_COLUMN]
-            rows = [r for r in rows if r[GROUP_COLUMN] == newest]
-    return rows
-
-
-def _is_model(store: Store, ref: str) -> bool:
-    return bool(store.query("select 1 from models where name = ? or id = ? limit 1", [ref, ref]))
 
 
 def _in(suites: list[str] | None) -> str:
     return f" of suite {', '.join(suites)}" if suites else ""
 
 
-def _members_with_samples(store: Store, run: dict[str, Any], suites: list[str] | None) -> list[dict[str, Any]]:
-    from harness.regress import member_names
-
-    names = member_names(store, run)
-    suite_filter = f" and x.suite in ({', '.join('?' * len(suites))})" if suites else ""
-    rows = store.query("select rm.model_id, rm.role from run_models rm where rm.run_id = ? and exists "
-                       "(select 1 from samples x where x.run_id = rm.run_id and x.model_id = rm.model_id"
-                       + suite_filter + ") order by rm.position", [run["id"], *(suites or [])])
-    return [{**r, "name": names[r["model_id"]]} for r in rows]
-
-
 def _member(store: Store, ref: str, run: dict[str, Any], model: str) -> Side:
     """The member of ``run`` called ``model`` (its name in the run, its id, or ``fused``)."""
-    members = _members_with_samples(store, run, None)
-    found = [m for m in members if model in (m["name"], m["model_id"])
+    members = store.members_with_samples(run["id"])
+    found = [m for m in members if model in (m["model"], m["model_id"])
              or (model in ("fused", "control") and m["role"] == model)]
     if not found:
-        known = ", ".join(m["name"] for m in members) or "none with samples"
+        known = ", ".join(m["model"] for m in members) or "none with samples"
         raise BenchError(f"run {run['id']} has no samples of model {model!r} (its models: {known})",
                          "give one of the run's models, as MODEL@RUN")
     return _side(ref, run, found[0])
 
 
 def _side(ref: str, run: dict[str, Any], member: dict[str, Any]) -> Side:
-    return Side(ref=ref, run=run, model_id=member["model_id"], model=member["name"], role=member["role"])
+    return Side(ref=ref, run=run, model_id=member["model_id"], model=member["model"], role=member["role"])
 
 
 # --- per-example units --------------------------------------------------------------------------------
@@ -284,13 +241,11 @@ def compare(store: Store, ref_a: str, ref_b: str, suites: list[str] | None = Non
 
 def suites_with_samples(store: Store, side: Side) -> list[str]:
     """The suites of which ``side`` has per-example samples, by name."""
-    return [r["suite"] for r in store.query("select distinct suite from samples where run_id = ? and model_id = ? "
-                                            "order by suite", [side.run["id"], side.model_id])]
+    return store.suites_with_samples(side.run["id"], side.model_id)
 
 
 def _samples(store: Store, side: Side, suite: str) -> list[dict[str, Any]]:
-    rows = store.query("select task, doc_id, prompt, target, metrics from samples where run_id = ? and model_id = ? "
-                       "and suite = ? order by task, doc_id", [side.run["id"], side.model_id, suite])
+    rows = store.samples(side.run["id"], side.model_id, suite)
     for r in rows:
         r["metrics"] = json.loads(r["metrics"] or "{}")
     return rows
@@ -303,21 +258,19 @@ def per_example(store: Store, side: Side, suite: str) -> Units:
 
 
 def _suite_version(store: Store, side: Side, suite: str) -> str:
-    rows = store.query("select suite_version from scores where run_id = ? and model_id = ? and suite = ? limit 1",
-                       [side.run["id"], side.model_id, suite])
-    if not rows:
+    first = store.first_score(side.run["id"], side.model_id, suite)
+    if first is None:
         raise BenchError(f"{side.describe()} has samples but no scores of suite {suite}",
                          "re-run the evaluation (the run's record is incomplete)")
-    return str(rows[0]["suite_version"])
+    return str(first["suite_version"])
 
 
 def _higher_is_better(store: Store, side: Side, suite: str, metric: str) -> bool:
-    rows = store.query("select higher_is_better from scores where run_id = ? and model_id = ? and suite = ? "
-                       "and metric = ? limit 1", [side.run["id"], side.model_id, suite, metric])
-    if not rows:
+    first = store.first_score(side.run["id"], side.model_id, suite, metric)
+    if first is None:
         raise BenchError(f"{side.describe()} has no {metric} score of suite {suite}",
                          "re-run the evaluation (the run's record is incomplete)")
-    return bool(rows[0]["higher_is_better"])
+    return bool(first["higher_is_better"])
 
 
 def check_pairable(suite: str, a: Side, b: Side, version_a: str, version_b: str,

@@ -140,20 +140,14 @@ def skill_inheritance(store: Store, run_ref: str, model: str | None = None, suit
 
 
 def _find_run(store: Store, ref: str) -> dict[str, Any]:
-    from harness.regress import find_run
-
-    if not store.query("select 1 from runs where id = ? or name = ? limit 1", [ref, ref]):
+    if not store.has_run(ref):
         raise BenchError(f"unknown run {ref!r} in {store.path}", "give a fusion run's id or name from `bench runs`")
-    return find_run(store, ref)
+    return store.find_run(ref)
 
 
 def _members(store: Store, run: dict[str, Any]) -> list[compare.Side]:
-    from harness.regress import member_names
-
-    names = member_names(store, run)
-    rows = store.query("select model_id, role from run_models where run_id = ? order by position", [run["id"]])
-    return [compare.Side(ref=f"{names[r['model_id']]}@{run['id']}", run=run, model_id=r["model_id"],
-                         model=names[r["model_id"]], role=r["role"]) for r in rows]
+    return [compare.Side(ref=f"{m['model']}@{run['id']}", run=run, model_id=m["model_id"], model=m["model"],
+                         role=m["role"]) for m in store.run_members(run["id"])]
 
 
 def _chosen(run: dict[str, Any], members: list[compare.Side], model: str | None) -> compare.Side:

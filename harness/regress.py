@@ -107,26 +107,6 @@ class RunScores:
 # --- resolving references -----------------------------------------------------------------------
 
 
-def find_run(store: Store, ref: str) -> dict[str, Any]:
-    """A run row by id, else the newest ``ok`` run named ``ref``. BenchError if neither exists or
-    the run did not finish ``ok`` (a failed run's scores are incomplete)."""
-    rows = store.query("select * from runs where id = ?", [ref])
-    if not rows:
-        rows = store.query("select * from runs where name = ? and status = 'ok' order by started_at desc, rowid desc limit 1",
-                           [ref])
-        if not rows:
-            named = store.query("select status from runs where name = ?", [ref])
-            if named:
-                raise BenchError(f"run name {ref!r} has no run with status ok in {store.path}",
-                                 "see `bench runs`; re-run it or give another run")
-            raise BenchError(f"unknown run {ref!r}: no run id or run name in {store.path}",
-                             "give a run id or name from `bench runs`, or a baseline .json file")
-    run = rows[0]
-    if run["status"] != "ok":
-        raise BenchError(f"run {run['id']} has status {run['status']}, not ok", "give a run that finished ok")
-    return run
-
-
 def load_ref(ref: str, store: Store | None) -> list[RunScores]:
     """The runs a REF stands for: one run from the DB, or every run stored in a baseline file."""
     path = Path(ref)
@@ -134,7 +114,7 @@ def load_ref(ref: str, store: Store | None) -> list[RunScores]:
         return read_baseline(path)
     if store is None:
         raise BenchError(f"{ref!r} is not a baseline file and there is no results DB", "give --db PATH")
-    return [run_scores(store, find_run(store, ref))]
+    return [run_scores(store, store.find_run(ref))]
 
 
 def run_scores(store: Store, run: dict[str, Any]) -> RunScores:
@@ -142,18 +122,13 @@ def run_scores(store: Store, run: dict[str, Any]) -> RunScores:
     config = json.loads(run.get("config") or "{}")
     label = run.get("name") or run["id"]
     fingerprints = _data_fingerprints(store, run["id"])
-    names = member_names(store, run)
-    scores = store.query(
-        "select s.*, rm.role from scores s "
-        "join run_models rm on rm.run_id = s.run_id and rm.model_id = s.model_id where s.run_id = ? "
-        "order by rm.position, s.suite, s.task, s.metric", [run["id"]])
+    scores = store.score_rows(run["id"])
     rows = [
-        ScoreRow(run=label, role=s["role"], model=names[s["model_id"]], suite=s["suite"],
-                 suite_version=str(s["suite_version"]),
+        ScoreRow(run=label, role=s["role"], model=s["model"], suite=s["suite"], suite_version=str(s["suite_version"]),
                  task=s["task"], metric=s["metric"], value=s["value"], stderr=s["stderr"], n=s["n"],
                  higher_is_better=bool(s["higher_is_better"]), eval_config=eval_config(config, s["suite"]),
-                 data_fingerprint=fingerprints.get((s["model_id"], s["suite"])), dtype=s.get("dtype"),
-                 backend=s.get("backend"))
+                 data_fingerprint=fingerprints.get((s["model_id"], s["suite"])), dtype=s["dtype"],
+                 backend=s["backend"])
         for s in scores
     ]
     meta = {k: run.get(k) for k in ("id", "name", "kind", "fuser", "git_sha", "started_at", "command")}
@@ -161,34 +136,6 @@ def run_scores(store: Store, run: dict[str, Any]) -> RunScores:
                 target=run.get("target"), versions=json.loads(run.get("versions") or "{}"))
     model_ids = {row.model_key: s["model_id"] for row, s in zip(rows, scores, strict=True)}
     return RunScores(label=label, meta=meta, rows=rows, model_ids=model_ids)
-
-
-def member_names(store: Store, run: dict[str, Any]) -> dict[str, str]:
-    """model_id -> the model's name as this run knows it.
-
-    The models table is keyed by content and keeps a model's first name. A source that is byte-identical
-    to an earlier run's fused model (a merge that degenerated to one expert, say) is therefore stored
-    under that run's label. Such members get the display name of the run's source / target spec that no
-    other member accounts for (in spec order), so a baseline's ``source zoo:llama-code`` still matches.
-    """
-    members = store.query("select rm.model_id, rm.role, m.name, m.kind from run_models rm "
-                          "join models m on m.id = rm.model_id where rm.run_id = ? order by rm.position", [run["id"]])
-    names = {m["model_id"]: m["name"] for m in members}
-    misnamed = [m["model_id"] for m in members
-                if m["role"] not in ("fused", "control", "stage") and m["kind"] in ("fused", "runtime")]
-    if misnamed:
-        specs = ([run["target"]] if run.get("target") else []) + json.loads(run.get("sources") or "[]")
-        taken = {names[m["model_id"]] for m in members if m["model_id"] not in misnamed}
-        free = [n for n in (_display_name(s) for s in specs) if n not in taken]
-        if len(free) == len(misnamed):
-            names.update(zip(misnamed, free, strict=True))
-    return names
-
-
-def _display_name(spec: str) -> str:
-    """What :attr:`harness.model.ModelRef.name` calls a spec: a local folder by its name, others as written."""
-    path = Path(spec).expanduser()
-    return path.name if not spec.startswith("zoo:") and path.exists() else spec
 
 
 def eval_config(config: dict[str, Any], suite: str) -> dict[str, Any]:
@@ -206,7 +153,7 @@ def _data_fingerprints(store: Store, run_id: str) -> dict[tuple[str, str], str]:
     Targets are gold answers / reference text, never model output, so two models scored on the same
     examples get the same fingerprint."""
     items: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for s in store.query("select model_id, suite, task, doc_id, target from samples where run_id = ?", [run_id]):
+    for s in store.sample_targets(run_id):
         items[(s["model_id"], s["suite"])].append(f"{s['task']}\t{s['doc_id']}\t{s['target'] or ''}")
     return {k: hashlib.sha256("\n".join(sorted(v)).encode()).hexdigest()[:16] for k, v in items.items()}
 
@@ -217,7 +164,7 @@ def _data_fingerprints(store: Store, run_id: str) -> dict[tuple[str, str], str]:
 def save_baseline(store: Store, refs: list[str], path: Path) -> list[RunScores]:
     """Write the scores of ``refs`` (run ids or names) to ``path``: one JSON object per score per line,
     so that a changed baseline reads well in a diff."""
-    runs = [run_scores(store, find_run(store, ref)) for ref in refs]
+    runs = [run_scores(store, store.find_run(ref)) for ref in refs]
     labels = [r.label for r in runs]
     if len(set(labels)) != len(labels):
         raise BenchError(f"two of the runs share the name {sorted({x for x in labels if labels.count(x) > 1})}",

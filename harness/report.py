@@ -33,7 +33,6 @@ import html
 import json
 import math
 import re
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,35 +116,26 @@ class Column:
 def select_runs(store: Store, refs: list[str] | None) -> list[dict[str, Any]]:
     """The runs given (ids or names), else the newest ok run of each run name; unnamed runs are told
     apart by their run hash (fusion runs) or kind + models + config (eval and score runs)."""
-    from harness.regress import find_run
-
     if refs:
         chosen = {}
         for ref in refs:
-            run = find_run(store, ref)
+            run = store.find_run(ref)
             chosen.setdefault(run["id"], run)
         return list(chosen.values())
-    newest: dict[str, dict[str, Any]] = {}
-    for run in store.query("select * from runs where status = 'ok' order by started_at, rowid"):
-        key = run["name"] or run["run_hash"] or f"{run['kind']}|{run['sources']}|{run['config']}"
-        newest[key] = run
+    newest = store.latest_ok_runs()
     if not newest:
         raise BenchError(f"no finished (ok) runs in {store.path}",
                          "run `bench run --fuser merge` or `bench eval --model zoo:llama-base` first")
-    return sorted(newest.values(), key=lambda r: (r["started_at"] or "", r["id"]))
+    return newest
 
 
 def load_runs(store: Store, rows: list[dict[str, Any]], suites: list[str] | None) -> list[RunView]:
-    from harness.regress import member_names
-
     views = []
     for row in rows:
-        names = member_names(store, row)
-        members = [Member(m["model_id"], names[m["model_id"]], m["role"], m["position"], m["path"]) for m in store.query(
-            "select rm.model_id, rm.role, rm.position, m.name, m.path from run_models rm "
-            "join models m on m.id = rm.model_id where rm.run_id = ? order by rm.position", [row["id"]])]
+        members = [Member(m["model_id"], m["model"], m["role"], m["position"], m["model_path"])
+                   for m in store.run_members(row["id"])]
         scores = {}
-        for s in store.query("select * from scores where run_id = ?", [row["id"]]):
+        for s in store.score_rows(row["id"]):
             if suites and s["suite"] not in suites:
                 continue
             scores[(s["model_id"], s["suite"], s["task"], s["metric"])] = Cell(
@@ -469,21 +459,14 @@ def training_curves(store: Store, views: list[RunView]) -> list[Curve]:
     """Curves from the ``train_log`` table when present, and from zoo members' cards on this machine."""
     curves: list[Curve] = []
     names = {m.model_id: m.name for v in views for m in v.members}
-    if "train_log" in store.db.table_names():
-        ids = [v.id for v in views]
-        try:
-            rows = store.query(f"select run_id, model_id, step, name, value from train_log where run_id in "
-                               f"({','.join('?' * len(ids))}) order by run_id, model_id, name, step", ids)
-        except sqlite3.Error:  # a train_log of another shape: the report still renders, without it
-            rows = []
-        labels = {v.id: v.label for v in views}
-        series: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
-        for r in rows:
-            if r["value"] is not None and r["step"] is not None:
-                series.setdefault((r["run_id"], r["model_id"], r["name"]), []).append((r["step"], r["value"]))
-        for (run_id, model_id, name), points in series.items():
-            curves.append(Curve(name, f"{names.get(model_id, model_id)} ({labels[run_id]})",
-                                [p[0] for p in points], [p[1] for p in points], "train_log table"))
+    labels = {v.id: v.label for v in views}
+    series: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    for r in store.train_log([v.id for v in views]):
+        if r["value"] is not None and r["step"] is not None:
+            series.setdefault((r["run_id"], r["model_id"], r["name"]), []).append((r["step"], r["value"]))
+    for (run_id, model_id, name), points in series.items():
+        curves.append(Curve(name, f"{names.get(model_id, model_id)} ({labels[run_id]})",
+                            [p[0] for p in points], [p[1] for p in points], "train_log table"))
     seen: set[str] = set()
     for v in views:
         for m in v.members:

@@ -385,6 +385,7 @@ def hostile_db(fake_db):
         db.execute("update runs set name = ?, command = ?, fuser = ?, git_sha = ? where fuser is not null",
                    [HOSTILE["run"], HOSTILE["command"], HOSTILE["fuser"], HOSTILE["git_sha"]])
         db.execute("update models set name = ? || rowid", [HOSTILE["model"]])
+        db.execute("update run_models set display_name = (select name from models where id = model_id)")
         db.execute("update scores set task = ?", [HOSTILE["task"]])
     return fake_db
 

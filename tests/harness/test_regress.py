@@ -249,17 +249,16 @@ def test_why_not_comparable_names_the_difference():
 def test_a_source_identical_to_an_earlier_fused_model_keeps_its_source_name(fake_run, capsys):
     """bonus=-0.3 makes the fused model byte-identical to source a, so the models table first knows that
     content as the fused model "degenerate". In a later run it is a source again and must be called src_a."""
-    from harness.regress import member_names
     from harness.store import Store
 
     env, run = fake_run
     run("--set", "bonus=-0.3", name="degenerate")
     later = run(name="nightly")
     store = Store(env["db"])
-    names = member_names(store, store.get_run(later))
-    assert sorted(names.values()) == ["nightly", "src_a", "src_b"]
-    stored = {r["name"] for r in store.query("select name from models")}
-    assert "src_a" not in stored  # the table itself still has the first name: the fix is in the reading
+    names = [m["model"] for m in store.run_members(later)]
+    assert sorted(names) == ["nightly", "src_a", "src_b"]
+    stored = {r["name"] for r in store.db["models"].rows}
+    assert "src_a" not in stored  # the table itself still has the first name: the run's member has its own
 
 
 def test_runs_on_different_embedded_corpora_are_not_comparable():
