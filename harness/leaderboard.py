@@ -1,8 +1,16 @@
 """The leaderboard: one row per model, one column per (suite, task, metric), fused models beside their sources.
 
-Reads only SQLite (pandas), never torch. Scores come from runs with status ``ok``; for each model and
-column the newest value wins. Columns are keyed by suite *version* too, so scores of a changed
-suite are never ranked together with old ones.
+One builder (:func:`board`) makes every leaderboard FuseBench shows, from the results DB's ``score_rows`` view (reads
+only SQLite and pandas, never torch). Two kinds:
+
+* over every ``ok`` run (`bench leaderboard`, and what `bench run` / `eval` / `score` print: :func:`build`): for each
+  model and column the newest value wins; rows are each seed group as one block, each other fusion run's fused model
+  followed by its target and sources, then lone models;
+* over chosen runs (`bench report`): each run is a block of its own, its members (fused first, then the control,
+  target and sources) with the run's own values.
+
+Columns are each suite's primary metric on its summary tasks (every metric and task on request), keyed by suite
+*version* too, so scores of a changed suite are never ranked together with old ones.
 
 Each value is shown as ``mean ± half-width`` of its 95% confidence interval when it has a standard error:
 the suite's stored stderr (``1.96 · stderr``), or, for a seed group (the runs of ``bench run --seeds``, which
@@ -26,6 +34,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -34,31 +44,111 @@ from harness import markdown as md
 from harness import stats
 from harness.store import Store
 
-#: The runs column that ties the runs of one run group (the same evaluation over several seeds) together;
-#: read when the results DB has it, otherwise every run stands alone.
+#: The runs column that ties the runs of one run group (the same evaluation over several seeds) together.
 GROUP_COLUMN = "group_id"
 LEVEL = stats.DEFAULT_LEVEL
-
-_SQL = """
-select s.run_id, s.model_id, s.suite, s.suite_version, s.task, s.metric, s.value, s.stderr, s.n,
-       s.higher_is_better, s.created_at, m.name as model, m.kind as model_kind, rm.role,
-       r.name as run_name, r.kind as run_kind, r.fuser, r.started_at, {group} as group_id
-from scores s
-join runs r on r.id = s.run_id
-join models m on m.id = s.model_id
-join run_models rm on rm.run_id = s.run_id and rm.model_id = s.model_id
-where r.status = 'ok'
-"""
+#: Suites in the order a report shows them (others follow by name).
+SUITE_ORDER = ("perplexity", "bbh", "bbh-mini", "humaneval", "humaneval-mini", "mtbench")
+#: Tasks that summarise a suite: shown before its other tasks, in this order.
+AGGREGATE_TASKS = ("avg", "macro", "weighted", "overall", "turn1", "turn2")
+#: Members of a run in the order a run's block shows them.
+ROLE_ORDER = {"fused": 0, "control": 1, "target": 2, "source": 3, "model": 4}
 
 
-def scores_frame(store: Store, suites: list[str] | None = None) -> pd.DataFrame:
-    grouped = GROUP_COLUMN in store.db["runs"].columns_dict
-    df = pd.DataFrame(store.query(_SQL.format(group=f"r.{GROUP_COLUMN}" if grouped else "null")))
+@dataclass(frozen=True)
+class Column:
+    suite: str
+    version: str
+    task: str
+    metric: str
+    higher_is_better: bool
+    label: str  # ``suite/task`` (see :func:`column_name`)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A value the leaderboard shows: a score, or a seed group's mean over its runs."""
+
+    estimate: stats.Estimate
+    n: int | None = None  # how many examples the score is over (None: not recorded, or a mean over seeds)
+
+    @property
+    def value(self) -> float:
+        return self.estimate.value
+
+    @property
+    def stderr(self) -> float | None:
+        return self.estimate.se
+
+
+@dataclass(frozen=True)
+class Row:
+    group: str  # the block it belongs to
+    model: str
+    role: str
+    key: str  # what its values estimate: a model (its newest value), a role in a seed group, or a run's member
+    run_id: str | None = None  # on a board of chosen runs: the run and the model of the member
+    model_id: str | None = None
+
+
+@dataclass
+class Board:
+    columns: list[Column]  # suites in SUITE_ORDER, then versions, then each suite's tasks in summary order
+    rows: list[Row]
+    cells: dict[str, dict[str, Cell]]  # column label -> row key -> value
+    sources: set[tuple[str, str]]  # (run_id, suite) of the runs whose values it shows
+
+    def cell(self, row: Row, column: Column) -> Cell | None:
+        return self.cells.get(column.label, {}).get(row.key)
+
+
+def board(store: Store, suites: list[str] | None = None, *, runs: Mapping[str, str] | None = None,
+          all_metrics: bool = False, per_task: bool = False) -> Board:
+    """The leaderboard of every ``ok`` run, or of the chosen ``runs`` (run id -> the label of its block, in the
+    order shown). A board of chosen runs shows one metric per suite: an unregistered suite's first by name."""
+    df = store.score_frame(None if runs is None else list(runs))
+    if not df.empty and suites:
+        df = df[df["suite"].isin(suites)]
+    df = _shown_scores(df, all_metrics, per_task, one_metric_per_suite=runs is not None)
+    if df.empty:
+        return Board([], [], {}, set())
+    df = df.assign(key=df["model_id"] if runs is None else df["run_id"] + "\t" + df["model_id"])
+    latest = df.sort_values(["started_at", "created_at"]).groupby(["key", "column"]).tail(1)
+    hib = latest.groupby("column")["higher_is_better"].first().astype(bool).to_dict()
+    columns = sorted((Column(s, str(v), t, m, hib[c], c) for s, v, t, m, c in latest[
+        ["suite", "suite_version", "task", "metric", "column"]].drop_duplicates("column").itertuples(index=False)),
+        key=_column_rank)
+    cells = _cells(latest)
+    if runs is None:
+        rows = _rows_over_all_runs(store.members_frame(), df, latest, cells)
+    else:
+        rows = _rows_of_runs(store, runs, cells)
+    shown = latest[latest["key"].isin({r.key for r in rows})]
+    grouped = df[df["group_id"].notna()]  # a seed group's row is the mean over all its runs
+    sources = set(zip(shown["run_id"], shown["suite"], strict=True)) | set(zip(grouped["run_id"], grouped["suite"],
+                                                                              strict=True))
+    return Board(columns, rows, cells, sources)
+
+
+def _shown_scores(df: pd.DataFrame, all_metrics: bool, per_task: bool, one_metric_per_suite: bool) -> pd.DataFrame:
+    """The scores a board shows, each with its ``column`` label."""
+    from evals import PRIMARY_METRIC, SUMMARY_TASKS
+
     if df.empty:
         return df
-    if suites:
-        df = df[df["suite"].isin(suites)]
-    return df
+    if not all_metrics:
+        primary = df["suite"].map(PRIMARY_METRIC)
+        if one_metric_per_suite:
+            primary = primary.fillna(df["suite"].map(df.groupby("suite")["metric"].min()))
+        df = df[primary.isna() | (df["metric"] == primary)]
+    if not per_task:
+        keep = [SUMMARY_TASKS.get(s) is None or t in SUMMARY_TASKS[s] for s, t in zip(df["suite"], df["task"], strict=True)]
+        df = df[keep]
+    if df.empty:
+        return df
+    versions = df.groupby("suite")["suite_version"].agg(lambda v: set(v)).to_dict()
+    return df.assign(column=[column_name(s, t, m, v, versions[s]) for s, t, m, v in
+                             zip(df["suite"], df["task"], df["metric"], df["suite_version"], strict=True)])
 
 
 def column_name(suite: str, task: str, metric: str, version: str, all_versions: set[str]) -> str:
@@ -70,97 +160,67 @@ def column_name(suite: str, task: str, metric: str, version: str, all_versions: 
     return f"{suite}{v}/{task}{tail}"
 
 
-def build(store: Store, suites: list[str] | None = None, all_metrics: bool = False,
-          per_task: bool = False) -> tuple[pd.DataFrame, dict[str, bool]]:
-    """Return (table, higher_is_better per column). Table columns: group, model, role, then metrics."""
-    from evals import PRIMARY_METRIC, SUMMARY_TASKS
+def ordered_suites(suites: Iterable[str]) -> list[str]:
+    """Suites in :data:`SUITE_ORDER`, then the others by name."""
+    found = set(suites)
+    return [s for s in SUITE_ORDER if s in found] + sorted(found - set(SUITE_ORDER))
 
-    df = scores_frame(store, suites)
-    if df.empty:
-        return pd.DataFrame(), {}
-    if not all_metrics:
-        primary = df["suite"].map(PRIMARY_METRIC)
-        df = df[primary.isna() | (df["metric"] == primary)]
-    if not per_task:
-        keep = [SUMMARY_TASKS.get(s) is None or t in SUMMARY_TASKS[s] for s, t in zip(df["suite"], df["task"], strict=True)]
-        df = df[keep]
-    if df.empty:
-        return pd.DataFrame(), {}
-    versions = df.groupby("suite")["suite_version"].agg(lambda v: set(v)).to_dict()
-    df = df.assign(column=[column_name(s, t, m, v, versions[s]) for s, t, m, v in
-                           zip(df["suite"], df["task"], df["metric"], df["suite_version"], strict=True)])
-    latest = df.sort_values(["started_at", "created_at"]).groupby(["model_id", "column"]).tail(1)
-    values = latest.pivot(index="model_id", columns="column", values="value")
-    hib = latest.groupby("column")["higher_is_better"].first().astype(bool).to_dict()
-    # Rows: each seed group as one block (its fused and control models as the mean over seeds); each other
-    # fusion run's fused model followed by its target and sources; then lone models. A row's key names what its
-    # value estimates: a model (its newest value), or a role in a seed group (the mean over the group's runs).
-    membership = pd.DataFrame(store.query(
-        f"select rm.run_id, rm.model_id, rm.role, rm.position, r.name as run_name, r.fuser, r.started_at, "
-        f"m.name as model, {'r.' + GROUP_COLUMN if GROUP_COLUMN in store.db['runs'].columns_dict else 'null'} "
-        "as group_id from run_models rm join runs r on r.id = rm.run_id join models m on m.id = rm.model_id "
-        "where r.status = 'ok' order by r.started_at, rm.position"))
-    rows: list[dict[str, Any]] = []
-    estimates = _estimates(df, latest)
+
+def task_rank(task: str) -> tuple[int, str]:
+    """Sorts aggregates first (avg, macro, overall, turns), then the other tasks by name."""
+    return (AGGREGATE_TASKS.index(task), "") if task in AGGREGATE_TASKS else (len(AGGREGATE_TASKS), task)
+
+
+def _column_rank(column: Column) -> tuple[Any, ...]:
+    from evals import SUMMARY_TASKS
+
+    suite = (SUITE_ORDER.index(column.suite), "") if column.suite in SUITE_ORDER else (len(SUITE_ORDER), column.suite)
+    summary = SUMMARY_TASKS.get(column.suite, [])
+    task = (summary.index(column.task), 0, "") if column.task in summary else (len(summary), *task_rank(column.task))
+    return suite, column.version, task, column.metric
+
+
+def _cells(latest: pd.DataFrame) -> dict[str, dict[str, Cell]]:
+    """column -> row key -> the newest value, its stderr and n (seed groups add their own rows' cells)."""
+    out: dict[str, dict[str, Cell]] = {}
+    for row in latest.itertuples(index=False):
+        if pd.isna(row.value):
+            continue
+        estimate = stats.Estimate(float(row.value), None if pd.isna(row.stderr) else float(row.stderr))
+        out.setdefault(row.column, {})[row.key] = Cell(estimate, None if pd.isna(row.n) else int(row.n))
+    return out
+
+
+def _rows_over_all_runs(membership: pd.DataFrame, df: pd.DataFrame, latest: pd.DataFrame,
+                        cells: dict[str, dict[str, Cell]]) -> list[Row]:
+    """Each seed group as one block (its fused and control models as the mean over seeds); each other fusion run's
+    fused model followed by its target and sources; then lone models."""
+    rows: list[Row] = []
     placed: set[str] = set()
-    grouped = membership[membership["group_id"].notna()]
-    for group_id, runs in grouped.groupby("group_id", sort=False):
-        rows += _seed_group_rows(str(group_id), runs, df, estimates)
+    scored = set(latest["key"])
+    grouped = membership[membership[GROUP_COLUMN].notna()]
+    for group_id, runs in grouped.groupby(GROUP_COLUMN, sort=False):
+        rows += _seed_group_rows(str(group_id), runs, df, cells)
         placed.update(runs["model_id"])
-    solo = membership[membership["group_id"].isna()]
+    solo = membership[membership[GROUP_COLUMN].isna()]
     fused = solo[solo["role"] == "fused"]
     for _, f in fused.drop_duplicates("model_id", keep="last").iterrows():
         group = solo[solo["run_id"] == f["run_id"]].sort_values("position")
         for _, m in group.iterrows():
-            if m["model_id"] in values.index:
-                rows.append({"group": f["model"], "model": m["model"], "role": m["role"], "key": m["model_id"]})
+            if m["model_id"] in scored:
+                rows.append(Row(f["model"], m["model"], m["role"], m["model_id"]))
                 placed.add(m["model_id"])
-    for model_id in values.index:
+    for model_id in sorted(scored):
         if model_id not in placed:
-            name = latest[latest["model_id"] == model_id]["model"].iloc[0]
-            rows.append({"group": "-", "model": name, "role": "model", "key": model_id})
-    members = pd.DataFrame(rows)
-    cols = sorted(values.columns)
-    shown_keys = set(members["key"])  # a seed group's models are shown (and ranked) as the group's means only
-    marks = {c: mark({k: e for k, e in estimates.get(c, {}).items() if k in shown_keys}, hib[c]) for c in cols}
-    table = members[["group", "model", "role"]].copy()
-    for c in cols:  # each value, and the half-width of its interval beside it when it has one
-        shown = [estimates.get(c, {}).get(k) for k in members["key"]]
-        table[c] = [math.nan if e is None else e.value for e in shown]
-        half = [_half_width(e) for e in shown]
-        if any(h is not None for h in half):
-            table[f"{c} ±"] = [math.nan if h is None else h for h in half]
-    table.attrs["marks"] = {c: {i: marks[c][k] for i, k in enumerate(members["key"]) if k in marks[c]} for c in cols}
-    table.attrs["notes"] = _caveats(store, df, latest, shown_keys)
-    return table, {c: hib[c] for c in cols}
-
-
-def _caveats(store: Store, df: pd.DataFrame, latest: pd.DataFrame, shown_keys: set[str]) -> list[str]:
-    """The caveats (:func:`harness.registry.run_caveats`) of the runs whose values the table shows: the run of each
-    shown model's newest value per column, and every run of a seed group (shown as the mean over them); each line
-    once."""
-    from harness.registry import run_caveats
-
-    shown = latest[latest["model_id"].isin(shown_keys)]
-    pairs = set(zip(shown["run_id"], shown["suite"], strict=True))
-    grouped = df[df["group_id"].notna()]
-    pairs |= set(zip(grouped["run_id"], grouped["suite"], strict=True))
-    run_ids = sorted({run_id for run_id, _ in pairs})
-    configs = {r["id"]: r["config"] for r in store.query(
-        f"select id, config from runs where id in ({', '.join('?' * len(run_ids))})", run_ids)} if run_ids else {}
-    notes: list[str] = []
-    for run_id, suite in sorted(pairs):
-        for line in run_caveats(configs.get(run_id), suite):
-            if line not in notes:
-                notes.append(line)
-    return notes
+            rows.append(Row("-", latest[latest["key"] == model_id]["model"].iloc[0], "model", model_id))
+    return rows
 
 
 def _seed_group_rows(group_id: str, runs: pd.DataFrame, df: pd.DataFrame,
-                     estimates: dict[str, dict[str, stats.Estimate]]) -> list[dict[str, Any]]:
+                     cells: dict[str, dict[str, Cell]]) -> list[Row]:
     """One block for the runs of a seed group: a row per role of its first run (the fused model, the control,
     each stage, the target, each source), valued at the mean over the group's runs with the seed-to-seed
-    spread (:func:`harness.stats.mean_over_seeds`). Adds those estimates to ``estimates``."""
+    spread (:func:`harness.stats.mean_over_seeds`). Adds those values to ``cells``."""
     first = runs[runs["run_id"] == runs["run_id"].iloc[0]].sort_values("position")
     label = re.sub(r"@seed\d+$", "", str(first[first["role"] == "fused"]["model"].iloc[0])
                    if (first["role"] == "fused").any() else str(first["run_name"].iloc[0]))
@@ -184,22 +244,67 @@ def _seed_group_rows(group_id: str, runs: pd.DataFrame, df: pd.DataFrame,
         for column, per_run in mine.groupby("column"):
             per_run = per_run[per_run["value"].notna()].drop_duplicates("run_id")
             if len(per_run):
-                estimates.setdefault(str(column), {})[key] = stats.mean_over_seeds(
+                cells.setdefault(str(column), {})[key] = Cell(stats.mean_over_seeds(
                     per_run["value"].astype(float).tolist(),
-                    [None if pd.isna(x) else float(x) for x in per_run["stderr"]])
-        rows.append({"group": label, "model": name, "role": m["role"], "key": key})
+                    [None if pd.isna(x) else float(x) for x in per_run["stderr"]]))
+        rows.append(Row(label, name, m["role"], key))
     return rows
 
 
-def _estimates(df: pd.DataFrame, latest: pd.DataFrame) -> dict[str, dict[str, stats.Estimate]]:
-    """column -> model_id -> the newest value and its stderr (seed groups add their own rows' estimates)."""
-    out: dict[str, dict[str, stats.Estimate]] = {}
-    for row in latest.itertuples(index=False):
-        if pd.isna(row.value):
-            continue
-        estimate = stats.Estimate(float(row.value), None if pd.isna(row.stderr) else float(row.stderr))
-        out.setdefault(row.column, {})[row.model_id] = estimate
-    return out
+def _rows_of_runs(store: Store, runs: Mapping[str, str], cells: dict[str, dict[str, Cell]]) -> list[Row]:
+    """Per run, its members with a value: fused first, then the control, target and sources (:data:`ROLE_ORDER`)."""
+    rows = []
+    for run_id, label in runs.items():
+        members = sorted(store.run_members(run_id), key=lambda m: (ROLE_ORDER.get(m["role"], 9), m["position"]))
+        for m in members:
+            key = f"{run_id}\t{m['model_id']}"
+            if any(key in by_key for by_key in cells.values()):
+                rows.append(Row(label, m["model"], m["role"], key, run_id, m["model_id"]))
+    return rows
+
+
+# --- the table of `bench leaderboard` ---------------------------------------------------------------
+
+
+def build(store: Store, suites: list[str] | None = None, all_metrics: bool = False,
+          per_task: bool = False) -> tuple[pd.DataFrame, dict[str, bool]]:
+    """The leaderboard of every ``ok`` run as a table, and higher_is_better per column. Table columns: group, model,
+    role, then each value (by column name) and the half-width of its interval beside it when it has one; its
+    ``attrs`` hold the best / tied ``marks`` per column and row, and the runs' caveats as ``notes``."""
+    shown = board(store, suites, all_metrics=all_metrics, per_task=per_task)
+    if not shown.columns:
+        return pd.DataFrame(), {}
+    columns = sorted(shown.columns, key=lambda c: c.label)
+    keys = [r.key for r in shown.rows]
+    on_rows = set(keys)  # a seed group's models are shown (and ranked) as the group's means only
+    data: dict[str, list[Any]] = {"group": [r.group for r in shown.rows], "model": [r.model for r in shown.rows],
+                                  "role": [r.role for r in shown.rows]}
+    marks = {}
+    for c in columns:  # each value, and the half-width of its interval beside it when it has one
+        by_key = shown.cells.get(c.label, {})
+        marks[c.label] = mark({k: e.estimate for k, e in by_key.items() if k in on_rows}, c.higher_is_better)
+        estimates = [by_key[k].estimate if k in by_key else None for k in keys]
+        data[c.label] = [math.nan if e is None else e.value for e in estimates]
+        half = [_half_width(e) for e in estimates]
+        if any(h is not None for h in half):
+            data[f"{c.label} ±"] = [math.nan if h is None else h for h in half]
+    table = pd.DataFrame(data)
+    table.attrs["marks"] = {c: {i: marks[c][k] for i, k in enumerate(keys) if k in marks[c]} for c in marks}
+    table.attrs["notes"] = _caveats(store, shown.sources)
+    return table, {c.label: c.higher_is_better for c in columns}
+
+
+def _caveats(store: Store, sources: set[tuple[str, str]]) -> list[str]:
+    """The caveats (:func:`harness.registry.run_caveats`) of the runs whose values the table shows, each line once."""
+    from harness.registry import run_caveats
+
+    configs = store.run_configs(sorted({run_id for run_id, _ in sources})) if sources else {}
+    notes: list[str] = []
+    for run_id, suite in sorted(sources):
+        for line in run_caveats(configs.get(run_id), suite):
+            if line not in notes:
+                notes.append(line)
+    return notes
 
 
 def _half_width(estimate: stats.Estimate | None) -> float | None:
