@@ -124,7 +124,7 @@ def board(store: Store, suites: list[str] | None = None, *, runs: Mapping[str, s
     else:
         rows = _rows_of_runs(store, runs, cells)
     shown = latest[latest["key"].isin({r.key for r in rows})]
-    grouped = df[df["group_id"].notna()]  # a seed group's row is the mean over all its runs
+    grouped = df[df[GROUP_COLUMN].notna()]  # a seed group's row is the mean over all its runs
     sources = set(zip(shown["run_id"], shown["suite"], strict=True)) | set(zip(grouped["run_id"], grouped["suite"],
                                                                               strict=True))
     return Board(columns, rows, cells, sources)

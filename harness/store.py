@@ -439,10 +439,10 @@ class Store:
         with self._writing():
             self.db["models"].insert(row, pk="id", ignore=True)
             first = self.db["models"].get(model["id"])
-            made = first["kind"] in ("fused", "runtime") and role not in MADE_ROLES
+            fused_output_as_input = first["kind"] in ("fused", "runtime") and role not in MADE_ROLES
             self.db["run_models"].insert(
                 {"run_id": run_id, "model_id": model["id"], "role": role, "position": position,
-                 "display_name": model["name"] if made else first["name"]},
+                 "display_name": model["name"] if fused_output_as_input else first["name"]},
                 pk=("run_id", "model_id"), replace=True,
             )
 
@@ -491,9 +491,6 @@ class Store:
             if sample_rows:
                 self.db["samples"].insert_all(sample_rows, pk=("run_id", "model_id", "suite", "task", "doc_id"),
                                               replace=True, batch_size=200)
-
-    def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
-        return list(self.db.query(sql, params))
 
     # --- reading runs ---------------------------------------------------------------------------
 

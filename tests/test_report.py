@@ -212,7 +212,7 @@ def test_selection_newest_per_name_explicit_runs_and_suites(fake_db, capsys):
 
 
 def test_nice_ticks_cover_the_range():
-    from harness.report import nice_ticks
+    from harness.report.charts import nice_ticks
 
     assert nice_ticks(0, 1.8592) == [0, 0.5, 1, 1.5, 2]
     assert nice_ticks(0, 0) == [0, 0.2, 0.4, 0.6, 0.8, 1]
