@@ -471,7 +471,7 @@ def training_curves(store: Store, views: list[RunView]) -> list[Curve]:
 
 
 def _zoo_card_curve(folder: Path, name: str) -> Curve | None:
-    """The ~11-point loss curve a zoo member's card keeps, at the steps :func:`harness.zoo._curve` picked."""
+    """The ~11-point loss curve a zoo member's card keeps, at the steps :func:`harness.zoo.builder._curve` picked."""
     card = folder / "zoo.json"
     if not card.is_file():
         return None
