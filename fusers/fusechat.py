@@ -44,7 +44,6 @@ Run::
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -53,6 +52,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.api import FuseContext, FusionResult
+from harness.atomic import atomic_dir
 from harness.errors import BenchError
 
 if TYPE_CHECKING:
@@ -352,10 +352,6 @@ class _Run:
                                 items=self.pivot_store.item_offsets(), pad_id=self.pivot_encoder.eos_id)
         model, stats, train_seconds = self._train(corpus)
 
-        tmp = final.with_name(f".tmp-{key}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        self.pivot_tokenizer.save_pretrained(tmp)
         details = {
             "source": ref.spec,
             "shared_vocab": shared,
@@ -366,10 +362,10 @@ class _Run:
                         "train": round(train_seconds, 2)},
             **D.details_of(stats, cfg.lam, [self.pivot.name, ref.name], corpus.selected),
         }
-        (tmp / "pairwise.json").write_text(json.dumps(details, indent=1, default=str))
-        shutil.rmtree(final, ignore_errors=True)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(final)
+        with atomic_dir(final) as tmp:
+            model.save_pretrained(tmp)
+            self.pivot_tokenizer.save_pretrained(tmp)
+            (tmp / "pairwise.json").write_text(json.dumps(details, indent=1, default=str))
         return final, details
 
     def _alignment(self, ref: ModelRef, encoder: Any, shared: bool) -> tuple[Any, list[Any] | None, dict[str, Any]]:

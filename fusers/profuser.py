@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.api import FuseContext, FusionResult
+from harness.atomic import atomic_file
 from harness.errors import BenchError
 
 if TYPE_CHECKING:
@@ -364,10 +365,8 @@ class _Run:
                                                self.cfg.max_new_tokens, task="profuser")
                     for i, a in zip(idx, answers_, strict=True):
                         out[i] = a
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
-            tmp.write_text(json.dumps(out))
-            tmp.replace(cached)
+            with atomic_file(cached) as partial:
+                partial.write_text(json.dumps(out))
             answers.append(out)
         return answers
 

@@ -41,7 +41,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 import warnings
 import zipfile
@@ -50,6 +49,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 from harness import pinned
+from harness.atomic import atomic_file
 from harness.errors import BenchError
 from harness.pinned import PinnedWheel
 
@@ -557,10 +557,11 @@ def _corpus() -> tuple[Splits, str]:
             f"{digest[:16]}..., not the pinned {CONTENT_SHA256[:16]}...: its numbers would not be comparable",
             f"use a Python that FuseBench supports (3.10-3.13), or set {UNPINNED_ENV}=1 to accept this corpus "
             "(its models and scores then carry its own fingerprint)")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(cached, blob)
+    with atomic_file(cached) as partial:
+        partial.write_bytes(blob)
     if digest != CONTENT_SHA256:
-        _atomic_write(cached.with_suffix(".sha256"), digest.encode())
+        with atomic_file(cached.with_suffix(".sha256")) as partial:
+            partial.write_text(digest)
     _log(f"corpus: {sum(len(t) + len(h) for t, h in splits.values())} documents, sha256 {digest[:16]} "
          f"({time.perf_counter() - started:.1f} s)")
     return splits, digest
@@ -578,18 +579,6 @@ def _unpinned() -> bool:
 def _unpinned_digest(cached: Path) -> str | None:
     marker = cached.with_suffix(".sha256")
     return marker.read_text().strip() if marker.is_file() else None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _split_checked(domain: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

