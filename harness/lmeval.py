@@ -1,4 +1,4 @@
-"""Small shared helpers around lm-eval: run task configs on an ``LM``, read metrics, plain numbers.
+"""Small shared helpers around lm-eval: run task configs on an ``LM``, read metrics as plain numbers.
 
 Every suite built on lm-eval goes through :func:`run_tasks`::
 
@@ -13,12 +13,12 @@ the current directory, not against anything of ours.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.jsonable import to_plain
 from harness.logs import quiet
 
 if TYPE_CHECKING:
@@ -147,29 +147,3 @@ def generate_greedy(lm: LM, prompts: Sequence[str], stop: Sequence[str], max_gen
     ]
     outputs = lm.generate_until(requests) if requests else []
     return [str(o).strip() for o in outputs]
-
-
-def to_plain(obj: Any) -> Any:
-    """Recursively turn lm-eval / numpy / torch values into JSON-able Python values.
-
-    Needed because e.g. ``np.float32`` is silently stored as a BLOB by sqlite and ``torch.dtype``
-    breaks ``json.dumps``.
-    """
-    if obj is None or type(obj) in (bool, int, float, str):
-        return obj
-    if isinstance(obj, str):  # np.str_
-        return str(obj)
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):  # np.float64 subclasses float
-        return float(obj)
-    if isinstance(obj, dict):
-        return {str(k) if not isinstance(k, (str, int)) else k: to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [to_plain(v) for v in obj]
-    if hasattr(obj, "item") and getattr(obj, "ndim", 0) == 0:  # numpy / torch scalars
-        with contextlib.suppress(TypeError, ValueError):
-            return obj.item()
-    if hasattr(obj, "tolist"):  # numpy arrays / tensors
-        return to_plain(obj.tolist())
-    return str(obj)

@@ -38,6 +38,7 @@ from harness import corpus, paths, provenance
 from harness.atomic import atomic_dir, atomic_file
 from harness.config import RunConfig, stable_hash, validate_plugin_args
 from harness.errors import BenchError
+from harness.jsonable import to_plain
 from harness.model import ModelRef, Placement
 from harness.paths import file_lock
 from harness.store import HEARTBEAT_S, Store, beat
@@ -591,7 +592,7 @@ def _evaluate(lm: Any, ev: Evaluand, suite_cls: Any, suite_cfg: Any, cfg: RunCon
     payload = {"scores": [asdict(s) for s in result.scores], "samples": [asdict(s) for s in result.samples],
                "precision": _precision(lm, _placement_of(ev))}
     with atomic_file(cache_file) as partial:
-        partial.write_text(json.dumps(payload, default=_plain_default))
+        partial.write_text(json.dumps(payload, default=to_plain))
     return payload
 
 
@@ -615,9 +616,3 @@ def _load(ev: Evaluand, batch_size: int | str) -> Any:
 
     ref = ev.model_ref or ModelRef(spec=str(ev.path), kind="local", path=ev.path)
     return load_lm(ref, batch_size, _placement_of(ev))
-
-
-def _plain_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)

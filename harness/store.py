@@ -39,6 +39,7 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from harness.errors import BenchError
+from harness.jsonable import to_plain
 from harness.paths import file_lock
 
 if TYPE_CHECKING:
@@ -221,10 +222,7 @@ def new_run_id() -> str:
 
 def plain(value: Any) -> Any:
     """numpy / torch scalars -> Python numbers (sqlite-utils stores others as BLOBs); NaN -> None."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if hasattr(value, "item"):
-        value = value.item()
+    value = to_plain(value)
     if isinstance(value, float):
         return None if math.isnan(value) or math.isinf(value) else value
     return value

@@ -170,7 +170,7 @@ def test_lmeval_results_are_plain_python():
     import numpy as np
     import torch
 
-    from harness.lmeval import to_plain
+    from harness.jsonable import to_plain
 
     raw = {"a": np.float32(0.5), "b": (np.int64(3), torch.float32), "c": [np.bool_(True), torch.tensor(2.0)],
            "d": np.float64(1.5), "e": "N/A", "f": np.arange(2)}
