@@ -61,7 +61,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.api import EvalContext, EvalResult, Sample, Score
+from harness.api import EvalContext, EvalResult, Sample, Score, Suite
 from harness.errors import BenchError, did_you_mean, read_text
 from harness.skills.bbh_items import builtin_yaml, lm_eval_bbh_dir
 
@@ -298,19 +298,25 @@ def _first_filtered(row: dict[str, Any]) -> str:
 # --- suites -------------------------------------------------------------------------------------
 
 
-class BBH:
+class BBH(Suite):
     """BIG-Bench Hard (Suzgun et al. 2022, https://arxiv.org/abs/2210.09261) via lm-eval's task definitions."""
 
     name: ClassVar[str] = "bbh"
     version: ClassVar[str] = "2"  # 2: the BBH authors' answer rule and stops (1: lm-eval's filter)
     Config: ClassVar[type[BaseModel]] = Config
+    primary_metric: ClassVar[str | None] = "exact_match"
+    summary_tasks: ClassVar[tuple[str, ...] | None] = ("macro", "weighted")
 
     def evaluate(self, lm: Any, cfg: Config, ctx: EvalContext) -> EvalResult:
         configs, names = real_bbh_configs(cfg, ctx.workdir)
         return run_and_score(lm, configs, names, cfg.mode, ctx, self.name)
 
+    def score_predictions(self, predictions_file: Path, cfg: Config, workdir: Path) -> EvalResult:
+        """`bench score`: the module's :func:`score_predictions`."""
+        return score_predictions(predictions_file, cfg, workdir)
 
-class BBHMini:
+
+class BBHMini(Suite):
     """Generated BBH-format items for 8 tasks; offline; its own suite name."""
 
     name: ClassVar[str] = "bbh-mini"
@@ -318,6 +324,8 @@ class BBHMini:
     # object_counting 2-4 kinds + 0-2 others
     version: ClassVar[str] = "3"
     Config: ClassVar[type[BaseModel]] = MiniConfig
+    primary_metric: ClassVar[str | None] = "exact_match"
+    summary_tasks: ClassVar[tuple[str, ...] | None] = ("macro",)
 
     def evaluate(self, lm: Any, cfg: MiniConfig, ctx: EvalContext) -> EvalResult:
         configs, names = mini_configs(cfg, ctx.workdir)

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field, model_validator
 
-from harness.api import EvalContext, EvalResult, Sample, Score
+from harness.api import EvalContext, EvalResult, Sample, Score, Suite
 from harness.code_completion import STOP_SEQUENCES, truncate_at_stop
 from harness.errors import BenchError, did_you_mean
 from harness.sandbox import CodeTest, Limits, run_code_tests
@@ -175,12 +175,13 @@ def _is_python(source: str) -> bool:
     return True
 
 
-class HumanEval:
+class HumanEval(Suite):
     """HumanEval pass@k with sandboxed execution of the completions."""
 
     name: ClassVar[str] = "humaneval"
     version: ClassVar[str] = "1"
     Config: ClassVar[type[BaseModel]] = Config
+    primary_metric: ClassVar[str | None] = "pass@1"
 
     def evaluate(self, lm: LM, cfg: Config, ctx: EvalContext) -> EvalResult:
         require_opt_in(cfg)
@@ -189,6 +190,10 @@ class HumanEval:
             problems = problems[: ctx.limit]
         completions = generate(lm, problems, cfg, seed=ctx.seed)
         return score(problems, completions, cfg)
+
+    def score_predictions(self, predictions_file: Path, cfg: Config | MiniConfig, workdir: Path) -> EvalResult:
+        """`bench score`: the module's :func:`score_predictions` (no scratch space needed)."""
+        return score_predictions(predictions_file, cfg)
 
 
 class HumanEvalMini(HumanEval):

@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.api import EvalContext, EvalResult, Sample, Score
+from harness.api import EvalContext, EvalResult, Sample, Score, Suite
 from harness.chat_data import PLAIN_STOP, chat_prompt, end_of_turn, has_chat_template
 from harness.errors import BenchError, did_you_mean, read_jsonl
 from harness.judge_prompts import DEFAULT_PROMPTS, JudgePrompt, load_judge_prompts
@@ -387,10 +387,12 @@ def _short_count(n: int) -> str:
 # --- the suite ----------------------------------------------------------------------------------
 
 
-class MTBench:
+class MTBench(Suite):
     name: ClassVar[str] = "mtbench"
     version: ClassVar[str] = "2"  # 2: FastChat's rating rule with FastChat's prompts
     Config: ClassVar[type[BaseModel]] = Config
+    primary_metric: ClassVar[str | None] = "score"
+    summary_tasks: ClassVar[tuple[str, ...] | None] = ("overall", "turn1", "turn2")
 
     @classmethod
     def caveats(cls, args: dict[str, Any]) -> list[str]:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.api import EvalContext, EvalResult, Sample, Score
+from harness.api import EvalContext, EvalResult, Sample, Score, Suite
 from harness.errors import BenchError, did_you_mean
 
 if TYPE_CHECKING:
@@ -51,11 +51,12 @@ _METRICS = {"word_perplexity": "weighted_perplexity", "byte_perplexity": "weight
             "bits_per_byte": "bits_per_byte"}
 
 
-class Perplexity:
+class Perplexity(Suite):
     """Bits per byte, byte/word/token perplexity per domain or file, plus their average ("avg")."""
 
     name: ClassVar[str] = "perplexity"
     version: ClassVar[str] = "1"
+    primary_metric: ClassVar[str | None] = "bits_per_byte"
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")

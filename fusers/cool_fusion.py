@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from lm_eval.api.model import LM
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.api import FuseContext, FusionResult
+from harness.api import FuseContext, Fuser, FusionResult
 from harness.errors import BenchError
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ log = logging.getLogger(__name__)
 Agg = Literal["mean_ppl", "mean_logppl", "mean_logprob_per_char"]
 
 
-class CoolFusion:
+class CoolFusion(Fuser):
     """Segment-level generate-and-rerank across heterogeneous sources (a runtime model)."""
 
     name: ClassVar[str] = "cool-fusion"

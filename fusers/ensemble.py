@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from lm_eval.api.model import TemplateLM  # light: no torch import
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.api import FuseContext, FusionResult
+from harness.api import FuseContext, Fuser, FusionResult
 from harness.errors import BenchError
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 Level = Literal["auto", "token", "sequence"]
 
 
-class Ensemble:
+class Ensemble(Fuser):
     """Inference-time mixture of the sources' probabilities (token level, or sequence level across tokenizers)."""
 
     name: ClassVar[str] = "ensemble"

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness.api import FuseContext, FusionResult
+from harness.api import FuseContext, Fuser, FusionResult
 from harness.atomic import atomic_dir
 from harness.errors import BenchError
 
@@ -73,7 +73,7 @@ _IMPLIED = {"q2": ("ms_weighting", "reference"), "q8": ("sce_variant", "fuseai_f
 _FUSECHAT_MERGES = {"sce": "fusechat_sce", "varm": "varm"}
 
 
-class FuseChat:
+class FuseChat(Fuser):
     """Pairwise fusion of each source into a copy of the pivot, then VaRM/SCE (or any mergekit) merging."""
 
     name: ClassVar[str] = "fusechat"

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness.api import FuseContext, FusionResult
+from harness.api import FuseContext, Fuser, FusionResult
 from harness.errors import BenchError
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 QUIRKS = ("q1", "q5", "q6", "q9", "q11", "q12", "q13")
 
 
-class FuseLLM:
+class FuseLLM(Fuser):
     """Continual training of the target on MinCE/AvgCE-fused source distributions (cross-tokenizer)."""
 
     name: ClassVar[str] = "fusellm"

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from harness.api import FuseContext, FusionResult
+from harness.api import FuseContext, Fuser, FusionResult
 from harness.errors import BenchError, did_you_mean
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ _PARAMETERS = {"density": "density", "select_topk": "select_topk", "t": "t", "no
                "lambda_": "lambda", "variant": "variant", "equal_weights": "equal_weights"}
 
 
-class Merge:
+class Merge(Fuser):
     """Weight merging of same-architecture models with any mergekit method (default: uniform average)."""
 
     name: ClassVar[str] = "merge"

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness.api import FuseContext, FusionResult
+from harness.api import FuseContext, Fuser, FusionResult
 from harness.atomic import atomic_file
 from harness.errors import BenchError
 
@@ -63,7 +63,7 @@ INFERENCE, TRAINING = "inference", "training"
 COMPLETION_STOP = ("\n\n", "\nQ:")
 
 
-class ProFuser:
+class ProFuser(Fuser):
     """Progressive fusion: inference-mode advantage (rewarded generations), then training-mode (MinCE)."""
 
     name: ClassVar[str] = "profuser"

@@ -1,4 +1,5 @@
-"""The small interfaces every plugin implements: suites (evals) and fusers.
+"""The plugin contract: what the harness reads of a suite (evals) and of a fuser, declared in :class:`Suite` and
+:class:`Fuser`, and the values that pass between plugins and the harness.
 
 Evaluation always goes through lm-eval's ``LM`` interface (``loglikelihood``,
 ``loglikelihood_rolling``, ``generate_until``): a transformers model is wrapped in lm-eval's
@@ -8,10 +9,11 @@ suite can score every kind of model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -65,18 +67,32 @@ class EvalContext:
     batch_size: int = 8
 
 
-class Suite(Protocol):
-    """An evaluation suite. Bump ``version`` whenever prompts, data or metrics change.
-
-    Optionally a classmethod ``caveats(args: dict) -> list[str]``: one-line warnings that every score made with
-    the suite arguments ``args`` must be read with (MT-Bench: ratings by a small local judge). The runner prints
-    them after a run; ``bench leaderboard`` and ``bench report`` show them beside such scores
-    (:func:`harness.registry.suite_caveats`)."""
+class Suite(ABC):
+    """An evaluation suite: every attribute the harness reads of one (:mod:`harness.registry` hands out suite classes
+    checked against it). Bump ``version`` whenever prompts, data or metrics change."""
 
     name: ClassVar[str]
     version: ClassVar[str]
     Config: ClassVar[type[BaseModel]]
+    #: The headline metric: what the leaderboard, report, `bench compare`, `skills` and `regress` show of the suite
+    #: (:data:`harness.registry.PRIMARY_METRIC`); None: no metric stands out.
+    primary_metric: ClassVar[str | None] = None
+    #: The tasks the leaderboard and report show by default, in this order (:data:`harness.registry.SUMMARY_TASKS`;
+    #: `--per-task` shows all); None: every task.
+    summary_tasks: ClassVar[tuple[str, ...] | None] = None
+    #: `bench score`: a method ``score_predictions(predictions_file, cfg, workdir) -> EvalResult`` that scores outputs
+    #: made elsewhere with the suite's own answer extraction (``workdir``: an empty scratch folder); None when the
+    #: suite cannot.
+    score_predictions: ClassVar[Callable[..., EvalResult] | None] = None
 
+    @classmethod
+    def caveats(cls, args: dict[str, Any]) -> list[str]:
+        """One-line warnings that every score made with the suite arguments ``args`` must be read with (MT-Bench:
+        ratings by a small local judge). The runner prints them after a run; ``bench leaderboard`` and ``bench report``
+        show them beside such scores (:func:`harness.registry.suite_caveats`). No caveats by default."""
+        return []
+
+    @abstractmethod
     def evaluate(self, lm: LM, cfg: BaseModel, ctx: EvalContext) -> EvalResult: ...
 
 
@@ -110,15 +126,42 @@ class FuseContext:
     batch_size: int = 8
 
 
-class Fuser(Protocol):
-    """A fusion method. ``paper`` is the arXiv link; ``Config`` a pydantic model with defaults."""
+class Fuser(ABC):
+    """A fusion method: every attribute the harness reads of one (:mod:`harness.registry` hands out fuser classes
+    checked against it). ``Config`` is a pydantic model with defaults; ``fuse`` gets an instance of it, validated
+    once, when the run was configured (:class:`harness.config.RunSpec`)."""
 
     name: ClassVar[str]
-    paper: ClassVar[str]
     Config: ClassVar[type[BaseModel]]
+    #: The method's paper (arXiv link).
+    paper: ClassVar[str] = ""
+    #: Part of the fused artifact's cache key: bump it whenever the same arguments would fuse differently.
+    version: ClassVar[str] = "1"
     #: True when the result is a runtime model (nothing to cache on disk).
-    runtime_only: ClassVar[bool]
+    runtime_only: ClassVar[bool] = False
+    #: True when ``fuse`` runs in several processes (`--processes N`: accelerate launch, one ``fuse`` per process).
+    distributed: ClassVar[bool] = False
+    #: The sources of a run that names none.
+    default_sources: ClassVar[Sequence[str]] = ()
+    #: The target of a run that names none.
+    default_target: ClassVar[str | None] = None
+    #: The suites of a run that names none (the suites its paper reports); None: the harness's default.
+    default_suites: ClassVar[Sequence[str] | None] = None
+    #: `--control`: a classmethod ``control_config(cfg) -> cfg``, the same training with the fusion term switched
+    #: off (λ = 1), evaluated beside the fused model; None for a fuser without such a term.
+    control_config: ClassVar[Callable[[BaseModel], BaseModel] | None] = None
 
+    @abstractmethod
     def fuse(
         self, sources: list[ModelRef], target: ModelRef | None, cfg: BaseModel, ctx: FuseContext
     ) -> FusionResult: ...
+
+
+def missing_attributes(plugin: type, contract: type) -> list[str]:
+    """What the class ``plugin`` lacks of ``contract`` (:class:`Fuser`, :class:`Suite`): the attributes declared there
+    without a default, and the abstract methods."""
+    declared = [a for a in contract.__annotations__ if not hasattr(contract, a)]
+    missing = [a for a in declared if not hasattr(plugin, a)]
+    if issubclass(plugin, contract):
+        return missing + sorted(plugin.__abstractmethods__)
+    return missing + [m for m in sorted(contract.__abstractmethods__) if not callable(getattr(plugin, m, None))]

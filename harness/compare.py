@@ -19,7 +19,7 @@ fields the eval key hashes besides the model), and identical sample sets: the sa
 with the same target (and prompt, except MT-Bench, whose prompt is the model's own chat template).
 Anything else is refused in one line naming what differs.
 
-What is paired, per suite (the suite's primary metric, :data:`evals.PRIMARY_METRIC`):
+What is paired, per suite (the suite's primary metric, :data:`harness.registry.PRIMARY_METRIC`):
 
 * perplexity: documents. bits/byte is a ratio of sums, ``Σ −log₂ p(doc) / Σ bytes``, per domain or file;
   ``avg`` is their unweighted mean (documents resampled within each task);
@@ -167,7 +167,7 @@ def units(suite: str, samples: list[dict[str, Any]]) -> Units:
 
 
 def _primary(suite: str) -> str | None:
-    from evals import PRIMARY_METRIC
+    from harness.registry import PRIMARY_METRIC
 
     return PRIMARY_METRIC.get(suite)
 

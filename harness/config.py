@@ -260,7 +260,8 @@ def build_run_config(
     fuser_registry().check(data["fuser"])
     fuser_cls = fuser_registry().get(data["fuser"])
     # a fuser may name the suites its paper reports (fusechat: perplexity, bbh-mini, mtbench)
-    data["suites"] = data.get("suites") or list(getattr(fuser_cls, "default_suites", DEFAULT_SUITES))
+    defaults = fuser_cls.default_suites
+    data["suites"] = data.get("suites") or list(DEFAULT_SUITES if defaults is None else defaults)
     for suite in data["suites"]:
         suite_registry().check(suite)
 

@@ -167,7 +167,7 @@ def _chosen(run: dict[str, Any], members: list[compare.Side], model: str | None)
 def _suite_rows(store: Store, fused: compare.Side, sources: list[compare.Side], suite: str, resamples: int,
                 seed: int) -> tuple[list[SkillRow], list[str]]:
     """The rows of one suite, and notes on what was left out."""
-    from evals import PRIMARY_METRIC
+    from harness.registry import PRIMARY_METRIC
 
     metric = PRIMARY_METRIC.get(suite)
     if metric is None:

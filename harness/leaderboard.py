@@ -132,7 +132,7 @@ def board(store: Store, suites: list[str] | None = None, *, runs: Mapping[str, s
 
 def _shown_scores(df: pd.DataFrame, all_metrics: bool, per_task: bool, one_metric_per_suite: bool) -> pd.DataFrame:
     """The scores a board shows, each with its ``column`` label."""
-    from evals import PRIMARY_METRIC, SUMMARY_TASKS
+    from harness.registry import PRIMARY_METRIC, SUMMARY_TASKS
 
     if df.empty:
         return df
@@ -153,7 +153,7 @@ def _shown_scores(df: pd.DataFrame, all_metrics: bool, per_task: bool, one_metri
 
 def column_name(suite: str, task: str, metric: str, version: str, all_versions: set[str]) -> str:
     """``suite/task`` for the suite's primary metric, ``suite/task/metric`` otherwise (+ ``@vN`` when versions mix)."""
-    from evals import PRIMARY_METRIC
+    from harness.registry import PRIMARY_METRIC
 
     v = f"@v{version}" if len(all_versions) > 1 else ""
     tail = "" if PRIMARY_METRIC.get(suite) == metric else f"/{metric}"
@@ -172,7 +172,7 @@ def task_rank(task: str) -> tuple[int, str]:
 
 
 def _column_rank(column: Column) -> tuple[Any, ...]:
-    from evals import SUMMARY_TASKS
+    from harness.registry import SUMMARY_TASKS
 
     suite = (SUITE_ORDER.index(column.suite), "") if column.suite in SUITE_ORDER else (len(SUITE_ORDER), column.suite)
     summary = SUMMARY_TASKS.get(column.suite, [])

@@ -324,7 +324,7 @@ class PairedNoise:
 
     def se(self, b: RunScores, c: RunScores, row: ScoreRow) -> float | None:
         """The paired standard error of ``row``'s difference between the runs, or None when it cannot be paired."""
-        from evals import PRIMARY_METRIC
+        from harness.registry import PRIMARY_METRIC
 
         ids = b.model_ids.get(row.model_key), c.model_ids.get(row.model_key)
         if PRIMARY_METRIC.get(row.suite) != row.metric or None in ids:

@@ -157,14 +157,14 @@ def _run_fusion(cfg: RunConfig, store: Store, run_id: str, timings: Timings, res
 
         fuser_cls = fusers().get(cfg.fuser)
         fuser_cfg, suite_cfgs = validate_plugin_args(cfg)
-        if cfg.control and not hasattr(fuser_cls, "control_config"):
+        if cfg.control and fuser_cls.control_config is None:
             raise BenchError(f"fuser {cfg.fuser} has no fusion term to switch off, so no data-only control",
                              "drop --control (it applies to the training fusers fusellm, fusechat and profuser)")
-        if cfg.processes > 1 and not getattr(fuser_cls, "distributed", False):
+        if cfg.processes > 1 and not fuser_cls.distributed:
             raise BenchError(f"fuser {cfg.fuser} runs in one process", "drop --processes (only training fusers "
                              "such as fusellm scale over processes)")
-        source_specs = cfg.sources or list(getattr(fuser_cls, "default_sources", []))
-        target_spec = cfg.target if cfg.target is not None else getattr(fuser_cls, "default_target", None)
+        source_specs = cfg.sources or list(fuser_cls.default_sources)
+        target_spec = cfg.target if cfg.target is not None else fuser_cls.default_target
         if not source_specs:
             raise BenchError(f"fuser {cfg.fuser} needs sources", "pass --sources A,B or --source A --source B")
     with timings.stage("resolve"):
@@ -209,7 +209,6 @@ def run_eval(refs: list[str], cfg: RunConfig, store: Store, run_id: str, *, resu
 def run_score(predictions: str, cfg: RunConfig, store: Store, run_id: str) -> None:
     """`bench score`: score a predictions file with the suite's own extraction; the 'model' is the file."""
     import hashlib
-    import inspect
 
     with _attempt(store, run_id) as timings:
         from harness.registry import suites
@@ -217,8 +216,7 @@ def run_score(predictions: str, cfg: RunConfig, store: Store, run_id: str) -> No
         _, suite_cfgs = validate_plugin_args(cfg)
         (suite_name,) = cfg.suites
         suite_cls = suites().get(suite_name)
-        module = sys.modules[suite_cls.__module__]
-        if not hasattr(module, "score_predictions"):
+        if suite_cls.score_predictions is None:
             raise BenchError(f"suite {suite_name} cannot score external predictions", "use bbh, humaneval or humaneval-mini")
         path = Path(predictions)
         if not path.is_file():
@@ -229,10 +227,8 @@ def run_score(predictions: str, cfg: RunConfig, store: Store, run_id: str) -> No
         store.add_model(ev.store_row(), run_id, ev.role, 0)
         workdir = paths.cache_dir() / "work" / f"score-{run_id}"
         with timings.stage(f"score:{suite_name}"):
-            fn = module.score_predictions
-            kwargs = {"workdir": workdir} if "workdir" in inspect.signature(fn).parameters else {}
             try:
-                result = fn(path, suite_cfgs[suite_name], **kwargs)
+                result = suite_cls().score_predictions(path, suite_cfgs[suite_name], workdir)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
         key = stable_hash(digest, suite_cls.name, suite_cls.version, suite_cfgs[suite_name].model_dump(mode="json"))
@@ -305,12 +301,12 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
 
     # the placement: teachers (and a runtime fuser's members) run in its dtype on its device
     fuser_args = fuser_cfg.model_dump(mode="json")
-    fuse_hash = stable_hash(cfg.fuser, getattr(fuser_cls, "version", "1"), fuser_args,
+    fuse_hash = stable_hash(cfg.fuser, fuser_cls.version, fuser_args,
                             [s.content_hash() for s in sources], target.content_hash() if target else None, cfg.seed,
                             current_placement().weights_key, data_fingerprints(fuser_args) or None)
     label = run_name or f"{cfg.fuser}#{fuse_hash[:6]}"
     fuser = fuser_cls()
-    if getattr(fuser_cls, "runtime_only", False):
+    if fuser_cls.runtime_only:
         ctx = FuseContext(out_dir=paths.cache_dir() / "runtime" / fuse_hash, seed=cfg.seed, batch_size=cfg.int_batch_size)
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         result = fuser.fuse(sources, target, fuser_cfg, ctx)
@@ -567,10 +563,8 @@ def _warn_caveats(suite_objs: list[tuple[Any, Any]]) -> None:
     the suite arguments, so both were made the same way), one line each."""
     from rich.text import Text
 
-    from harness.registry import caveats_of
-
     for suite_cls, suite_cfg in suite_objs:
-        for line in caveats_of(suite_cls, suite_cfg.model_dump(mode="json")):
+        for line in suite_cls.caveats(suite_cfg.model_dump(mode="json")):
             console.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
 
 

@@ -111,19 +111,18 @@ def external_references(root: Node) -> list[str]:
 @pytest.fixture
 def fake_db(monkeypatch, tmp_path):
     """A DB with a fake fusion run (sources of quality 0.2 and 0.8, fused 0.85) and a fake eval run."""
-    from harness import registry, runner
+    from harness import runner
     from tests.harness import fake_plugins
 
-    monkeypatch.setitem(registry.fusers()._specs, "fake", "tests.harness.fake_plugins:FakeAverage")
-    monkeypatch.setitem(registry.suites()._specs, "fakesuite", "tests.harness.fake_plugins:FakeSuite")
-    monkeypatch.setattr(runner, "_load", lambda ev, batch_size: fake_plugins.load(ev))
-    a = fake_plugins.make_model(tmp_path / "src_a", 0.2)
-    b = fake_plugins.make_model(tmp_path / "src_b", 0.8)
-    db = tmp_path / "bench.db"
-    assert bench("run", "--fuser", "fake", "--sources", f"{a},{b}", "--suite", "fakesuite", "--set", "bonus=0.35",
-                 "--name", "<b>fz</b>&<script>alert(1)</script>", "--db", str(db)) == 0
-    assert bench("eval", "--model", str(a), "--suite", "fakesuite", "--name", "solo", "--db", str(db)) == 0
-    return {"db": db, "a": a, "b": b, "out": tmp_path / "report"}
+    with fake_plugins.registered():
+        monkeypatch.setattr(runner, "_load", lambda ev, batch_size: fake_plugins.load(ev))
+        a = fake_plugins.make_model(tmp_path / "src_a", 0.2)
+        b = fake_plugins.make_model(tmp_path / "src_b", 0.8)
+        db = tmp_path / "bench.db"
+        assert bench("run", "--fuser", "fake", "--sources", f"{a},{b}", "--suite", "fakesuite", "--set", "bonus=0.35",
+                     "--name", "<b>fz</b>&<script>alert(1)</script>", "--db", str(db)) == 0
+        assert bench("eval", "--model", str(a), "--suite", "fakesuite", "--name", "solo", "--db", str(db)) == 0
+        yield {"db": db, "a": a, "b": b, "out": tmp_path / "report"}
 
 
 def test_leaderboard_marks_best_and_gain_over_best_source(fake_db, capsys):

@@ -147,7 +147,7 @@ def task_order(tasks: Iterable[str]) -> list[str]:
 
 def primary_metric(suite: str, views: list[RunView]) -> str | None:
     """The suite's registered primary metric; for unregistered suites the first metric by name."""
-    from evals import PRIMARY_METRIC
+    from harness.registry import PRIMARY_METRIC
 
     if suite in PRIMARY_METRIC:
         return PRIMARY_METRIC[suite]
@@ -420,7 +420,7 @@ def suite_caveats(views: list[RunView], suite: str) -> list[str]:
 
 
 def headline_task(suite: str, tasks: Iterable[str]) -> str | None:
-    from evals import SUMMARY_TASKS
+    from harness.registry import SUMMARY_TASKS
 
     tasks = list(tasks)
     for t in [*SUMMARY_TASKS.get(suite, []), *lb.AGGREGATE_TASKS]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import sys
 
-from harness import registry, runner
+from harness import runner
 from harness.cli import main
 from harness.model import Placement
 from tests.harness import fake_plugins
 
 if __name__ == "__main__":
-    registry.fusers()._specs["fake"] = "tests.harness.fake_plugins:FakeAverage"
-    registry.suites()._specs["fakesuite"] = "tests.harness.fake_plugins:FakeSuite"
+    fake_plugins.register()
     runner._load = lambda ev, batch_size: fake_plugins.load(ev)
     Placement.device_name = property(lambda self: "cpu" if self.device == "auto" else self.device)
     main(sys.argv[1:])

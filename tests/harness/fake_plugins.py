@@ -10,15 +10,18 @@ appends a line ``fuse PID`` / ``evaluate PID`` to the file ``$FAKE_CALLS_LOG``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from harness.api import EvalResult, FusionResult, Sample, Score
+from harness import registry
+from harness.api import EvalResult, Fuser, FusionResult, Sample, Score, Suite
 
 CALLS = {"fuse": 0, "evaluate": 0}
 
@@ -52,11 +55,9 @@ def load(ev) -> FakeLM:  # noqa: ANN001 - replaces harness.runner._load in tests
     return FakeLM(json.loads((ev.path / "config.json").read_text())["quality"])
 
 
-class FakeAverage:
+class FakeAverage(Fuser):
     name: ClassVar[str] = "fake"
     paper: ClassVar[str] = "https://example.org/fake"
-    runtime_only: ClassVar[bool] = False
-    default_sources: ClassVar[list[str]] = []
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -78,7 +79,7 @@ class FakeAverage:
                             stages=stages)
 
 
-class FakeSuite:
+class FakeSuite(Suite):
     name: ClassVar[str] = "fakesuite"
     version: ClassVar[str] = "1"
 
@@ -99,3 +100,20 @@ class FakeSuite:
         return EvalResult(scores=[Score(task="t", metric="acc", value=quality, stderr=0.01, n=n),
                                   Score(task="t", metric="loss", value=1 - quality, higher_is_better=False, n=n)],
                           samples=samples)
+
+
+def register() -> None:
+    """Make the fake plugins the fuser ``fake`` and the suite ``fakesuite``."""
+    registry.fusers().register("fake", FakeAverage)
+    registry.suites().register("fakesuite", FakeSuite)
+
+
+@contextlib.contextmanager
+def registered() -> Iterator[None]:
+    """The fake plugins registered while the body runs."""
+    register()
+    try:
+        yield
+    finally:
+        registry.fusers().unregister("fake")
+        registry.suites().unregister("fakesuite")

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from evals import PRIMARY_METRIC
 from harness.inheritance import classify, skill_inheritance
+from harness.registry import PRIMARY_METRIC
 from harness.store import Store
 from tests.conftest import bench
 from tests.test_report import by_id, parse
@@ -134,8 +134,7 @@ def test_lower_is_better_perplexity_keeps_its_direction(tmp_path):
 
 
 def test_humaneval_mini_pairs_problems_over_their_samples(tmp_path, monkeypatch):
-    """A suite with per-problem samples and a pass metric, like humaneval (humaneval-mini, registered elsewhere)."""
-    monkeypatch.setitem(PRIMARY_METRIC, "humaneval-mini", "pass@1")
+    """A suite with per-problem samples and a pass metric, like humaneval (humaneval-mini)."""
     store = Store(tmp_path / "bench.db")
 
     def problems(passed: list[list[int]]) -> list[dict[str, Any]]:
