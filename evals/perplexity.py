@@ -69,7 +69,6 @@ class Perplexity(Suite):
         max_chars_per_doc: int | None = Field(2000, ge=1, description="Characters per document (None = no cut).")
 
     def evaluate(self, lm: LM, cfg: BaseModel, ctx: EvalContext) -> EvalResult:
-        cfg = cfg if isinstance(cfg, self.Config) else self.Config.model_validate(cfg, from_attributes=True)
         corpora = collect_documents(cfg)
         data_dir = Path(ctx.workdir).resolve() / "perplexity"
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,6 @@ class CoolFusion(Fuser):
         use_cache: bool = Field(True, description="Per-member KV caches of the accepted prefix.")
 
     def fuse(self, sources: list[ModelRef], target: ModelRef | None, cfg: BaseModel, ctx: FuseContext) -> FusionResult:
-        cfg = cfg if isinstance(cfg, self.Config) else self.Config.model_validate(cfg, from_attributes=True)
         if not sources:
             raise BenchError("cool-fusion needs at least one source", "pass --sources A,B")
         names = [s.name for s in sources]

@@ -77,7 +77,6 @@ class Ensemble(Fuser):
         level: Level = Field("auto", description="token (shared vocabulary), sequence, or auto.")
 
     def fuse(self, sources: list[ModelRef], target: ModelRef | None, cfg: BaseModel, ctx: FuseContext) -> FusionResult:
-        cfg = cfg if isinstance(cfg, self.Config) else self.Config.model_validate(cfg, from_attributes=True)
         if not sources:
             raise BenchError("the ensemble needs at least one source", "pass --sources A,B")
         weights = normalise_weights(cfg.weights, len(sources))

@@ -167,7 +167,6 @@ class FuseChat(Fuser):
             return RELEASED if self.reference_compat == "all" else frozenset(self.reference_compat)
 
     def fuse(self, sources: list[ModelRef], target: ModelRef | None, cfg: BaseModel, ctx: FuseContext) -> FusionResult:
-        cfg = cfg if isinstance(cfg, self.Config) else self.Config.model_validate(cfg, from_attributes=True)
         if not sources and target is None:
             raise BenchError("fusechat needs sources", "pass --sources A,B (the pivot defaults to the first)")
         return _Run(cfg, sources, target, ctx).run()

@@ -90,7 +90,6 @@ class Merge(Fuser):
             return dtype
 
     def fuse(self, sources: list[ModelRef], target: ModelRef | None, cfg: BaseModel, ctx: FuseContext) -> FusionResult:
-        cfg = cfg if isinstance(cfg, self.Config) else self.Config.model_validate(cfg, from_attributes=True)
         spec = _method_spec(cfg.method)
         models, base = choose_inputs(spec, sources, target, cfg.use_base)
         involved = list(dict.fromkeys([*models, *([base] if base else [])]))

@@ -162,7 +162,6 @@ class ProFuser(Fuser):
             return self.inference_steps + self.training_steps
 
     def fuse(self, sources: list[ModelRef], target: ModelRef | None, cfg: BaseModel, ctx: FuseContext) -> FusionResult:
-        cfg = cfg if isinstance(cfg, self.Config) else self.Config.model_validate(cfg, from_attributes=True)
         if not sources and target is None:
             raise BenchError("profuser needs sources", "pass --sources A,B (the target defaults to the first)")
         return _Run(cfg, sources, target, ctx).run()

@@ -9,8 +9,10 @@ suite can score every kind of model.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,6 +23,18 @@ if TYPE_CHECKING:
     from lm_eval.api.model import LM
 
     from harness.model import ModelRef
+
+
+class Timings(dict):
+    """Wall seconds per stage, in the order the stages ran (a stage that runs again adds to its seconds)."""
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - start
 
 
 # --- evaluation ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
@@ -31,6 +31,11 @@ import typer
 from harness.config import MAX_SEED
 from harness.errors import BenchError
 from harness.paths import DEFAULT_DB
+
+if TYPE_CHECKING:
+    from harness.config import RunSpec
+    from harness.session import NewRun, Resume
+    from harness.store import Store
 
 app = typer.Typer(help="FuseBench: fuse LLMs, evaluate them against their sources, keep every result in SQLite.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode=None)
@@ -69,20 +74,6 @@ def _offline_defaults() -> None:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def _open_run(store, kind: str, name: str | None, raw: dict, build, recording: _Recording):  # noqa: ANN001, ANN202
-    """Record the run row first (with the raw flags), then validate the config; a bad config closes it as error."""
-    from harness.runner import closing_status, start
-
-    run_id = recording.run_id = start(store, kind, name, raw)
-    try:
-        cfg = build()
-    except BaseException as e:
-        store.finish_run(run_id, closing_status(e), error=e.one_line() if isinstance(e, BenchError) else repr(e))
-        raise
-    store.update_run(run_id, name=cfg.name, config=cfg.model_dump(mode="json"))
-    return run_id, cfg
-
-
 def _db_flag(db: str) -> str:
     return "" if db == str(DEFAULT_DB) else f" --db {shlex.quote(db)}"
 
@@ -100,9 +91,12 @@ class _Recording:
 
     run_id: str | None = None
 
+    def opened(self, run_id: str) -> None:
+        self.run_id = run_id
+
 
 def _raise_terminated(signum: int, frame: object) -> None:
-    from harness.runner import Terminated
+    from harness.session import Terminated
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
     raise Terminated()
@@ -110,9 +104,10 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def _recording(kind: str, db: str) -> Iterator[_Recording]:
-    """Around a command that records a run: SIGTERM stops it like Ctrl-C (the runner closes the row as interrupted),
-    and either ends it with one line naming the run and how to continue it, exit 130 (Ctrl-C) or 143 (SIGTERM)."""
-    from harness.runner import Terminated, command_line
+    """Around a command that records a run: SIGTERM stops it like Ctrl-C (its session closes the row as
+    interrupted), and either ends it with one line naming the run and how to continue it, exit 130 (Ctrl-C) or 143
+    (SIGTERM)."""
+    from harness.session import Terminated, command_line
 
     recording = _Recording()
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -154,42 +149,6 @@ def _store_for_writing(db: str):  # noqa: ANN202
         raise BenchError(f"results DB {db} is read-only here (the file or its folder cannot be written)",
                          "give --db a writable path; bench runs, leaderboard and report can still read this one")
     return Store(db)
-
-
-def _claim_for_resume(store, run_id: str, kind: str):  # noqa: ANN001, ANN202
-    """Run ``run_id`` (a `bench KIND` run) and its validated config, claimed for another attempt in this process
-    once everything that could refuse it has been checked."""
-    from harness.store import refuse_if_running
-
-    row = store.get_run(run_id)
-    if row["kind"] != kind:
-        fix = (f"resume it with `bench {row['kind']} --resume {run_id}`" if row["kind"] in ("run", "eval")
-               else "only `bench run` and `bench eval` runs resume; score the file again")
-        raise BenchError(f"run {run_id} is a `bench {row['kind']}` run, not `bench {kind}`", fix)
-    refuse_if_running(row)
-    cfg = _resumable_config(row)
-    if kind == "eval" and not json.loads(row["sources"] or "[]"):
-        raise BenchError(f"run {run_id} recorded no models to evaluate", f"start it again: {row['command']}")
-    store.resume_run(run_id)
-    return row, cfg
-
-
-def _resumable_config(row: dict[str, Any]):  # noqa: ANN202
-    """The validated config of run ``row``. A run whose flags never passed validation recorded only those raw
-    flags: there is nothing to continue, only a command line to correct."""
-    from pydantic import ValidationError
-
-    from harness.config import RunConfig
-
-    try:
-        return RunConfig(**json.loads(row["config"] or "{}"))
-    except (ValidationError, ValueError, TypeError):
-        if row["status"] != "error":  # interrupted or killed while its flags were being checked
-            raise BenchError(f"run {row['id']} cannot be resumed: it stopped before its configuration was checked",
-                             f"start it again: {row['command']}") from None
-        why = f" ({row['error'].split(' (fix: ')[0]})" if row.get("error") else ""
-        raise BenchError(f"run {row['id']} cannot be resumed: its configuration never passed validation{why}",
-                         f"correct the flags and start a new `bench {row['kind']}`") from None
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -249,31 +208,22 @@ def run(
 ) -> None:
     """Fuse the sources with FUSER, then evaluate the fused model and its sources on the same suites."""
     from harness.config import build_run_config
-    from harness.runner import run_fusion
+    from harness.session import NewRun, Resume
 
     _offline_defaults()
     store = _store_for_writing(db)
+    flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
+                         judge_prompts=judge_prompts, judge_repeats=judge_repeats, allow_code_exec=allow_code_exec,
+                         samples=samples, temperature=temperature)
+    raw = {} if resume else {"fuser": fuser, "sources": _split(sources), "target": target, "suites": suite,
+                             "config_file": config, "set": set_, "limit": limit, "name": name, "seed": seed}
+    opening = Resume("run", resume) if resume else NewRun("run", name, raw, lambda: build_run_config(
+        config_file=config, fuser=fuser, sources=_split(sources), target=target, suites=suite, sets=set_, name=name,
+        limit=limit, seed=seed, suite_flags=flags, processes=processes, control=control or None,
+        seeds=_seed_list(seeds), placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)))
     with _recording("run", db) as recording:
-        if resume:
-            _, cfg = _claim_for_resume(store, resume, "run")
-            run_id = recording.run_id = resume
-        else:
-            raw = {"fuser": fuser, "sources": _split(sources), "target": target, "suites": suite,
-                   "config_file": config, "set": set_, "limit": limit, "name": name, "seed": seed}
-            flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
-                                 judge_prompts=judge_prompts, judge_repeats=judge_repeats,
-                                 allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
-            run_id, cfg = _open_run(store, "run", name, raw, lambda: build_run_config(
-                config_file=config, fuser=fuser, sources=_split(sources), target=target, suites=suite, sets=set_,
-                name=name, limit=limit, seed=seed, suite_flags=flags, processes=processes, control=control or None,
-                seeds=_seed_list(seeds), placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)),
-                recording)
-        if cfg.seeds:
-            _run_seed_group(store, run_id, cfg, raw, recording)
-        else:
-            run_fusion(cfg, store, run_id, resume=bool(resume))
-            typer.echo(f"run {run_id} ok")
-    _print_leaderboard(store, cfg.suites, run_id=run_id)
+        run_id, spec = _run_fusions(store, opening, raw, recording)
+    _print_leaderboard(store, spec.suites, run_id=run_id)
 
 
 def _seed_list(text: str | None) -> list[int] | None:
@@ -285,22 +235,37 @@ def _seed_list(text: str | None) -> list[int] | None:
         raise BenchError(f"--seeds {text!r} is not a comma-separated list of numbers", "e.g. --seeds 0,1,2") from None
 
 
-def _run_seed_group(store: Any, first_id: str, cfg: Any, raw: dict[str, Any], recording: _Recording) -> None:
-    """One run per seed, sharing ``group_id`` (the first run's id); the first row, already open, takes the first
-    seed. Each run is a normal run: its own row, artifact and ``--resume``."""
-    from harness.runner import run_fusion, start
+def _run_fusions(store: Store, opening: NewRun | Resume, raw: dict[str, Any],
+                 recording: _Recording) -> tuple[str, RunSpec]:
+    """`bench run`: the run that ``opening`` opens or resumes, and its id and spec. A spec with seeds is a run group:
+    one run per seed, sharing ``group_id`` (the first run's id); the first row, already open, takes the first seed.
+    Each run is a normal run: its own row, artifact and ``--resume``."""
+    from harness.runner import run_fusion
+    from harness.session import NewRun, run_session
 
-    for position, seed in enumerate(cfg.seeds):
-        one = cfg.for_seed(seed)
-        if cfg.name:
-            one = one.model_copy(update={"name": f"{cfg.name}@seed{seed}"})
-        run_id = first_id if position == 0 else start(store, "run", one.name, {**raw, "seed": seed})
-        recording.run_id = run_id
-        store.update_run(run_id, name=one.name, group_id=first_id, config=one.model_dump(mode="json"))
-        typer.echo(f"seed {seed} ({position + 1}/{len(cfg.seeds)}): run {run_id}")
-        run_fusion(one, store, run_id)
-        typer.echo(f"run {run_id} ok")
-    typer.echo(f"run group {first_id}: {len(cfg.seeds)} seeds ok")
+    with run_session(store, opening, recording.opened) as run:
+        first_id, spec = run.id, run.spec
+        if spec.seeds:
+            run.record(_seed_spec(spec, spec.seeds[0]), group_id=first_id)
+            typer.echo(f"seed {spec.seeds[0]} (1/{len(spec.seeds)}): run {first_id}")
+        run_fusion(run)
+    typer.echo(f"run {first_id} ok")
+    for position, seed in enumerate(spec.seeds[1:], start=2):
+        one = _seed_spec(spec, seed)
+        seed_run = NewRun("run", one.name, {**raw, "seed": seed}, lambda one=one: one, {"group_id": first_id})
+        with run_session(store, seed_run, recording.opened) as run:
+            typer.echo(f"seed {seed} ({position}/{len(spec.seeds)}): run {run.id}")
+            run_fusion(run)
+        typer.echo(f"run {run.id} ok")
+    if spec.seeds:
+        typer.echo(f"run group {first_id}: {len(spec.seeds)} seeds ok")
+    return first_id, spec
+
+
+def _seed_spec(group: RunSpec, seed: int) -> RunSpec:
+    """The spec of the run of seed group ``group`` with seed ``seed``."""
+    one = group.for_seed(seed)
+    return one.model_copy(update={"name": f"{group.name}@seed{seed}"}) if group.name else one
 
 
 @app.command("eval")
@@ -322,32 +287,27 @@ def eval_(
     """Evaluate one or more models as they are (no fusion)."""
     from harness.config import build_eval_config
     from harness.runner import run_eval
+    from harness.session import NewRun, Resume, run_session
 
     _offline_defaults()
     if not model and not resume:
         raise BenchError("missing option '--model'", "name the models to evaluate, e.g. --model zoo:llama-base, "
                          "or continue a run with --resume RUN_ID")
     store = _store_for_writing(db)
-    with _recording("eval", db) as recording:
-        if resume:
-            row, cfg = _claim_for_resume(store, resume, "eval")
-            run_id = recording.run_id = resume
-            refs = json.loads(row["sources"])
-        else:
-            flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
-                                 judge_prompts=judge_prompts, judge_repeats=judge_repeats,
-                                 allow_code_exec=allow_code_exec, samples=samples, temperature=temperature)
-            run_id, cfg = _open_run(store, "eval", name, {"models": model, "suites": suite, "set": set_, "limit": limit},
-                                    lambda: build_eval_config(suites=suite, sets=set_, limit=limit, name=name,
-                                                              suite_flags=flags,
-                                                              placement=_placement(dtype, device, batch_size, backend,
-                                                                                   base_url, tokenizer)),
-                                    recording)
-            refs = _split(model)
-            store.update_run(run_id, sources=refs)  # what --resume evaluates, should this attempt not finish
-        run_eval(refs, cfg, store, run_id, resume=bool(resume))
+    flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
+                         judge_prompts=judge_prompts, judge_repeats=judge_repeats, allow_code_exec=allow_code_exec,
+                         samples=samples, temperature=temperature)
+    # the models are recorded with the spec: what --resume evaluates, should this attempt not finish
+    opening = Resume("eval", resume) if resume else NewRun(
+        "eval", name, {"models": model, "suites": suite, "set": set_, "limit": limit},
+        lambda: build_eval_config(suites=suite, sets=set_, limit=limit, name=name, suite_flags=flags,
+                                  placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)),
+        {"sources": _split(model)})
+    with _recording("eval", db) as recording, run_session(store, opening, recording.opened) as run:
+        run_id, spec = run.id, run.spec
+        run_eval(run, json.loads(store.get_run(run.id)["sources"]))
     typer.echo(f"run {run_id} ok")
-    _print_leaderboard(store, cfg.suites, run_id=run_id)
+    _print_leaderboard(store, spec.suites, run_id=run_id)
 
 
 @app.command()
@@ -364,17 +324,18 @@ def score(
     """Score predictions made elsewhere with the suite's own answer extraction, and record them as a run."""
     from harness.config import build_eval_config
     from harness.runner import run_score
+    from harness.session import NewRun, run_session
 
     _offline_defaults()
     store = _store_for_writing(db)
     flags = _suite_flags(data_dir=data_dir, mode=mode, allow_code_exec=allow_code_exec)
-    with _recording("score", db) as recording:
-        run_id, cfg = _open_run(store, "score", name, {"suite": suite, "predictions": predictions, "set": set_},
-                                lambda: build_eval_config(suites=[suite], sets=set_, limit=None, name=name,
-                                                          suite_flags=flags), recording)
-        run_score(predictions, cfg, store, run_id)
+    opening = NewRun("score", name, {"suite": suite, "predictions": predictions, "set": set_},
+                     lambda: build_eval_config(suites=[suite], sets=set_, limit=None, name=name, suite_flags=flags))
+    with _recording("score", db) as recording, run_session(store, opening, recording.opened) as run:
+        run_id, spec = run.id, run.spec
+        run_score(run, predictions)
     typer.echo(f"run {run_id} ok")
-    _print_leaderboard(store, cfg.suites, run_id=run_id)
+    _print_leaderboard(store, spec.suites, run_id=run_id)
 
 
 def _print_leaderboard(store, suites: list[str] | None, run_id: str | None = None) -> None:  # noqa: ANN001

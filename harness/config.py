@@ -27,11 +27,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from harness.api import Fuser, Suite
 from harness.errors import BenchError, did_you_mean, read_text
 
 DEFAULT_SUITES = ["perplexity"]
@@ -59,9 +60,10 @@ class ModelPlacement(BaseModel):
 
 
 class RunConfig(BaseModel):
-    """What a run does. Everything here (plus the sources' content) goes into the run hash."""
+    """What a run does, as it is recorded (``runs.config``). Everything here (plus the sources' content) goes into
+    the run hash."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = Field(None, description="A label for the run; `bench regress` can refer to runs by it.")
     fuser: str | None = Field(None, description="Registered fuser name; None for `bench eval` runs.")
@@ -136,6 +138,45 @@ class RunConfig(BaseModel):
         exclude = {"name", "processes"} | {f for f in later if getattr(self, f) == type(self).model_fields[f].get_default(
             call_default_factory=True)}
         return json.dumps(self.model_dump(exclude=exclude), sort_keys=True, default=str)
+
+
+class ResolvedSuite(NamedTuple):
+    """A suite of a run: its class and its arguments, validated."""
+
+    plugin: type[Suite]
+    config: BaseModel
+
+
+class RunSpec(RunConfig):
+    """A run config with its plugins resolved and their arguments validated: what the runner executes, and where
+    each plugin gets its validated ``Config`` from. Made once per attempt at a run by :func:`resolve` (through
+    :func:`build_run_config` and :func:`build_eval_config`, or from a resumed run's stored config); nothing
+    downstream validates again. Frozen; recorded and hashed as the :class:`RunConfig` it extends (the resolved
+    fields are left out of every dump)."""
+
+    fuser_plugin: type[Fuser] | None = Field(None, exclude=True)
+    fuser_config: BaseModel | None = Field(None, exclude=True)
+    suite_plans: tuple[ResolvedSuite, ...] = Field((), exclude=True)
+
+
+def resolve(cfg: RunConfig) -> RunSpec:
+    """``cfg`` with its fuser's and suites' classes and their ``Config`` objects (the single place plugin arguments
+    are checked; a BenchError names the first problem)."""
+    from harness.registry import fusers as fuser_registry
+    from harness.registry import suites as suite_registry
+
+    fuser_plugin = fuser_registry().get(cfg.fuser) if cfg.fuser else None
+    fuser_config = plugin_config(fuser_plugin, cfg.fuser_args, f"fuser {cfg.fuser}") if fuser_plugin else None
+    unknown = set(cfg.suite_args) - set(cfg.suites)
+    if unknown:
+        raise BenchError(f"arguments given for suite(s) not in the run: {sorted(unknown)}", "add them with --suite")
+    plans = []
+    for name in cfg.suites:
+        plugin = suite_registry().get(name)
+        plans.append(ResolvedSuite(plugin, plugin_config(plugin, cfg.suite_args.get(name, {}), f"suite {name}")))
+    # the config's own fields were validated when it was made
+    return RunSpec.model_construct(cfg.model_fields_set, **dict(cfg), fuser_plugin=fuser_plugin,
+                                   fuser_config=fuser_config, suite_plans=tuple(plans))
 
 
 def stable_hash(*parts: Any, length: int = 16) -> str:
@@ -240,8 +281,8 @@ def build_run_config(
     name: str | None = None, limit: int | None = None, seed: int | None = None,
     suite_flags: dict[str, Any] | None = None, processes: int | None = None,
     placement: dict[str, Any] | None = None, control: bool | None = None, seeds: list[int] | None = None,
-) -> RunConfig:
-    """Merge file, flags and overrides into a validated :class:`RunConfig` (BenchError on any problem).
+) -> RunSpec:
+    """Merge file, flags and overrides into a validated :class:`RunSpec` (BenchError on any problem).
 
     ``placement``: ``--dtype`` / ``--device`` / ``--batch-size`` values given on the command line."""
     from harness.registry import fusers as fuser_registry
@@ -296,11 +337,11 @@ def build_run_config(
         cfg = RunConfig(**data)
     except ValidationError as e:
         raise BenchError(f"invalid run config: {_first_error(e)}", "check the config file and flags") from None
-    validate_plugin_args(cfg)
-    _check_per_model_entries(cfg)
-    if cfg.seeds and "seed" in data:
+    spec = resolve(cfg)
+    _check_per_model_entries(spec)
+    if spec.seeds and "seed" in data:
         raise BenchError("both a seed and seeds are given", "use --seeds A,B,C for a seed group, or --seed N for one run")
-    return cfg
+    return spec
 
 
 def _check_per_model_entries(cfg: RunConfig) -> None:
@@ -312,20 +353,7 @@ def _check_per_model_entries(cfg: RunConfig) -> None:
                              f"use one of {', '.join(named)} (as written in sources/target)")
 
 
-def validate_plugin_args(cfg: RunConfig) -> tuple[BaseModel | None, dict[str, BaseModel]]:
-    """Instantiate the fuser's and suites' Config objects (the single place plugin args are checked)."""
-    from harness.registry import fusers as fuser_registry
-    from harness.registry import suites as suite_registry
-
-    fuser_cfg = plugin_config(fuser_registry().get(cfg.fuser), cfg.fuser_args, f"fuser {cfg.fuser}") if cfg.fuser else None
-    unknown = set(cfg.suite_args) - set(cfg.suites)
-    if unknown:
-        raise BenchError(f"arguments given for suite(s) not in the run: {sorted(unknown)}", "add them with --suite")
-    suite_cfgs = {s: plugin_config(suite_registry().get(s), cfg.suite_args.get(s, {}), f"suite {s}") for s in cfg.suites}
-    return fuser_cfg, suite_cfgs
-
-
-def plugin_config(cls: Any, args: dict[str, Any], what: str) -> BaseModel:
+def plugin_config(cls: type[Fuser] | type[Suite], args: dict[str, Any], what: str) -> BaseModel:
     try:
         return cls.Config(**args)
     except ValidationError as e:
@@ -342,8 +370,8 @@ def _first_error(e: ValidationError) -> str:
 
 def build_eval_config(*, suites: list[str] | None, sets: list[str] | None, limit: int | None,
                       name: str | None, seed: int | None = None,
-                      suite_flags: dict[str, Any] | None = None, placement: dict[str, Any] | None = None) -> RunConfig:
-    """Config of a `bench eval` run: suites and their args (``--set SUITE.FIELD=value``), no fuser."""
+                      suite_flags: dict[str, Any] | None = None, placement: dict[str, Any] | None = None) -> RunSpec:
+    """Spec of a `bench eval` run: suites and their args (``--set SUITE.FIELD=value``), no fuser."""
     from harness.registry import suites as suite_registry
 
     names = suites or list(DEFAULT_SUITES)
@@ -373,5 +401,4 @@ def build_eval_config(*, suites: list[str] | None, sets: list[str] | None, limit
         cfg = RunConfig(**fields)
     except ValidationError as e:
         raise BenchError(f"invalid eval config: {_first_error(e)}", "check the flags") from None
-    validate_plugin_args(cfg)
-    return cfg
+    return resolve(cfg)

@@ -1,54 +1,47 @@
 """The runner: fuse -> evaluate the fused model and its sources on the same suites -> record.
 
-Every costly stage is cached by a content hash of everything that determines it:
+It works inside a run's session (:func:`harness.session.run_session`: the row's lifecycle) on the run's resolved
+spec (:class:`harness.config.RunSpec`). Every costly stage is cached by a content hash of everything that
+determines it:
   * fused weights   ``$BENCH_HOME/artifacts/<fuse_hash>/``   (fuser, its args, the sources' bytes, seed)
   * eval results    ``$BENCH_HOME/cache/evals/<eval_key>.json`` (model bytes, suite, version, args, limit)
 so repeating a run (or resuming a failed one with ``--resume``) only redoes what is missing. Cache
-entries are written to a temp name and renamed, so an interrupted stage never leaves a partial one.
+entries are written to a temp name and renamed (:mod:`harness.atomic`), so an interrupted stage never leaves a
+partial one.
 
 Processes share the caches: each artifact and each evaluation has one builder at a time, the holder of its lock
 file (``cache/locks/artifact-<fuse_hash>.lock``, ``cache/locks/eval-<eval_key>.lock``); the others wait for it and
 reuse what it wrote. A builder that died leaves at most a scratch folder, which the next process to take its lock removes.
-
-While a run works, a heartbeat thread stamps its row every ``HEARTBEAT_S`` seconds, so a run whose process was
-killed is told from a live one (``store.stale_reason``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import re
 import shutil
-import sqlite3
 import sys
-import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Console
 
 from harness import corpus, paths, provenance
+from harness.api import EvalContext, FuseContext, Fuser, FusionResult, Suite
 from harness.atomic import atomic_dir, atomic_file
-from harness.config import RunConfig, stable_hash, validate_plugin_args
+from harness.config import ResolvedSuite, RunSpec, stable_hash
 from harness.errors import BenchError
 from harness.jsonable import to_plain
 from harness.model import ModelRef, Placement
 from harness.paths import file_lock
-from harness.store import HEARTBEAT_S, Store, beat
+from harness.session import RunSession
 
 console = Console(stderr=True)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what schedulers, CI and `kill` send), raised where the process is, so that it stops like Ctrl-C: the
-    run row is closed as interrupted and scratch space is cleaned up."""
 
 
 @dataclass
@@ -74,176 +67,90 @@ class Evaluand:
                 "fuser": self.fuser, "fuse_hash": self.fuse_hash, "details": self.details}
 
 
-class Timings(dict):
-    """Wall seconds per stage, in the order the stages ran."""
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self[name] = self.get(name, 0.0) + time.perf_counter() - start
+# --- bench run, eval, score ---------------------------------------------------------------------
 
 
-def command_line() -> str:
-    return " ".join(["bench", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("bench") else " ".join(sys.argv)
-
-
-class Heartbeat:
-    """A daemon thread that stamps the run row's ``heartbeat_at`` every ``every`` seconds while the run works (on a
-    connection of its own). A beat that cannot be written (the DB busy for minutes) is skipped; the next one follows."""
-
-    def __init__(self, db_path: Path, run_id: str, every: float):
-        self.db_path, self.run_id, self.every = db_path, run_id, every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {run_id}", daemon=True)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.every):
-            with contextlib.suppress(sqlite3.Error):
-                beat(self.db_path, self.run_id)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-@contextlib.contextmanager
-def _attempt(store: Store, run_id: str) -> Iterator[Timings]:
-    """The body is one attempt at run ``run_id``: with a heartbeat while it works, then the row closed as ok, error
-    or interrupted, with this attempt's timings (added to earlier attempts' when the run was resumed)."""
-    timings = Timings()
-    try:
-        with Heartbeat(store.path, run_id, every=HEARTBEAT_S):
-            yield timings
-    except BaseException as e:
-        store.finish_run(run_id, closing_status(e), error=_error_text(e), timings=timings)
-        raise
-    store.finish_run(run_id, "ok", timings=timings)
-
-
-def closing_status(e: BaseException) -> str:
-    """How a run that stopped on ``e`` is closed: ``interrupted`` (Ctrl-C, SIGTERM: resumable as it was) or
-    ``error``."""
-    return "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
-
-
-# --- bench run ----------------------------------------------------------------------------------
-
-
-def start(store: Store, kind: str, name: str | None, config: dict[str, Any]) -> str:
-    """Open the run row first, so that every later failure is recorded against it."""
-    return store.start_run(kind=kind, name=name, command=command_line(), provenance=provenance.collect(), config=config)
-
-
-def run_fusion(cfg: RunConfig, store: Store, run_id: str, *, resume: bool = False) -> None:
-    """Fuse, then evaluate fused model + target + sources. Closes the run row as ok, error or interrupted."""
+def run_fusion(run: RunSession) -> None:
+    """`bench run`: fuse, then evaluate fused model + target + sources (in the run's placement)."""
     from harness.model import placement
 
-    with _attempt(store, run_id) as timings, placement(cfg.dtype, cfg.device, _per_model(cfg),
-                                                          **_backend(cfg)):
-        _run_fusion(cfg, store, run_id, timings, resume)
+    spec = run.spec
+    with placement(spec.dtype, spec.device, _per_model(spec), **_backend(spec)):
+        _run_fusion(run)
 
 
-def _run_fusion(cfg: RunConfig, store: Store, run_id: str, timings: Timings, resume: bool) -> None:
-    """Validate, resolve, fuse, then evaluate (inside the run's placement)."""
+def _run_fusion(run: RunSession) -> None:
+    """Check, resolve, fuse, then evaluate (inside the run's placement)."""
+    spec, timings = run.spec, run.timings
+    fuser_cls = spec.fuser_plugin
+    assert fuser_cls is not None and spec.fuser_config is not None, "a bench run spec names its fuser"
     with timings.stage("validate"):
-        from harness.registry import fusers, suites
-
-        fuser_cls = fusers().get(cfg.fuser)
-        fuser_cfg, suite_cfgs = validate_plugin_args(cfg)
-        if cfg.control and fuser_cls.control_config is None:
-            raise BenchError(f"fuser {cfg.fuser} has no fusion term to switch off, so no data-only control",
+        if spec.control and fuser_cls.control_config is None:
+            raise BenchError(f"fuser {spec.fuser} has no fusion term to switch off, so no data-only control",
                              "drop --control (it applies to the training fusers fusellm, fusechat and profuser)")
-        if cfg.processes > 1 and not fuser_cls.distributed:
-            raise BenchError(f"fuser {cfg.fuser} runs in one process", "drop --processes (only training fusers "
+        if spec.processes > 1 and not fuser_cls.distributed:
+            raise BenchError(f"fuser {spec.fuser} runs in one process", "drop --processes (only training fusers "
                              "such as fusellm scale over processes)")
-        source_specs = cfg.sources or list(fuser_cls.default_sources)
-        target_spec = cfg.target if cfg.target is not None else fuser_cls.default_target
+        source_specs = spec.sources or list(fuser_cls.default_sources)
+        target_spec = spec.target if spec.target is not None else fuser_cls.default_target
         if not source_specs:
-            raise BenchError(f"fuser {cfg.fuser} needs sources", "pass --sources A,B or --source A --source B")
+            raise BenchError(f"fuser {spec.fuser} needs sources", "pass --sources A,B or --source A --source B")
     with timings.stage("resolve"):
         sources = [_resolve(s) for s in source_specs]
         target = _resolve(target_spec) if target_spec else None
-    store.update_run(run_id, fuser=cfg.fuser, sources=[s.spec for s in sources],
-                     target=target.spec if target else None,
-                     run_hash=stable_hash(cfg.canonical_json(), [s.content_hash() for s in sources]))
-    console.log(f"run {run_id}: fuser [bold]{cfg.fuser}[/] on {', '.join(s.name for s in sources)}"
+    run.store.update_run(run.id, fuser=spec.fuser, sources=[s.spec for s in sources],
+                         target=target.spec if target else None,
+                         run_hash=stable_hash(spec.canonical_json(), [s.content_hash() for s in sources]))
+    console.log(f"run {run.id}: fuser [bold]{spec.fuser}[/] on {', '.join(s.name for s in sources)}"
                 + (f" (target {target.name})" if target else ""))
     with timings.stage("fuse"):
-        fused, stages = _fuse(fuser_cls, fuser_cfg, cfg, sources, target, run_name=cfg.name)
+        fused, stages = _fuse(fuser_cls, spec.fuser_config, spec, sources, target, run_name=spec.name)
     evaluands = [fused, *stages]
-    if cfg.control:
+    if spec.control:
         with timings.stage("control"):
-            evaluands.append(_control(fuser_cls, fuser_cfg, cfg, sources, target, fused))
+            evaluands.append(_control(fuser_cls, spec.fuser_config, spec, sources, target, fused))
     if target is not None:
         evaluands.append(_source_evaluand(target, "target"))
     evaluands += [_source_evaluand(s, "source") for s in sources]
-    evaluands = _dedupe(evaluands)
-    suite_objs = [(suites().get(name), suite_cfgs[name]) for name in cfg.suites]
-    _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings, resume=resume)
+    _evaluate_all(run, _dedupe(evaluands))
 
 
-def run_eval(refs: list[str], cfg: RunConfig, store: Store, run_id: str, *, resume: bool = False) -> None:
-    """`bench eval`: evaluate models as they are (no fusion). ``resume``: skip the (model, suite) pairs the run has
+def run_eval(run: RunSession, refs: list[str]) -> None:
+    """`bench eval`: evaluate models as they are (no fusion). A resumed run skips the (model, suite) pairs it has
     already recorded."""
     from harness.model import placement
 
-    with _attempt(store, run_id) as timings:
-        from harness.registry import suites
-
-        _, suite_cfgs = validate_plugin_args(cfg)
-        with timings.stage("resolve"):
-            evaluands = _dedupe([_source_evaluand(_resolve(r), "model") for r in refs])
-        store.update_run(run_id, sources=[e.ref for e in evaluands])
-        suite_objs = [(suites().get(name), suite_cfgs[name]) for name in cfg.suites]
-        with placement(cfg.dtype, cfg.device, _per_model(cfg), **_backend(cfg)):
-            _evaluate_all(store, run_id, evaluands, suite_objs, cfg, timings, resume=resume)
+    spec = run.spec
+    with run.timings.stage("resolve"):
+        evaluands = _dedupe([_source_evaluand(_resolve(r), "model") for r in refs])
+    run.store.update_run(run.id, sources=[e.ref for e in evaluands])
+    with placement(spec.dtype, spec.device, _per_model(spec), **_backend(spec)):
+        _evaluate_all(run, evaluands)
 
 
-def run_score(predictions: str, cfg: RunConfig, store: Store, run_id: str) -> None:
+def run_score(run: RunSession, predictions: str) -> None:
     """`bench score`: score a predictions file with the suite's own extraction; the 'model' is the file."""
     import hashlib
 
-    with _attempt(store, run_id) as timings:
-        from harness.registry import suites
-
-        _, suite_cfgs = validate_plugin_args(cfg)
-        (suite_name,) = cfg.suites
-        suite_cls = suites().get(suite_name)
-        if suite_cls.score_predictions is None:
-            raise BenchError(f"suite {suite_name} cannot score external predictions", "use bbh, humaneval or humaneval-mini")
-        path = Path(predictions)
-        if not path.is_file():
-            raise BenchError(f"predictions file {predictions} not found", "give an existing JSONL file")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        ev = Evaluand(id=f"pred-{digest}", name=cfg.name or path.name, role="model", kind="predictions",
-                      content_hash=digest, ref=str(path.resolve()))
-        store.add_model(ev.store_row(), run_id, ev.role, 0)
-        workdir = paths.cache_dir() / "work" / f"score-{run_id}"
-        with timings.stage(f"score:{suite_name}"):
-            try:
-                result = suite_cls().score_predictions(path, suite_cfgs[suite_name], workdir)
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
-        key = stable_hash(digest, suite_cls.name, suite_cls.version, suite_cfgs[suite_name].model_dump(mode="json"))
-        store.add_eval(run_id, ev.id, suite_cls.name, suite_cls.version, key,
+    (suite_name,), ((suite_cls, suite_cfg),) = run.spec.suites, run.spec.suite_plans
+    if suite_cls.score_predictions is None:
+        raise BenchError(f"suite {suite_name} cannot score external predictions", "use bbh, humaneval or humaneval-mini")
+    path = Path(predictions)
+    if not path.is_file():
+        raise BenchError(f"predictions file {predictions} not found", "give an existing JSONL file")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    ev = Evaluand(id=f"pred-{digest}", name=run.spec.name or path.name, role="model", kind="predictions",
+                  content_hash=digest, ref=str(path.resolve()))
+    run.store.add_model(ev.store_row(), run.id, ev.role, 0)
+    workdir = paths.cache_dir() / "work" / f"score-{run.id}"
+    with run.timings.stage(f"score:{suite_name}"):
+        try:
+            result = suite_cls().score_predictions(path, suite_cfg, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    key = stable_hash(digest, suite_cls.name, suite_cls.version, suite_cfg.model_dump(mode="json"))
+    run.store.add_eval(run.id, ev.id, suite_cls.name, suite_cls.version, key,
                        [asdict(s) for s in result.scores], [asdict(s) for s in result.samples])
-
-
-def _error_text(e: BaseException) -> str:
-    if isinstance(e, BenchError):
-        return e.one_line()
-    if isinstance(e, Terminated):
-        return "interrupted (SIGTERM)"
-    if isinstance(e, KeyboardInterrupt):
-        return "interrupted (KeyboardInterrupt)"
-    return "".join(traceback.format_exception(e))[-4000:]
 
 
 def _resolve(spec: str) -> ModelRef:
@@ -293,10 +200,9 @@ def _distinct_names(evaluands: list[Evaluand]) -> list[Evaluand]:
 # --- fusion (cached) ----------------------------------------------------------------------------
 
 
-def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef], target: ModelRef | None,
-          run_name: str | None) -> tuple[Evaluand, list[Evaluand]]:
+def _fuse(fuser_cls: type[Fuser], fuser_cfg: BaseModel, cfg: RunSpec, sources: list[ModelRef],
+          target: ModelRef | None, run_name: str | None) -> tuple[Evaluand, list[Evaluand]]:
     """The fused model (from the artifact cache when there) and the stage models it was built through."""
-    from harness.api import FuseContext
     from harness.model import current_placement
 
     # the placement: teachers (and a runtime fuser's members) run in its dtype on its device
@@ -338,10 +244,11 @@ def _fuse(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef
     return fused, stages
 
 
-def _control(fuser_cls: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef], target: ModelRef | None,
-             fused: Evaluand) -> Evaluand:
+def _control(fuser_cls: type[Fuser], fuser_cfg: BaseModel, cfg: RunSpec, sources: list[ModelRef],
+             target: ModelRef | None, fused: Evaluand) -> Evaluand:
     """The data-only control of a training fuser: the same target, data, steps and seed with the fusion term
     switched off (the fuser's ``control_config``: λ = 1), evaluated beside the fused model with role ``control``."""
+    assert fuser_cls.control_config is not None, "checked when the run started"
     control_cfg = fuser_cls.control_config(fuser_cfg)
     control, _ = _fuse(fuser_cls, control_cfg, cfg, sources, target, run_name=f"{fused.name} control")
     return dataclasses.replace(control, role="control")
@@ -386,18 +293,16 @@ def _remove_abandoned_builds(artifacts: Path) -> None:
                       lambda fuse_hash: _build_lock(artifacts / fuse_hash))
 
 
-def _build_artifact(fuser: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[ModelRef], target: ModelRef | None,
-                    fuse_hash: str, out_dir: Path) -> dict[str, Any]:
+def _build_artifact(fuser: Fuser, fuser_cfg: BaseModel, cfg: RunSpec, sources: list[ModelRef],
+                    target: ModelRef | None, fuse_hash: str, out_dir: Path) -> dict[str, Any]:
     """Fuse into a scratch folder, write the card, then rename it to ``out_dir`` (the caller holds its build lock)."""
-    from harness.api import FuseContext
-
     with atomic_dir(out_dir) as tmp:
         start_t = time.perf_counter()
+        ctx = FuseContext(out_dir=tmp, seed=cfg.seed, batch_size=cfg.int_batch_size)
         if cfg.processes > 1:
-            result = _fuse_in_processes(cfg, fuser_cfg, sources, target, tmp)
+            result = _fuse_in_processes(cfg, fuser_cfg, sources, target, ctx)
         else:
-            result = fuser.fuse(sources, target, fuser_cfg, FuseContext(out_dir=tmp, seed=cfg.seed,
-                                                                       batch_size=cfg.int_batch_size))
+            result = fuser.fuse(sources, target, fuser_cfg, ctx)
         if result.path is None:
             raise RuntimeError(f"fuser {cfg.fuser} returned no model path")
         if Path(result.path).resolve() != tmp.resolve():
@@ -407,7 +312,7 @@ def _build_artifact(fuser: Any, fuser_cfg: Any, cfg: RunConfig, sources: list[Mo
                 "seed": cfg.seed, "seconds": round(time.perf_counter() - start_t, 3),
                 "details": result.details, "provenance": provenance.collect(),
                 "stages": {name: _inside(Path(result.path), Path(stage_dir))
-                           for name, stage_dir in getattr(result, "stages", {}).items()}}
+                           for name, stage_dir in result.stages.items()}}
         (tmp / "fusebench.json").write_text(json.dumps(card, indent=1, sort_keys=True, default=str))
     console.log(f"fuse: wrote {out_dir} in {card['seconds']:.1f}s")
     return card
@@ -421,14 +326,15 @@ def _inside(root: Path, stage_dir: Path) -> str:
         raise RuntimeError(f"stage model {stage_dir} is not inside the fused model's directory {root}") from None
 
 
-def _fuse_in_processes(cfg: RunConfig, fuser_cfg: Any, sources: list[ModelRef], target: ModelRef | None,
-                       out_dir: Path) -> Any:
-    """Run ``fuse()`` in ``cfg.processes`` processes under ``accelerate launch`` (DDP; gloo on CPU)."""
+def _fuse_in_processes(cfg: RunSpec, fuser_cfg: BaseModel, sources: list[ModelRef], target: ModelRef | None,
+                       ctx: FuseContext) -> FusionResult:
+    """Run ``fuse()`` in ``cfg.processes`` processes under ``accelerate launch`` (DDP; gloo on CPU), into
+    ``ctx.out_dir``."""
     import subprocess
 
-    from harness.api import FusionResult
     from harness.fuse_worker import RESULT_FILE, write_spec
 
+    out_dir = ctx.out_dir
     spec = out_dir.parent / f".spec-{out_dir.name}.json"
     write_spec(spec, fuser=cfg.fuser, config=fuser_cfg.model_dump(mode="json"), sources=sources, target=target,
                out_dir=out_dir, seed=cfg.seed, batch_size=cfg.int_batch_size,
@@ -455,7 +361,7 @@ def _fuse_in_processes(cfg: RunConfig, fuser_cfg: Any, sources: list[ModelRef], 
 # --- evaluation (cached) ------------------------------------------------------------------------
 
 
-def eval_key(model_hash: str, suite_cls: Any, suite_cfg: Any, cfg: RunConfig, placement_key: str) -> str:
+def eval_key(model_hash: str, suite_cls: type[Suite], suite_cfg: BaseModel, cfg: RunSpec, placement_key: str) -> str:
     """What determines an evaluation: model bytes, suite + version, its args, the bytes of any data files
     those args point to (editing a question file in place must not reuse an old result), limit, seed and
     the embedded corpus (the held-out text the perplexity suite reads by default), and the precision and
@@ -465,11 +371,11 @@ def eval_key(model_hash: str, suite_cls: Any, suite_cfg: Any, cfg: RunConfig, pl
                        cfg.limit, cfg.evaluation_seed, corpus.corpus_fingerprint(), placement_key)
 
 
-def _per_model(cfg: RunConfig) -> dict[str, dict[str, str | None]]:
+def _per_model(cfg: RunSpec) -> dict[str, dict[str, str | None]]:
     return {spec: choice.model_dump() for spec, choice in cfg.models.items()}
 
 
-def _backend(cfg: RunConfig) -> dict[str, Any]:
+def _backend(cfg: RunSpec) -> dict[str, Any]:
     """The run's backend choices, as :func:`harness.model.placement` takes them."""
     return {"backend": cfg.backend, "base_url": cfg.base_url, "tokenizer": cfg.tokenizer, "engine_args": cfg.vllm}
 
@@ -515,15 +421,17 @@ def _eval_lock(cache_file: Path) -> Path:
     return paths.locks_dir() / f"eval-{cache_file.stem}.lock"
 
 
-def _cached_eval(cache_file: Path, ev: Evaluand, suite_cls: Any) -> dict[str, Any] | None:
+def _cached_eval(cache_file: Path, ev: Evaluand, suite_cls: type[Suite]) -> dict[str, Any] | None:
     if not cache_file.is_file():
         return None
     console.log(f"eval {ev.name} on {suite_cls.name}: cached")
     return json.loads(cache_file.read_text())
 
 
-def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_objs: list[tuple[Any, Any]],
-                  cfg: RunConfig, timings: Timings, *, resume: bool = False) -> None:
+def _evaluate_all(run: RunSession, evaluands: list[Evaluand]) -> None:
+    """Record each evaluand and its scores on each suite of the run: from the eval cache, else computed now. A
+    resumed run skips the (model, suite) pairs it recorded already."""
+    store, run_id, cfg, timings = run.store, run.id, run.spec, run.timings
     evals = paths.cache_dir() / "evals"
     _remove_abandoned(paths.cache_dir() / "work", re.compile(r"^([0-9a-f]+)$"),
                       lambda key: _eval_lock(evals / f"{key}.json"))
@@ -534,8 +442,8 @@ def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_ob
             store.add_train_log(run_id, ev.id, {k: v for k, v in curves.items() if isinstance(v, list)})
         lm = None
         try:
-            for suite_cls, suite_cfg in suite_objs:
-                if resume and store.has_scores(run_id, ev.id, suite_cls.name):
+            for suite_cls, suite_cfg in cfg.suite_plans:
+                if run.resumed and store.has_scores(run_id, ev.id, suite_cls.name):
                     continue
                 key = eval_key(ev.content_hash, suite_cls, suite_cfg, cfg, _placement_key(ev))
                 cache_file = evals / f"{key}.json"
@@ -555,25 +463,23 @@ def _evaluate_all(store: Store, run_id: str, evaluands: list[Evaluand], suite_ob
                                    payload["scores"], payload["samples"], precision=payload.get("precision"))
         finally:
             del lm
-    _warn_caveats(suite_objs)
+    _warn_caveats(cfg.suite_plans)
 
 
-def _warn_caveats(suite_objs: list[tuple[Any, Any]]) -> None:
+def _warn_caveats(suite_plans: tuple[ResolvedSuite, ...]) -> None:
     """Each suite's caveats about the scores just recorded (computed now or taken from the cache: the cache key holds
     the suite arguments, so both were made the same way), one line each."""
     from rich.text import Text
 
-    for suite_cls, suite_cfg in suite_objs:
+    for suite_cls, suite_cfg in suite_plans:
         for line in suite_cls.caveats(suite_cfg.model_dump(mode="json")):
             console.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
 
 
-def _evaluate(lm: Any, ev: Evaluand, suite_cls: Any, suite_cfg: Any, cfg: RunConfig, key: str,
+def _evaluate(lm: Any, ev: Evaluand, suite_cls: type[Suite], suite_cfg: BaseModel, cfg: RunSpec, key: str,
               cache_file: Path) -> dict[str, Any]:
     """Evaluate ``lm`` on the suite in the scratch folder ``cache/work/<key>`` and write the cache entry (the caller
     holds the entry's lock, so the folder is this process's alone: whatever is in it was left by a killed process)."""
-    from harness.api import EvalContext
-
     console.log(f"eval {ev.name} ({ev.role}) on {suite_cls.name} ...")
     workdir = paths.cache_dir() / "work" / key
     shutil.rmtree(workdir, ignore_errors=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from harness import paths, runner
+from harness import paths, session
 from harness.store import Store, migrations, stale_reason
 from tests.conftest import bench
 
@@ -210,7 +210,7 @@ def test_the_heartbeat_stamps_a_running_row_and_leaves_a_closed_one(tmp_path):
     long_ago = _ago(600)
     for run_id in (running, closed):
         store.update_run(run_id, heartbeat_at=long_ago)
-    with runner.Heartbeat(store.path, running, every=0.05), runner.Heartbeat(store.path, closed, every=0.05):
+    with session.Heartbeat(store.path, running, every=0.05), session.Heartbeat(store.path, closed, every=0.05):
         time.sleep(0.5)
     assert store.get_run(running)["heartbeat_at"] >= _ago(60)
     assert store.get_run(closed)["heartbeat_at"] == long_ago
