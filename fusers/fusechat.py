@@ -199,7 +199,6 @@ class _Run:
         if not self.others:
             raise BenchError("fusechat needs at least one source besides the pivot",
                              "pass --sources PIVOT,SOURCE[,SOURCE...] or --target PIVOT --sources SOURCE,...")
-        self.timings: dict[str, float] = {}
         from harness import paths
 
         self.cache = paths.cache_dir()
@@ -220,7 +219,7 @@ class _Run:
         start = time.perf_counter()
         self.chunks, self.spans, corpus_report = self._corpus()
         self.fingerprint = D.chunks_fingerprint(self.chunks, cfg.seq_len)
-        self.timings["corpus"] = time.perf_counter() - start
+        self.ctx.timings["corpus"] = time.perf_counter() - start
 
         start = time.perf_counter()
         pivot_key = D.store_key("teacher", self.pivot.content_hash(), self.fingerprint, cfg.top_k)
@@ -230,7 +229,7 @@ class _Run:
         self.pivot_masks = [D.rows_predicting(self.pivot_encoder.encode(c), s)
                             for c, s in zip(self.chunks, self.spans, strict=True)]
         self.pivot_sums = D.masked_sums(self.pivot_store, self.pivot_masks)
-        self.timings["pivot_teacher"] = time.perf_counter() - start
+        self.ctx.timings["pivot_teacher"] = time.perf_counter() - start
 
         trained: dict[str, Path] = {}
         stage_details: dict[str, Any] = {}
@@ -253,7 +252,7 @@ class _Run:
         else:
             start = time.perf_counter()
             merge_details = self._merge(list(trained.values()), out_dir)
-            self.timings["merge"] = time.perf_counter() - start
+            self.ctx.timings["merge"] = time.perf_counter() - start
             stages = {name: out_dir / "pairwise" / name for name in trained}
             for name, cached in trained.items():  # the run's artifact holds everything it evaluates
                 shutil.copytree(cached, stages[name], ignore=shutil.ignore_patterns("pairwise.json"))
@@ -265,7 +264,7 @@ class _Run:
             "merge": merge_details,
             "stages": stage_details,
             "lr": self.lr,
-            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+            "timings": {k: round(v, 2) for k, v in self.ctx.timings.items()},
         }
         return FusionResult(path=out_dir, details=details, stages=stages)
 

@@ -195,7 +195,6 @@ class _Run:
 
         self.pivot, self.others = pivot_and_sources(sources, target)
         self.lr = cfg.lr if cfg.lr is not None else default_lr(self.pivot, paper=1e-5, zoo=1e-3)
-        self.timings: dict[str, float] = {}
         self.granularity, self.per_token, self.options = effective_settings(cfg)
 
     def run(self) -> FusionResult:
@@ -226,7 +225,7 @@ class _Run:
         # also for a shared vocabulary (then the identity): a chunk it tokenizes differently is aligned
         self.vocabs = [self._vocab_map(ref, e.tokenizer, tokenizer) for ref, e in zip(self.others, self.encoders,
                                                                                      strict=True)]
-        self.timings["corpus"] = time.perf_counter() - start
+        self.ctx.timings["corpus"] = time.perf_counter() - start
 
         names = [self.pivot.name, *(ref.name for ref in self.others)]
         if cfg.teacher_mode == "stored":
@@ -245,7 +244,7 @@ class _Run:
         model, stats = D.train_with_accelerate(
             model, corpus, train_cfg, D.fusion_loss(cfg.lam, D.mean_across_processes(accelerator)),
             accelerator=accelerator)
-        self.timings["train"] = time.perf_counter() - start
+        self.ctx.timings["train"] = time.perf_counter() - start
 
         out_dir = Path(self.ctx.out_dir)
         if accelerator.is_main_process:
@@ -262,7 +261,7 @@ class _Run:
             "effective": {"granularity": self.granularity, "ce_per": "token" if self.per_token else "byte",
                           "align": self.options.to_dict(), "width": self.width, "processes": accelerator.num_processes},
             "lr": self.lr,
-            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+            "timings": {k: round(v, 2) for k, v in self.ctx.timings.items()},
             **D.details_of(stats, cfg.lam, names, corpus.selected),
         }
         return FusionResult(path=out_dir, details=details)
@@ -301,7 +300,7 @@ class _Run:
         teacher_stores = [D.ensure_teacher_store(root / "teachers" / key, self.chunks, enc, loader(ref), cfg.top_k,
                                                  about={"model": ref.spec})
                           for ref, enc, key in zip(self.others, self.encoders, teacher_keys[1:], strict=True)]
-        self.timings["teachers"] = time.perf_counter() - start
+        self.ctx.timings["teachers"] = time.perf_counter() - start
 
         start = time.perf_counter()
         aligned = []
@@ -312,7 +311,7 @@ class _Run:
             aligned.append(D.ensure_aligned_store(root / "aligned" / akey, self.chunks, self.target, enc, store, vocab,
                                                   self.width, self.options, shared_vocab=shared,
                                                   about={"source": ref.spec, "target": self.pivot.spec}))
-        self.timings["align"] = time.perf_counter() - start
+        self.ctx.timings["align"] = time.perf_counter() - start
 
         stores = [target_store, *aligned]
         candidates = D.StreamCandidates.from_stores([self.pivot.name, *(r.name for r in self.others)], stores)

@@ -221,7 +221,6 @@ class _Run:
         self.pivot, self.others = pivot_and_sources(sources, target)
         self.lr = cfg.lr if cfg.lr is not None else default_lr(self.pivot, paper=5e-6, zoo=5e-4)
         self.candidates = [self.pivot, *self.others]  # candidate 0: the target's own distribution
-        self.timings: dict[str, float] = {}
 
     def run(self) -> FusionResult:
         import numpy as np
@@ -240,11 +239,11 @@ class _Run:
         prompts, truth, documents = self._data()
         start = time.perf_counter()
         answers = self._answers(prompts)
-        self.timings["generate"] = time.perf_counter() - start
+        self.ctx.timings["generate"] = time.perf_counter() - start
         start = time.perf_counter()
         rewards = self._rewards()
         chosen, winners, votes = winning_conversations(prompts, answers, rewards)
-        self.timings["reward"] = time.perf_counter() - start
+        self.ctx.timings["reward"] = time.perf_counter() - start
 
         start = time.perf_counter()
         chunks_a, spans_a, winners = self._chunks(chosen, winners)
@@ -253,7 +252,7 @@ class _Run:
         self.chunks, spans = chunks_a + chunks_b + chunks_c, spans_a + spans_b + spans_c
         fingerprint = D.chunks_fingerprint(self.chunks, cfg.seq_len)
         stores, teachers = self._stores(model, fingerprint)
-        self.timings["teachers_and_alignment"] = time.perf_counter() - start
+        self.ctx.timings["teachers_and_alignment"] = time.perf_counter() - start
 
         masks = [[D.rows_predicting(enc.encode(c), s) for c, s in zip(self.chunks, spans, strict=True)]
                  for enc in self.encoders]
@@ -278,7 +277,7 @@ class _Run:
         start = time.perf_counter()
         model, stats = D.train_with_accelerate(model, D.ScheduledCorpus(parts, plan), train_cfg, D.fusion_loss(cfg.lam),
                                                progress="profuser")
-        self.timings["train"] = time.perf_counter() - start
+        self.ctx.timings["train"] = time.perf_counter() - start
         out_dir = Path(self.ctx.out_dir)
         model.eval()
         model.save_pretrained(out_dir)
@@ -303,7 +302,7 @@ class _Run:
                           "votes": votes[i].scores_by_reward(), "winner": names[votes[i].winner]}
                          for i, p in enumerate(prompts[:3])],
             "lr": self.lr,
-            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+            "timings": {k: round(v, 2) for k, v in self.ctx.timings.items()},
         })
         return FusionResult(path=out_dir, details=details)
 

@@ -36,6 +36,11 @@ class Timings(dict):
         finally:
             self[name] = self.get(name, 0.0) + time.perf_counter() - start
 
+    def add(self, other: dict[str, float], prefix: str = "") -> None:
+        """Add the seconds of ``other``'s stages, each as stage ``prefix + its name``."""
+        for name, seconds in other.items():
+            self[prefix + name] = self.get(prefix + name, 0.0) + seconds
+
 
 # --- evaluation ---------------------------------------------------------------------------------
 
@@ -133,11 +138,16 @@ class FusionResult:
 
 @dataclass
 class FuseContext:
-    """Where a fuser writes (``out_dir``, already created and empty) and with which seed."""
+    """Where a fuser writes (``out_dir``, already created and empty) and with which seed.
+
+    ``timings`` is where a fuser reports the seconds of its stages, ``with ctx.timings.stage("train"): ...`` (or
+    ``ctx.timings["train"] = seconds``): they end in the run's recorded timings as ``fuse:train`` (``control:train``
+    for the data-only control's fusion), beside the runner's own stages."""
 
     out_dir: Path
     seed: int = 0
     batch_size: int = 8
+    timings: Timings = field(default_factory=Timings)
 
 
 class Fuser(ABC):

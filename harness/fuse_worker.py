@@ -45,14 +45,14 @@ def main(spec_path: str) -> None:
     out_dir = Path(spec["out_dir"])
     from harness.model import placement
 
+    ctx = FuseContext(out_dir=out_dir, seed=spec["seed"], batch_size=spec["batch_size"])
     with placement(**spec.get("placement", {})):
-        result = fuser_cls().fuse([ref(s) for s in spec["sources"]], ref(spec["target"]), cfg,
-                                  FuseContext(out_dir=out_dir, seed=spec["seed"], batch_size=spec["batch_size"]))
+        result = fuser_cls().fuse([ref(s) for s in spec["sources"]], ref(spec["target"]), cfg, ctx)
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        (out_dir / RESULT_FILE).write_text(json.dumps({"path": str(result.path), "details": result.details},
-                                                      default=str))
+        (out_dir / RESULT_FILE).write_text(json.dumps({"path": str(result.path), "details": result.details,
+                                                       "timings": ctx.timings}, default=str))
 
 
 if __name__ == "__main__":

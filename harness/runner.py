@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from harness import corpus, paths, provenance
-from harness.api import EvalContext, FuseContext, Fuser, FusionResult, Suite
+from harness.api import EvalContext, FuseContext, Fuser, FusionResult, Suite, Timings
 from harness.atomic import atomic_dir, atomic_file
 from harness.config import ResolvedSuite, RunSpec, stable_hash
 from harness.errors import BenchError
@@ -104,11 +104,11 @@ def _run_fusion(run: RunSession) -> None:
     console.log(f"run {run.id}: fuser [bold]{spec.fuser}[/] on {', '.join(s.name for s in sources)}"
                 + (f" (target {target.name})" if target else ""))
     with timings.stage("fuse"):
-        fused, stages = _fuse(fuser_cls, spec.fuser_config, spec, sources, target, run_name=spec.name)
+        fused, stages = _fuse(fuser_cls, spec.fuser_config, spec, sources, target, spec.name, timings, "fuse")
     evaluands = [fused, *stages]
     if spec.control:
         with timings.stage("control"):
-            evaluands.append(_control(fuser_cls, spec.fuser_config, spec, sources, target, fused))
+            evaluands.append(_control(fuser_cls, spec.fuser_config, spec, sources, target, fused, timings))
     if target is not None:
         evaluands.append(_source_evaluand(target, "target"))
     evaluands += [_source_evaluand(s, "source") for s in sources]
@@ -201,8 +201,21 @@ def _distinct_names(evaluands: list[Evaluand]) -> list[Evaluand]:
 
 
 def _fuse(fuser_cls: type[Fuser], fuser_cfg: BaseModel, cfg: RunSpec, sources: list[ModelRef],
-          target: ModelRef | None, run_name: str | None) -> tuple[Evaluand, list[Evaluand]]:
-    """The fused model (from the artifact cache when there) and the stage models it was built through."""
+          target: ModelRef | None, run_name: str | None, timings: Timings,
+          stage: str) -> tuple[Evaluand, list[Evaluand]]:
+    """The fused model (from the artifact cache when there) and the stage models it was built through. The seconds
+    of the fuser's own stages, when it runs, go to ``timings`` as ``<stage>:<its stage>``."""
+    fuser_stages = Timings()
+    try:
+        return _fused_models(fuser_cls, fuser_cfg, cfg, sources, target, run_name, fuser_stages)
+    finally:
+        timings.add(fuser_stages, prefix=f"{stage}:")
+
+
+def _fused_models(fuser_cls: type[Fuser], fuser_cfg: BaseModel, cfg: RunSpec, sources: list[ModelRef],
+                  target: ModelRef | None, run_name: str | None,
+                  fuser_stages: Timings) -> tuple[Evaluand, list[Evaluand]]:
+    """:func:`_fuse`, with the fuser's stage seconds (when it runs) in ``fuser_stages``."""
     from harness.model import current_placement
 
     # the placement: teachers (and a runtime fuser's members) run in its dtype on its device
@@ -213,7 +226,8 @@ def _fuse(fuser_cls: type[Fuser], fuser_cfg: BaseModel, cfg: RunSpec, sources: l
     label = run_name or f"{cfg.fuser}#{fuse_hash[:6]}"
     fuser = fuser_cls()
     if fuser_cls.runtime_only:
-        ctx = FuseContext(out_dir=paths.cache_dir() / "runtime" / fuse_hash, seed=cfg.seed, batch_size=cfg.int_batch_size)
+        ctx = FuseContext(out_dir=paths.cache_dir() / "runtime" / fuse_hash, seed=cfg.seed, batch_size=cfg.int_batch_size,
+                          timings=fuser_stages)
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         result = fuser.fuse(sources, target, fuser_cfg, ctx)
         return Evaluand(id=f"rt-{fuse_hash}", name=label, role="fused", kind="runtime", content_hash=fuse_hash,
@@ -227,7 +241,7 @@ def _fuse(fuser_cls: type[Fuser], fuser_cfg: BaseModel, cfg: RunSpec, sources: l
         with file_lock(_build_lock(out_dir), on_wait=waiting):
             card = _cached_card(out_dir)  # built by the process we waited for
             if card is None:
-                card = _build_artifact(fuser, fuser_cfg, cfg, sources, target, fuse_hash, out_dir)
+                card = _build_artifact(fuser, fuser_cfg, cfg, sources, target, fuse_hash, out_dir, fuser_stages)
     from harness.model import directory_hash
 
     h = directory_hash(out_dir)
@@ -245,12 +259,12 @@ def _fuse(fuser_cls: type[Fuser], fuser_cfg: BaseModel, cfg: RunSpec, sources: l
 
 
 def _control(fuser_cls: type[Fuser], fuser_cfg: BaseModel, cfg: RunSpec, sources: list[ModelRef],
-             target: ModelRef | None, fused: Evaluand) -> Evaluand:
+             target: ModelRef | None, fused: Evaluand, timings: Timings) -> Evaluand:
     """The data-only control of a training fuser: the same target, data, steps and seed with the fusion term
     switched off (the fuser's ``control_config``: λ = 1), evaluated beside the fused model with role ``control``."""
     assert fuser_cls.control_config is not None, "checked when the run started"
     control_cfg = fuser_cls.control_config(fuser_cfg)
-    control, _ = _fuse(fuser_cls, control_cfg, cfg, sources, target, run_name=f"{fused.name} control")
+    control, _ = _fuse(fuser_cls, control_cfg, cfg, sources, target, f"{fused.name} control", timings, "control")
     return dataclasses.replace(control, role="control")
 
 
@@ -294,11 +308,11 @@ def _remove_abandoned_builds(artifacts: Path) -> None:
 
 
 def _build_artifact(fuser: Fuser, fuser_cfg: BaseModel, cfg: RunSpec, sources: list[ModelRef],
-                    target: ModelRef | None, fuse_hash: str, out_dir: Path) -> dict[str, Any]:
+                    target: ModelRef | None, fuse_hash: str, out_dir: Path, fuser_stages: Timings) -> dict[str, Any]:
     """Fuse into a scratch folder, write the card, then rename it to ``out_dir`` (the caller holds its build lock)."""
     with atomic_dir(out_dir) as tmp:
         start_t = time.perf_counter()
-        ctx = FuseContext(out_dir=tmp, seed=cfg.seed, batch_size=cfg.int_batch_size)
+        ctx = FuseContext(out_dir=tmp, seed=cfg.seed, batch_size=cfg.int_batch_size, timings=fuser_stages)
         if cfg.processes > 1:
             result = _fuse_in_processes(cfg, fuser_cfg, sources, target, ctx)
         else:
@@ -328,8 +342,8 @@ def _inside(root: Path, stage_dir: Path) -> str:
 
 def _fuse_in_processes(cfg: RunSpec, fuser_cfg: BaseModel, sources: list[ModelRef], target: ModelRef | None,
                        ctx: FuseContext) -> FusionResult:
-    """Run ``fuse()`` in ``cfg.processes`` processes under ``accelerate launch`` (DDP; gloo on CPU), into
-    ``ctx.out_dir``."""
+    """Run ``fuse()`` in ``cfg.processes`` processes under ``accelerate launch`` (DDP; gloo on CPU); the stage
+    timings of the first process go to ``ctx.timings``."""
     import subprocess
 
     from harness.fuse_worker import RESULT_FILE, write_spec
@@ -355,6 +369,7 @@ def _fuse_in_processes(cfg: RunSpec, fuser_cfg: BaseModel, sources: list[ModelRe
         raise RuntimeError(f"fusion in {cfg.processes} processes failed:\n{done.stderr[-3000:]}")
     result = json.loads((out_dir / RESULT_FILE).read_text())
     (out_dir / RESULT_FILE).unlink()
+    ctx.timings.add(result["timings"])
     return FusionResult(path=Path(result["path"]), details=result["details"])
 
 

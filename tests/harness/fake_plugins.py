@@ -70,7 +70,8 @@ class FakeAverage(Fuser):
         if cfg.fail:
             raise RuntimeError("fuser exploded")
         qs = [json.loads((s.path / "config.json").read_text())["quality"] for s in sources]
-        _work("fuse")
+        with ctx.timings.stage("average"):  # a stage of its own, for the run's timings
+            _work("fuse")
         make_model(ctx.out_dir, sum(qs) / len(qs) + cfg.bonus)
         stages = {}
         if cfg.stages:

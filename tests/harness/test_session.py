@@ -10,6 +10,7 @@ from harness.config import build_eval_config
 from harness.errors import BenchError
 from harness.session import NewRun, Resume, run_session
 from harness.store import Store
+from tests.conftest import bench
 
 
 def _eval_run(build=lambda: build_eval_config(suites=["fakesuite"], sets=None, limit=None, name="s")):  # noqa: ANN001, ANN202
@@ -52,3 +53,14 @@ def test_a_failed_attempt_is_resumed_in_a_session_of_its_own(fake_plugins_regist
             pass
     row = store.get_run(run.id)
     assert row["status"] == "ok" and row["attempts"] == 2 and list(json.loads(row["timings"])) == ["work"]
+
+
+def test_the_fusers_own_stages_end_in_the_runs_timings(fake_plugins_registered):
+    env = fake_plugins_registered
+    for _ in range(2):  # the second run finds the artifact in the cache: nothing fused, no fuser stage
+        assert bench("run", "--fuser", "fake", "--sources", f"{env['a']},{env['b']}", "--suite", "fakesuite",
+                     "--db", env["db"]) == 0
+    first, second = sorted(Store(env["db"]).runs(), key=lambda r: r["started_at"])
+    timings = json.loads(first["timings"])
+    assert {"validate", "resolve", "fuse", "fuse:average"} <= set(timings) and timings["fuse:average"] <= timings["fuse"]
+    assert "fuse" in json.loads(second["timings"]) and "fuse:average" not in json.loads(second["timings"])
