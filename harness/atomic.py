@@ -18,15 +18,21 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
+def atomic_dir(final: Path, *, keep_existing: bool = False) -> Iterator[Path]:
     """An empty scratch folder ``.tmp-<final.name>-<pid>`` next to ``final`` for the body to fill; on success it takes
-    the place of ``final`` (a folder already there is moved aside first, then removed), on failure it is removed."""
+    the place of ``final`` (a folder already there is moved aside first, then removed), on failure it is removed.
+    ``keep_existing``: a folder that is at ``final`` by then (another process finished the same one first, as good
+    as this one) is kept, and the scratch removed."""
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = final.with_name(f".tmp-{final.name}-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     try:
         yield scratch
+        if keep_existing:
+            with contextlib.suppress(OSError):  # a folder with files at ``final``: theirs stays
+                scratch.rename(final)
+            return
         old = final.with_name(f".old-{final.name}-{os.getpid()}")
         if final.exists():
             final.rename(old)

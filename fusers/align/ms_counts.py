@@ -22,6 +22,7 @@ import numpy as np
 from fusers.align.alignment import Alignment
 from fusers.align.dtw import TieOrder
 from fusers.align.sequence import align_sequences
+from harness.atomic import atomic_file
 
 _FORMAT = 1  # version of the .npz layout written by CoAlignmentCounts.save
 
@@ -255,16 +256,10 @@ class CoAlignmentCounts:
         """Write an ``.npz`` (keys, counts, shape) atomically: a temporary file in the same folder, renamed."""
         path = Path(path)
         self._fold()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz" to the name
-                np.savez(f, keys=self._keys, counts=self._counts,
-                         shape=np.array([self.n_pivot, self.n_source], dtype=np.int64),
-                         format=np.array(_FORMAT, dtype=np.int64))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(path) as partial, open(partial, "wb") as f:  # a file object: np.savez would append ".npz"
+            np.savez(f, keys=self._keys, counts=self._counts,
+                     shape=np.array([self.n_pivot, self.n_source], dtype=np.int64),
+                     format=np.array(_FORMAT, dtype=np.int64))
         return path
 
     @classmethod

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from harness.atomic import atomic_dir, atomic_file
 
 STORE_VERSION = "1"  # bump when what a store holds changes
 
@@ -53,9 +54,8 @@ class ShardedStore:
             shutil.rmtree(self.root)  # same key, other layout: start over
         self.root.mkdir(parents=True, exist_ok=True)
         if not meta_file.is_file():
-            tmp = meta_file.with_name(f".meta.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"layout": self.layout, "about": about or {}}, indent=1, sort_keys=True))
-            tmp.replace(meta_file)
+            with atomic_file(meta_file) as partial:
+                partial.write_text(json.dumps({"layout": self.layout, "about": about or {}}, indent=1, sort_keys=True))
         self._cache: dict[str, Any] = {}
 
     @property
@@ -79,20 +79,14 @@ class ShardedStore:
         """Write shard ``shard`` from one dataclass instance per item (rows concatenated, sums collected)."""
         if len(items) != len(self.shard_items(shard)):
             raise ValueError(f"shard {shard} needs {len(self.shard_items(shard))} items, got {len(items)}")
-        final = self._dir(shard)
-        tmp = self.root / f".tmp-{shard:05d}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        counts = np.array([len(getattr(it, row_fields[0])) for it in items], dtype=np.int64)
-        np.save(tmp / "_counts.npy", counts)
-        for name in row_fields:
-            np.save(tmp / f"{name}.npy", np.concatenate([getattr(it, name) for it in items]))
-        for name in sum_fields:
-            np.save(tmp / f"{name}.npy", np.array([getattr(it, name) for it in items]))
-        try:
-            tmp.rename(final)
-        except OSError:  # another process finished the same shard first: theirs is as good
-            shutil.rmtree(tmp, ignore_errors=True)
+        # another process may finish the same shard first: theirs is as good
+        with atomic_dir(self._dir(shard), keep_existing=True) as tmp:
+            counts = np.array([len(getattr(it, row_fields[0])) for it in items], dtype=np.int64)
+            np.save(tmp / "_counts.npy", counts)
+            for name in row_fields:
+                np.save(tmp / f"{name}.npy", np.concatenate([getattr(it, name) for it in items]))
+            for name in sum_fields:
+                np.save(tmp / f"{name}.npy", np.array([getattr(it, name) for it in items]))
         self._cache.clear()
 
     def _load(self, shard: int, name: str) -> np.ndarray:

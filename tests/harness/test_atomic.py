@@ -41,3 +41,15 @@ def test_a_file_appears_whole_or_not_at_all(tmp_path: Path) -> None:
         partial.write_text('{"half"')
         raise ValueError("stopped")
     assert final.read_text() == "{}" and [p.name for p in final.parent.iterdir()] == ["entry.json"]
+
+
+def test_keep_existing_leaves_a_folder_another_writer_finished_first(tmp_path: Path) -> None:
+    final = tmp_path / "shard-00000"
+    with atomic_dir(final, keep_existing=True) as scratch:
+        (scratch / "mine.npy").write_text("mine")
+        (final / "theirs.npy").parent.mkdir()
+        (final / "theirs.npy").write_text("theirs")
+    assert [p.name for p in final.iterdir()] == ["theirs.npy"] and [p.name for p in tmp_path.iterdir()] == [final.name]
+    with atomic_dir(tmp_path / "shard-00001", keep_existing=True) as scratch:
+        (scratch / "mine.npy").write_text("mine")
+    assert (tmp_path / "shard-00001" / "mine.npy").read_text() == "mine"
