@@ -41,7 +41,7 @@ from rapidfuzz.distance import Levenshtein
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusers.align import (  # noqa: E402
+from fusers.align import (
     Tokenization,
     TokenizerSpec,
     align_sequences,
@@ -53,7 +53,7 @@ from fusers.align import (  # noqa: E402
 # ---------------------------------------------------------------------------------------------- baselines
 
 
-def plain_dtw(src: list[str], base: list[str], cost=None) -> list[list[int]]:  # noqa: ANN001
+def plain_dtw(src: list[str], base: list[str], cost=None) -> list[list[int]]:
     """The reference ``dtw(blending, base)`` + backtrack (FuseLLM tie order) as lean Python (lists)."""
     m, n = len(src), len(base)
     inf = math.inf
@@ -176,7 +176,7 @@ def train_vocabs(text: str) -> tuple[dict[str, int], dict[str, int]]:
 # ---------------------------------------------------------------------------------------------- runs
 
 
-def timed(fn, repeat: int = 1):  # noqa: ANN001, ANN201
+def timed(fn, repeat: int = 1):
     best, out = math.inf, None
     for _ in range(repeat):
         t = time.perf_counter()

@@ -30,11 +30,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import stats  # noqa: E402
-from harness.stats import Paired  # noqa: E402
+from harness import stats
+from harness.stats import Paired
 
 
-def best_of(repeats: int, fn) -> float:  # noqa: ANN001
+def best_of(repeats: int, fn) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

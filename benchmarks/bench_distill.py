@@ -29,11 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusers import distill as D  # noqa: E402
-from fusers.align import MAPPED  # noqa: E402
-from harness.corpus import train_slice  # noqa: E402
-from harness.tokenizer_recipes import TokenizerRecipe, train_tokenizer  # noqa: E402
-from harness.train import TrainConfig, causal_lm_loss, train  # noqa: E402
+from fusers import distill as D
+from fusers.align import MAPPED
+from harness.corpus import train_slice
+from harness.tokenizer_recipes import TokenizerRecipe, train_tokenizer
+from harness.train import TrainConfig, causal_lm_loss, train
 
 B, L, V, K, C = 8, 256, 1024, 10, 3
 
@@ -65,7 +65,7 @@ def stored_like_corpus(rng: np.random.Generator, n_rows: int) -> D.FusionCorpus:
                           seq_len=L, fusion="min_ce")
 
 
-def time_steps(loss_fn, batch: dict, steps: int) -> float:  # noqa: ANN001
+def time_steps(loss_fn, batch: dict, steps: int) -> float:
     """Seconds per step of harness.train.train on ``batch`` repeated (after one warm-up step)."""
     model = model_of_zoo_size()
     cfg = TrainConfig(steps=steps + 1, batch_size=B, seq_len=L, lr=1e-4, warmup_steps=1)

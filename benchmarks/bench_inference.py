@@ -45,9 +45,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.lmeval import generate_greedy  # noqa: E402
-from harness.logs import quiet  # noqa: E402
-from harness.model import as_lm, load_hf, max_length, resolve  # noqa: E402
+from harness.lmeval import generate_greedy
+from harness.logs import quiet
+from harness.model import as_lm, load_hf, max_length, resolve
 
 RAW = "raw pass (transformers)"
 STOCK = "lm-eval HFLM (stock)"

@@ -38,7 +38,7 @@ from rapidfuzz.distance import Levenshtein
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusers.align import CoAlignmentCounts, TokenizerSpec, ms_vocab_map  # noqa: E402
+from fusers.align import CoAlignmentCounts, TokenizerSpec, ms_vocab_map
 
 N_PIVOT, N_SOURCE = 32_000, 150_000
 BATCH = 1_000_000
@@ -48,7 +48,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def zipf_sampler(n: int, a: float, rng: np.random.Generator):  # noqa: ANN201
+def zipf_sampler(n: int, a: float, rng: np.random.Generator):
     """Draws ids whose frequency rank follows ``1/r^a`` (ranks shuffled over ids), by inverse CDF."""
     cdf = np.cumsum(np.arange(1, n + 1, dtype=np.float64) ** -a)
     cdf /= cdf[-1]
@@ -56,7 +56,7 @@ def zipf_sampler(n: int, a: float, rng: np.random.Generator):  # noqa: ANN201
     return lambda size: ids[np.minimum(np.searchsorted(cdf, rng.random(size)), n - 1)]
 
 
-def pair_batches(n_pairs: int, seed: int):  # noqa: ANN201
+def pair_batches(n_pairs: int, seed: int):
     rng = np.random.default_rng(seed)
     source = zipf_sampler(N_SOURCE, 1.1, rng)
     pivot = zipf_sampler(N_PIVOT, 1.1, rng)

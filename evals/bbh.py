@@ -113,7 +113,7 @@ def register_answer_filter() -> str:
         def __init__(self, mode: str = "cot") -> None:
             self.mode = mode
 
-        def apply(self, resps, docs):  # noqa: ANN001, ANN201 - lm-eval's signature
+        def apply(self, resps, docs):  # lm-eval's signature
             return [[extract_answer(r if isinstance(r, str) else "", self.mode) for r in inst] for inst in resps]
 
     register_filter(_FILTER_FUNCTION)(BBHAnswerFilter)
@@ -451,5 +451,5 @@ def _replay_lm_class() -> type:
     return _ReplayLM
 
 
-def ReplayLM(by_task: dict[str, dict[Any, str]], names: dict[str, str]) -> Any:  # noqa: N802 - a factory
+def ReplayLM(by_task: dict[str, dict[Any, str]], names: dict[str, str]) -> Any:  # a factory
     return _replay_lm_class()(by_task, names)

@@ -64,7 +64,7 @@ def config_width(ref: ModelRef) -> int:
     return int(AutoConfig.from_pretrained(ref.load_id, **kwargs).vocab_size)
 
 
-def model_loader(ref: ModelRef):  # noqa: ANN202 - a model factory for ensure_teacher_store
+def model_loader(ref: ModelRef):  # a model factory for ensure_teacher_store
     """A function that loads ``ref``'s weights when called: a teacher store calls it only when it has
     shards to compute."""
 

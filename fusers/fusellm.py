@@ -268,7 +268,7 @@ class _Run:
 
     # --- stages -----------------------------------------------------------------------------------
 
-    def _vocab_map(self, ref: ModelRef, source_tokenizer: Any, target_tokenizer: Any):  # noqa: ANN202
+    def _vocab_map(self, ref: ModelRef, source_tokenizer: Any, target_tokenizer: Any):
         from fusers.common import config_width, source_vocab_map, target_width
 
         width = target_width(config_width(ref), len(source_tokenizer.get_vocab()), reference_compat=self.cfg.compat)
@@ -288,7 +288,7 @@ class _Run:
         teacher_keys = [D.store_key("teacher", ref.content_hash(), self.fingerprint, cfg.top_k)
                         for ref in (self.pivot, *self.others)]
 
-        def loader(ref: ModelRef):  # noqa: ANN202
+        def loader(ref: ModelRef):
             def load() -> Any:
                 m, _ = load_hf(ref)
                 _check_context(ref, m, cfg.seq_len)

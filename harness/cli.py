@@ -131,7 +131,7 @@ def _writable(db: str) -> bool:
     return os.access(db, os.W_OK) and os.access(os.path.dirname(os.path.abspath(db)), os.W_OK)
 
 
-def _store_for_reading(db: str):  # noqa: ANN202
+def _store_for_reading(db: str):
     """The results DB for a command that only reads it; an existing DB that this user cannot write (a read-only
     mount, another user's results) is opened read-only instead of failing on the migration."""
     from harness.store import Store
@@ -141,7 +141,7 @@ def _store_for_reading(db: str):  # noqa: ANN202
     return Store(db)
 
 
-def _store_for_writing(db: str):  # noqa: ANN202
+def _store_for_writing(db: str):
     """The results DB for a command that records a run."""
     from harness.store import Store
 
@@ -338,7 +338,7 @@ def score(
     _print_leaderboard(store, spec.suites, run_id=run_id)
 
 
-def _print_leaderboard(store, suites: list[str] | None, run_id: str | None = None) -> None:  # noqa: ANN001
+def _print_leaderboard(store, suites: list[str] | None, run_id: str | None = None) -> None:
     from harness import leaderboard
 
     table, hib = leaderboard.build(store, suites)

@@ -16,9 +16,9 @@ from pathlib import Path
 RESULT_FILE = ".fuse_result.json"
 
 
-def write_spec(path: Path, *, fuser: str, config: dict, sources: list, target, out_dir: Path, seed: int,  # noqa: ANN001
+def write_spec(path: Path, *, fuser: str, config: dict, sources: list, target, out_dir: Path, seed: int,
                batch_size: int, placement: dict | None = None) -> None:
-    def ref(r):  # noqa: ANN001, ANN202
+    def ref(r):
         return None if r is None else {"spec": r.spec, "kind": r.kind, "path": str(r.path) if r.path else None,
                                        "revision": r.revision}
 
@@ -34,7 +34,7 @@ def main(spec_path: str) -> None:
 
     spec = json.loads(Path(spec_path).read_text())
 
-    def ref(d):  # noqa: ANN001, ANN202
+    def ref(d):
         if d is None:
             return None
         return ModelRef(spec=d["spec"], kind=d["kind"], path=Path(d["path"]) if d["path"] else None,

@@ -241,7 +241,7 @@ class LocalJudge:
             return "\n".join(lines) + "\nAssistant:"
         try:
             return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception:  # noqa: BLE001 - jinja raises for templates without a system role
+        except Exception:  # jinja raises for templates without a system role
             system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
             rest = [dict(m) for m in messages if m["role"] != "system"]
             if system and rest:

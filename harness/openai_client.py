@@ -153,7 +153,7 @@ def error_detail(e: urllib.error.HTTPError) -> str:
     """The server's error message, one line, short (OpenAI: ``{"error": {"message": ...}}``)."""
     try:
         text = e.read().decode(errors="replace")
-    except Exception:  # noqa: BLE001 - an unreadable body just means no detail
+    except Exception:  # an unreadable body just means no detail
         return ""
     with contextlib.suppress(ValueError, AttributeError, TypeError):
         err = json.loads(text).get("error")

@@ -135,7 +135,7 @@ def bench(*args: str) -> int:
 
 
 @contextlib.contextmanager
-def one_thread():  # noqa: ANN201
+def one_thread():
     """Run torch on one thread: micro models gain nothing from two, and on a busy 2-core machine two
     threads spin-wait (measured: 20 training steps 0.2 s on one thread, 18 s on two)."""
     import torch

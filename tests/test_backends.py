@@ -35,7 +35,7 @@ class FakeEngine:
         self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=max_length(self.model)))
         FakeEngine.created.append(self)
 
-    def generate(self, prompts, sampling_params, use_tqdm=False, lora_request=None):  # noqa: ANN001, ANN201, ARG002
+    def generate(self, prompts, sampling_params, use_tqdm=False, lora_request=None):
         import torch
 
         outputs = []
@@ -59,7 +59,7 @@ class FakeEngine:
 
 
 @pytest.fixture
-def fake_vllm(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def fake_vllm(monkeypatch: pytest.MonkeyPatch):
     """A ``vllm`` package whose ``LLM`` is :class:`FakeEngine`; lm-eval's VLLM module is imported fresh against
     it and dropped afterwards."""
     from importlib.machinery import ModuleSpec
@@ -71,7 +71,7 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
         monkeypatch.setitem(sys.modules, name, mod)
         return mod
 
-    def get_tokenizer(name: str, **kwargs: object):  # noqa: ANN202, ARG001
+    def get_tokenizer(name: str, **kwargs: object):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(name)
@@ -99,7 +99,7 @@ def _scores(db: Path) -> list[dict]:
         "where s.metric = 'bits_per_byte' and s.task = 'avg' order by r.started_at"))
 
 
-def test_vllm_backend_maps_the_run_onto_lm_eval_vllm(zoo_home: Path, tmp_path: Path, fake_vllm, capsys) -> None:  # noqa: ANN001
+def test_vllm_backend_maps_the_run_onto_lm_eval_vllm(zoo_home: Path, tmp_path: Path, fake_vllm, capsys) -> None:
     db = tmp_path / "b.db"
     assert bench("eval", "--model", "zoo:llama-base", *PPL, "--db", str(db), "--name", "hf") == 0
     code = bench("eval", "--model", "zoo:llama-base", *PPL, "--db", str(db), "--name", "vllm", "--backend", "vllm",
@@ -117,7 +117,7 @@ def test_vllm_backend_maps_the_run_onto_lm_eval_vllm(zoo_home: Path, tmp_path: P
     assert vllm["value"] == pytest.approx(hf["value"], abs=1e-4)  # the same numbers through lm-eval's VLLM
 
 
-def test_vllm_generation_goes_through_the_engine(zoo_home: Path, fake_vllm) -> None:  # noqa: ANN001
+def test_vllm_generation_goes_through_the_engine(zoo_home: Path, fake_vllm) -> None:
     from lm_eval.api.instance import Instance
 
     from harness.backends import load_lm
@@ -134,7 +134,7 @@ def test_vllm_generation_goes_through_the_engine(zoo_home: Path, fake_vllm) -> N
 
 
 def test_unknown_vllm_argument_and_missing_vllm_are_one_line_errors(zoo_home: Path, tmp_path: Path, fake_vllm,
-                                                                      capsys, monkeypatch) -> None:  # noqa: ANN001
+                                                                      capsys, monkeypatch) -> None:
     code = bench("eval", "--model", "zoo:llama-base", *PPL, "--db", str(tmp_path / "b.db"), "--backend", "vllm",
                  "--set", "vllm.tensor_paralel_size=2")
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -146,7 +146,7 @@ def test_unknown_vllm_argument_and_missing_vllm_are_one_line_errors(zoo_home: Pa
     assert code == 2 and "make venv-vllm" in err
 
 
-def test_served_models_are_refused_where_weights_are_needed(zoo_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_served_models_are_refused_where_weights_are_needed(zoo_home: Path, tmp_path: Path, capsys) -> None:
     from harness.model import load_hf, resolve
 
     with pytest.raises(BenchError, match="served behind an API"):
@@ -184,7 +184,7 @@ class LogprobServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append(body)
                 prompt = body["prompt"]
@@ -219,7 +219,7 @@ class LogprobServer:
 
 
 def test_served_perplexity_equals_the_weights_when_the_server_returns_prompt_logprobs(zoo_home: Path, tmp_path: Path,
-                                                                                     capsys) -> None:  # noqa: ANN001
+                                                                                     capsys) -> None:
     from harness import zoo
 
     server = LogprobServer(zoo.resolve("llama-base"))

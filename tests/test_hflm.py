@@ -19,18 +19,18 @@ DOCUMENTS = [SENTENCE, "x", "def add(a, b):\n    return a + b\n", "", SENTENCE *
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():  # noqa: ANN202
+def _single_thread():
     with one_thread():
         yield
 
 
-def _model(name: str):  # noqa: ANN202
+def _model(name: str):
     from harness.model import load_hf, resolve
 
     return load_hf(resolve(f"zoo:{name}"))
 
 
-def _stock(model, tok, batch_size: int | str):  # noqa: ANN001, ANN202
+def _stock(model, tok, batch_size: int | str):
     """lm-eval's own HFLM over the model, given the context length as FuseBench gives it."""
     from lm_eval.models.huggingface import HFLM
 
@@ -39,13 +39,13 @@ def _stock(model, tok, batch_size: int | str):  # noqa: ANN001, ANN202
     return HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, max_length=max_length(model))
 
 
-def _instance(text: str):  # noqa: ANN202
+def _instance(text: str):
     from lm_eval.api.instance import Instance
 
     return Instance("loglikelihood_rolling", {}, (text,), 0)
 
 
-def _rolling(lm, texts: list[str]) -> list[float]:  # noqa: ANN001
+def _rolling(lm, texts: list[str]) -> list[float]:
     return lm.loglikelihood_rolling([_instance(t) for t in texts], disable_tqdm=True)
 
 
@@ -81,7 +81,7 @@ def test_auto_batch_size_probes_at_the_longest_window(zoo_home: Path, monkeypatc
     probes: list[int] = []
     detect = lm._detect_batch_size
 
-    def spy(requests=None, pos=0):  # noqa: ANN001, ANN202
+    def spy(requests=None, pos=0):
         _, context, continuation = requests[pos]
         probes.append(len(context + continuation) - 1)
         return detect(requests, pos)

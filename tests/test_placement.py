@@ -43,7 +43,7 @@ def test_dtype_is_used_recorded_and_keyed(zoo_home: Path, tmp_path: Path) -> Non
     assert bench("regress", "--baseline", "fp32", "--candidate", "bf16", "--db", str(db)) == 2
 
 
-def test_bad_placement_flags_are_one_line_errors(zoo_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_bad_placement_flags_are_one_line_errors(zoo_home: Path, tmp_path: Path, capsys) -> None:
     import torch
 
     cases = [(["--dtype", "fp8"], "dtype"), (["--batch-size", "0"], "--batch-size"), (["--device", "tpu"], "device")]
@@ -57,7 +57,7 @@ def test_bad_placement_flags_are_one_line_errors(zoo_home: Path, tmp_path: Path,
 
 
 def test_a_bare_set_key_that_is_both_a_run_field_and_a_fuser_field_is_refused(zoo_home: Path, tmp_path: Path,
-                                                                               capsys) -> None:  # noqa: ANN001
+                                                                               capsys) -> None:
     code = bench("run", "--fuser", "fusellm", "--set", "batch_size=2", "--db", str(tmp_path / "b.db"))
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "ambiguous" in err and "fuser.batch_size" in err and "--batch-size" in err
@@ -77,7 +77,7 @@ def test_two_local_checkpoints_with_one_folder_name_get_distinct_names(zoo_home:
     assert names == ["run-a/hf", "run-b/hf"]
 
 
-def test_runtime_fusers_refuse_members_that_cannot_fit(private_home: Path, tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+def test_runtime_fusers_refuse_members_that_cannot_fit(private_home: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     import json
 
     from harness import model, zoo

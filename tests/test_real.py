@@ -30,7 +30,7 @@ def scores(db: Path, metric: str, task: str = "avg") -> dict[str, float]:
     return {r["name"]: r["value"] for r in rows}
 
 
-def test_the_checkpoint_is_a_real_chat_model(real_home: Path, capsys) -> None:  # noqa: ANN001
+def test_the_checkpoint_is_a_real_chat_model(real_home: Path, capsys) -> None:
     from harness import zoo
     from harness.model import load_hf, resolve
 
@@ -87,7 +87,7 @@ def test_mtbench_one_question_with_a_loopback_judge(real_home: Path, tmp_path: P
     assert len(judged) == 2 and samples[0]["output"][:20] in "".join(judged)  # the judge saw the answers
 
 
-def test_fusellm_with_the_real_model_as_a_teacher(real_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_fusellm_with_the_real_model_as_a_teacher(real_home: Path, tmp_path: Path, capsys) -> None:
     """A 49k-vocabulary teacher aligned into the micro zoo's 320-token gpt2-code."""
     db = tmp_path / "b.db"
     code = bench("run", "--fuser", "fusellm", "--sources", f"{SMOL},zoo:gpt2-code", "--target", "zoo:gpt2-code",
@@ -99,7 +99,7 @@ def test_fusellm_with_the_real_model_as_a_teacher(real_home: Path, tmp_path: Pat
     assert fused["candidate_share"][SMOL] > 0  # the real teacher won rows
 
 
-def test_runtime_fusers_with_another_tokenizer(real_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_runtime_fusers_with_another_tokenizer(real_home: Path, tmp_path: Path, capsys) -> None:
     """Ensemble (sequence-level across vocabularies) and Cool-Fusion of the real model with neox-docs (Unigram)."""
     db = tmp_path / "b.db"
     assert bench("run", "--fuser", "ensemble", "--sources", f"{SMOL},zoo:neox-docs", *PPL, "--db", str(db)) == 0
@@ -127,7 +127,7 @@ def _is_repetition_loop(text: str) -> bool:
     return bool(grams) and max(grams.count(g) for g in grams) >= max(3, len(grams) // 3)
 
 
-def test_merging_across_vocabularies_is_refused_in_one_line(real_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_merging_across_vocabularies_is_refused_in_one_line(real_home: Path, tmp_path: Path, capsys) -> None:
     code = bench("run", "--fuser", "merge", "--sources", f"{SMOL},zoo:llama-code", "--db", str(tmp_path / "b.db"))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: cannot merge") and "different vocabulary sizes" in err[-1]
@@ -164,7 +164,7 @@ def _fused_details(db: Path) -> dict:
                   "--set", "inference_steps=1", "--set", "training_steps=1", "--set", "max_new_tokens=8",
                   "--set", "seq_len=384", "--set", 'rewards=["math_steps"]'], 5e-6),
 ])
-def test_a_real_pivot_trains_at_the_papers_rate_and_is_not_wrecked(real_home: Path, tmp_path: Path, capsys,  # noqa: ANN001
+def test_a_real_pivot_trains_at_the_papers_rate_and_is_not_wrecked(real_home: Path, tmp_path: Path, capsys,
                                                                    fuser: str, sets: list[str], paper_lr: float) -> None:
     """The zoo's learning rates (5e-4 / 1e-3, for ~1M-parameter models) took SmolLM2 from 0.850 to ~0.93 bits/byte
     in 3-4 steps; the paper's rate is the default for a real pivot, and a few steps leave it where it was."""

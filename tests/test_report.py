@@ -56,23 +56,23 @@ class _Builder(HTMLParser):
         self.root = Node("#root", {}, None)
         self.cur = self.root
 
-    def handle_starttag(self, tag, attrs):  # noqa: ANN001
+    def handle_starttag(self, tag, attrs):
         node = Node(tag, {k: v or "" for k, v in attrs}, self.cur)
         self.cur.children.append(node)
         if tag not in _VOID:
             self.cur = node
 
-    def handle_startendtag(self, tag, attrs):  # noqa: ANN001
+    def handle_startendtag(self, tag, attrs):
         self.cur.children.append(Node(tag, {k: v or "" for k, v in attrs}, self.cur))
 
-    def handle_endtag(self, tag):  # noqa: ANN001
+    def handle_endtag(self, tag):
         node = self.cur
         while node is not None and node.tag != tag:
             node = node.parent
         if node is not None and node.parent is not None:
             self.cur = node.parent
 
-    def handle_data(self, data):  # noqa: ANN001
+    def handle_data(self, data):
         self.cur.text += data
 
 

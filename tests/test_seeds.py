@@ -15,7 +15,7 @@ TINY = ["--set", "fuser.steps=2", "--set", "fuser.batch_size=2", "--set", "fuser
 
 
 @pytest.fixture(autouse=True)
-def _one_core():  # noqa: ANN202
+def _one_core():
     from tests.fusers.test_distill import one_core
 
     with one_core():
@@ -23,7 +23,7 @@ def _one_core():  # noqa: ANN202
 
 
 def test_a_seed_group_runs_once_per_seed_and_evaluates_sources_once(private_home: Path, tmp_path: Path,
-                                                                     capsys) -> None:  # noqa: ANN001
+                                                                     capsys) -> None:
     db = tmp_path / "b.db"
     args = ["--fuser", "fusellm", "--sources", "zoo:llama-code,zoo:llama-docs", "--target", "zoo:llama-base"]
     code = bench("run", *args, *TINY, *SUITE, "--seeds", "0,1,2", "--control", "--name", "grp", "--db", str(db))

@@ -73,7 +73,7 @@ def _outputs(db: Path, model_like: str) -> list[str]:
 
 
 def test_a_served_model_answers_mtbench_like_its_weights(real_home: Path, server: tuple[str, str], tmp_path: Path,
-                                                         capsys) -> None:  # noqa: ANN001
+                                                         capsys) -> None:
     """The server renders the chat template itself; greedy answers equal the hf backend's on the same weights."""
     url, model_id = server
     db = tmp_path / "b.db"
@@ -108,7 +108,7 @@ def test_completions_go_through_the_server(real_home: Path, server: tuple[str, s
 
 
 def test_a_server_without_prompt_logprobs_is_refused_for_perplexity(real_home: Path, server: tuple[str, str],
-                                                                    tmp_path: Path, capsys) -> None:  # noqa: ANN001
+                                                                    tmp_path: Path, capsys) -> None:
     url, model_id = server
     ppl = ["--suite", "perplexity", "--set", "perplexity.max_docs=1", "--db", str(tmp_path / "b.db")]
     code = bench("eval", "--model", f"openai:{model_id}", "--base-url", url, *ppl)
@@ -121,7 +121,7 @@ def test_a_server_without_prompt_logprobs_is_refused_for_perplexity(real_home: P
     assert [r["status"] for r in rows] == ["error", "error"]
 
 
-def test_nothing_listening_is_one_line(real_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_nothing_listening_is_one_line(real_home: Path, tmp_path: Path, capsys) -> None:
     url = f"http://127.0.0.1:{_free_port()}/v1"
     code = bench("eval", "--model", "openai:m", "--base-url", url, "--suite", "mtbench", "--limit", "1",
                  "--db", str(tmp_path / "b.db"))

@@ -59,7 +59,7 @@ class CandidateSource:
 
     names: list[str]
 
-    def prepare(self, spans: Sequence[tuple[int, int]]) -> None:  # noqa: B027 - optional hook
+    def prepare(self, spans: Sequence[tuple[int, int]]) -> None:  # optional hook
         pass
 
     def block(self, start: int, stop: int) -> CandidateBlock:

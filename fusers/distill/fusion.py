@@ -109,7 +109,7 @@ def sparse_soft_ce(logp: Tensor, ids: Tensor, probs: Tensor) -> Tensor:
     return -(probs * logp.gather(-1, ids)).sum(dim=-1)
 
 
-def fusion_loss(lam: float, reduce: Callable[[Tensor], Tensor] | None = None):  # noqa: ANN201 - a LossFn
+def fusion_loss(lam: float, reduce: Callable[[Tensor], Tensor] | None = None):  # a LossFn
     """``loss_fn(model, batch)`` for :func:`harness.train.train`: ``λ·CLM + (1-λ)·fusion`` (spec §4).
 
     CLM is the usual next-token CE over rows 0..L-2 (row t predicts token t+1); the fusion term averages

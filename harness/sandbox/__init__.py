@@ -470,7 +470,7 @@ def _signal_reason(signum: int) -> str:
 def _remove_tree(path: Path) -> None:
     """Delete the working directory even if the program made parts of it unreadable."""
 
-    def make_writable_and_retry(func, failed_path, _exc_info):  # noqa: ANN001 - shutil's onerror protocol
+    def make_writable_and_retry(func, failed_path, _exc_info):  # shutil's onerror protocol
         with contextlib.suppress(OSError):
             os.chmod(os.path.dirname(failed_path), 0o700)
             os.chmod(failed_path, 0o700)

@@ -43,7 +43,7 @@ def boolean_expressions(rng: random.Random) -> Item:
         return f"( {inner} )" if rng.random() < 0.5 else inner
 
     expr = group() if rng.random() < 0.3 else f"{group()} {rng.choice(['and', 'or'])} {group()}"
-    value = eval(expr)  # noqa: S307 - only True/False/not/and/or/parentheses, built above
+    value = eval(expr)  # only True/False/not/and/or/parentheses, built above
     steps = f"Python evaluates not before and before or: {expr} = {value}."
     return Item(f"{expr} is", str(value), steps)
 
@@ -60,8 +60,8 @@ def multistep_arithmetic_two(rng: random.Random) -> Item:
 
     a, b = group(), group()
     op = rng.choice(["+", "-", "*"])
-    va, vb = eval(a), eval(b)  # noqa: S307 - integers and + - * only
-    value = eval(f"({va}) {op} ({vb})")  # noqa: S307
+    va, vb = eval(a), eval(b)  # integers and + - * only
+    value = eval(f"({va}) {op} ({vb})")
     steps = f"Let A = {a} = {va} and B = {b} = {vb}. Then (A) {op} (B) = ({va}) {op} ({vb}) = {value}."
     return Item(f"(({a}) {op} ({b})) =", str(value), steps)
 

@@ -27,29 +27,29 @@ class ScriptedLM(LM):
         self.per_doc = per_doc or {}  # text -> bits/byte override
         self.seen: list[str] = []
 
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:  # noqa: ANN001
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         out = []
         for (text,) in (r.args for r in requests):
             self.seen.append(text)
             out.append(-self.per_doc.get(text, self.rate) * math.log(2) * len(text.encode("utf-8")))
         return out
 
-    def loglikelihood(self, requests, disable_tqdm: bool = False):  # noqa: ANN001, ANN201
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
         return [(-float(len(c)), False) for _, c in (r.args for r in requests)]
 
-    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:  # noqa: ANN001
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         return ["" for _ in requests]
 
 
 @pytest.fixture
-def single_thread():  # noqa: ANN201
+def single_thread():
     """Use with ``pytestmark = pytest.mark.usefixtures("single_thread")`` in micro-model test modules."""
     with one_thread():
         yield
 
 
 @pytest.fixture
-def scripted_lm():  # noqa: ANN201
+def scripted_lm():
     return ScriptedLM
 
 
@@ -57,19 +57,19 @@ def _text() -> str:
     return inspect.getsource(textwrap)
 
 
-def _wrap(tok):  # noqa: ANN001, ANN202
+def _wrap(tok):
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    pad_token="<pad>")
 
 
-def _ids(tok) -> dict[str, int]:  # noqa: ANN001
+def _ids(tok) -> dict[str, int]:
     return {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
 
 
 @pytest.fixture(scope="session")
-def micro_llama(tmp_path_factory) -> Path:  # noqa: ANN001
+def micro_llama(tmp_path_factory) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -92,7 +92,7 @@ def micro_llama(tmp_path_factory) -> Path:  # noqa: ANN001
 
 
 @pytest.fixture(scope="session")
-def micro_mpt(tmp_path_factory) -> Path:  # noqa: ANN001
+def micro_mpt(tmp_path_factory) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import MptConfig, MptForCausalLM

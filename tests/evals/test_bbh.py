@@ -139,7 +139,7 @@ def test_lm_eval_defines_all_27_tasks():
     assert len(all_tasks()) == 27
 
 
-def _write_predictions(path: Path, tasks: list[str], answer) -> dict[str, list[dict]]:  # noqa: ANN001
+def _write_predictions(path: Path, tasks: list[str], answer) -> dict[str, list[dict]]:
     examples = {t: json.loads((BBH_DIR / f"{t}.json").read_text())["examples"] for t in tasks}
     lines = [json.dumps({"task": t, "index": i, "output": answer(ex)}) for t in tasks for i, ex in enumerate(examples[t])]
     path.write_text("\n".join(lines) + "\n")
@@ -204,9 +204,9 @@ def test_generators_are_deterministic_and_correct():
         assert a == b and len({i.input for i in a}) == 20
         assert not {i.input for i in gen.exemplars(task)} & {i.input for i in gen.generate(task, 200, seed=0)}
     for item in gen.generate("multistep_arithmetic_two", 50, seed=1):
-        assert eval(item.input.rstrip(" =")) == int(item.target)  # noqa: S307
+        assert eval(item.input.rstrip(" =")) == int(item.target)
     for item in gen.generate("boolean_expressions", 50, seed=1):
-        assert str(eval(item.input.removesuffix(" is"))) == item.target  # noqa: S307
+        assert str(eval(item.input.removesuffix(" is"))) == item.target
     for item in gen.generate("word_sorting", 20, seed=1):
         words = item.input.split("List: ")[1].split()
         assert item.target == " ".join(sorted(words))

@@ -76,7 +76,7 @@ def test_records_have_humaneval_s_shape_and_true_examples() -> None:
         ast.parse(function)
         # the >>> example is right: run it as a doctest against the canonical body (our own generated code)
         namespace: dict = {}
-        exec(compile(function, problem.task_id, "exec"), namespace)  # noqa: S102
+        exec(compile(function, problem.task_id, "exec"), namespace)
         finder = doctest.DocTestFinder()
         runner = doctest.DocTestRunner()
         for test in finder.find(namespace[problem.entry_point], problem.entry_point, globs=namespace):
@@ -91,7 +91,7 @@ def test_records_have_humaneval_s_shape_and_true_examples() -> None:
     (lambda: generate(3, "0"), "seed '0' is not a whole number"),
     (lambda: generate(10**6, 0, split="train"), r"ran out\) \(fix: ask for at most"),
 ])
-def test_bad_requests_are_one_line_bench_errors(call, message: str) -> None:  # noqa: ANN001
+def test_bad_requests_are_one_line_bench_errors(call, message: str) -> None:
     with pytest.raises(BenchError, match=message):
         call()
 
@@ -134,7 +134,7 @@ def test_config_and_opt_in(tmp_path: Path) -> None:
 
 
 def test_sampled_completions_give_the_configured_pass_at_k(tmp_path: Path) -> None:
-    def right_then_wrong(request) -> str:  # noqa: ANN001
+    def right_then_wrong(request) -> str:
         return canonical(request) if request.idx == 0 else "    return None\n"
 
     lm = ScriptedLM(right_then_wrong)

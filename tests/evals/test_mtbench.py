@@ -46,14 +46,14 @@ class RecordingLM(LM):
             self.tokenizer = tokenizer
         self.calls: list[list[Any]] = []
 
-    def generate_until(self, requests, disable_tqdm: bool = False):  # noqa: ANN001, ANN201
+    def generate_until(self, requests, disable_tqdm: bool = False):
         self.calls.append(list(requests))
         return [f" A{r.doc['question_id']}-t{r.doc['turn']} " for r in requests]
 
-    def loglikelihood(self, requests, disable_tqdm: bool = False):  # noqa: ANN001, ANN201
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
         raise NotImplementedError
 
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):  # noqa: ANN001, ANN201
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         raise NotImplementedError
 
 
@@ -208,7 +208,7 @@ def test_constant_judge_with_repeats(tmp_path: Path) -> None:
     assert s.extracted == "The answer is fine.\nRating: [[7]]"
 
 
-def _reference_aware(refs: list[str]):  # noqa: ANN202
+def _reference_aware(refs: list[str]):
     """[[9]] when the judge prompt contains a reference answer, else [[3]]."""
     return lambda body: "[[9]]" if any(r in user_text(body) for r in refs) else "[[3]]"
 
@@ -272,7 +272,7 @@ def test_garbage_judge_counts_failures_and_makes_up_nothing(tmp_path: Path) -> N
 def test_random_judge_std(tmp_path: Path) -> None:
     rng, lock = random.Random(0), threading.Lock()
 
-    def reply(body):  # noqa: ANN001, ANN202
+    def reply(body):
         with lock:
             return f"Rating: [[{rng.randint(1, 10)}]]"
 

@@ -17,16 +17,16 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 PARAGRAPHS = ["def f(x):\n    return x + 1", "The sum of two numbers.", "import os\nprint(os.sep)", "Q: 2 + 2?\nA: 4."]
 
 
-def _evaluate(lm, tmp_path, limit=None, **cfg):  # noqa: ANN001, ANN202
+def _evaluate(lm, tmp_path, limit=None, **cfg):
     cfg.setdefault("domains", [])
     return Perplexity().evaluate(lm, Perplexity.Config(**cfg), EvalContext(workdir=tmp_path / "work", limit=limit))
 
 
-def _by_key(result):  # noqa: ANN001, ANN202
+def _by_key(result):
     return {(s.task, s.metric): s for s in result.scores}
 
 
-def _write(path, paragraphs=PARAGRAPHS):  # noqa: ANN001, ANN202
+def _write(path, paragraphs=PARAGRAPHS):
     path.write_text("\n\n".join(paragraphs) + "\n")
     return path
 

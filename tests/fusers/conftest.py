@@ -24,7 +24,7 @@ CONTEXT = 128
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():  # noqa: ANN202
+def _single_thread():
     with one_thread():
         yield
 
@@ -36,7 +36,7 @@ def corpus() -> tuple[str, str]:
     return code, docs
 
 
-def bpe_tokenizer(texts: list[str], vocab_size: int = 300):  # noqa: ANN201
+def bpe_tokenizer(texts: list[str], vocab_size: int = 300):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -50,7 +50,7 @@ def bpe_tokenizer(texts: list[str], vocab_size: int = 300):  # noqa: ANN201
                                    pad_token="<pad>")
 
 
-def unigram_tokenizer(texts: list[str], vocab_size: int = 200):  # noqa: ANN201
+def unigram_tokenizer(texts: list[str], vocab_size: int = 200):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -65,11 +65,11 @@ def unigram_tokenizer(texts: list[str], vocab_size: int = 200):  # noqa: ANN201
                                    pad_token="<pad>")
 
 
-def special_ids(tok) -> dict[str, int]:  # noqa: ANN001
+def special_ids(tok) -> dict[str, int]:
     return {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
 
 
-def llama(tok, seed: int = 0, **overrides):  # noqa: ANN001, ANN201
+def llama(tok, seed: int = 0, **overrides):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -80,7 +80,7 @@ def llama(tok, seed: int = 0, **overrides):  # noqa: ANN001, ANN201
     return LlamaForCausalLM(LlamaConfig(**kw))
 
 
-def train(model, tok, text: str, steps: int, seed: int, lr: float = 3e-3) -> None:  # noqa: ANN001
+def train(model, tok, text: str, steps: int, seed: int, lr: float = 3e-3) -> None:
     """A few AdamW steps on random 64-token windows: enough to make experts differ."""
     import torch
 
@@ -97,14 +97,14 @@ def train(model, tok, text: str, steps: int, seed: int, lr: float = 3e-3) -> Non
     model.eval()
 
 
-def save(model, tok, path: Path) -> Path:  # noqa: ANN001
+def save(model, tok, path: Path) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
 
 @pytest.fixture(scope="session")
-def micro(tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
+def micro(tmp_path_factory) -> dict[str, Path]:
     """name -> saved model folder (see module docstring)."""
     with one_thread():
         return _build_micro(tmp_path_factory.mktemp("micro_fusers"))
@@ -155,7 +155,7 @@ def _build_micro(root: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def refs(micro):  # noqa: ANN001, ANN201
+def refs(micro):
     """name -> ModelRef of the micro models."""
     from harness.model import resolve
 
@@ -163,7 +163,7 @@ def refs(micro):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="session")
-def build():  # noqa: ANN201
+def build():
     """The builder functions above, for tests that need one more model."""
     from types import SimpleNamespace
 
@@ -185,11 +185,11 @@ class TrainedSequences:
         self.masks: list[list[bool]] = []
         fingerprint, collate = D.chunks_fingerprint, D.FusionCorpus.collate
 
-        def record_chunks(chunks, seq_len):  # noqa: ANN001, ANN202
+        def record_chunks(chunks, seq_len):
             self.chunks = list(chunks)
             return fingerprint(chunks, seq_len)
 
-        def record_batch(corpus, indices):  # noqa: ANN001, ANN202
+        def record_batch(corpus, indices):
             batch = collate(corpus, indices)
             real = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
             for r in range(len(indices)):
@@ -200,7 +200,7 @@ class TrainedSequences:
         monkeypatch.setattr(D, "chunks_fingerprint", record_chunks)
         monkeypatch.setattr(D.FusionCorpus, "collate", record_batch)
 
-    def check_one_conversation_each(self, tokenizer) -> int:  # noqa: ANN001
+    def check_one_conversation_each(self, tokenizer) -> int:
         """Every trained sequence is exactly [EOS] + one conversation's tokens, i.e. what each teacher read
         of it, and its loss covers response tokens only. Returns how many sequences were checked."""
         from fusers import distill as D
@@ -215,7 +215,7 @@ class TrainedSequences:
 
 
 @pytest.fixture(scope="session")
-def reward_model(tmp_path_factory) -> Path:  # noqa: ANN001
+def reward_model(tmp_path_factory) -> Path:
     """A tiny random HF sequence-classification model: any such model is a ProFuser reward, and a random one
     tells the sources' answers apart even where the micro models cannot do arithmetic."""
     import torch

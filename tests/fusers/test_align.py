@@ -69,7 +69,7 @@ def _corpus() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _wrap(tok, bos_eos: bool):  # noqa: ANN001, ANN202
+def _wrap(tok, bos_eos: bool):
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
@@ -80,7 +80,7 @@ def _wrap(tok, bos_eos: bool):  # noqa: ANN001, ANN202
                                    pad_token="<pad>")
 
 
-def _byte_bpe():  # noqa: ANN202
+def _byte_bpe():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -92,7 +92,7 @@ def _byte_bpe():  # noqa: ANN202
     return tok
 
 
-def _sp_bpe():  # noqa: ANN202
+def _sp_bpe():
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
@@ -108,7 +108,7 @@ def _sp_bpe():  # noqa: ANN202
     return Tokenizer.from_str(json.dumps(cfg))
 
 
-def _unigram():  # noqa: ANN202
+def _unigram():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.Unigram())
@@ -131,7 +131,7 @@ def toks() -> dict:
     return out
 
 
-def tz(pieces: list[str], spec: TokenizerSpec, **kw) -> Tokenization:  # noqa: ANN003
+def tz(pieces: list[str], spec: TokenizerSpec, **kw) -> Tokenization:
     """A hand-made tokenization; ids are the positions unless given."""
     kw.setdefault("ids", np.arange(len(pieces)))
     return Tokenization(list(pieces), spec, **kw)
@@ -173,7 +173,7 @@ def plain_vocab_map(src: dict[str, int], base: dict[str, int], sm: str, bm: str)
     return out
 
 
-def plain_rows(alignment, base, source, topk_ids, topk_logits, vmap, *, collision, fallback, one_to_many):  # noqa: ANN001, ANN201
+def plain_rows(alignment, base, source, topk_ids, topk_logits, vmap, *, collision, fallback, one_to_many):
     """A loop version of the mapping, only for the ``match="surface"`` decision taken from the module."""
     from fusers.align.distribution import _match_single
 
@@ -208,7 +208,7 @@ def plain_rows(alignment, base, source, topk_ids, topk_logits, vmap, *, collisio
 # ------------------------------------------------------------------------------------------------ 1. marker table
 
 
-def test_detect_spec_from_backend(toks) -> None:  # noqa: ANN001
+def test_detect_spec_from_backend(toks) -> None:
     bl, sp, uni = detect_spec(toks["bl"]), detect_spec(toks["sp"]), detect_spec(toks["uni"])
     assert (bl.kind, bl.marker, bl.newline, bl.byte_fallback, bl.prefix_space) == ("byte_level", "Ġ", "Ċ", False, False)
     assert (sp.kind, sp.marker, sp.newline, sp.byte_fallback, sp.prefix_space) == ("metaspace", "▁", "<0x0A>", True, True)
@@ -249,7 +249,7 @@ TEXTS = ["the answer is 12345\nhello world", "日本語 the answer\n\n  two", " 
 
 @pytest.mark.parametrize("name", ["bl", "sp", "bl+", "sp+"])
 @pytest.mark.parametrize("text", TEXTS)
-def test_surfaces_join_to_the_decoded_text(toks, name: str, text: str) -> None:  # noqa: ANN001
+def test_surfaces_join_to_the_decoded_text(toks, name: str, text: str) -> None:
     tok = toks[name]
     t = Tokenization.from_text(tok, text, add_special_tokens=True)
     assert b"".join(t.surfaces).decode() == tok.decode(t.ids.tolist(), skip_special_tokens=True)
@@ -308,7 +308,7 @@ def test_offsets_cjk_split_across_byte_level_tokens() -> None:
     assert align_sequences(sp_char, bl).to_lists() == [[0, 1], [2]]
 
 
-def test_offsets_bos_eos(toks) -> None:  # noqa: ANN001
+def test_offsets_bos_eos(toks) -> None:
     text = "hello world"
     b_se = Tokenization.from_text(toks["sp+"], text, add_special_tokens=True)
     s_se = Tokenization.from_text(toks["bl+"], text, add_special_tokens=True)
@@ -322,7 +322,7 @@ def test_offsets_bos_eos(toks) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("pair", [("sp", "bl"), ("bl", "sp"), ("uni", "bl"), ("sp+", "bl")])
-def test_offsets_from_hf_offsets_agree_with_surfaces(toks, pair) -> None:  # noqa: ANN001
+def test_offsets_from_hf_offsets_agree_with_surfaces(toks, pair) -> None:
     for text in TEXTS[:3] + ["return value 2024\n\tclass"]:
         b = Tokenization.from_text(toks[pair[0]], text, add_special_tokens=True)
         s = Tokenization.from_text(toks[pair[1]], text, add_special_tokens=True)
@@ -333,7 +333,7 @@ def test_offsets_from_hf_offsets_agree_with_surfaces(toks, pair) -> None:  # noq
         assert align_sequences(b, s).to_lists() == align_sequences(b2, s2).to_lists(), text
 
 
-def test_real_tokenizers_cjk_and_digits_pinned(toks) -> None:  # noqa: ANN001
+def test_real_tokenizers_cjk_and_digits_pinned(toks) -> None:
     b = Tokenization.from_text(toks["sp"], "日本 12345")
     s = Tokenization.from_text(toks["bl"], "日本 12345")
     al = align_sequences(b, s)
@@ -351,7 +351,7 @@ _ALPHABET = "ab \n1日é"
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(alphabet=_ALPHABET, min_size=1, max_size=30), names=st.sampled_from(
     [("sp", "bl"), ("bl", "sp"), ("uni", "bl"), ("sp+", "bl+"), ("bl+", "uni"), ("sp", "bl+")]))
-def test_offsets_properties_on_real_tokenizers(toks, text: str, names) -> None:  # noqa: ANN001
+def test_offsets_properties_on_real_tokenizers(toks, text: str, names) -> None:
     b = Tokenization.from_text(toks[names[0]], text, add_special_tokens=True)
     s = Tokenization.from_text(toks[names[1]], text, add_special_tokens=True)
     if len(b) == 0 or len(s) == 0:
@@ -362,7 +362,7 @@ def test_offsets_properties_on_real_tokenizers(toks, text: str, names) -> None: 
 
 
 @st.composite
-def segmentations(draw):  # noqa: ANN001, ANN201
+def segmentations(draw):
     """Two random segmentations of one random string, with empty and special pieces sprinkled in."""
     text = draw(st.text(alphabet="abc ", min_size=0, max_size=20))
 
@@ -378,7 +378,7 @@ def segmentations(draw):  # noqa: ANN001, ANN201
 
 @settings(max_examples=200, deadline=None)
 @given(segs=segmentations())
-def test_offsets_properties_on_random_segmentations(segs) -> None:  # noqa: ANN001
+def test_offsets_properties_on_random_segmentations(segs) -> None:
     base, src = tz(segs[0], PLAIN), tz(segs[1], PLAIN)
     al = align_sequences(base, src)
     assert (al.counts() >= 1).all() and al.is_monotone() and al.covers_source()
@@ -422,7 +422,7 @@ def _sentencepiece_pieces(text: str, rnd: random.Random) -> list[str]:
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(alphabet="ab 日é\n", min_size=1, max_size=12), rnd=st.randoms(use_true_random=False),
        swap=st.booleans(), texts=st.tuples(st.booleans(), st.booleans()))
-def test_offsets_properties_on_random_byte_level_and_sentencepiece(text, rnd, swap, texts) -> None:  # noqa: ANN001
+def test_offsets_properties_on_random_byte_level_and_sentencepiece(text, rnd, swap, texts) -> None:
     """Real-looking pieces: CJK split across bytes, '<0xNN>' fallback, '<unk>', BOS/EOS/empty pieces
     anywhere, with or without the text (then spans come from a byte diff against it)."""
     def sprinkle(pieces: list[str]) -> list[str]:
@@ -450,7 +450,7 @@ _piece = st.text(alphabet="abĠ", max_size=3)
 @settings(max_examples=300, deadline=None)
 @given(src=st.lists(_piece, min_size=1, max_size=9), base=st.lists(_piece, min_size=1, max_size=9),
        order=st.sampled_from(sorted(ORDERS)))
-def test_dtw_equals_plain_dp(src, base, order) -> None:  # noqa: ANN001
+def test_dtw_equals_plain_dp(src, base, order) -> None:
     al = dtw_align(base, src, order)
     assert al.to_lists() == plain_dtw(src, base, ORDERS[order])
     assert al.is_monotone() and al.covers_source() and (al.counts() >= 1).all()
@@ -476,7 +476,7 @@ def test_dtw_from_cost_and_edit_distance_matrix() -> None:
         dtw_from_cost(-cost)
 
 
-def test_dtw_strips_markers_of_each_side(toks) -> None:  # noqa: ANN001
+def test_dtw_strips_markers_of_each_side(toks) -> None:
     text = "the answer is 12345\nhello world and the question"
     b = Tokenization.from_text(toks["sp"], text)
     s = Tokenization.from_text(toks["bl"], text)
@@ -488,7 +488,7 @@ def test_dtw_strips_markers_of_each_side(toks) -> None:  # noqa: ANN001
         plain_dtw(strip_s, strip_b, ORDERS["fusechat"])
 
 
-def test_dtw_banded(toks) -> None:  # noqa: ANN001
+def test_dtw_banded(toks) -> None:
     text = "the answer is forty two\nand the question is what 2024 hello world " * 3
     b = Tokenization.from_text(toks["sp+"], text, add_special_tokens=True)
     s = Tokenization.from_text(toks["bl"], text)
@@ -511,7 +511,7 @@ def test_align_rejects_bad_input() -> None:
 
 
 @pytest.mark.parametrize("pair", [("bl", "sp"), ("uni", "bl")])
-def test_vocab_map_equals_plain_loop_on_real_vocabs(toks, pair) -> None:  # noqa: ANN001
+def test_vocab_map_equals_plain_loop_on_real_vocabs(toks, pair) -> None:
     src_tok, base_tok = toks[pair[0]], toks[pair[1]]
     sm, bm = detect_spec(src_tok).marker, detect_spec(base_tok).marker
     src_vocab, base_vocab = src_tok.get_vocab(), base_tok.get_vocab()  # the reference's dict order
@@ -531,7 +531,7 @@ def test_vocab_map_equals_plain_loop_on_real_vocabs(toks, pair) -> None:  # noqa
 @settings(max_examples=150, deadline=None)
 @given(src=st.lists(st.text(alphabet="abĠ▁", max_size=5), min_size=1, max_size=12, unique=True),
        base=st.lists(st.text(alphabet="ab▁c", max_size=5), min_size=1, max_size=12, unique=True))
-def test_vocab_map_equals_plain_loop_random(src, base) -> None:  # noqa: ANN001
+def test_vocab_map_equals_plain_loop_random(src, base) -> None:
     ref = plain_vocab_map({p: i for i, p in enumerate(src)}, {p: i for i, p in enumerate(base)}, "Ġ", "▁")
     vm = vocab_map(src, base, source_marker="Ġ", base_marker="▁")
     assert [base[k] for k in vm.ids.tolist()] == [ref[p.replace("Ġ", "▁")] for p in src]
@@ -553,7 +553,7 @@ def test_vocab_map_widths() -> None:
         vocab_map({"a": 5}, ["a"], source_marker="", base_marker="", source_width=3)
 
 
-def test_q12_default_is_id_array_compat_keys_by_string(toks) -> None:  # noqa: ANN001
+def test_q12_default_is_id_array_compat_keys_by_string(toks) -> None:
     src_vocab, base_vocab = toks["bl"].get_vocab(), toks["sp"].get_vocab()
     default = vocab_map(src_vocab, base_vocab, source_marker="Ġ", base_marker="▁")
     compat = vocab_map(src_vocab, base_vocab, source_marker="Ġ", base_marker="▁", reference_compat="q12")
@@ -566,7 +566,7 @@ def test_q12_default_is_id_array_compat_keys_by_string(toks) -> None:  # noqa: A
 # ------------------------------------------------------------------------------------------------ 4. distributions
 
 
-def _toy():  # noqa: ANN202
+def _toy():
     """Base '▁the ▁answer ▁is' (ids 10, 11, 12) vs source 'the', 'Ġans', 'wer', 'Ġis' (ids 0..3)."""
     base = tz(["▁the", "▁answer", "▁is"], SP, ids=[10, 11, 12])
     src = tz(["the", "Ġans", "wer", "Ġis"], BL, ids=[0, 1, 2, 3])

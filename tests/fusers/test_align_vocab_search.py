@@ -34,13 +34,13 @@ def edit_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
-def reference(queries: list[str], cands: list[str], dist=edit_distance) -> tuple[list[int], list[bool]]:  # noqa: ANN001
+def reference(queries: list[str], cands: list[str], dist=edit_distance) -> tuple[list[int], list[bool]]:
     index = [min(range(len(cands)), key=lambda c: dist(q, cands[c])) for q in queries]
     return index, [q in cands for q in queries]
 
 
 @pytest.fixture(params=["compiled", "rapidfuzz"])
-def path(request, monkeypatch):  # noqa: ANN001, ANN201
+def path(request, monkeypatch):
     if request.param == "compiled":
         pytest.importorskip("numba")
         assert vocab.compiled_first_min_ed() is not None
@@ -49,7 +49,7 @@ def path(request, monkeypatch):  # noqa: ANN001, ANN201
     return request.param
 
 
-def check(queries: list[str], cands: list[str], dist=edit_distance) -> None:  # noqa: ANN001
+def check(queries: list[str], cands: list[str], dist=edit_distance) -> None:
     index, exact = vocab._nearest_pieces(queries, cands)
     ref_index, ref_exact = reference(queries, cands, dist)
     assert index.tolist() == ref_index
@@ -62,7 +62,7 @@ def words(rng: random.Random, alphabet: list[str] | str, count: int, longest: in
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_ties_duplicates_and_empty_strings(path, seed: int) -> None:  # noqa: ANN001
+def test_ties_duplicates_and_empty_strings(path, seed: int) -> None:
     rng = random.Random(seed)
     alphabet = "ab" if seed % 2 else "abc"
     cands = words(rng, alphabet, rng.randint(1, 40), 6)  # duplicates and "" come up by themselves
@@ -71,7 +71,7 @@ def test_ties_duplicates_and_empty_strings(path, seed: int) -> None:  # noqa: AN
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_unicode_pieces(path, seed: int) -> None:  # noqa: ANN001
+def test_unicode_pieces(path, seed: int) -> None:
     rng = random.Random(100 + seed)
     cands = words(rng, UNICODE, 60, 7)
     queries = words(rng, UNICODE + ["q", "\U0001f680"], 40, 9) + rng.sample(cands, 5)  # some code points no candidate has
@@ -79,7 +79,7 @@ def test_unicode_pieces(path, seed: int) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_queries_and_candidates_longer_than_a_machine_word(path, seed: int) -> None:  # noqa: ANN001
+def test_queries_and_candidates_longer_than_a_machine_word(path, seed: int) -> None:
     rng = random.Random(200 + seed)
     cands = words(rng, "abcd▁", 120, 90) + words(rng, "abcd▁", 40, 4)
     queries = words(rng, "abcde▁", 25, 130, shortest=60) + words(rng, "abcd", 10, 70)
@@ -87,7 +87,7 @@ def test_queries_and_candidates_longer_than_a_machine_word(path, seed: int) -> N
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_wide_alphabets(path, seed: int) -> None:  # noqa: ANN001
+def test_wide_alphabets(path, seed: int) -> None:
     """More distinct characters than mask bits and count slots: both alias, the bounds must stay bounds."""
     rng = random.Random(300 + seed)
     alphabet = [chr(0x4E00 + k) for k in range(300)] + list("abcdefghij")
@@ -98,7 +98,7 @@ def test_wide_alphabets(path, seed: int) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_repeated_characters_far_from_everything(path, seed: int) -> None:  # noqa: ANN001
+def test_repeated_characters_far_from_everything(path, seed: int) -> None:
     """Indentation-like pieces ('Ċ▁▁▁▁') and runs of letters: large minimal distances with many ties."""
     rng = random.Random(400 + seed)
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -110,7 +110,7 @@ def test_repeated_characters_far_from_everything(path, seed: int) -> None:  # no
     check(queries, cands, Levenshtein.distance)
 
 
-def test_degenerate_inputs(path) -> None:  # noqa: ANN001
+def test_degenerate_inputs(path) -> None:
     assert vocab._first_min_ed([], ["a"]).tolist() == []
     index, exact = vocab._nearest_pieces([], [])
     assert index.tolist() == [] and exact.tolist() == []
@@ -122,7 +122,7 @@ def test_degenerate_inputs(path) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_vocab_map_same_with_and_without_numba(monkeypatch, seed: int) -> None:  # noqa: ANN001
+def test_vocab_map_same_with_and_without_numba(monkeypatch, seed: int) -> None:
     pytest.importorskip("numba")
     rng = random.Random(500 + seed)
     alphabet = "abcdeĠ▁Ċ中"

@@ -21,7 +21,7 @@ TINY = {
 
 
 @pytest.fixture(autouse=True)
-def _one_core():  # noqa: ANN202
+def _one_core():
     from tests.fusers.test_distill import one_core
 
     with one_core():
@@ -36,7 +36,7 @@ def _members(db: Path) -> dict[str, dict]:
 
 @pytest.mark.parametrize("fuser", ["fusellm", "fusechat", "profuser"])
 def test_control_trains_the_same_target_without_the_fusion_term(private_home: Path, tmp_path: Path, fuser: str,
-                                                                reward_model: Path, capsys) -> None:  # noqa: ANN001
+                                                                reward_model: Path, capsys) -> None:
     db = tmp_path / "b.db"
     sets = [x for key, value in TINY[fuser].items() for x in ("--set", f"fuser.{key}={value}")]
     extra = ["--sources", "zoo:gpt2-code,zoo:neox-docs,zoo:mpt-math"]
@@ -63,7 +63,7 @@ def test_control_trains_the_same_target_without_the_fusion_term(private_home: Pa
     assert {"fused", "control"} <= scored
 
 
-def test_control_is_refused_for_fusers_without_a_fusion_term(zoo_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_control_is_refused_for_fusers_without_a_fusion_term(zoo_home: Path, tmp_path: Path, capsys) -> None:
     code = bench("run", "--fuser", "merge", "--control", *SUITE, "--db", str(tmp_path / "b.db"))
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "no data-only control" in err and "drop --control" in err

@@ -14,7 +14,7 @@ PROMPTS = ["Q: Ana has 12 apples and eats 5. How many are left?\nA:", "def add(a
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():  # noqa: ANN202
+def _one_thread():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -22,13 +22,13 @@ def _one_thread():  # noqa: ANN202
 
 
 @pytest.fixture
-def members(zoo_home):  # noqa: ANN001, ANN201
+def members(zoo_home):
     from harness.model import as_lm, load_hf, resolve
 
     return {n: as_lm(*load_hf(resolve(f"zoo:{n}")), batch_size=4) for n in HETERO}
 
 
-def _req(kind: str, *args):  # noqa: ANN001, ANN202
+def _req(kind: str, *args):
     from lm_eval.api.instance import Instance
 
     return Instance(request_type=kind, doc={}, arguments=tuple(args), idx=0)
@@ -123,7 +123,7 @@ def test_bench_run_cool_fusion_end_to_end(zoo_home, tmp_path, monkeypatch, capsy
     assert "fused" in capsys.readouterr().out
 
 
-def test_generate_chat_prompts_every_member_through_its_own_template(members) -> None:  # noqa: ANN001
+def test_generate_chat_prompts_every_member_through_its_own_template(members) -> None:
     """Members with different chat templates each get the conversation in their own format (and a member
     without one the plain transcript); the stops are every member's end-of-turn markers."""
     from harness.chat_data import PLAIN_STOP, end_of_turn
@@ -134,7 +134,7 @@ def test_generate_chat_prompts_every_member_through_its_own_template(members) ->
     seen: list[list[str]] = []
     real_generate = lm.generate
 
-    def record(context, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    def record(context, **kwargs):
         seen.append(list(context))
         seen.append(list(kwargs["until"]))
         return real_generate(context, **kwargs)

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
-def one_core():  # noqa: ANN201
+def one_core():
     """Pin this process to one core while training: ``harness.train`` sets as many threads as the process
     may use cores, and two spin-waiting threads on a busy 2-core box make micro steps ~100x slower."""
     if not hasattr(os, "sched_getaffinity"):
@@ -56,7 +56,7 @@ def micro_models(micro_home: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def chunks(micro_models) -> list[D.TextChunk]:  # noqa: ANN001
+def chunks(micro_models) -> list[D.TextChunk]:
     from fusers.fusellm import fusion_documents
 
     docs = fusion_documents(["code", "docs", "math"], 4_000)
@@ -220,7 +220,7 @@ def test_fusion_loss_mixes_hf_clm_and_the_sparse_term() -> None:
 # ------------------------------------------------------------------------------------------ chunks and teachers
 
 
-def test_chunks_fit_every_tokenizer_and_rebuild_the_documents(micro_models, chunks) -> None:  # noqa: ANN001
+def test_chunks_fit_every_tokenizer_and_rebuild_the_documents(micro_models, chunks) -> None:
     from fusers.fusellm import fusion_documents
 
     docs = fusion_documents(["code", "docs", "math"], 4_000)
@@ -233,7 +233,7 @@ def test_chunks_fit_every_tokenizer_and_rebuild_the_documents(micro_models, chun
     assert sum(1 for c in chunks if not c.doc_start) > 5  # the cutting path ran
 
 
-def test_teacher_rows_match_a_direct_forward(micro_models, chunks) -> None:  # noqa: ANN001
+def test_teacher_rows_match_a_direct_forward(micro_models, chunks) -> None:
     model, tok = micro_models["neox-docs"]
     enc = D.ChunkEncoder(tok)
     some = chunks[:6]
@@ -257,13 +257,13 @@ def test_teacher_rows_match_a_direct_forward(micro_models, chunks) -> None:  # n
         assert r.n_bytes == len(tz.text.encode("utf-8")) - unpredicted
 
 
-def test_teacher_store_round_trip_size_bound_and_resume(tmp_path, micro_models, chunks) -> None:  # noqa: ANN001
+def test_teacher_store_round_trip_size_bound_and_resume(tmp_path, micro_models, chunks) -> None:
     model, tok = micro_models["gpt2-code"]
     enc = D.ChunkEncoder(tok)
     k = 5
     loads = []
 
-    def load():  # noqa: ANN202
+    def load():
         loads.append(1)
         return model
 
@@ -300,7 +300,7 @@ def test_teacher_store_round_trip_size_bound_and_resume(tmp_path, micro_models, 
 # ------------------------------------------------------------------------------------------ into the target
 
 
-def oracle_rows(tz, k: int = 3) -> D.TeacherRows:  # noqa: ANN001
+def oracle_rows(tz, k: int = 3) -> D.TeacherRows:
     """Teacher rows that put all mass on the true next token (then k-1 arbitrary ids)."""
     n = len(tz)
     ids = np.zeros((n, k), dtype=np.int32)
@@ -313,7 +313,7 @@ def oracle_rows(tz, k: int = 3) -> D.TeacherRows:  # noqa: ANN001
     return D.TeacherRows(np.asarray(tz.ids, np.int32), ids, logp, ce, D.predicted_bytes(tz), 0.0, n - 1, 1)
 
 
-def test_alignment_into_the_target_vocabulary(micro_models, chunks) -> None:  # noqa: ANN001
+def test_alignment_into_the_target_vocabulary(micro_models, chunks) -> None:
     from fusers.common import source_vocab_map
 
     target_tok = micro_models["gpt2-code"][1]
@@ -348,7 +348,7 @@ def test_alignment_into_the_target_vocabulary(micro_models, chunks) -> None:  # 
         assert total > 0 and good > 0, name
 
 
-def test_same_end_check_and_byte_twin_vocab_map(micro_models, chunks) -> None:  # noqa: ANN001
+def test_same_end_check_and_byte_twin_vocab_map(micro_models, chunks) -> None:
     from fusers.common import source_vocab_map
 
     target_tok, source_tok = micro_models["gpt2-code"][1], micro_models["mpt-math"][1]
@@ -378,7 +378,7 @@ def test_same_end_check_and_byte_twin_vocab_map(micro_models, chunks) -> None:  
     assert differing > 0  # mpt's pieces such as 'has▁' end after the space; the MinED match accepts them
 
 
-def test_shared_vocabulary_skips_alignment(micro_models, chunks) -> None:  # noqa: ANN001
+def test_shared_vocabulary_skips_alignment(micro_models, chunks) -> None:
     target_tok = micro_models["gpt2-code"][1]
     source_tok = micro_models["llama-code"][1]
     assert D.shares_vocabulary(source_tok, target_tok)
@@ -392,7 +392,7 @@ def test_shared_vocabulary_skips_alignment(micro_models, chunks) -> None:  # noq
     assert set(out.status.tolist()) <= {MAPPED, EMPTY}
 
 
-def test_q1_fallback_next_by_default_current_in_compat(micro_models, chunks) -> None:  # noqa: ANN001
+def test_q1_fallback_next_by_default_current_in_compat(micro_models, chunks) -> None:
     from fusers.common import source_vocab_map
     from fusers.fusellm import FuseLLM, effective_settings
 
@@ -412,7 +412,7 @@ def test_q1_fallback_next_by_default_current_in_compat(micro_models, chunks) -> 
     assert np.array_equal(rows.ids[fb, 0], b.ids[fb])
 
 
-def test_q5_collisions_sum_by_default_keep_first_in_compat(micro_models) -> None:  # noqa: ANN001
+def test_q5_collisions_sum_by_default_keep_first_in_compat(micro_models) -> None:
     from fusers.fusellm import FuseLLM, effective_settings
 
     tok = micro_models["gpt2-code"][1]
@@ -437,7 +437,7 @@ def test_q5_collisions_sum_by_default_keep_first_in_compat(micro_models) -> None
 # ------------------------------------------------------------------------------------------ stored vs online
 
 
-def test_online_and_stored_candidates_build_the_same_batches(tmp_path, micro_models, chunks) -> None:  # noqa: ANN001
+def test_online_and_stored_candidates_build_the_same_batches(tmp_path, micro_models, chunks) -> None:
     from fusers.common import source_vocab_map
 
     model, tok = micro_models["gpt2-code"]
@@ -533,7 +533,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_matches_one_process(tmp_path) -> None:  # noqa: ANN001
+def test_two_process_ddp_matches_one_process(tmp_path) -> None:
     """gloo DDP with 2 processes × 2 blocks per step ends where 1 process × 4 blocks per step does."""
     port, cpus = _free_port(), sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
     procs = []
@@ -594,7 +594,7 @@ def test_loss_mask_averages_both_terms_over_the_counted_rows_only() -> None:
     assert D.fusion_loss(0.7)(model, full)[0].item() == pytest.approx(D.fusion_loss(0.7)(model, plain)[0].item(), rel=1e-6)
 
 
-def test_rows_predicting_marks_rows_whose_next_token_is_in_a_span(micro_models) -> None:  # noqa: ANN001
+def test_rows_predicting_marks_rows_whose_next_token_is_in_a_span(micro_models) -> None:
     tokenizer = micro_models["gpt2-code"][1]
     text = "User: add 2 and 3\nAssistant: 2 + 3 = 5\n"
     start = text.index("2 + 3")
@@ -609,7 +609,7 @@ def test_rows_predicting_marks_rows_whose_next_token_is_in_a_span(micro_models) 
     assert D.text_byte_spans("é=1", [(1, 3)]).tolist() == [[2, 4]]
 
 
-def test_masked_sums_restrict_the_sequence_ce_to_the_masked_rows(tmp_path, micro_models, chunks) -> None:  # noqa: ANN001
+def test_masked_sums_restrict_the_sequence_ce_to_the_masked_rows(tmp_path, micro_models, chunks) -> None:
     model, tokenizer = micro_models["gpt2-code"]
     enc = D.ChunkEncoder(tokenizer)
     store = D.ensure_teacher_store(tmp_path / "t", chunks[:5], enc, lambda: model, 3, shard_size=2)

@@ -19,7 +19,7 @@ LONG = ("Return a new list containing all items from the iterable in ascending o
 
 
 @pytest.fixture(scope="module")
-def members(micro):  # noqa: ANN001, ANN201
+def members(micro):
     """HFLM per micro model (loaded once per module)."""
     from harness.model import as_lm, load_hf, resolve
 
@@ -27,21 +27,21 @@ def members(micro):  # noqa: ANN001, ANN201
             for name in ("llama-code", "llama-docs", "gpt2", "mpt-uni")}
 
 
-def _req(kind: str, *args):  # noqa: ANN001, ANN202
+def _req(kind: str, *args):
     from lm_eval.api.instance import Instance
 
     return Instance(request_type=kind, doc={}, arguments=tuple(args), idx=0)
 
 
-def _ll(lm, pairs=PAIRS):  # noqa: ANN001, ANN202
+def _ll(lm, pairs=PAIRS):
     return lm.loglikelihood([_req("loglikelihood", c, x) for c, x in pairs])
 
 
-def _rolling(lm, texts):  # noqa: ANN001, ANN202
+def _rolling(lm, texts):
     return lm.loglikelihood_rolling([_req("loglikelihood_rolling", t) for t in texts])
 
 
-def _lse(terms):  # noqa: ANN001, ANN202
+def _lse(terms):
     top = max(terms)
     return top + math.log(sum(math.exp(t - top) for t in terms))
 
@@ -93,7 +93,7 @@ def test_mixture_ties_members_of_other_architectures_with_one_vocabulary(members
     assert all(math.isfinite(v) for v in _rolling(ens, [LONG, CODE]))
 
 
-def _gen(lm, context, **kwargs):  # noqa: ANN001, ANN202
+def _gen(lm, context, **kwargs):
     return lm.generate_until([_req("generate_until", context, {"do_sample": False, **kwargs})])[0]
 
 
@@ -160,7 +160,7 @@ def test_forcing_token_level_on_different_vocabularies_fails(members):
 CHAT = [[{"role": "user", "content": "Write a function that adds two numbers."}]]
 
 
-def _with_template(member):  # noqa: ANN001, ANN202
+def _with_template(member):
     """A copy of ``member`` whose tokenizer carries the zoo's chat template (the micro models have none, so they
     read the plain transcript)."""
     import copy
@@ -248,7 +248,7 @@ def test_perplexity_suite_on_the_ensemble(members, tmp_path):
     text.write_text("\n\n".join([LONG, CODE, "Return the sum of a list."]))
     cfg = Perplexity.Config(domains=[], files=[str(text)], max_chars_per_doc=300)
 
-    def bpb(lm, name):  # noqa: ANN001, ANN202
+    def bpb(lm, name):
         res = Perplexity().evaluate(lm, cfg, EvalContext(workdir=tmp_path / name))
         return {(s.task, s.metric): s.value for s in res.scores}
 

@@ -20,7 +20,7 @@ SUITE = ["--suite", "perplexity", "--set", "perplexity.max_docs=2", "--set", "pe
 
 
 @pytest.fixture(autouse=True)
-def _one_core():  # noqa: ANN202
+def _one_core():
     from tests.fusers.test_distill import one_core
 
     with one_core():
@@ -59,7 +59,7 @@ def test_fusechat_runs_the_papers_suites_by_default() -> None:
 
 
 def test_bench_run_fusechat_records_pairwise_targets_merge_weights_and_reuses_them(
-        private_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+        private_home: Path, tmp_path: Path, capsys) -> None:
     db = tmp_path / "bench.db"
     code = bench("run", "--fuser", "fusechat", "--db", str(db), "--name", "fc", *tiny_sets(), *SUITE)
     assert code == 0, capsys.readouterr().err[-3000:]
@@ -92,7 +92,7 @@ def test_bench_run_fusechat_records_pairwise_targets_merge_weights_and_reuses_th
     # Another merge method: a new artifact, but the pairwise targets come from the cache (no training).
     import fusers.fusechat as fc
 
-    def no_training(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def no_training(*args, **kwargs):
         raise AssertionError("the pairwise targets should have come from the cache")
 
     with pytest.MonkeyPatch.context() as patch:
@@ -110,7 +110,7 @@ def test_bench_run_fusechat_records_pairwise_targets_merge_weights_and_reuses_th
 
 
 def test_each_pairwise_target_trains_on_whole_conversations(private_home: Path, tmp_path: Path, monkeypatch,
-                                                             capsys) -> None:  # noqa: ANN001
+                                                             capsys) -> None:
     """One conversation per sequence: never a response without its instruction, never two conversations in
     one attention window; the student reads exactly what the teachers read."""
     from harness.model import load_hf, resolve
@@ -124,7 +124,7 @@ def test_each_pairwise_target_trains_on_whole_conversations(private_home: Path, 
     assert trained.check_one_conversation_each(tokenizer) == 2 * 4 * 2  # two targets, 4 steps of 2
 
 
-def test_reference_compat_all_runs_the_released_alignment(private_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_reference_compat_all_runs_the_released_alignment(private_home: Path, tmp_path: Path, capsys) -> None:
     """`all` end to end on the micro zoo: FuseChat's DTW and stage 3, MS reference weighting, fork SCE."""
     db = tmp_path / "b.db"
     code = bench("run", "--fuser", "fusechat", "--db", str(db), *tiny_sets(steps=2, reference_compat="all"), *SUITE)
@@ -139,7 +139,7 @@ def test_reference_compat_all_runs_the_released_alignment(private_home: Path, tm
     assert stage["alignment"]["ms_weighting"] == "reference"
 
 
-def test_one_source_gives_its_pairwise_target_not_a_no_op_merge(private_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_one_source_gives_its_pairwise_target_not_a_no_op_merge(private_home: Path, tmp_path: Path, capsys) -> None:
     """With a single non-pivot source there is one pairwise target; SCE over one task vector would keep nothing
     and return the pivot. The target itself is the fused model, and the details say so."""
     db = tmp_path / "b.db"
@@ -155,7 +155,7 @@ def test_one_source_gives_its_pairwise_target_not_a_no_op_merge(private_home: Pa
     assert json.loads(rows[0]["details"])["lr"] == 5e-4  # the zoo's rate for a zoo pivot
 
 
-def test_user_conversations_from_jsonl(private_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_user_conversations_from_jsonl(private_home: Path, tmp_path: Path, capsys) -> None:
     data = tmp_path / "chats.jsonl"
     lines = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
                            {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(12)]
@@ -170,7 +170,7 @@ def test_user_conversations_from_jsonl(private_home: Path, tmp_path: Path, capsy
     assert list(details["stages"]) == ["gpt2-code+mpt-math"]
 
 
-def test_bad_input_is_one_line_exit_2(private_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_bad_input_is_one_line_exit_2(private_home: Path, tmp_path: Path, capsys) -> None:
     db = str(tmp_path / "bench.db")
     assert bench("run", "--fuser", "fusechat", "--sources", "zoo:gpt2-code", "--db", db, *SUITE) == 2
     assert "at least one source besides the pivot" in capsys.readouterr().err

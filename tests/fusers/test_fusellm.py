@@ -21,7 +21,7 @@ TINY = {"steps": 3, "batch_size": 2, "seq_len": 48, "corpus_chars": 4_000, "top_
 
 
 @pytest.fixture(autouse=True)
-def _one_core():  # noqa: ANN202
+def _one_core():
     from tests.fusers.test_distill import one_core
 
     with one_core():
@@ -58,7 +58,7 @@ def test_effective_settings_follow_reference_compat() -> None:
         "block", True, "current", "first", "reference", "fallback")
 
 
-def test_bench_run_fusellm_scores_fused_target_and_sources(home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_bench_run_fusellm_scores_fused_target_and_sources(home: Path, tmp_path: Path, capsys) -> None:
     db = tmp_path / "bench.db"
     sets = [x for key, value in TINY.items() for x in ("--set", f"fuser.{key}={value}")]
     code = bench("run", "--fuser", "fusellm", "--db", str(db), *sets,
@@ -151,7 +151,7 @@ def test_missing_sources_is_a_bench_error() -> None:
         FuseLLM().fuse([], None, FuseLLM.Config(), None)  # type: ignore[arg-type]
 
 
-def test_bench_run_processes_2_matches_one_process(home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_bench_run_processes_2_matches_one_process(home: Path, tmp_path: Path, capsys) -> None:
     """`bench run --processes 2` trains under accelerate launch (gloo on CPU) and gives the 1-process model."""
     import torch
     from safetensors.torch import load_file
@@ -177,6 +177,6 @@ def test_bench_run_processes_2_matches_one_process(home: Path, tmp_path: Path, c
     assert run["status"] == "ok" and json.loads(run["config"])["processes"] == 2
 
 
-def test_processes_refused_for_single_process_fusers(home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_processes_refused_for_single_process_fusers(home: Path, tmp_path: Path, capsys) -> None:
     assert bench("run", "--fuser", "merge", "--processes", "2", "--db", str(tmp_path / "x.db")) == 2
     assert "runs in one process" in capsys.readouterr().err

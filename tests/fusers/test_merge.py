@@ -12,14 +12,14 @@ from harness.api import EvalContext, FuseContext
 from harness.errors import BenchError
 
 
-def _fuse(refs, tmp_path, sources, target=None, **args):  # noqa: ANN001, ANN202
+def _fuse(refs, tmp_path, sources, target=None, **args):
     out = tmp_path / "out"
     out.mkdir(parents=True)
     cfg = Merge.Config(**args)
     return Merge().fuse([refs[s] for s in sources], refs[target] if target else None, cfg, FuseContext(out_dir=out))
 
 
-def _weights(path):  # noqa: ANN001, ANN202
+def _weights(path):
     return load_file(str(path / "model.safetensors"))
 
 
@@ -70,7 +70,7 @@ def test_task_arithmetic_with_mean_weights_equals_linear(refs, tmp_path):
         assert torch_close(a[name], b[name]), name
 
 
-def torch_close(x, y) -> bool:  # noqa: ANN001
+def torch_close(x, y) -> bool:
     import torch
 
     return torch.allclose(x, y, atol=1e-6, rtol=0)

@@ -236,7 +236,7 @@ def test_merge_state_dicts_with_the_registered_methods():
     torch.nn.Linear(6, 4).load_state_dict(merged)
 
 
-def _tiny_llama(seed: int):  # noqa: ANN202
+def _tiny_llama(seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)

@@ -51,12 +51,12 @@ class FakeTokenizer:
     def get_vocab(self) -> dict[str, int]:
         return dict(self._vocab)
 
-    def convert_ids_to_tokens(self, ids):  # noqa: ANN001, ANN201
+    def convert_ids_to_tokens(self, ids):
         inv = {i: p for p, i in self._vocab.items()}
         return inv.get(ids) if isinstance(ids, int) else [inv.get(i) for i in ids]
 
 
-def dense_reference(n_pivot: int, n_source: int, texts) -> np.ndarray:  # noqa: ANN001
+def dense_reference(n_pivot: int, n_source: int, texts) -> np.ndarray:
     """FuseChat stage 1: ``C[pivot id at i, source ids aligned to i] += 1`` with numpy fancy indexing."""
     c = np.zeros((n_pivot, n_source))
     for lists, pivot_ids, source_ids in texts:
@@ -65,7 +65,7 @@ def dense_reference(n_pivot: int, n_source: int, texts) -> np.ndarray:  # noqa: 
     return c
 
 
-def random_texts(rng: np.random.Generator, n_pivot: int, n_source: int, n_texts: int):  # noqa: ANN201
+def random_texts(rng: np.random.Generator, n_pivot: int, n_source: int, n_texts: int):
     """Random monotone-ish alignments with small id ranges, so ids repeat within one position's list."""
     out = []
     for _ in range(n_texts):
@@ -136,7 +136,7 @@ def test_counts_validate_and_update() -> None:
         counts.update(CoAlignmentCounts(4, 3))
 
 
-def test_save_load_round_trip(tmp_path) -> None:  # noqa: ANN001
+def test_save_load_round_trip(tmp_path) -> None:
     rng = np.random.default_rng(1)
     counts = CoAlignmentCounts(50, 70, fold_every=16)
     for _ in range(20):
@@ -339,7 +339,7 @@ def test_ms_vocab_map_equals_reference_loop(seed: int, weighting: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def tokenizers():  # noqa: ANN201
+def tokenizers():
     from tests.fusers.conftest import bpe_tokenizer, corpus, unigram_tokenizer
 
     code, docs = corpus()
@@ -347,7 +347,7 @@ def tokenizers():  # noqa: ANN201
     return bpe_tokenizer(texts, 300), unigram_tokenizer(texts, 200), texts
 
 
-def test_count_corpus_equals_chunk_by_chunk_and_feeds_map_distribution(tokenizers) -> None:  # noqa: ANN001
+def test_count_corpus_equals_chunk_by_chunk_and_feeds_map_distribution(tokenizers) -> None:
     from fusers.align import surface_vocab_map
     from fusers.distill import ChunkEncoder, TextChunk
 

@@ -22,7 +22,7 @@ SUITE = ["--suite", "perplexity", "--set", "perplexity.max_docs=2", "--set", "pe
 
 
 @pytest.fixture(autouse=True)
-def _one_core():  # noqa: ANN202
+def _one_core():
     from tests.fusers.test_distill import one_core
 
     with one_core():
@@ -37,7 +37,7 @@ class PrefersSource:
     def __init__(self, k: int):
         self.k = k
 
-    def score(self, prompts, responses, references):  # noqa: ANN001, ANN201
+    def score(self, prompts, responses, references):
         return [1.0 if r.startswith(f"[{self.k}]") else 0.0 for r in responses]
 
 
@@ -75,7 +75,7 @@ def test_prompts_the_rewards_cannot_tell_apart_are_left_out() -> None:
     assert winners == [0, 0] and [c.response for c in chosen] == ["[1] x", "[1] y"] and len(votes) == 3
 
 
-def test_config_validation(monkeypatch) -> None:  # noqa: ANN001
+def test_config_validation(monkeypatch) -> None:
     assert ProFuser.Config().schedule == "two_stage" and ProFuser.Config().rewards == ["math_steps"]
     monkeypatch.delenv("BENCH_ALLOW_CODE_EXEC", raising=False)
     for bad in ({"rewards": ["vibes"]}, {"rewards": []}, {"inference_steps": 0, "training_steps": 0},
@@ -90,7 +90,7 @@ def test_config_validation(monkeypatch) -> None:  # noqa: ANN001
 
 @pytest.mark.parametrize("schedule", ["two_stage", "linear_mix"])
 def test_bench_run_profuser_records_wins_per_mode_and_the_schedule(private_home: Path, tmp_path: Path, reward_model,
-                                                                  schedule: str, capsys) -> None:  # noqa: ANN001
+                                                                  schedule: str, capsys) -> None:
     db = tmp_path / "bench.db"
     sets = [x for key, value in TINY.items() for x in ("--set", f"fuser.{key}={value}")]
     code = bench("run", "--fuser", "profuser", "--db", str(db), *sets, "--set", f"schedule={schedule}",
@@ -121,7 +121,7 @@ def test_bench_run_profuser_records_wins_per_mode_and_the_schedule(private_home:
 
 
 def test_profuser_trains_on_whole_conversations_in_both_modes(private_home: Path, tmp_path: Path, reward_model,
-                                                              monkeypatch, capsys) -> None:  # noqa: ANN001
+                                                              monkeypatch, capsys) -> None:
     """Inference-mode dialogues (a source's rewarded answer) and training-mode ones alike: one per sequence."""
     from harness.model import load_hf, resolve
     from tests.fusers.conftest import TrainedSequences
@@ -160,7 +160,7 @@ def test_data_rows_become_prompts_ground_truth_and_documents(tmp_path: Path) -> 
     from harness.api import FuseContext
     from harness.model import ModelRef
 
-    def data_of(path: Path, **cfg):  # noqa: ANN003, ANN202
+    def data_of(path: Path, **cfg):
         refs = [ModelRef("zoo:a", "hub"), ModelRef("zoo:b", "hub")]
         run = _Run(ProFuser.Config(data=str(path), **cfg), refs, None, FuseContext(out_dir=tmp_path, seed=0))
         return (*run._data(), run.prompt_source)
@@ -180,7 +180,7 @@ def test_data_rows_become_prompts_ground_truth_and_documents(tmp_path: Path) -> 
 
 
 def test_profuser_trains_on_your_conversations_and_text(private_home: Path, tmp_path: Path, reward_model,
-                                                        monkeypatch, capsys) -> None:  # noqa: ANN001
+                                                        monkeypatch, capsys) -> None:
     """Conversations from the data answer in inference mode and are ground truth in training mode; its text rows
     are trained too, one piece per sequence, the loss on all of it."""
     from harness.model import load_hf, resolve

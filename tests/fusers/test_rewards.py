@@ -32,7 +32,7 @@ from tests.harness.test_judge import ListJudge, serving
 class Scripted:
     """A reward that scores each response with a function of (prompt, response)."""
 
-    def __init__(self, name: str, fn) -> None:  # noqa: ANN001
+    def __init__(self, name: str, fn) -> None:
         self.name = name
         self.fn = fn
         self.calls = 0
@@ -179,7 +179,7 @@ def test_code_reward_needs_tests() -> None:
 
 
 @pytest.fixture(scope="module")
-def reward_models(tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
+def reward_models(tmp_path_factory) -> dict[str, Path]:
     import torch
     from transformers import (
         GPT2Config,
@@ -231,7 +231,7 @@ RESPONSES = [" 2 + 2 = 4. The answer is 4.", "def f():\n    return 1\n", " Hello
 
 
 @pytest.mark.parametrize("which", ["gpt2", "llama3", "nopad"])
-def test_reward_model_batching_equals_one_by_one(reward_models, which: str) -> None:  # noqa: ANN001
+def test_reward_model_batching_equals_one_by_one(reward_models, which: str) -> None:
     batched = RewardModelReward(str(reward_models[which]), batch_size=4)
     single = RewardModelReward(str(reward_models[which]), batch_size=1)
     refs = [None] * len(PROMPTS)
@@ -245,7 +245,7 @@ def test_reward_model_batching_equals_one_by_one(reward_models, which: str) -> N
     assert len(set(round(x, 6) for x in a)) > 1  # the texts are told apart
 
 
-def test_reward_model_reads_the_right_logit_and_template(reward_models) -> None:  # noqa: ANN001
+def test_reward_model_reads_the_right_logit_and_template(reward_models) -> None:
     import torch
 
     reward = RewardModelReward(str(reward_models["llama3"]))
@@ -263,7 +263,7 @@ def test_reward_model_reads_the_right_logit_and_template(reward_models) -> None:
     assert plain.score(["Q: 1+1?\nA:"], [" 2"], [None]) == pytest.approx([logit], abs=1e-6)
 
 
-def test_reward_model_truncates_long_texts_on_the_left(reward_models) -> None:  # noqa: ANN001
+def test_reward_model_truncates_long_texts_on_the_left(reward_models) -> None:
     reward = RewardModelReward(str(reward_models["gpt2"]), batch_size=2)  # n_positions 64
     long = "word " * 200
     scores = reward.score(["p", long], [" short", long + " end"], [None, None])
@@ -271,7 +271,7 @@ def test_reward_model_truncates_long_texts_on_the_left(reward_models) -> None:  
     assert len(reward.encode(long)) == 64
 
 
-def test_reward_model_spec_and_bad_paths(reward_models, tmp_path) -> None:  # noqa: ANN001
+def test_reward_model_spec_and_bad_paths(reward_models, tmp_path) -> None:
     reward = make_reward(f"reward_model:{reward_models['gpt2']}", batch_size=3)
     assert isinstance(reward, RewardModelReward) and reward.batch_size == 3 and reward.name == "reward_model"
     with pytest.raises(BenchError, match="needs a model path"):
@@ -283,7 +283,7 @@ def test_reward_model_spec_and_bad_paths(reward_models, tmp_path) -> None:  # no
 # --- judge --------------------------------------------------------------------------------------
 
 
-def test_judge_reward_ratings_and_unrated_answers(caplog) -> None:  # noqa: ANN001
+def test_judge_reward_ratings_and_unrated_answers(caplog) -> None:
     judge = ListJudge(["Fine. Rating: [[8]]", "I cannot say.", "Rating: [[3.5]]"])
     reward = JudgeReward(judge)
     scores = reward.score(["p1", "p2", "p3"], ["a1", "a2", "a3"], [None, None, "the reference"])
@@ -302,7 +302,7 @@ def test_judge_reward_repeats_average() -> None:
 
 
 def test_judge_reward_over_http_votes_for_the_better_answer() -> None:
-    def reply(body):  # noqa: ANN001, ANN202
+    def reply(body):
         user = next(m["content"] for m in body["messages"] if m["role"] == "user")
         reply_text = user.split("=== Assistant reply ===")[1]
         return "Rating: [[9]]" if "good" in reply_text else "Rating: [[2]]"

@@ -49,7 +49,7 @@ class FakeLM:
         self.quality = quality
 
 
-def load(ev) -> FakeLM:  # noqa: ANN001 - replaces harness.runner._load in tests
+def load(ev) -> FakeLM:  # replaces harness.runner._load in tests
     if ev.runtime is not None:
         return ev.runtime()
     return FakeLM(json.loads((ev.path / "config.json").read_text())["quality"])
@@ -65,7 +65,7 @@ class FakeAverage(Fuser):
         fail: bool = False
         stages: bool = False  # also return one stage model per source (as FuseChat's pairwise targets)
 
-    def fuse(self, sources, target, cfg, ctx):  # noqa: ANN001
+    def fuse(self, sources, target, cfg, ctx):
         _called("fuse")
         if cfg.fail:
             raise RuntimeError("fuser exploded")
@@ -88,7 +88,7 @@ class FakeSuite(Suite):
         model_config = ConfigDict(extra="forbid")
         items: int = 3
 
-    def evaluate(self, lm, cfg, ctx):  # noqa: ANN001
+    def evaluate(self, lm, cfg, ctx):
         _called("evaluate")
         # as real suites do (perplexity's data files, humaneval's sandbox): work in ctx.workdir, read it back
         scratch = Path(ctx.workdir) / "quality.json"

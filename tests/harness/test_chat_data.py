@@ -20,7 +20,7 @@ class FakeTokenizer:
     def __init__(self, template: str | None = TEMPLATE):
         self.chat_template = template
 
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):  # noqa: ANN001, ANN201
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
         import jinja2
 
         return jinja2.Template(self.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt)
@@ -31,7 +31,7 @@ def conversations() -> list[C.Conversation]:
     return C.default_conversations(90, seed=3)
 
 
-def test_default_corpus_is_deterministic_balanced_and_short(conversations) -> None:  # noqa: ANN001
+def test_default_corpus_is_deterministic_balanced_and_short(conversations) -> None:
     again = C.default_conversations(90, seed=3)
     assert [c.messages for c in again] == [c.messages for c in conversations]
     assert [c.messages for c in C.default_conversations(90, seed=4)] != [c.messages for c in conversations]
@@ -45,7 +45,7 @@ def test_default_corpus_is_deterministic_balanced_and_short(conversations) -> No
         C.default_conversations(3, domains=("poetry",))
 
 
-def test_math_references_are_the_answers_and_code_answers_omit_the_docstring(conversations) -> None:  # noqa: ANN001
+def test_math_references_are_the_answers_and_code_answers_omit_the_docstring(conversations) -> None:
     for c in conversations:
         if c.domain == "math":
             assert c.response.endswith(f"The answer is {c.reference}.")
@@ -85,7 +85,7 @@ def test_render_spans_slice_the_answers_with_the_end_of_turn_marker() -> None:
     assert C.with_response(quoted, "no").messages[-1] == C.Message("assistant", "no")
 
 
-def test_jsonl_round_trip_in_both_styles(tmp_path: Path, conversations) -> None:  # noqa: ANN001
+def test_jsonl_round_trip_in_both_styles(tmp_path: Path, conversations) -> None:
     path = C.save_conversations(conversations[:9], tmp_path / "c.jsonl")
     loaded = C.load_conversations(path)
     assert [(c.id, c.messages, c.domain, c.reference) for c in loaded] == [

@@ -42,7 +42,7 @@ def bbh_samples(correct: dict[str, list[int]]) -> list[dict[str, Any]]:
              "metrics": {"exact_match": float(c)}} for task, values in correct.items() for i, c in enumerate(values)]
 
 
-def compare_json(db: str, *args: str, capsys) -> dict[str, Any]:  # noqa: ANN001
+def compare_json(db: str, *args: str, capsys) -> dict[str, Any]:
     capsys.readouterr()
     assert bench("compare", *args, "--db", db, "--format", "json", "--resamples", "2000") == 0
     return json.loads(capsys.readouterr().out)
@@ -194,7 +194,7 @@ def test_a_model_means_its_newest_run_with_samples(db, capsys):
     assert result["b"]["run"] == newest and result["rows"][0]["difference"] == 1.0
 
 
-def _one_line_error(capsys, *argv: str) -> str:  # noqa: ANN001
+def _one_line_error(capsys, *argv: str) -> str:
     capsys.readouterr()
     assert bench("compare", *argv) == 2
     captured = capsys.readouterr()

@@ -51,7 +51,7 @@ class FakeJudgeServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:  # http.server's naming
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 with server.lock:
                     server.requests.append(body)
@@ -161,7 +161,7 @@ class ListJudge:
         self.replies = list(replies)
         self.seen: list[list[dict[str, str]]] = []
 
-    def complete(self, conversations):  # noqa: ANN001, ANN201
+    def complete(self, conversations):
         self.seen += conversations
         return [self.replies.pop(0) for _ in conversations]
 
@@ -230,7 +230,7 @@ def test_concurrent_requests_keep_order(serve) -> None:
 def test_retry_after_500_then_200(serve) -> None:
     calls = []
 
-    def reply(body):  # noqa: ANN001, ANN202
+    def reply(body):
         calls.append(1)
         return (500, '{"error": {"message": "overloaded"}}') if len(calls) == 1 else "Rating: [[6]]"
 
@@ -243,7 +243,7 @@ def test_retry_after_500_then_200(serve) -> None:
 def test_retry_on_429_with_retry_after(serve) -> None:
     calls = []
 
-    def reply(body):  # noqa: ANN001, ANN202
+    def reply(body):
         calls.append(1)
         return (429, "{}", {"Retry-After": "0"}) if len(calls) < 3 else "[[4]]"
 
@@ -273,7 +273,7 @@ def test_a_failing_batch_stops_early(serve) -> None:
 def test_timeout_is_retried(serve) -> None:
     calls = []
 
-    def reply(body):  # noqa: ANN001, ANN202
+    def reply(body):
         calls.append(1)
         if len(calls) == 1:
             time.sleep(0.6)

@@ -24,7 +24,7 @@ def scored(store: Store, values: dict[str, tuple[float, float | None]], *, name:
     return run_id
 
 
-def show(db: str, fmt: str, capsys) -> str:  # noqa: ANN001
+def show(db: str, fmt: str, capsys) -> str:
     capsys.readouterr()
     assert bench("leaderboard", "--db", db, "--format", fmt) == 0
     return capsys.readouterr().out

@@ -63,7 +63,7 @@ class _WrittenToTheContract:
     class Config(BaseModel):
         pass
 
-    def fuse(self, sources, target, cfg, ctx):  # noqa: ANN001, ANN201
+    def fuse(self, sources, target, cfg, ctx):
         return FusionResult(path=ctx.out_dir)
 
 

@@ -13,7 +13,7 @@ from harness.store import Store
 from tests.conftest import bench
 
 
-def _eval_run(build=lambda: build_eval_config(suites=["fakesuite"], sets=None, limit=None, name="s")):  # noqa: ANN001, ANN202
+def _eval_run(build=lambda: build_eval_config(suites=["fakesuite"], sets=None, limit=None, name="s")):
     return NewRun("eval", "s", {"models": ["m"]}, build, {"sources": ["m"]})
 
 

@@ -64,7 +64,7 @@ def test_bad_files_are_one_line_errors(tmp_path: Path, content: str | bytes, mes
         load_documents(tmp_path / "missing", 10)
 
 
-def test_fusellm_trains_on_your_text(private_home: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_fusellm_trains_on_your_text(private_home: Path, tmp_path: Path, capsys) -> None:
     import sqlite_utils
 
     from tests.conftest import bench
