@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from abc import ABC, abstractmethod
+from abc import ABC, ABCMeta, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +181,7 @@ class Fuser(ABC):
     ) -> FusionResult: ...
 
 
-def missing_attributes(plugin: type, contract: type) -> list[str]:
+def missing_attributes(plugin: type, contract: ABCMeta) -> list[str]:
     """What the class ``plugin`` lacks of ``contract`` (:class:`Fuser`, :class:`Suite`): the attributes declared there
     without a default, and the abstract methods."""
     declared = [a for a in contract.__annotations__ if not hasattr(contract, a)]

@@ -252,7 +252,9 @@ def _run_fusions(store: Store, opening: NewRun | Resume, raw: dict[str, Any],
     typer.echo(f"run {first_id} ok")
     for position, seed in enumerate(spec.seeds[1:], start=2):
         one = _seed_spec(spec, seed)
-        seed_run = NewRun("run", one.name, {**raw, "seed": seed}, lambda one=one: one, {"group_id": first_id})
+        # mypy cannot type a lambda with a default argument (one=one binds this iteration's spec)
+        seed_run = NewRun("run", one.name, {**raw, "seed": seed}, lambda one=one: one,  # type: ignore[misc]
+                          {"group_id": first_id})
         with run_session(store, seed_run, recording.opened) as run:
             typer.echo(f"seed {seed} ({position}/{len(spec.seeds)}): run {run.id}")
             run_fusion(run)
@@ -612,9 +614,10 @@ def skills(
         console.print(Text(line), soft_wrap=True)
 
 
-def _click_exception_types(name: str) -> tuple[type[BaseException], ...]:
+def _click_exception_types(name: str) -> tuple[type[Any], ...]:
     """Click's exception class ``name`` and its twin in the copy of click that recent typer releases carry
-    (``typer._click``): that copy's exceptions do not derive from click's, so both must be caught."""
+    (``typer._click``): that copy's exceptions do not derive from click's, so both must be caught (and are typed Any:
+    the two share attributes, not a class)."""
     modules = [click.exceptions]
     with contextlib.suppress(ImportError):
         import typer._click.exceptions as vendored
@@ -640,9 +643,9 @@ def main(argv: list[str] | None = None) -> None:
     except BenchError as e:
         click.echo(f"error: {e.one_line()}", err=True)
         sys.exit(2)
-    except (*_click_exception_types("Exit"), typer.Exit) as e:
+    except _click_exception_types("Exit") + (typer.Exit,) as e:
         sys.exit(e.exit_code)
-    except (*_click_exception_types("Abort"), typer.Abort):
+    except _click_exception_types("Abort") + (typer.Abort,):
         click.echo("aborted", err=True)
         sys.exit(130)
     except _click_exception_types("NoArgsIsHelpError") as e:  # `bench` or `bench zoo` alone: the help text

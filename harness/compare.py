@@ -361,9 +361,10 @@ def compare_suite(store: Store, pairs: list[tuple[Side, Side]], suite: str, *,
              f"(the sign-flip test's smallest p is 2/2^{r.diff.n})"
              for r in rows if r.diff.n * math.log(2) <= math.log(2 / (1 - r.diff.level))]
     if suite == "mtbench":
-        overall = [_questions(units_a, units_b, keys_by_task) for _, units_a, units_b in per_seed]
-        if all(o is not None for o in overall):
-            rows.append(row("overall", [[o] for o in overall], None, sum(dropped.values())))
+        questions = [_questions(units_a, units_b, keys_by_task) for _, units_a, units_b in per_seed]
+        overall = [[q] for q in questions if q is not None]
+        if len(overall) == len(questions):
+            rows.append(row("overall", overall, None, sum(dropped.values())))
         _, units_a, units_b = per_seed[0]
         notes += _judge_notes(units_a, units_b, keys_by_task)
     return rows, notes
@@ -386,7 +387,7 @@ def _seed_units(store: Store, a: Side, b: Side, suite: str, metric: str) -> tupl
 def _paired(units_a: Units, units_b: Units, keys: list[tuple[str, Any]]) -> stats.Paired:
     a = [units_a.values[k] for k in keys]
     b = [units_b.values[k] for k in keys]
-    return stats.Paired([x for x, _ in a], [x for x, _ in b], [d for _, d in a], [d for _, d in b])
+    return stats.Paired.ratios([x for x, _ in a], [x for x, _ in b], [d for _, d in a], [d for _, d in b])
 
 
 def _questions(units_a: Units, units_b: Units, keys_by_task: dict[str, list[Any]]) -> stats.Paired | None:

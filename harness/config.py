@@ -27,13 +27,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.api import Fuser, Suite
 from harness.errors import BenchError, did_you_mean, read_text
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 DEFAULT_SUITES = ["perplexity"]
 MAX_SEED = 2**32 - 1  # numpy.random.seed's upper bound
@@ -122,7 +125,7 @@ class RunConfig(BaseModel):
         evaluated once and every seed's fused model is scored on the same samples."""
         return self.seed if self.eval_seed is None else self.eval_seed
 
-    def for_seed(self, seed: int) -> RunConfig:
+    def for_seed(self, seed: int) -> Self:
         """The config of one run of this seed group."""
         return self.model_copy(update={"seed": seed, "seeds": [], "eval_seed": self.seeds[0] if self.seeds else None})
 

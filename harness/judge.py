@@ -282,7 +282,7 @@ class LocalJudge:
 def starts_with_bos(tok: Any, text: str) -> bool:
     """Chat templates often write the BOS token themselves; adding another one hurts the model."""
     bos = getattr(tok, "bos_token", None)
-    return bool(bos) and text.startswith(bos)
+    return bool(bos and text.startswith(bos))
 
 
 # --- construction -------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def _column_rank(column: Column) -> tuple[Any, ...]:
     from harness.registry import SUMMARY_TASKS
 
     suite = (SUITE_ORDER.index(column.suite), "") if column.suite in SUITE_ORDER else (len(SUITE_ORDER), column.suite)
-    summary = SUMMARY_TASKS.get(column.suite, [])
+    summary = SUMMARY_TASKS.get(column.suite, ())
     task = (summary.index(column.task), 0, "") if column.task in summary else (len(summary), *task_rank(column.task))
     return suite, column.version, task, column.metric
 

@@ -333,7 +333,8 @@ def load_hf(ref: ModelRef, dtype: str | None = None) -> tuple[PreTrainedModel, P
         raise BenchError(f"cannot load the weights of model {ref.spec!r}: {_first_line(e)}",
                          f"its files are damaged; {_damaged_fix(ref.spec)}") from e
     model.eval()
-    return model.to(where.device_name), tok
+    # transformers wraps Module.to in functools.wraps, whose typing mypy cannot bind to the instance
+    return model.to(where.device_name), tok  # type: ignore[arg-type]
 
 
 def _first_line(e: BaseException) -> str:

@@ -326,12 +326,12 @@ class PairedNoise:
         """The paired standard error of ``row``'s difference between the runs, or None when it cannot be paired."""
         from harness.registry import PRIMARY_METRIC
 
-        ids = b.model_ids.get(row.model_key), c.model_ids.get(row.model_key)
-        if PRIMARY_METRIC.get(row.suite) != row.metric or None in ids:
+        model_b, model_c = b.model_ids.get(row.model_key), c.model_ids.get(row.model_key)
+        if PRIMARY_METRIC.get(row.suite) != row.metric or model_b is None or model_c is None:
             return None
-        key = (b.meta["id"], ids[0], c.meta["id"], ids[1], row.suite)  # type: ignore[assignment]
+        key = (b.meta["id"], model_b, c.meta["id"], model_c, row.suite)
         if key not in self._cache:
-            self._cache[key] = self._suite(key)  # type: ignore[arg-type]
+            self._cache[key] = self._suite(key)
         return self._cache[key].get(row.task)
 
     def _suite(self, key: tuple[str, str, str, str, str]) -> dict[str, float]:

@@ -133,7 +133,8 @@ def run_score(run: RunSession, predictions: str) -> None:
     import hashlib
 
     (suite_name,), ((suite_cls, suite_cfg),) = run.spec.suites, run.spec.suite_plans
-    if suite_cls.score_predictions is None:
+    score_predictions = suite_cls().score_predictions
+    if score_predictions is None:
         raise BenchError(f"suite {suite_name} cannot score external predictions", "use bbh, humaneval or humaneval-mini")
     path = Path(predictions)
     if not path.is_file():
@@ -145,7 +146,7 @@ def run_score(run: RunSession, predictions: str) -> None:
     workdir = paths.cache_dir() / "work" / f"score-{run.id}"
     with run.timings.stage(f"score:{suite_name}"):
         try:
-            result = suite_cls().score_predictions(path, suite_cfg, workdir)
+            result = score_predictions(path, suite_cfg, workdir)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     key = stable_hash(digest, suite_cls.name, suite_cls.version, suite_cfg.model_dump(mode="json"))
@@ -348,6 +349,7 @@ def _fuse_in_processes(cfg: RunSpec, fuser_cfg: BaseModel, sources: list[ModelRe
 
     from harness.fuse_worker import RESULT_FILE, write_spec
 
+    assert cfg.fuser is not None, "a fusion run names its fuser"
     out_dir = ctx.out_dir
     spec = out_dir.parent / f".spec-{out_dir.name}.json"
     write_spec(spec, fuser=cfg.fuser, config=fuser_cfg.model_dump(mode="json"), sources=sources, target=target,

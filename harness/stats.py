@@ -255,12 +255,12 @@ def _chunks(total: int, n_units: int) -> list[tuple[int, int]]:
     return [(start, min(size, total - start)) for start in range(0, total, size)]
 
 
-def _bootstrap(seeds: list[list[Paired]], w: np.ndarray, count: int, shared: bool,
+def _bootstrap(seeds: Sequence[Sequence[Paired]], w: np.ndarray, count: int, shared: bool,
                rng: np.random.Generator) -> np.ndarray:
     """``count`` bootstrap replicates of the seed-averaged weighted Δ."""
     n_seeds = len(seeds)
     if n_seeds == 1:
-        return sum(wi * _resampled(p, count, rng) for wi, p in zip(w, seeds[0], strict=True))  # type: ignore[return-value]
+        return sum(wi * _resampled(p, count, rng) for wi, p in zip(w, seeds[0], strict=True))
     if shared:
         # One draw of units per replicate, applied to every seed; per-seed Δ* (count, S), then averaged over
         # a multinomial draw of seeds (a seed drawn twice counts twice: same units, same Δ*).
@@ -305,7 +305,7 @@ def _random_bits(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
     return np.unpackbits(raw, count=rows * n).reshape(rows, n)
 
 
-def _sign_flips(seeds: list[list[Paired]], w: np.ndarray, count: int, shared: bool,
+def _sign_flips(seeds: Sequence[Sequence[Paired]], w: np.ndarray, count: int, shared: bool,
                 rng: np.random.Generator) -> np.ndarray:
     """``count`` values of the seed-averaged weighted Δ with A and B swapped on a random half of the units."""
     total = np.zeros(count)

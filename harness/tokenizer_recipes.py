@@ -100,6 +100,7 @@ def wrap(raw: Tokenizer) -> PreTrainedTokenizerFast:
 def _train_raw(recipe: TokenizerRecipe, texts: list[str]) -> Tokenizer:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+    trainer: trainers.Trainer
     if recipe.kind == "bytebpe":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -232,25 +232,26 @@ def trunc(text: str, n: int) -> str:
 
 def hbar_chart(title: str, bars: list[tuple[str, float | None, float | None, str, bool]], axis_label: str) -> HBarChart:
     """Horizontal bars (label, value, error, colour, emphasised) with whiskers."""
-    bars = [b for b in bars if b[1] is not None and math.isfinite(b[1])]
+    shown = [(label, value, err, color, strong) for label, value, err, color, strong in bars
+             if value is not None and math.isfinite(value)]
     left, top, row_h, width = 190, 34, 26, 640
     plot_w = width - left - 80  # 80 px on the right for the value labels
-    bottom = top + row_h * max(1, len(bars))
-    ends = [b[1] + (b[2] or 0) for b in bars] + [b[1] for b in bars]  # type: ignore[operator]
+    bottom = top + row_h * max(1, len(shown))
+    ends = [b[1] + (b[2] or 0) for b in shown] + [b[1] for b in shown]
     ticks = nice_ticks(min([0.0, *ends]), max([0.0, *ends]))
     lo, hi = ticks[0], ticks[-1]
     x = lambda v: left + (v - lo) / (hi - lo) * plot_w  # noqa: E731
     laid = []
-    for i, (label, value, err, color, strong) in enumerate(bars):
+    for i, (label, value, err, color, strong) in enumerate(shown):
         y = top + i * row_h
-        x0, x1 = x(max(lo, 0.0)), x(value)  # type: ignore[arg-type]
+        x0, x1 = x(max(lo, 0.0)), x(value)
         whisker = None
         if err:
-            a, b = x(value - err), x(value + err)  # type: ignore[operator]
+            a, b = x(value - err), x(value + err)
             ym = y + row_h / 2
             whisker = f"M{a:.1f},{ym:.1f}H{b:.1f}M{a:.1f},{ym - 4:.1f}V{ym + 4:.1f}M{b:.1f},{ym - 4:.1f}V{ym + 4:.1f}"
-        text_x = max(x1, x((value + err) if err else value)) + 6  # type: ignore[operator]
-        laid.append(HBar(label, value, err, color, strong, y, min(x0, x1), abs(x1 - x0), text_x, whisker))  # type: ignore[arg-type]
+        text_x = max(x1, x((value + err) if err else value)) + 6
+        laid.append(HBar(label, value, err, color, strong, y, min(x0, x1), abs(x1 - x0), text_x, whisker))
     return HBarChart(title, width, bottom + 44, ERROR_BARS, left=left, top=top, row_h=row_h, bottom=bottom,
                      axis_x=x(max(lo, 0.0)),
                      axis_label=axis_label, label_x=left + plot_w / 2,

@@ -92,7 +92,7 @@ def select_runs(store: Store, refs: list[str] | None) -> list[dict[str, Any]]:
     """The runs given (ids or names), else the newest ok run of each run name; unnamed runs are told
     apart by their run hash (fusion runs) or kind + models + config (eval and score runs)."""
     if refs:
-        chosen = {}
+        chosen: dict[str, dict[str, Any]] = {}
         for ref in refs:
             run = store.find_run(ref)
             chosen.setdefault(run["id"], run)
@@ -356,10 +356,13 @@ class SuiteSection:
     @property
     def best(self) -> dict[str, float]:
         """task -> the best value of the primary metric."""
-        out = {}
+        out: dict[str, float] = {}
+        if self.metric is None:
+            return out
         for t in self.tasks:
-            values = [en.cells[(t, self.metric)].value for en in self.entries if (t, self.metric) in en.cells]  # type: ignore[index]
-            values = [v for v in values if v is not None]
+            key = (t, self.metric)
+            scores = [en.cells[key].value for en in self.entries if key in en.cells]
+            values = [v for v in scores if v is not None]
             if values:
                 out[t] = max(values) if self.higher_is_better else min(values)
         return out

@@ -457,7 +457,7 @@ def _exit_reason(status: int) -> str:
 
 
 def _signal_reason(signum: int) -> str:
-    reasons = {signal.SIGXCPU: "cpu time limit exceeded (SIGXCPU)", signal.SIGKILL: "killed (SIGKILL)",
+    reasons: dict[int, str] = {signal.SIGXCPU: "cpu time limit exceeded (SIGXCPU)", signal.SIGKILL: "killed (SIGKILL)",
                signal.SIGSEGV: "crashed (SIGSEGV)", signal.SIGABRT: "aborted (SIGABRT)"}
     if signum in reasons:
         return reasons[signum]

@@ -36,7 +36,7 @@ MAX_DEPTH = 200
 #: Ints longer than this travel as hex: Python caps int <-> decimal conversion at 4,300 digits.
 _LONG_INT_BITS = 12_000
 #: Subclasses of these travel as the base type: a namedtuple as a tuple, a Counter as a dict, an IntEnum as an int.
-_PLAIN_BASES = (int, float, complex, str, bytes, bytearray, tuple, list, dict, set, frozenset)
+_PLAIN_BASES: tuple[type, ...] = (int, float, complex, str, bytes, bytearray, tuple, list, dict, set, frozenset)
 
 
 class NotPlainData(TypeError):
@@ -255,8 +255,9 @@ def serve_candidate(header, report, exit_now):
 def builtin_ancestor(kind):
     """The name of the nearest builtin exception class ``kind`` derives from (``Exception`` at worst)."""
     for ancestor in kind.__mro__:
-        if getattr(builtins, ancestor.__name__, None) is ancestor:
-            return ancestor.__name__
+        name = ancestor.__name__
+        if getattr(builtins, name, None) is ancestor:
+            return name
     return "Exception"
 
 
@@ -347,8 +348,8 @@ def rebuild_exception(base_name, type_name, message, where):
             error = None
     if error is None:
         error = SolutionError(message)
-    error.solution_type = type_name
-    error.solution_where = where
+    error.solution_type = type_name  # type: ignore[attr-defined]  # read by describe()
+    error.solution_where = where  # type: ignore[attr-defined]
     return error
 
 
@@ -570,7 +571,7 @@ class Kernel:
         """
         ctypes = self.ctypes
 
-        class MountAttr(ctypes.Structure):
+        class MountAttr(ctypes.Structure):  # type: ignore[name-defined]  # ctypes is loaded at run time
             _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
                         ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
@@ -618,7 +619,7 @@ class Kernel:
         ctypes = self.ctypes
         buffer = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *ins) for ins in program))
 
-        class SockFprog(ctypes.Structure):
+        class SockFprog(ctypes.Structure):  # type: ignore[name-defined]
             _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
         fprog = SockFprog(len(program), ctypes.cast(buffer, ctypes.c_void_p))

@@ -80,9 +80,9 @@ def watch(children: list[Child], output_fd: int, deadline: float, cap: int) -> t
                     if not _read_into(sel, key.fd, buffers[key.fd], caps[key.fd]) and verdict is None:
                         verdict = "output"
         finally:
-            for fd in pidfds:
-                if fd is not None:
-                    os.close(fd)
+            for pidfd in pidfds:
+                if pidfd is not None:
+                    os.close(pidfd)
     return verdict, bytes(output)
 
 

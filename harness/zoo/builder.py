@@ -25,7 +25,7 @@ from harness.zoo.presets import Preset, Recipe, check_member, get_preset, recipe
 
 if TYPE_CHECKING:
     import numpy as np
-    from transformers import PreTrainedModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 _TOKENIZER_DIR = ".tokenizers"
 
@@ -98,7 +98,7 @@ class _Builder:
         self.spec = spec
         self.zoo = zoo
         self.progress = progress
-        self._tokenizers: dict[str, PreTrainedTokenizerFast] = {}
+        self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
         self._encoded: dict[tuple[str, str], list[list[int]]] = {}  # (tokenizer, domain) -> docs, in order
 
     def build_member(self, recipe: Recipe, expected_hash: str) -> dict[str, Any]:
@@ -152,7 +152,7 @@ class _Builder:
         return card
 
     # tokenizers are trained once per recipe and kept under zoo/.tokenizers/NAME-HASH
-    def tokenizer(self, name: str) -> PreTrainedTokenizerFast:
+    def tokenizer(self, name: str) -> PreTrainedTokenizerBase:
         if name not in self._tokenizers:
             from transformers import AutoTokenizer
 
@@ -262,7 +262,7 @@ class _Builder:
         }
 
     def _save(
-        self, name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, card: dict
+        self, name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, card: dict
     ) -> None:
         """Write the member into a scratch folder, card last, then swap it in: a crash never leaves a
         half-written member that looks built."""
@@ -278,7 +278,7 @@ class _Builder:
             Console(file=sys.stderr).print(f"[dim]zoo:[/] {message}")
 
 
-def _model_config(recipe: Recipe, tokenizer: PreTrainedTokenizerFast):
+def _model_config(recipe: Recipe, tokenizer: PreTrainedTokenizerBase):
     """The transformers config of a from-scratch member: recipe kwargs plus the tokenizer's ids."""
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, MptConfig
 

@@ -78,7 +78,7 @@ def list_built() -> list[dict[str, Any]]:
     )
     cards = [c for c in cards if c.get("kind") != "external"]
     order = {name: i for i, name in enumerate(MEMBERS)}
-    return sorted(cards, key=lambda c: (order.get(c.get("name"), len(order)), c.get("name", "")))
+    return sorted(cards, key=lambda c: (order.get(c.get("name", ""), len(order)), c.get("name", "")))
 
 
 def list_all(preset: str | None = None) -> list[dict[str, Any]]:
