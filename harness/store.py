@@ -7,8 +7,9 @@ Tables (stable, documented columns; later migrations only add):
   scores      run, model, suite, task, metric -> value, stderr, n, higher_is_better, suite version
   samples     one row per evaluated example: prompt, raw output, extracted answer, target, metrics
 
-and views for reading (``run_members``, ``score_rows``, ``latest_ok_runs``: :func:`m007_read_views`). Every read of
-the DB goes through a :class:`Store` method: the SQL of FuseBench lives in this module.
+and views for reading (``run_members``, ``score_rows``, ``latest_ok_runs``), all made by the migrations in
+:mod:`harness.store_migrations`. Every read of the DB goes through a :class:`Store` method: the SQL of FuseBench lives
+in these two modules.
 
 Writes that belong together happen in one transaction, so a crash never leaves half of a model's
 suite results behind. A run row is closed as ``ok``, ``error`` or ``interrupted`` (Ctrl-C, SIGTERM); a process
@@ -36,175 +37,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
-from sqlite_utils import Migrations
 
 from harness.errors import BenchError
 from harness.jsonable import to_plain
 from harness.paths import file_lock
+from harness.store_migrations import MADE_ROLES, migrations
 
 if TYPE_CHECKING:
     import pandas as pd
 
-migrations = Migrations("fusebench")
-
 BUSY_TIMEOUT_S = 60.0  # how long a write waits for another process's write transaction to end
 HEARTBEAT_S = 30.0  # how often a working run stamps ``heartbeat_at``
 STALE_AFTER_S = 4 * HEARTBEAT_S  # a running run without a heartbeat for this long is stale, wherever it ran
-
-
-@migrations()
-def m001_initial(db: sqlite_utils.Database) -> None:
-    db["runs"].create(
-        {
-            "id": str, "name": str, "kind": str, "fuser": str, "sources": str, "target": str,
-            "config": str, "run_hash": str, "status": str, "error": str, "command": str,
-            "git_sha": str, "git_dirty": int, "versions": str, "host": str,
-            "started_at": str, "finished_at": str, "timings": str,
-        },
-        pk="id",
-    )
-    db["models"].create(
-        {
-            "id": str, "name": str, "kind": str, "ref": str, "path": str, "content_hash": str,
-            "fuser": str, "fuse_hash": str, "details": str, "created_at": str, "created_by_run": str,
-        },
-        pk="id",
-    )
-    db["run_models"].create({"run_id": str, "model_id": str, "role": str, "position": int}, pk=("run_id", "model_id"))
-    db["scores"].create(
-        {
-            "run_id": str, "model_id": str, "suite": str, "suite_version": str, "eval_key": str,
-            "task": str, "metric": str, "value": float, "stderr": float, "n": int,
-            "higher_is_better": int, "created_at": str,
-        },
-        pk=("run_id", "model_id", "suite", "task", "metric"),
-    )
-    db["samples"].create(
-        {
-            "run_id": str, "model_id": str, "suite": str, "task": str, "doc_id": int,
-            "prompt": str, "output": str, "extracted": str, "target": str, "metrics": str,
-        },
-        pk=("run_id", "model_id", "suite", "task", "doc_id"),
-    )
-    for table, fk_col, other in (
-        ("run_models", "run_id", "runs"), ("run_models", "model_id", "models"),
-        ("scores", "run_id", "runs"), ("scores", "model_id", "models"),
-        ("samples", "run_id", "runs"), ("samples", "model_id", "models"),
-    ):
-        db[table].add_foreign_key(fk_col, other, "id")
-    db["scores"].create_index(["suite", "task", "metric"])
-    db["runs"].create_index(["name"])
-
-
-@migrations()
-def m002_train_log(db: sqlite_utils.Database) -> None:
-    """Per-step training curves of fusers that train (FuseLLM, FuseChat, ...): one row per (step, curve)."""
-    db["train_log"].create({"run_id": str, "model_id": str, "step": int, "name": str, "value": float},
-                           pk=("run_id", "model_id", "name", "step"))
-    db["train_log"].add_foreign_key("run_id", "runs", "id")
-    db["train_log"].add_foreign_key("model_id", "models", "id")
-
-
-@migrations()
-def m003_score_precision(db: sqlite_utils.Database) -> None:
-    """What each score was computed in: ``dtype`` (float32, bfloat16 ...) and ``backend`` (hf-cpu, hf-cuda).
-    Earlier rows keep NULL (they were float32 on the CPU: FuseBench had no other placement then)."""
-    db["scores"].add_column("dtype", str)
-    db["scores"].add_column("backend", str)
-
-
-@migrations()
-def m004_run_liveness(db: sqlite_utils.Database) -> None:
-    """Whether a ``running`` run still runs: the ``pid`` and ``hostname`` of the process working on it and its
-    ``heartbeat_at`` (stamped every ``HEARTBEAT_S`` seconds); ``attempts``: how many times the run was started
-    (1, plus one per ``--resume``), over which ``timings`` are summed. Earlier rows keep NULL."""
-    db["runs"].add_column("pid", int)
-    db["runs"].add_column("hostname", str)
-    db["runs"].add_column("heartbeat_at", str)
-    db["runs"].add_column("attempts", int)
-
-
-@migrations()
-def m005_run_groups(db: sqlite_utils.Database) -> None:
-    """``group_id``: the runs of one ``bench run --seeds A,B,C`` share it (the id of the group's first run); NULL
-    for a run on its own."""
-    db["runs"].add_column("group_id", str)
-
-
-#: Roles of models a fuser made for the run; every other member (source, target, model) was named by the user.
-MADE_ROLES = ("fused", "control", "stage")
-
-
-@migrations()
-def m006_member_display_names(db: sqlite_utils.Database) -> None:
-    """``run_models.display_name``: the model's name as the run shows it (see :meth:`Store.add_model`). Rows of
-    earlier runs get what FuseBench showed for them: the model's first recorded name, except for a source or target
-    first recorded as a fused model (a merge that degenerated to one expert, say), which is named after the run's
-    source / target spec that no other member accounts for (in spec order)."""
-    db["run_models"].add_column("display_name", str)
-    members: dict[str, list[dict[str, Any]]] = {}
-    for m in db.query("select rm.run_id, rm.model_id, rm.role, m.name, m.kind from run_models rm "
-                      "join models m on m.id = rm.model_id order by rm.run_id, rm.position"):
-        members.setdefault(m["run_id"], []).append(m)
-    updates = []
-    for run in db.query("select id, target, sources from runs"):
-        names = _names_shown_before_m006(run, members.get(run["id"], []))
-        updates += [(name, run["id"], model_id) for model_id, name in names.items()]
-    db.conn.executemany("update run_models set display_name = ? where run_id = ? and model_id = ?", updates)
-
-
-def _names_shown_before_m006(run: dict[str, Any], members: list[dict[str, Any]]) -> dict[str, str]:
-    """model_id -> the name FuseBench showed for each member of ``run`` before names were stored per run."""
-    names = {m["model_id"]: m["name"] for m in members}
-    misnamed = [m["model_id"] for m in members if m["role"] not in MADE_ROLES and m["kind"] in ("fused", "runtime")]
-    if misnamed:
-        specs = ([run["target"]] if run.get("target") else []) + json.loads(run.get("sources") or "[]")
-        taken = {names[m["model_id"]] for m in members if m["model_id"] not in misnamed}
-        free = [n for n in (_spec_name(s) for s in specs) if n not in taken]
-        if len(free) == len(misnamed):
-            names.update(zip(misnamed, free, strict=True))
-    return names
-
-
-def _spec_name(spec: str) -> str:
-    """What :attr:`harness.model.ModelRef.name` calls a spec: a local folder by its name, others as written."""
-    path = Path(spec).expanduser()
-    return path.name if not spec.startswith("zoo:") and path.exists() else spec
-
-
-@migrations()
-def m007_read_views(db: sqlite_utils.Database) -> None:
-    """Views for reading (the Store's read methods, and anyone with SQL: ``datasette``, ``sqlite3``):
-
-    ``run_members``     run_models with the member's shown name (``model``), its model's kind and path, and its run's
-                        name, kind, fuser, status, start and group
-    ``score_rows``      scores with the member's shown name, role and position and the same run columns
-    ``latest_ok_runs``  the newest ``ok`` run of each run name; unnamed runs are told apart by their run hash (fusion
-                        runs) or kind + sources + config (eval and score runs)
-    """
-    db.execute("""
-        create view run_members as
-        select rm.run_id, rm.model_id, rm.role, rm.position, coalesce(rm.display_name, m.name) as model,
-               m.kind as model_kind, m.path as model_path, r.name as run_name, r.kind as run_kind, r.fuser,
-               r.status, r.started_at, r.group_id
-        from run_models rm join runs r on r.id = rm.run_id join models m on m.id = rm.model_id""")
-    db.execute("""
-        create view score_rows as
-        select s.run_id, s.model_id, s.suite, s.suite_version, s.eval_key, s.task, s.metric, s.value, s.stderr, s.n,
-               s.higher_is_better, s.dtype, s.backend, s.created_at, rm.model, rm.model_kind, rm.role, rm.position,
-               rm.run_name, rm.run_kind, rm.fuser, rm.status, rm.started_at, rm.group_id
-        from scores s join run_members rm on rm.run_id = s.run_id and rm.model_id = s.model_id""")
-    db.execute("""
-        create view latest_ok_runs as
-        select * from runs where rowid in (
-            select rowid from (
-                select rowid, row_number() over (
-                    partition by coalesce(nullif(name, ''), nullif(run_hash, ''),
-                                          coalesce(kind, 'None') || '|' || coalesce(sources, 'None') || '|'
-                                          || coalesce(config, 'None'))
-                    order by started_at desc, rowid desc) as newest
-                from runs where status = 'ok')
-            where newest = 1)""")
 
 
 def now() -> str:
@@ -370,7 +214,7 @@ class Store:
         run_id = run_id or new_run_id()
         started = now()
         with self._writing():
-            self.db["runs"].insert(
+            self.db.table("runs").insert(
                 {
                     "id": run_id, "name": name, "kind": kind, "status": "running", "command": command,
                     "config": _json(config or {}), "started_at": started,
@@ -387,7 +231,7 @@ class Store:
         with self._writing():
             row = self.get_run(run_id)
             refuse_if_running(row)  # in the write transaction: no other process can claim it between check and claim
-            self.db["runs"].update(run_id, {
+            self.db.table("runs").update(run_id, {
                 "status": "running", "error": None, "finished_at": None, "pid": os.getpid(),
                 "hostname": socket.gethostname(), "heartbeat_at": now(), "attempts": (row.get("attempts") or 1) + 1,
             })
@@ -396,7 +240,7 @@ class Store:
     def update_run(self, run_id: str, **fields: Any) -> None:
         row = {k: (_json(v) if isinstance(v, (dict, list)) else plain(v)) for k, v in fields.items()}
         with self._writing():
-            self.db["runs"].update(run_id, row)
+            self.db.table("runs").update(run_id, row)
 
     def finish_run(self, run_id: str, status: str, *, error: str | None = None,
                    timings: dict[str, float] | None = None) -> None:
@@ -408,19 +252,19 @@ class Store:
             if timings is not None:
                 earlier = self.get_run(run_id).get("timings")
                 fields["timings"] = _json(add_timings(json.loads(earlier) if earlier else {}, timings))
-            self.db["runs"].update(run_id, fields)
+            self.db.table("runs").update(run_id, fields)
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         try:
-            return self.db["runs"].get(run_id)
+            return self.db.table("runs").get(run_id)
         except sqlite_utils.db.NotFoundError:
             raise BenchError(f"no run {run_id!r} in {self.path}", "see `bench runs` for run ids") from None
 
     def runs(self, limit: int = 50, *, stale: bool = False) -> list[dict[str, Any]]:
         """The newest runs; ``stale``: only the runs that say ``running`` but whose process is gone."""
         if not stale:
-            return list(self.db["runs"].rows_where(order_by="started_at desc, id desc", limit=limit))
-        running = self.db["runs"].rows_where("status = 'running'", order_by="started_at desc, id desc")
+            return list(self.db.table("runs").rows_where(order_by="started_at desc, id desc", limit=limit))
+        running = self.db.table("runs").rows_where("status = 'running'", order_by="started_at desc, id desc")
         return [r for r in running if stale_reason(r) is not None][:limit]
 
     # --- models ---------------------------------------------------------------------------------
@@ -435,10 +279,10 @@ class Store:
         row.setdefault("created_at", now())
         row.setdefault("created_by_run", run_id)
         with self._writing():
-            self.db["models"].insert(row, pk="id", ignore=True)
-            first = self.db["models"].get(model["id"])
+            self.db.table("models").insert(row, pk="id", ignore=True)
+            first = self.db.table("models").get(model["id"])
             fused_output_as_input = first["kind"] in ("fused", "runtime") and role not in MADE_ROLES
-            self.db["run_models"].insert(
+            self.db.table("run_models").insert(
                 {"run_id": run_id, "model_id": model["id"], "role": role, "position": position,
                  "display_name": model["name"] if fused_output_as_input else first["name"]},
                 pk=("run_id", "model_id"), replace=True,
@@ -450,13 +294,13 @@ class Store:
                 for name, values in curves.items() for step, value in enumerate(values)]
         if rows:
             with self._writing():
-                self.db["train_log"].insert_all(rows, pk=("run_id", "model_id", "name", "step"), replace=True,
+                self.db.table("train_log").insert_all(rows, pk=("run_id", "model_id", "name", "step"), replace=True,
                                                 batch_size=500)
 
     # --- scores and samples ---------------------------------------------------------------------
 
     def has_scores(self, run_id: str, model_id: str, suite: str) -> bool:
-        return bool(self.db["scores"].count_where("run_id = ? and model_id = ? and suite = ?", [run_id, model_id, suite]))
+        return bool(self.db.table("scores").count_where("run_id = ? and model_id = ? and suite = ?", [run_id, model_id, suite]))
 
     def add_eval(self, run_id: str, model_id: str, suite: str, suite_version: str, eval_key: str,
                  scores: Iterable[dict[str, Any]], samples: Iterable[dict[str, Any]],
@@ -485,9 +329,9 @@ class Store:
             for s in samples
         ]
         with self._writing():
-            self.db["scores"].insert_all(score_rows, pk=("run_id", "model_id", "suite", "task", "metric"), replace=True)
+            self.db.table("scores").insert_all(score_rows, pk=("run_id", "model_id", "suite", "task", "metric"), replace=True)
             if sample_rows:
-                self.db["samples"].insert_all(sample_rows, pk=("run_id", "model_id", "suite", "task", "doc_id"),
+                self.db.table("samples").insert_all(sample_rows, pk=("run_id", "model_id", "suite", "task", "doc_id"),
                                               replace=True, batch_size=200)
 
     # --- reading runs ---------------------------------------------------------------------------

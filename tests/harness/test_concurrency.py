@@ -11,7 +11,8 @@ from pathlib import Path
 import sqlite_utils
 
 from harness import paths
-from harness.store import Store, migrations
+from harness.store import Store
+from harness.store_migrations import migrations
 from tests.conftest import bench
 
 REPO = Path(__file__).parents[2]
@@ -22,7 +23,7 @@ WRITER = """
 import sys, time
 from pathlib import Path
 db, barrier, me = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
-from harness.store import Store, migrations
+from harness.store import Store
 (barrier / f"ready-{me}").touch()
 while not (barrier / "go").exists():
     time.sleep(0.01)

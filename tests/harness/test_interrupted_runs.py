@@ -20,7 +20,8 @@ import pytest
 import sqlite_utils
 
 from harness import paths, session
-from harness.store import Store, migrations, stale_reason
+from harness.store import Store, stale_reason
+from harness.store_migrations import migrations
 from tests.conftest import bench
 
 REPO = Path(__file__).parents[2]

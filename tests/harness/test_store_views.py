@@ -9,7 +9,8 @@ import pytest
 import sqlite_utils
 
 from harness.errors import BenchError
-from harness.store import Store, migrations
+from harness.store import Store
+from harness.store_migrations import migrations
 
 VIEWS = ["run_members", "score_rows", "latest_ok_runs"]
 
