@@ -184,12 +184,12 @@ def _distinct_names(evaluands: list[Evaluand]) -> list[Evaluand]:
     for e in evaluands:
         by_name.setdefault(e.name, []).append(e)
     for clash in (group for group in by_name.values() if len(group) > 1):
-        paths = [e.path.resolve() if e.path is not None else None for e in clash]
-        if any(p is None for p in paths):
+        paths = [e.path.resolve() for e in clash if e.path is not None]
+        if len(paths) < len(clash):
             continue
         depth = 2
-        while depth <= max(len(p.parts) for p in paths):  # type: ignore[union-attr]
-            names = ["/".join(p.parts[-depth:]) for p in paths]  # type: ignore[union-attr]
+        while depth <= max(len(p.parts) for p in paths):
+            names = ["/".join(p.parts[-depth:]) for p in paths]
             if len(set(names)) == len(names):
                 for e, name in zip(clash, names, strict=True):
                     e.name = name

@@ -162,11 +162,9 @@ def suite_charts(section: SuiteSection, palette: dict[str, str]) -> list[Chart]:
     charts: list[Chart] = []
     head = section.headline
     if head is not None:
-        bars = [(en.label, section.score(en, head), palette[en.model_id], en.role == "fused")
-                for en in section.entries if section.score(en, head) is not None]
-        charts.append(hbar_chart(f"{section.suite} · {head} · {metric}",
-                                 [(label, s.value, _err(s), color, strong) for label, s, color, strong in bars],  # type: ignore[union-attr]
-                                 f"{metric} ({direction})"))
+        scored = [(en, section.score(en, head)) for en in section.entries]
+        bars = [(en.label, s.value, _err(s), palette[en.model_id], en.role == "fused") for en, s in scored if s is not None]
+        charts.append(hbar_chart(f"{section.suite} · {head} · {metric}", bars, f"{metric} ({direction})"))
     details = section.details
     if len(details) >= 2:
         series = [(en.label, [_value(section.score(en, t)) for t in details], [_err(section.score(en, t)) for t in details],

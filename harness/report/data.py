@@ -378,7 +378,7 @@ class SuiteSection:
         return [t for t in found if t.startswith("category/")] if self.suite == "mtbench" else found
 
     def score(self, entry: Entry, task: str) -> Score | None:
-        return entry.cells.get((task, self.metric))  # type: ignore[arg-type]
+        return entry.cells.get((task, self.metric)) if self.metric is not None else None
 
 
 def suite_section(views: list[RunView], suite: str) -> SuiteSection:
