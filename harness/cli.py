@@ -374,7 +374,7 @@ def runs(
 ) -> None:
     """List runs, newest first, with status and timings. A run whose process is gone shows as interrupted, with the
     command that continues it."""
-    from harness.store import stale_reason
+    from harness.store import stale_reason, total_seconds
 
     rows = _store_for_reading(db).runs(limit, stale=stale)
     if as_json:
@@ -384,7 +384,7 @@ def runs(
         typer.echo("no stale runs" if stale else "no runs yet")
         return
     for r in rows:
-        total = sum(json.loads(r["timings"]).values()) if r.get("timings") else None
+        total = total_seconds(json.loads(r["timings"])) if r.get("timings") else None
         secs = f"{total:7.1f}s" if total is not None else "       -"
         why_stale = stale_reason(r)
         status = "interrupted" if why_stale else r["status"]

@@ -85,6 +85,19 @@ def add_timings(earlier: dict[str, float], later: dict[str, float]) -> dict[str,
     return {stage: round(seconds, 3) for stage, seconds in total.items()}
 
 
+def total_seconds(timings: dict[str, float]) -> float:
+    """The wall seconds of a run's recorded ``timings``: the sum over its top-level stages. A stage that ran inside
+    another is recorded beside it, so it is left out: a fuser's own stages, ``<stage>:<its stage>`` (``fuse:train``
+    inside ``fuse``, ``control:train`` inside ``control``), and the loading of a model, ``load:<model>``, inside the
+    evaluation that first needed it."""
+    return sum(seconds for stage, seconds in timings.items() if not _nested(stage, timings))
+
+
+def _nested(stage: str, timings: dict[str, float]) -> bool:
+    outer, colon, _ = stage.partition(":")
+    return bool(colon) and (outer == "load" or outer in timings)
+
+
 def _still_running(pid: int, seen_at: str) -> bool | None:
     """Whether the process ``pid`` of this host, known alive at ``seen_at``, still runs: False when no process has that
     pid, when it is a zombie (dead, not yet reaped by its parent), or when it started after ``seen_at`` (a later

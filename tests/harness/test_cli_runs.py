@@ -10,6 +10,7 @@ import pytest
 import sqlite_utils
 
 from harness.cli import main
+from harness.store import Store
 from tests.conftest import bench
 from tests.harness import fake_plugins
 
@@ -186,6 +187,18 @@ def test_runs_and_samples_commands(fake_plugins_registered, capsys):
     failed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert failed and all(r["metrics"] and '"acc": 0.0' in r["metrics"] for r in failed)
     assert bench("samples", "nope", "--db", env["db"]) == 2
+
+
+def test_runs_counts_each_stage_once(tmp_path, capsys):
+    """A stage inside another (a fuser's ``fuse:<stage>``, a model's ``load:<model>`` inside its first evaluation) is
+    recorded beside it, and its seconds are not added to the run's total again."""
+    db = str(tmp_path / "bench.db")
+    store = Store(db)
+    run_id = store.start_run(kind="run", name="timed", command="test", provenance={})
+    store.finish_run(run_id, "ok", timings={"validate": 0.1, "fuse": 3.0, "fuse:train": 2.5, "control": 2.0,
+                                            "control:train": 1.5, "load:m": 0.5, "eval:m:ppl": 1.0})
+    assert bench("runs", "--db", db) == 0
+    assert "    6.1s  timed" in capsys.readouterr().out
 
 
 def test_eval_command(fake_plugins_registered):
