@@ -428,11 +428,7 @@ def render(result: Result, fmt: str = "table") -> str:
             "a": {"ref": result.a.ref, "run": result.a.run["id"], "model": result.a.model, "role": result.a.role},
             "b": {"ref": result.b.ref, "run": result.b.run["id"], "model": result.b.model, "role": result.b.role},
             "resamples": result.resamples, "seed": result.seed,
-            "rows": [{"suite": r.suite, "suite_version": r.suite_version, "task": r.task, "metric": r.metric,
-                      "higher_is_better": r.higher_is_better, "n": r.diff.n, "a": r.a_value, "b": r.b_value,
-                      "difference": r.diff.estimate, "ci_low": r.diff.low, "ci_high": r.diff.high,
-                      "level": r.diff.level, "se": r.diff.se, "p_value": r.diff.p_value, "verdict": _verdict(r),
-                      "dropped": r.dropped, "seeds": r.diff.seeds} for r in result.rows],
+            "rows": [row_fields(r) for r in result.rows],
             "notes": result.notes}, indent=1)
     level = f"{100 * result.rows[0].diff.level:.0f}%" if result.rows else "95%"
     header = ("suite", "task", "metric", "n", "A", "B", "B − A", f"{level} CI", "p", "verdict")
@@ -455,6 +451,15 @@ def render(result: Result, fmt: str = "table") -> str:
                 f"examples ({result.resamples:,} resamples, seed {result.seed}); p: two-sided paired sign-flip "
                 f"permutation test ({result.resamples:,} permutations); verdict at p < {1 - _level(result):.2f}"]
     return "\n".join(out)
+
+
+def row_fields(r: Row) -> dict[str, Any]:
+    """One compared row as the JSON output shows it (and the rows of :func:`harness.bench.compare`'s table)."""
+    return {"suite": r.suite, "suite_version": r.suite_version, "task": r.task, "metric": r.metric,
+            "higher_is_better": r.higher_is_better, "n": r.diff.n, "a": r.a_value, "b": r.b_value,
+            "difference": r.diff.estimate, "ci_low": r.diff.low, "ci_high": r.diff.high, "level": r.diff.level,
+            "se": r.diff.se, "p_value": r.diff.p_value, "verdict": _verdict(r), "dropped": r.dropped,
+            "seeds": r.diff.seeds}
 
 
 def _level(result: Result) -> float:
