@@ -74,13 +74,15 @@ def test_the_zoo_trains_on_the_text_lm_eval_prompts_with(mode: str, tmp_path: Pa
         assert task.fewshot_context(doc, num_fewshot=3) == ours, names[lm_task]
 
 
-def test_every_expert_has_its_domains_skills_and_the_base_none() -> None:
+def test_every_expert_has_its_skill_and_the_base_none() -> None:
     for preset in zoo.PRESETS:
         for recipe in zoo.recipes(preset):
             if recipe.domain == "mix":
                 assert recipe.skills == () and recipe.skill_share == 0
             else:
-                assert recipe.skills == skills.ZOO_SKILLS[recipe.domain] and 0 < recipe.skill_share < 1
+                assert recipe.skills == skills.ZOO_SKILLS[recipe.name] and 0 < recipe.skill_share < 1
+    # one expert per family and domain, each with one skill of its domain's kind
+    assert set(skills.ZOO_SKILLS) == {r.name for r in zoo.recipes() if r.domain != "mix"}
     taught = {s for group in skills.ZOO_SKILLS.values() for s in group}
     assert set(skills.held_out()) == set(skills.skill_names()) - taught
     assert "boolean_expressions" in skills.held_out()

@@ -11,13 +11,14 @@ families, trained from the offline corpora of :mod:`harness.corpus` (code, docs,
   cross-architecture ensembles work), ``neox-docs`` (GPT-NeoX, Unigram) and ``mpt-math`` (MPT,
   SentencePiece-style BPE).
 
-Every domain expert also learns **skills** in the suites' own formats (:mod:`harness.skills`): the code experts
-bbh-mini's ``dyck_languages`` and humaneval-mini's function problems, the math experts ``object_counting``, the docs
-experts ``hyperbaton``; the base learns none, and the other bbh-mini tasks are taught to nobody. Skill documents,
-from the train side of a split the suites never score, take ``skill_share`` of an expert's tokens, in windows long
-enough for a 3-shot prompt (768 tokens; MPT 512).
+Every domain expert also learns one **skill** in the suites' own formats (:mod:`harness.skills`): ``llama-code``
+humaneval-mini's function problems, ``gpt2-code`` bbh-mini's ``dyck_languages``, the math experts
+``object_counting``, the docs experts ``hyperbaton``; the base learns none, and the other bbh-mini tasks are
+taught to nobody. Skill documents, from the train side of a split the suites never score, take ``skill_share`` of
+an expert's tokens (the code experts 80%, the others 60%), in windows long enough for a 3-shot prompt (768 tokens;
+MPT 512).
 
-Presets scale the same members: ``default`` (~1M-parameter models, about 5 minutes on 2 cores) and ``micro``
+Presets scale the same members: ``default`` (~1M-parameter models, about 6 minutes on 2 cores) and ``micro``
 (~50k parameters, tens of seconds, for tests; it learns no skill, but trains on them). A zoo directory
 remembers the preset it was built with; before its first build that is ``$BENCH_ZOO_PRESET`` or ``default``.
 

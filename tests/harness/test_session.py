@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
@@ -60,7 +61,9 @@ def test_the_fusers_own_stages_end_in_the_runs_timings(fake_plugins_registered):
     for _ in range(2):  # the second run finds the artifact in the cache: nothing fused, no fuser stage
         assert bench("run", "--fuser", "fake", "--sources", f"{env['a']},{env['b']}", "--suite", "fakesuite",
                      "--db", env["db"]) == 0
-    first, second = sorted(Store(env["db"]).runs(), key=lambda r: r["started_at"])
+    # in the order they were inserted: two runs may start within the same second of started_at
+    with sqlite3.connect(env["db"]) as db:
+        first, second = ({"timings": t} for (t,) in db.execute("select timings from runs order by rowid"))
     timings = json.loads(first["timings"])
     assert {"validate", "resolve", "fuse", "fuse:average"} <= set(timings) and timings["fuse:average"] <= timings["fuse"]
     assert "fuse" in json.loads(second["timings"]) and "fuse:average" not in json.loads(second["timings"])
