@@ -15,7 +15,7 @@ Every domain expert also learns one **skill** in the suites' own formats (:mod:`
 humaneval-mini's function problems, ``gpt2-code`` bbh-mini's ``dyck_languages``, the math experts
 ``object_counting``, the docs experts ``hyperbaton``; the base learns none, and the other bbh-mini tasks are
 taught to nobody. Skill documents, from the train side of a split the suites never score, take ``skill_share`` of
-an expert's tokens (the code experts 80%, the others 60%), in windows long enough for a 3-shot prompt (768 tokens;
+an expert's tokens (``llama-code`` 80%, ``gpt2-code`` 90%, the others 60%), in windows long enough for a 3-shot prompt (768 tokens;
 MPT 512).
 
 Presets scale the same members: ``default`` (~1M-parameter models, about 6 minutes on 2 cores) and ``micro``
