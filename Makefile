@@ -38,7 +38,7 @@ DEMO_JUDGE ?= smollm2-135m
 # sandbox), and MT-Bench. Per task, `bench skills` then says whether the fused model inherited each source's skill.
 DEMO_SUITES ?= --suite perplexity --suite bbh-mini --suite humaneval-mini --allow-code-exec --suite mtbench
 DEMO_JUDGE_SET ?= --set 'mtbench.categories=[writing]' --set mtbench.max_gen_toks=64 --set mtbench.judge_max_tokens=64
-# The zoo members the demo's FuseChat run uses (pivot and sources); `bench zoo build` trains all seven (~5 min).
+# The zoo members the demo's FuseChat run uses (pivot and sources); `bench zoo build` trains all seven (~6 min).
 DEMO_MEMBERS ?= gpt2-code,neox-docs,mpt-math
 demo: install
 	$(BENCH) zoo build --only $(DEMO_MEMBERS)
