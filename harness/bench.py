@@ -199,7 +199,6 @@ def run(fuser: str | None = None, sources: str | Sequence[str] | None = None, ta
     from harness.session import NewRun, Resume
 
     offline_defaults()
-    store = store_for_writing(db)
     source_list, suite_list, set_list = comma_separated(_list(sources)), _list(suites), _list(sets)
     raw = {} if resume else {"fuser": fuser, "sources": source_list, "target": target, "suites": suite_list,
                              "config_file": config, "set": set_list, "limit": limit, "name": name, "seed": seed}
@@ -208,8 +207,9 @@ def run(fuser: str | None = None, sources: str | Sequence[str] | None = None, ta
         name=name, limit=limit, seed=seed, suite_flags=dict(suite_options or {}), processes=processes,
         control=control or None, seeds=_seed_list(seeds),
         placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)))
-    run_ids, spec = _run_fusions(store, opening, raw, on_open, progress)
-    return _run_result(store, run_ids, spec)
+    with store_for_writing(db) as store:
+        run_ids, spec = _run_fusions(store, opening, raw, on_open, progress)
+        return _run_result(store, run_ids, spec)
 
 
 def _run_fusions(store: Store, opening: NewRun | Resume, raw: dict[str, Any], on_open: Callable[[str], None],
@@ -279,7 +279,6 @@ def evaluate(models: str | Sequence[str] | None = None, suites: str | Sequence[s
     if not given and not resume:
         raise BenchError("no models to evaluate", "name them, e.g. bench.evaluate(['zoo:llama-base']), "
                          "or continue a run with resume=RUN_ID")
-    store = store_for_writing(db)
     # the models are recorded with the spec: what resume evaluates, should this attempt not finish
     opening = Resume("eval", resume) if resume else NewRun(
         "eval", name, {"models": given, "suites": suite_list, "set": set_list, "limit": limit},
@@ -287,11 +286,12 @@ def evaluate(models: str | Sequence[str] | None = None, suites: str | Sequence[s
                                   suite_flags=dict(suite_options or {}),
                                   placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)),
         {"sources": comma_separated(given)})
-    with run_session(store, opening, on_open) as session:
-        run_id, spec = session.id, session.spec
-        run_eval(session, json.loads(store.get_run(session.id)["sources"]))
-    progress(f"run {run_id} ok")
-    return _run_result(store, [run_id], spec)
+    with store_for_writing(db) as store:
+        with run_session(store, opening, on_open) as session:
+            run_id, spec = session.id, session.spec
+            run_eval(session, json.loads(store.get_run(session.id)["sources"]))
+        progress(f"run {run_id} ok")
+        return _run_result(store, [run_id], spec)
 
 
 def _list(values: str | Sequence[str] | None) -> list[str] | None:
@@ -338,8 +338,8 @@ def leaderboard(suites: str | Sequence[str] | None = None, *, all_metrics: bool 
     sources; each suite's primary metric on its summary tasks unless ``all_metrics`` / ``per_task``."""
     from harness import leaderboard as boards
 
-    table, higher_is_better = boards.build(store_for_reading(db), _list(suites), all_metrics=all_metrics,
-                                           per_task=per_task)
+    with store_for_reading(db) as store:
+        table, higher_is_better = boards.build(store, _list(suites), all_metrics=all_metrics, per_task=per_task)
     return Leaderboard(table, higher_is_better)
 
 
@@ -353,8 +353,9 @@ def compare(a: str, b: str, suites: str | Sequence[str] | None = None, *, resamp
     from harness import compare as compare_mod
     from harness import stats
 
-    result = compare_mod.compare(store_for_reading(db), a, b, _list(suites) or None,
-                                 resamples=stats.DEFAULT_RESAMPLES if resamples is None else resamples, seed=seed)
+    with store_for_reading(db) as store:
+        result = compare_mod.compare(store, a, b, _list(suites) or None,
+                                     resamples=stats.DEFAULT_RESAMPLES if resamples is None else resamples, seed=seed)
     return PairedComparison(result, pd.DataFrame([compare_mod.row_fields(r) for r in result.rows]))
 
 

@@ -480,6 +480,19 @@ class Store:
         except sqlite3.Error:
             return []
 
+    # --- closing ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection (and its WAL files' descriptors). A CLI process exits anyway; a long-lived
+        caller (the Python API in a notebook) would otherwise keep them open until garbage collection."""
+        self.db.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # --- reading only -----------------------------------------------------------------------------
 
     @classmethod
