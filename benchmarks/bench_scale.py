@@ -1,6 +1,6 @@
 """Per-token cost of each FuseLLM stage on this machine: the measured inputs of docs/scale.md's projection.
 
-Run: ``.venv/bin/python benchmarks/bench_scale.py`` (about two minutes on 2 idle cores; needs the built default
+Run: ``.venv/bin/python benchmarks/bench_scale.py`` (about 40 s on 2 idle cores; needs the built default
 zoo, and uses ``zoo:smollm2-135m`` too when it is added). Run it on an idle machine: it prints the load average
 before and after.
 
