@@ -29,8 +29,16 @@ HOST = socket.gethostname()
 
 
 def _start(args: list[str], env: dict[str, str], module: str = "tests.harness.fake_bench") -> subprocess.Popen:
+    # a child inherits ignored and blocked signals: in a long session the test process was once seen passing on an
+    # ignored SIGINT (the child then ran its 60 s evaluation to the end, rc 0), so the child starts as a shell's would
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
+
+
+def _default_signals() -> None:
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen, timeout: float = 60) -> None:
