@@ -305,6 +305,7 @@ class BBH(Suite):
     version: ClassVar[str] = "2"  # 2: the BBH authors' answer rule and stops (1: lm-eval's filter)
     Config: ClassVar[type[BaseModel]] = Config
     primary_metric: ClassVar[str | None] = "exact_match"
+    data_parallel: ClassVar[bool] = True  # lm-eval splits its documents across processes
     summary_tasks: ClassVar[tuple[str, ...] | None] = ("macro", "weighted")
 
     def evaluate(self, lm: Any, cfg: Config, ctx: EvalContext) -> EvalResult:
@@ -325,6 +326,7 @@ class BBHMini(Suite):
     version: ClassVar[str] = "3"
     Config: ClassVar[type[BaseModel]] = MiniConfig
     primary_metric: ClassVar[str | None] = "exact_match"
+    data_parallel: ClassVar[bool] = True  # lm-eval splits its documents across processes
     summary_tasks: ClassVar[tuple[str, ...] | None] = ("macro",)
 
     def evaluate(self, lm: Any, cfg: MiniConfig, ctx: EvalContext) -> EvalResult:

@@ -57,6 +57,7 @@ class Perplexity(Suite):
     name: ClassVar[str] = "perplexity"
     version: ClassVar[str] = "1"
     primary_metric: ClassVar[str | None] = "bits_per_byte"
+    data_parallel: ClassVar[bool] = True  # lm-eval splits its documents across processes
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -103,6 +103,10 @@ class Suite(ABC):
     #: made elsewhere with the suite's own answer extraction (``workdir``: an empty scratch folder); None when the
     #: suite cannot.
     score_predictions: ClassVar[Callable[..., EvalResult] | None] = None
+    #: True when ``evaluate`` sends every model call through lm-eval's evaluator (:func:`harness.lmeval.run_tasks`),
+    #: which splits the documents across the processes of a data-parallel evaluation (`--processes N`,
+    #: :mod:`harness.eval_worker`); other suites run in one process.
+    data_parallel: ClassVar[bool] = False
 
     @classmethod
     def caveats(cls, args: dict[str, Any]) -> list[str]:

@@ -265,11 +265,11 @@ def evaluate(models: str | Sequence[str] | None = None, suites: str | Sequence[s
              sets: str | Sequence[str] | None = None, limit: int | None = None, name: str | None = None,
              suite_options: Mapping[str, Any] | None = None, dtype: str | None = None, device: str | None = None,
              batch_size: int | str | None = None, backend: str | None = None, base_url: str | None = None,
-             tokenizer: str | None = None, resume: str | None = None, db: Db = DEFAULT_DB,
-             on_open: Callable[[str], None] = _silent, progress: Progress = _silent) -> RunResult:
+             tokenizer: str | None = None, processes: int | None = None, resume: str | None = None,
+             db: Db = DEFAULT_DB, on_open: Callable[[str], None] = _silent, progress: Progress = _silent) -> RunResult:
     """`bench eval`: evaluate ``models`` as they are (no fusion) on ``suites``. The arguments are those of
-    :func:`run` that the command has; ``resume`` continues an interrupted `bench eval` run (its models and flags;
-    the evaluations it recorded are kept)."""
+    :func:`run` that the command has (``processes``: data-parallel evaluation); ``resume`` continues an
+    interrupted `bench eval` run (its models and flags; the evaluations it recorded are kept)."""
     from harness.config import build_eval_config
     from harness.runner import run_eval
     from harness.session import NewRun, Resume, run_session
@@ -284,7 +284,8 @@ def evaluate(models: str | Sequence[str] | None = None, suites: str | Sequence[s
         "eval", name, {"models": given, "suites": suite_list, "set": set_list, "limit": limit},
         lambda: build_eval_config(suites=suite_list, sets=set_list, limit=limit, name=name,
                                   suite_flags=dict(suite_options or {}),
-                                  placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)),
+                                  placement={**_placement(dtype, device, batch_size, backend, base_url, tokenizer),
+                                             **({"processes": processes} if processes is not None else {})}),
         {"sources": comma_separated(given)})
     with store_for_writing(db) as store:
         with run_session(store, opening, on_open) as session:

@@ -128,6 +128,9 @@ BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="openai backe
 TokenizerOpt = Annotated[str | None, typer.Option("--tokenizer", help="openai backend: the served model's tokenizer "
                          "(folder or zoo:NAME), needed for log-likelihood suites.")]
 
+ProcessesOpt = Annotated[int | None, typer.Option("--processes", min=1, help="N processes (accelerate launch; GPUs or "
+                         "CPU/gloo) for a training fuser and for data-parallel evaluation (perplexity, bbh, bbh-mini).")]
+
 
 @app.command()
 def run(
@@ -147,8 +150,7 @@ def run(
     resume: Annotated[str | None, typer.Option("--resume", help="Continue a failed/interrupted run by id.")] = None,
     control: Annotated[bool, typer.Option("--control", help="Also train the data-only control (the same target, "
                        "data, steps and seed with λ = 1) of a training fuser, evaluated beside the fused model.")] = False,
-    processes: Annotated[int | None, typer.Option("--processes", min=1,
-                         help="Train the fusion in N processes (accelerate launch; GPUs or CPU/gloo).")] = None,
+    processes: ProcessesOpt = None,
     data_dir: DataDirOpt = None, questions: QuestionsOpt = None, judge_url: JudgeUrlOpt = None,
     judge_model: JudgeModelOpt = None, judge_prompts: JudgePromptsOpt = None, judge_repeats: JudgeRepeatsOpt = None,
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
@@ -181,6 +183,7 @@ def eval_(
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
     dtype: DtypeOpt = None, device: DeviceOpt = None, batch_size: BatchOpt = None,
     backend: BackendOpt = None, base_url: BaseUrlOpt = None, tokenizer: TokenizerOpt = None,
+    processes: ProcessesOpt = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue an interrupted `bench eval` run by id "
                       "(its models and flags; evaluations it recorded are kept).")] = None,
     db: DbOpt = str(DEFAULT_DB),
@@ -196,7 +199,7 @@ def eval_(
                 judge_prompts=judge_prompts, judge_repeats=judge_repeats, allow_code_exec=allow_code_exec,
                 samples=samples, temperature=temperature),
             dtype=dtype, device=device, batch_size=batch_size, backend=backend, base_url=base_url, tokenizer=tokenizer,
-            resume=resume, db=db, on_open=recording.opened, progress=typer.echo)
+            processes=processes, resume=resume, db=db, on_open=recording.opened, progress=typer.echo)
     _print_leaderboard(result.spec.suites, db)
 
 

@@ -88,7 +88,8 @@ class RunConfig(BaseModel):
     tokenizer: str | None = Field(None, description="openai backend: the served model's tokenizer (folder or zoo:NAME).")
     vllm: dict[str, Any] = Field(default_factory=dict, description="vllm backend: engine arguments "
                                                                   "(tensor_parallel_size, gpu_memory_utilization ...).")
-    processes: int = Field(1, ge=1, description="Processes for the fusion's training (accelerate launch).")
+    processes: int = Field(1, ge=1, description="Processes (accelerate launch) for a training fuser and for "
+                                                "data-parallel evaluation (vllm backend: its data_parallel_size).")
     control: bool = Field(False, description="Also train the data-only control (λ = 1) of a training fuser.")
     seeds: list[int] = Field(default_factory=list, description="Run the fusion once per seed (a run group); the "
                                                                "evaluations use the first seed.")
@@ -387,13 +388,14 @@ def build_eval_config(*, suites: list[str] | None, sets: list[str] | None, limit
         head, _, rest = key.partition(".")
         if head in names and rest:
             suite_args.setdefault(head, {})[rest] = value
-        elif key in ("seed", "limit", "batch_size", "dtype", "device", "backend", "base_url", "tokenizer"):
+        elif key in ("seed", "limit", "batch_size", "dtype", "device", "backend", "base_url", "tokenizer", "processes"):
             top[key] = value
         elif head == "vllm" and rest:
             top.setdefault("vllm", {})[rest] = value
         else:
             raise BenchError(f"--set {key}: unknown key for bench eval",
-                             "use SUITE.FIELD=value, seed=, limit=, batch_size=, dtype=, device=, backend= or vllm.KEY=")
+                             "use SUITE.FIELD=value, seed=, limit=, batch_size=, dtype=, device=, backend=, processes= "
+                             "or vllm.KEY=")
     apply_suite_flags(names, suite_args, suite_flags)
     fields = {"suites": names, "suite_args": suite_args, "name": name, **top, **(placement or {})}
     if limit is not None:

@@ -28,8 +28,9 @@ than the last, so stock results there depend on the batch size (``tests/test_hfl
 
 Everything else is lm-eval's: ``loglikelihood`` (context/continuation pairs, already sorted across requests, with
 its one-token continuation cache), ``generate_until`` (its per-step stop-sequence check decodes a few tokens per
-row, 0.08 ms against a 135 ms decoding step for 8 rows of SmolLM2: nothing to gain), seq2seq models and
-multi-process runs (which fall back to lm-eval's ``loglikelihood_rolling``). ``batch_size="auto"`` uses lm-eval's
+row, 0.08 ms against a 135 ms decoding step for 8 rows of SmolLM2: nothing to gain) and seq2seq models (which
+fall back to lm-eval's ``loglikelihood_rolling``). In a data-parallel evaluation (:mod:`harness.eval_worker`)
+each process scores its own share of the requests this way: nothing here talks to the other processes. ``batch_size="auto"`` uses lm-eval's
 own probe, run at the longest window to be scored rather than at the model's full context length.
 """
 
@@ -67,7 +68,7 @@ class FuseBenchHFLM(HFLM):
         """The log-likelihood of each request's whole text, every token predicted once, as lm-eval computes it:
         the same rolling windows (context length 1, the prefix token first), summed per document in window order.
         Windows of all documents are scored together, longest first."""
-        if self.backend != "causal" or self.world_size > 1:
+        if self.backend != "causal":
             return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
         windows = [window for index, request in enumerate(requests) for window in self.rolling_windows(index, request)]
         scores = self._score_windows(windows, disable_tqdm or self.rank != 0)

@@ -66,11 +66,22 @@ def run_tasks(
             fewshot_random_seed=seed,
             **kwargs,
         )
-    if res is None:  # only non-zero ranks of a distributed run get None
-        return {"results": {}, "samples": {}}
     keep = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better",
             "n-samples", "samples")
-    return to_plain({k: res[k] for k in keep if k in res})
+    plain = None if res is None else to_plain({k: res[k] for k in keep if k in res})
+    if getattr(lm, "world_size", 1) > 1:  # data parallel (harness.eval_worker): lm-eval gathered it on rank 0 only
+        plain = _from_rank_zero(plain)
+    return plain if plain is not None else {"results": {}, "samples": {}}
+
+
+def _from_rank_zero(value: Any) -> Any:
+    """Rank 0's ``value`` on every process of a data-parallel evaluation, so that each one's suite code reads the
+    same result (only rank 0's is written)."""
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def metric(res: dict[str, Any], task: str, name: str, filter_name: str = "none") -> float | None:

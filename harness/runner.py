@@ -89,8 +89,7 @@ def _run_fusion(run: RunSession) -> None:
             raise BenchError(f"fuser {spec.fuser} has no fusion term to switch off, so no data-only control",
                              "drop --control (it applies to the training fusers fusellm, fusechat and profuser)")
         if spec.processes > 1 and not fuser_cls.distributed:
-            raise BenchError(f"fuser {spec.fuser} runs in one process", "drop --processes (only training fusers "
-                             "such as fusellm scale over processes)")
+            console.log(f"fuser {spec.fuser} fuses in one process; the evaluations run in {spec.processes}")
         source_specs = spec.sources or list(fuser_cls.default_sources)
         target_spec = spec.target if spec.target is not None else fuser_cls.default_target
         if not source_specs:
@@ -394,7 +393,10 @@ def _per_model(cfg: RunSpec) -> dict[str, dict[str, str | None]]:
 
 def _backend(cfg: RunSpec) -> dict[str, Any]:
     """The run's backend choices, as :func:`harness.model.placement` takes them."""
-    return {"backend": cfg.backend, "base_url": cfg.base_url, "tokenizer": cfg.tokenizer, "engine_args": cfg.vllm}
+    engine = dict(cfg.vllm)
+    if cfg.backend == "vllm" and cfg.processes > 1:  # vLLM runs its own replicas: --processes N is N of them
+        engine.setdefault("data_parallel_size", cfg.processes)
+    return {"backend": cfg.backend, "base_url": cfg.base_url, "tokenizer": cfg.tokenizer, "engine_args": engine}
 
 
 def _placement_of(ev: Evaluand) -> Placement:
@@ -471,7 +473,9 @@ def _evaluate_all(run: RunSession, evaluands: list[Evaluand]) -> None:
                                                     "process is computing it; waiting for it")
                         with file_lock(_eval_lock(cache_file), on_wait=waiting):
                             payload = _cached_eval(cache_file, ev, suite_cls)  # by the process we waited for
-                            if payload is None:
+                            if payload is None and _data_parallel(cfg, ev, suite_cls):
+                                payload = _evaluate_in_processes(ev, suite_cls, suite_cfg, cfg, key, cache_file)
+                            elif payload is None:
                                 if lm is None:
                                     with timings.stage(f"load:{ev.name}"):
                                         lm = _load(ev, cfg.batch_size)
@@ -508,6 +512,52 @@ def _evaluate(lm: Any, ev: Evaluand, suite_cls: type[Suite], suite_cfg: BaseMode
         shutil.rmtree(workdir, ignore_errors=True)
     payload = {"scores": [asdict(s) for s in result.scores], "samples": [asdict(s) for s in result.samples],
                "precision": _precision(lm, _placement_of(ev))}
+    with atomic_file(cache_file) as partial:
+        partial.write_text(json.dumps(payload, default=to_plain))
+    return payload
+
+
+def _data_parallel(cfg: RunSpec, ev: Evaluand, suite_cls: type[Suite]) -> bool:
+    """Whether this evaluation is split across ``cfg.processes`` processes: a model loaded with transformers (not a
+    runtime fuser, a vLLM engine or a served model) on a suite whose model calls all go through lm-eval's evaluator.
+    A one-line note says when ``--processes`` does not apply."""
+    if cfg.processes == 1:
+        return False
+    if ev.runtime is not None or _placement_of(ev).backend != "hf" or not suite_cls.data_parallel:
+        why = ("a runtime fuser's members run together" if ev.runtime is not None else
+               f"the {_placement_of(ev).backend} backend parallelises itself (--set vllm.data_parallel_size=N)"
+               if _placement_of(ev).backend != "hf" else f"{suite_cls.name} is not data parallel")
+        console.log(f"eval {ev.name} on {suite_cls.name}: one process ({why})")
+        return False
+    return True
+
+
+def _evaluate_in_processes(ev: Evaluand, suite_cls: type[Suite], suite_cfg: BaseModel, cfg: RunSpec, key: str,
+                           cache_file: Path) -> dict[str, Any]:
+    """:func:`_evaluate` split across ``cfg.processes`` processes (:mod:`harness.eval_worker`): the same scores and
+    samples, written to the same cache entry."""
+    from harness.eval_worker import RESULT_FILE, write_spec
+    from harness.launch import launch
+
+    console.log(f"eval {ev.name} ({ev.role}) on {suite_cls.name} ...")
+    ref = ev.model_ref or ModelRef(spec=str(ev.path), kind="local", path=ev.path)
+    workdir = paths.cache_dir() / "work" / key
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    try:
+        spec = workdir / "spec.json"
+        write_spec(spec, model={"spec": ref.spec, "kind": ref.kind, "path": str(ref.path) if ref.path else None,
+                                "revision": ref.revision},
+                   suite=suite_cls.name, config=suite_cfg.model_dump(mode="json"), seed=cfg.evaluation_seed,
+                   limit=cfg.limit, batch_size=cfg.batch_size, eval_batch_size=cfg.int_batch_size,
+                   placement={"dtype": cfg.dtype, "device": cfg.device, "per_model": _per_model(cfg), **_backend(cfg)},
+                   workdir=workdir)
+        launch("harness.eval_worker", spec, cfg.processes, what=f"eval {ev.name} on {suite_cls.name}")
+        payload = json.loads((workdir / RESULT_FILE).read_text())  # kept with its requests_per_process
+        console.log(f"eval {ev.name} on {suite_cls.name}: requests per process "
+                    f"{' + '.join(map(str, payload['requests_per_process']))}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     with atomic_file(cache_file) as partial:
         partial.write_text(json.dumps(payload, default=to_plain))
     return payload

@@ -177,6 +177,3 @@ def test_bench_run_processes_2_matches_one_process(home: Path, tmp_path: Path, c
     assert run["status"] == "ok" and json.loads(run["config"])["processes"] == 2
 
 
-def test_processes_refused_for_single_process_fusers(home: Path, tmp_path: Path, capsys) -> None:
-    assert bench("run", "--fuser", "merge", "--processes", "2", "--db", str(tmp_path / "x.db")) == 2
-    assert "runs in one process" in capsys.readouterr().err
