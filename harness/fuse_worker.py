@@ -72,8 +72,10 @@ def main(spec_path: str) -> None:
 
         share = spec["prepare"]
         prepare_ctx = PrepareContext(job=share["job"], jobs=share["jobs"])
+        prepare = fuser_cls().prepare
+        assert prepare is not None, "bench teachers checked that the fuser has a prepare stage"
         with placement(**spec.get("placement", {})):
-            stores = fuser_cls().prepare([ref(s) for s in spec["sources"]], ref(spec["target"]), cfg, prepare_ctx)
+            stores = prepare([ref(s) for s in spec["sources"]], ref(spec["target"]), cfg, prepare_ctx)
         if PartialState().is_main_process:
             Path(share["result"]).write_text(json.dumps({"stores": [asdict(s) for s in stores],
                                                          "timings": prepare_ctx.timings}, default=str))

@@ -137,7 +137,8 @@ def run_prepare(spec: RunSpec, job: int = 0, jobs: int = 1) -> tuple[list[Prepar
 
     fuser_cls = spec.fuser_plugin
     assert fuser_cls is not None and spec.fuser_config is not None, "a bench teachers spec names its fuser"
-    if fuser_cls.prepare is None:
+    prepare = fuser_cls().prepare
+    if prepare is None:
         from harness.registry import fusers
 
         able = [name for name in fusers().names() if getattr(fusers().find(name), "prepare", None) is not None]
@@ -147,11 +148,11 @@ def run_prepare(spec: RunSpec, job: int = 0, jobs: int = 1) -> tuple[list[Prepar
     source_specs, target_spec = _source_specs(spec, fuser_cls)
     sources = [_resolve(s) for s in source_specs]
     target = _resolve(target_spec) if target_spec else None
-    where = {"dtype": spec.dtype, "device": spec.device, "per_model": _per_model(spec)}
+    where: dict[str, Any] = {"dtype": spec.dtype, "device": spec.device, "per_model": _per_model(spec)}
     if spec.processes == 1:
         ctx = PrepareContext(job=job, jobs=jobs)
         with placement(**where):
-            return fuser_cls().prepare(sources, target, spec.fuser_config, ctx), ctx.timings
+            return prepare(sources, target, spec.fuser_config, ctx), ctx.timings
     assert spec.fuser is not None
     with tempfile.TemporaryDirectory(prefix="bench-teachers-") as scratch:
         spec_file, result_file = Path(scratch) / "spec.json", Path(scratch) / "stores.json"

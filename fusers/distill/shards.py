@@ -210,12 +210,17 @@ class ShardSplit:
 
     @classmethod
     def of_processes(cls, job: int = 0, jobs: int = 1) -> ShardSplit:
-        """This process's share among the processes of its launch (accelerate's ``PartialState``: one process
-        when there is no process group), in job ``job`` of ``jobs``."""
+        """This process's share among the processes of its launch (accelerate's ``PartialState``), in job ``job`` of
+        ``jobs``. A process that was not launched as one of several (no accelerate state yet, no world size in
+        its environment) is the only one, and no accelerate state is made for it."""
         from accelerate import PartialState
+        from accelerate.utils import get_int_from_env
 
         from harness.model import current_placement
 
+        world = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+        if not PartialState._shared_state and world <= 1:
+            return cls(job, jobs)
         # the same cpu flag as the Accelerator a fuser makes later (accelerate refuses to change it once set)
         state = PartialState(cpu=current_placement().kind != "cuda")
         return cls(job, jobs, state.process_index, state.num_processes)
