@@ -14,7 +14,8 @@ cross-entropy on the text wins) or AvgCE (candidates weighted by their CE), judg
 Stages (all in :mod:`fusers.distill`): chunk the corpus so that every model reads the same text ->
 teacher top-k per source (stored in memory-mapped shards under ``$BENCH_HOME/cache/distill``, keyed by
 content and resumable, or computed per batch with ``teacher_mode=online``) -> alignment into the target
-(stored the same way) -> training with ``harness.train`` under ``accelerate`` (``accelerate launch`` scales it
+(stored the same way; under ``--processes N`` each process computes 1/N of every store's shards, and
+`bench teachers` runs these two stages alone, on N machines with ``--shard I/N``) -> training with ``harness.train`` under ``accelerate`` (``accelerate launch`` scales it
 to several processes) -> the trained target saved with its tokenizer.
 
 Defaults fit the embedded zoo: the target is ``gpt2-code`` (it also shares its byte-level BPE with the Llama
@@ -36,12 +37,13 @@ from __future__ import annotations
 import copy
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness.api import FuseContext, Fuser, FusionResult
+from harness.api import FuseContext, Fuser, FusionResult, PrepareContext, PreparedStore
 from harness.errors import BenchError
 
 if TYPE_CHECKING:
@@ -153,6 +155,18 @@ class FuseLLM(Fuser):
             raise BenchError("fusellm needs sources", "pass --sources A,B (the target defaults to the first)")
         return _Run(cfg, sources, target, ctx).run()
 
+    def prepare(self, sources: list[ModelRef], target: ModelRef | None, cfg: BaseModel,
+                ctx: PrepareContext) -> list[PreparedStore]:
+        """`bench teachers --fuser fusellm`: the teacher stores (target first) and the aligned stores that ``fuse``
+        with the same arguments reads, this job's share of their shards computed and nothing else."""
+        assert isinstance(cfg, FuseLLM.Config)
+        if not sources and target is None:
+            raise BenchError("fusellm needs sources", "pass --sources A,B (the target defaults to the first)")
+        if cfg.teacher_mode == "online":
+            raise BenchError("teacher_mode=online keeps no teacher stores to compute ahead",
+                             "drop --set teacher_mode=online (stored is the default)")
+        return _Run(cfg, sources, target, ctx).prepare()
+
 
 def fusion_documents(domains: list[str], max_chars: int) -> list[str]:
     """The union of the domains' training text, ``max_chars`` in all, in one fixed shuffled order.
@@ -186,10 +200,22 @@ def effective_settings(cfg: FuseLLM.Config) -> tuple[str, bool, Any]:
     return ("block" if "q6" in compat else cfg.granularity), "q13" in compat, options
 
 
+@dataclass
+class _Store:
+    """One store of the run, as the teacher stage left it: what it holds (``kind``, ``model``) and the seconds
+    this process spent on it."""
+
+    kind: str
+    model: str
+    store: Any
+    seconds: float
+
+
 class _Run:
     """One fusion run: the stages of the module docstring, in order, with what they measured."""
 
-    def __init__(self, cfg: FuseLLM.Config, sources: list[ModelRef], target: ModelRef | None, ctx: FuseContext):
+    def __init__(self, cfg: FuseLLM.Config, sources: list[ModelRef], target: ModelRef | None,
+                 ctx: FuseContext | PrepareContext):
         self.cfg, self.ctx = cfg, ctx
         from fusers.common import default_lr, pivot_and_sources
 
@@ -199,38 +225,23 @@ class _Run:
 
     def run(self) -> FusionResult:
         from fusers import distill as D
-        from fusers.common import load_tokenizer, target_width
         from harness.model import load_hf
         from harness.train import TrainConfig
 
-        cfg, compat = self.cfg, self.cfg.compat
+        cfg = self.cfg
+        assert isinstance(self.ctx, FuseContext)
         accelerator = D.make_accelerator()
         model, tokenizer = load_hf(self.pivot, dtype="float32")  # the model trained (its own teacher rows too)
-        _check_context(self.pivot, model, cfg.seq_len)
-        self.width = target_width(D.logit_width(model), len(tokenizer.get_vocab()), reference_compat=compat)
-        self.target = D.ChunkEncoder(tokenizer)
-        self.encoders = [D.ChunkEncoder(load_tokenizer(ref)) for ref in self.others]
-
-        start = time.perf_counter()
-        if cfg.data is not None:
-            from harness.text_data import load_documents
-
-            docs = load_documents(cfg.data, cfg.corpus_chars)
-        else:
-            docs = fusion_documents(cfg.corpus_domains, cfg.corpus_chars)
-        self.chunks = D.chunk_documents(docs, [self.target.tokenizer, *(e.tokenizer for e in self.encoders)],
-                                        cfg.seq_len)
-        self.fingerprint = D.chunks_fingerprint(self.chunks, cfg.seq_len)
-        self.shared = [D.shares_vocabulary(e.tokenizer, tokenizer) for e in self.encoders]
-        # also for a shared vocabulary (then the identity): a chunk it tokenizes differently is aligned
-        self.vocabs = [self._vocab_map(ref, e.tokenizer, tokenizer) for ref, e in zip(self.others, self.encoders,
-                                                                                     strict=True)]
-        self.ctx.timings["corpus"] = time.perf_counter() - start
+        docs = self._corpus(model, tokenizer)
 
         names = [self.pivot.name, *(ref.name for ref in self.others)]
+        stores_report: list[dict[str, Any]] = []
         if cfg.teacher_mode == "stored":
-            with accelerator.main_process_first():
-                candidates, input_ids, report = self._stored(model)
+            split = D.ShardSplit.of_processes()  # every process computes its share of each store's shards
+            stores = self._stores(model, split)
+            candidates, input_ids, report = self._read(stores)
+            stores_report = [{"kind": s.kind, "model": s.model, "key": s.store.root.name, "shards": s.store.n_shards,
+                              "computed": split.total(len(s.store.written))} for s in stores]
         else:
             candidates, input_ids, report = self._online(model)
         corpus = D.FusionCorpus(input_ids, candidates, seq_len=cfg.seq_len, fusion=cfg.fusion,
@@ -264,9 +275,52 @@ class _Run:
             "timings": {k: round(v, 2) for k, v in self.ctx.timings.items()},
             **D.details_of(stats, cfg.lam, names, corpus.selected),
         }
+        if stores_report:  # shards computed in this run (0 everywhere: all found, e.g. made by `bench teachers`)
+            details["stores"] = stores_report
         return FusionResult(path=out_dir, details=details)
 
+    def prepare(self) -> list[PreparedStore]:
+        """The teacher stage alone (`bench teachers`): this job's share of every store's shards."""
+        from fusers import distill as D
+        from harness.model import load_hf
+
+        assert isinstance(self.ctx, PrepareContext)
+        split = D.ShardSplit.of_processes(self.ctx.job, self.ctx.jobs)
+        # loaded as `fuse` loads it: the target's teacher rows come from the model it trains, in float32
+        model, tokenizer = load_hf(self.pivot, dtype="float32")
+        self._corpus(model, tokenizer)
+        return [D.prepared_store(s.kind, s.model, s.store, s.seconds, split) for s in self._stores(model, split)]
+
     # --- stages -----------------------------------------------------------------------------------
+
+    def _corpus(self, model: Any, tokenizer: Any) -> list[str]:
+        """Everything before the teacher stage: the target's width, the encoders, the corpus in chunks that every
+        tokenizer reads whole, its fingerprint and the vocabulary maps. Returns the documents."""
+        from fusers import distill as D
+        from fusers.common import load_tokenizer, target_width
+
+        cfg, compat = self.cfg, self.cfg.compat
+        _check_context(self.pivot, model, cfg.seq_len)
+        self.width = target_width(D.logit_width(model), len(tokenizer.get_vocab()), reference_compat=compat)
+        self.target = D.ChunkEncoder(tokenizer)
+        self.encoders = [D.ChunkEncoder(load_tokenizer(ref)) for ref in self.others]
+
+        start = time.perf_counter()
+        if cfg.data is not None:
+            from harness.text_data import load_documents
+
+            docs = load_documents(cfg.data, cfg.corpus_chars)
+        else:
+            docs = fusion_documents(cfg.corpus_domains, cfg.corpus_chars)
+        self.chunks = D.chunk_documents(docs, [self.target.tokenizer, *(e.tokenizer for e in self.encoders)],
+                                        cfg.seq_len)
+        self.fingerprint = D.chunks_fingerprint(self.chunks, cfg.seq_len)
+        self.shared = [D.shares_vocabulary(e.tokenizer, tokenizer) for e in self.encoders]
+        # also for a shared vocabulary (then the identity): a chunk it tokenizes differently is aligned
+        self.vocabs = [self._vocab_map(ref, e.tokenizer, tokenizer) for ref, e in zip(self.others, self.encoders,
+                                                                                     strict=True)]
+        self.ctx.timings["corpus"] = time.perf_counter() - start
+        return docs
 
     def _vocab_map(self, ref: ModelRef, source_tokenizer: Any, target_tokenizer: Any):
         from fusers.common import config_width, source_vocab_map, target_width
@@ -275,8 +329,10 @@ class _Run:
         return source_vocab_map(source_tokenizer, target_tokenizer, width, self.width, self.cfg.compat,
                                 by_surface=self.cfg.reference_compat != "all")
 
-    def _stored(self, model: Any) -> tuple[Any, Any, list[dict[str, Any]]]:
-        """Teacher stores (target first), then aligned stores; both content-keyed under the cache dir."""
+    def _stores(self, model: Any, split: Any) -> list[_Store]:
+        """Teacher stores (target first), then aligned stores (one per other source), both content-keyed under the
+        cache dir, with ``split``'s share of their missing shards computed here. Every process of a launch calls
+        this: each computes its share of a store, then they wait for each other before the next one."""
         from fusers import distill as D
         from fusers.common import vocab_digest
         from harness import paths
@@ -284,9 +340,8 @@ class _Run:
 
         cfg = self.cfg
         root = paths.cache_dir() / "distill"
-        start = time.perf_counter()
-        teacher_keys = [D.store_key("teacher", ref.content_hash(), self.fingerprint, cfg.top_k)
-                        for ref in (self.pivot, *self.others)]
+        self.teacher_keys = [D.store_key("teacher", ref.content_hash(), self.fingerprint, cfg.top_k)
+                             for ref in (self.pivot, *self.others)]
 
         def loader(ref: ModelRef):
             def load() -> Any:
@@ -295,37 +350,49 @@ class _Run:
                 return m
             return load
 
-        target_store = D.ensure_teacher_store(root / "teachers" / teacher_keys[0], self.chunks, self.target,
-                                              lambda: model, cfg.top_k, about={"model": self.pivot.spec})
-        teacher_stores = [D.ensure_teacher_store(root / "teachers" / key, self.chunks, enc, loader(ref), cfg.top_k,
-                                                 about={"model": ref.spec})
-                          for ref, enc, key in zip(self.others, self.encoders, teacher_keys[1:], strict=True)]
+        stores = []
+        start = time.perf_counter()
+        for ref, enc, key, load in zip((self.pivot, *self.others), (self.target, *self.encoders), self.teacher_keys,
+                                       (lambda: model, *(loader(ref) for ref in self.others)), strict=True):
+            began = time.perf_counter()
+            store = D.ensure_teacher_store(root / "teachers" / key, self.chunks, enc, load, cfg.top_k,
+                                           about={"model": ref.spec}, split=split)
+            stores.append(_Store("teacher", ref.spec, store, time.perf_counter() - began))
         self.ctx.timings["teachers"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        aligned = []
-        for ref, enc, store, key, vocab, shared in zip(self.others, self.encoders, teacher_stores, teacher_keys[1:],
-                                                       self.vocabs, self.shared, strict=True):
+        for ref, enc, teacher, key, vocab, shared in zip(self.others, self.encoders, stores[1:], self.teacher_keys[1:],
+                                                         self.vocabs, self.shared, strict=True):
+            began = time.perf_counter()
             akey = D.store_key("aligned", key, self.pivot.content_hash(), self.width, self.options.to_dict(),
                                vocab_digest(vocab))
-            aligned.append(D.ensure_aligned_store(root / "aligned" / akey, self.chunks, self.target, enc, store, vocab,
-                                                  self.width, self.options, shared_vocab=shared,
-                                                  about={"source": ref.spec, "target": self.pivot.spec}))
+            store = D.ensure_aligned_store(root / "aligned" / akey, self.chunks, self.target, enc, teacher.store,
+                                           vocab, self.width, self.options, shared_vocab=shared,
+                                           about={"source": ref.spec, "target": self.pivot.spec}, split=split)
+            stores.append(_Store("aligned", f"{ref.spec} -> {self.pivot.spec}", store, time.perf_counter() - began))
         self.ctx.timings["align"] = time.perf_counter() - start
+        return stores
 
-        stores = [target_store, *aligned]
-        candidates = D.StreamCandidates.from_stores([self.pivot.name, *(r.name for r in self.others)], stores)
+    def _read(self, stores: list[_Store]) -> tuple[Any, Any, list[dict[str, Any]]]:
+        """The candidates (the target's own rows, then each source's aligned rows), the target's token stream and
+        a report per candidate, from the complete stores of :meth:`_stores`."""
+        from fusers import distill as D
+
+        n_teachers = 1 + len(self.others)
+        teacher_stores = [s.store for s in stores[:n_teachers]]
+        target_store, aligned = teacher_stores[0], [s.store for s in stores[n_teachers:]]
+        candidates = D.StreamCandidates.from_stores([self.pivot.name, *(r.name for r in self.others)],
+                                                    [target_store, *aligned])
         input_ids = target_store.rows("tokens")[:]
-        n_tokens = [len(target_store.rows("tokens")), *(len(s.rows("tokens")) for s in teacher_stores)]
         report = []
-        for c, store in enumerate(stores):
-            teacher = target_store if c == 0 else teacher_stores[c - 1]
+        for c, teacher in enumerate(teacher_stores):
+            n_tokens = len(teacher.rows("tokens"))
             entry = {"role": "target" if c == 0 else "source",
-                     "teacher_bytes_per_token": round(teacher.nbytes() / max(n_tokens[c], 1), 2),
-                     "teacher_tokens": n_tokens[c]}
+                     "teacher_bytes_per_token": round(teacher.nbytes() / max(n_tokens, 1), 2),
+                     "teacher_tokens": n_tokens}
             if c > 0:
                 entry["shared_vocab"] = self.shared[c - 1]
-                entry.update(_status_shares(store.rows("status")[:]))
+                entry.update(_status_shares(aligned[c - 1].rows("status")[:]))
             report.append(entry)
         return candidates, input_ids, report
 

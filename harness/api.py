@@ -154,6 +154,41 @@ class FuseContext:
     timings: Timings = field(default_factory=Timings)
 
 
+@dataclass
+class PrepareContext:
+    """What a fuser's ``prepare`` is told besides its config: this job's share of the work when several
+    independent jobs split it (`bench teachers --shard JOB/JOBS`: job ``job`` of ``jobs``, 0-based; the processes
+    of one launch split the job's share further among themselves), and where it reports its stages' seconds."""
+
+    job: int = 0
+    jobs: int = 1
+    timings: Timings = field(default_factory=Timings)
+
+
+@dataclass
+class PreparedStore:
+    """One store a fuser's ``prepare`` computed or found (`bench teachers` prints one row per store).
+
+    ``kind``: what it holds (``teacher``: a model's top-k rows; ``aligned``: a teacher's rows moved onto the
+    target); ``model``: whose; ``key``: its content key (the folder name, which a later `bench run` with the
+    same settings finds); ``shards_present`` of ``shards``: on disk now (fewer than all when other jobs compute
+    the rest); ``shards_written``: computed by this call, in all its processes; ``bytes``: on disk now."""
+
+    kind: str
+    model: str
+    key: str
+    path: Path
+    shards: int
+    shards_present: int
+    shards_written: int
+    bytes: int
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        return self.shards_present == self.shards
+
+
 class Fuser(ABC):
     """A fusion method: every attribute the harness reads of one (:mod:`harness.registry` hands out fuser classes
     checked against it). ``Config`` is a pydantic model with defaults; ``fuse`` gets an instance of it, validated
@@ -178,6 +213,11 @@ class Fuser(ABC):
     #: `--control`: a classmethod ``control_config(cfg) -> cfg``, the same training with the fusion term switched
     #: off (λ = 1), evaluated beside the fused model; None for a fuser without such a term.
     control_config: ClassVar[Callable[[BaseModel], BaseModel] | None] = None
+    #: `bench teachers`: a method ``prepare(sources, target, cfg, ctx: PrepareContext) -> list[PreparedStore]`` that
+    #: computes only the costly stores that ``fuse`` with the same arguments would compute first (teacher top-k and
+    #: aligned stores), keyed by content so that ``fuse`` then finds them; run in every process of a launch, each
+    #: doing its share. None for a fuser without such a stage.
+    prepare: ClassVar[Callable[..., list[PreparedStore]] | None] = None
 
     @abstractmethod
     def fuse(

@@ -1,5 +1,6 @@
 """The `bench` commands as Python functions, for notebooks and other tools: ``bench.run``, ``bench.evaluate``,
-``bench.leaderboard``, ``bench.compare`` and ``bench.regress`` do what the commands of those names do, and return
+``bench.teachers``, ``bench.leaderboard``, ``bench.compare`` and ``bench.regress`` do what the commands of those
+names do, and return
 typed results (pandas frames inside) instead of printing them. The CLI (:mod:`harness.cli`) parses the command line,
 calls these same functions and prints what they return::
 
@@ -19,6 +20,7 @@ neither torch nor pandas: each function imports what it needs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 
     from harness import compare as compare_mod
     from harness import regress as regress_mod
+    from harness.api import PreparedStore, Timings
     from harness.config import RunSpec
     from harness.session import NewRun, Resume
     from harness.store import Store
@@ -175,6 +178,47 @@ class RegressionCheck:
         return regress_mod.render(self.report, self.baseline, self.candidate)
 
 
+@dataclass(frozen=True, eq=False)
+class TeacherStores:
+    """What `bench teachers` computed or found: one :class:`harness.api.PreparedStore` per store (teacher stores
+    first, then aligned ones), for job ``job`` of ``jobs`` (``--shard JOB/JOBS``; 0 of 1 without it), and the
+    seconds of the fuser's stages (``timings``)."""
+
+    stores: list[PreparedStore]
+    job: int
+    jobs: int
+    timings: Timings
+
+    @property
+    def complete(self) -> bool:
+        """Whether every store has all its shards (then `bench run` with the same settings computes none)."""
+        return all(s.complete for s in self.stores)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """A row per store: kind, model, key, shards, shards_present, shards_written, bytes, seconds, path."""
+        import pandas as pd
+
+        return pd.DataFrame([{**dataclasses.asdict(s), "path": str(s.path)} for s in self.stores])
+
+    def render(self) -> str:
+        """As `bench teachers` prints it: a line per store, then what is left to do."""
+        header = f"{'store':<8} {'model':<40} {'key':<20} {'shards':>11} {'computed':>8} {'MB':>9} {'seconds':>8}"
+        lines = [header]
+        for s in self.stores:
+            lines.append(f"{s.kind:<8} {s.model[:40]:<40} {s.key:<20} {f'{s.shards_present}/{s.shards}':>11} "
+                         f"{s.shards_written:>8} {s.bytes / 1e6:>9.2f} {s.seconds:>8.1f}")
+        present, total = sum(s.shards_present for s in self.stores), sum(s.shards for s in self.stores)
+        if self.complete:
+            lines.append(f"all {len(self.stores)} stores complete ({total} shards): a bench run with the same "
+                         "settings reuses them")
+        else:
+            lines.append(f"job {self.job}/{self.jobs} done: {present} of {total} shards present; the other jobs "
+                         "compute the rest, and a bench teachers or bench run without --shard computes whatever is "
+                         "still missing")
+        return "\n".join(lines)
+
+
 # --- bench run, bench eval --------------------------------------------------------------------------
 
 
@@ -259,6 +303,40 @@ def _seed_list(seeds: str | Sequence[int] | None) -> list[int] | None:
         return [int(x) for x in seeds.split(",") if x.strip()]
     except ValueError:
         raise BenchError(f"--seeds {seeds!r} is not a comma-separated list of numbers", "e.g. --seeds 0,1,2") from None
+
+
+def teachers(fuser: str | None = None, sources: str | Sequence[str] | None = None, target: str | None = None, *,
+             config: str | None = None, sets: str | Sequence[str] | None = None, processes: int | None = None,
+             shard: str | tuple[int, int] | None = None, dtype: str | None = None,
+             device: str | None = None) -> TeacherStores:
+    """`bench teachers`: only the teacher (and alignment) stage of a fusion, the stores that :func:`run` with the same
+    ``fuser``, ``sources``, ``target``, ``config``, ``sets``, ``dtype`` and ``device`` computes first; that run then
+    finds them by content and computes no shard of them. ``processes``: split the shards over N processes
+    (accelerate launch); ``shard``: ``"I/N"`` (or ``(I, N)``), this job's share when N independent jobs (machines,
+    a SLURM array) sharing ``$BENCH_HOME`` split them, each computing the shards ``s % N == I``. Records nothing in
+    the results DB."""
+    from harness.config import build_run_config
+    from harness.runner import run_prepare
+
+    offline_defaults()
+    job, jobs = parse_shard(shard)
+    spec = build_run_config(config_file=config, fuser=fuser, sources=comma_separated(_list(sources)), target=target,
+                            sets=_list(sets), processes=processes,
+                            placement=_placement(dtype, device, None, None, None, None))
+    stores, timings = run_prepare(spec, job, jobs)
+    return TeacherStores(stores, job, jobs, timings)
+
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
+    """``"I/N"`` (or ``(I, N)``) as ``(I, N)`` with 0 <= I < N; None: ``(0, 1)``, the whole work."""
+    if shard is None:
+        return 0, 1
+    text = shard if isinstance(shard, str) else f"{shard[0]}/{shard[1]}"
+    index, sep, count = text.partition("/")
+    if not (sep and index.strip().isdigit() and count.strip().isdigit()) or not 0 <= int(index) < int(count):
+        raise BenchError(f"--shard {text!r} is not I/N with 0 <= I < N",
+                         "e.g. --shard 0/4, 1/4, 2/4 and 3/4 for four jobs")
+    return int(index), int(count)
 
 
 def evaluate(models: str | Sequence[str] | None = None, suites: str | Sequence[str] | None = None, *,

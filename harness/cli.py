@@ -2,12 +2,13 @@
 
     bench zoo build                      train the embedded tiny model zoo (offline, minutes)
     bench run --fuser merge              fuse, then evaluate the fused model and its sources
+    bench teachers --fuser fusellm       compute a fusion's teacher stores ahead (N processes, N machines)
     bench eval --model zoo:llama-base    evaluate models as they are
     bench leaderboard                    one row per model, fused models beside their sources
     bench skills RUN                     per task: did the fused model inherit its best source's skill?
     bench runs                           what ran, with status
 
-`bench run`, `eval`, `leaderboard`, `compare` and `regress` parse their options, call the same command in
+`bench run`, `eval`, `teachers`, `leaderboard`, `compare` and `regress` parse their options, call the same command in
 :mod:`harness.bench` (the Python API: ``bench.evaluate`` for `eval`) and print what it returns.
 
 Heavy libraries (torch, transformers, lm-eval) are imported inside the commands that need them,
@@ -169,6 +170,27 @@ def run(
             dtype=dtype, device=device, batch_size=batch_size, backend=backend, base_url=base_url, tokenizer=tokenizer,
             resume=resume, db=db, on_open=recording.opened, progress=typer.echo)
     _print_leaderboard(result.spec.suites, db)
+
+
+@app.command()
+def teachers(
+    fuser: Annotated[str | None, typer.Option("--fuser", help="A fuser with a teacher stage: fusellm.")] = None,
+    sources: Annotated[list[str] | None, typer.Option("--sources", "--source",
+                       help="Source models, comma-separated or repeated, as for bench run.")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Target / pivot model, as for bench run.")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="Run YAML file, as for bench run.")] = None,
+    set_: SetOpt = None,
+    processes: Annotated[int | None, typer.Option("--processes", min=1,
+                         help="Split the shards over N processes (accelerate launch; GPUs or CPU).")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", metavar="I/N", help="Compute only this job's shards "
+                     "(s % N == I) of N independent jobs sharing $BENCH_HOME (machines, a SLURM array), then exit.")] = None,
+    dtype: DtypeOpt = None, device: DeviceOpt = None,
+) -> None:
+    """Compute only the teacher (and alignment) stores of a fusion; a later bench run with the same settings reuses
+    them. Records nothing in the results DB."""
+    result = bench.teachers(fuser, sources, target, config=config, sets=set_, processes=processes, shard=shard,
+                            dtype=dtype, device=device)
+    typer.echo(result.render())
 
 
 @app.command("eval")

@@ -5,26 +5,33 @@ seed) and starts ``accelerate launch --multi_gpu --num_processes N -m harness.fu
 each process gets one device (NCCL), on CPU accelerate falls back to gloo. Every process runs the fuser's
 ``fuse()``; the fuser itself makes process 0 the only writer of weights (``accelerator.is_main_process``),
 and this worker makes it the only writer of the result file the runner reads back.
+
+`bench teachers --processes N` launches the same workers with a spec that has ``prepare`` (this job's share
+of the work and the result file): they run the fuser's ``prepare()`` instead, and process 0 writes the stores
+it reports.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 RESULT_FILE = ".fuse_result.json"
 
 
-def write_spec(path: Path, *, fuser: str, config: dict, sources: list, target, out_dir: Path, seed: int,
-               batch_size: int, placement: dict | None = None) -> None:
+def write_spec(path: Path, *, fuser: str, config: dict, sources: list, target, out_dir: Path | None, seed: int,
+               batch_size: int, placement: dict | None = None, prepare: dict | None = None) -> None:
+    """The spec the workers read. ``prepare``: ``{"job", "jobs", "result"}`` to run ``prepare()`` (job ``job``
+    of ``jobs``) and write its stores to the file ``result``, instead of fusing into ``out_dir``."""
     def ref(r):
         return None if r is None else {"spec": r.spec, "kind": r.kind, "path": str(r.path) if r.path else None,
                                        "revision": r.revision}
 
     path.write_text(json.dumps({"fuser": fuser, "config": config, "sources": [ref(s) for s in sources],
-                                "target": ref(target), "out_dir": str(out_dir), "seed": seed,
-                                "batch_size": batch_size, "placement": placement or {}}))
+                                "target": ref(target), "out_dir": str(out_dir) if out_dir else None, "seed": seed,
+                                "batch_size": batch_size, "placement": placement or {}, "prepare": prepare}))
 
 
 def main(spec_path: str) -> None:
@@ -42,14 +49,27 @@ def main(spec_path: str) -> None:
 
     fuser_cls = fusers().get(spec["fuser"])
     cfg = fuser_cls.Config(**spec["config"])
-    out_dir = Path(spec["out_dir"])
+    from accelerate import PartialState
+
     from harness.model import placement
 
+    if spec.get("prepare"):
+        from harness.api import PrepareContext
+
+        share = spec["prepare"]
+        prepare_ctx = PrepareContext(job=share["job"], jobs=share["jobs"])
+        prepare = fuser_cls().prepare
+        assert prepare is not None, "bench teachers checked that the fuser has a prepare stage"
+        with placement(**spec.get("placement", {})):
+            stores = prepare([ref(s) for s in spec["sources"]], ref(spec["target"]), cfg, prepare_ctx)
+        if PartialState().is_main_process:
+            Path(share["result"]).write_text(json.dumps({"stores": [asdict(s) for s in stores],
+                                                         "timings": prepare_ctx.timings}, default=str))
+        return
+    out_dir = Path(spec["out_dir"])
     ctx = FuseContext(out_dir=out_dir, seed=spec["seed"], batch_size=spec["batch_size"])
     with placement(**spec.get("placement", {})):
         result = fuser_cls().fuse([ref(s) for s in spec["sources"]], ref(spec["target"]), cfg, ctx)
-    from accelerate import PartialState
-
     if PartialState().is_main_process:
         (out_dir / RESULT_FILE).write_text(json.dumps({"path": str(result.path), "details": result.details,
                                                        "timings": ctx.timings}, default=str))

@@ -21,7 +21,6 @@ import functools
 import json
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from harness import corpus, paths, provenance
-from harness.api import EvalContext, FuseContext, Fuser, FusionResult, Suite, Timings
+from harness.api import EvalContext, FuseContext, Fuser, FusionResult, PreparedStore, Suite, Timings
 from harness.atomic import atomic_dir, atomic_file
 from harness.config import ResolvedSuite, RunSpec, stable_hash
 from harness.errors import BenchError
@@ -88,12 +87,8 @@ def _run_fusion(run: RunSession) -> None:
         if spec.control and fuser_cls.control_config is None:
             raise BenchError(f"fuser {spec.fuser} has no fusion term to switch off, so no data-only control",
                              "drop --control (it applies to the training fusers fusellm, fusechat and profuser)")
-        if spec.processes > 1 and not fuser_cls.distributed:
-            console.log(f"fuser {spec.fuser} fuses in one process; the evaluations run in {spec.processes}")
-        source_specs = spec.sources or list(fuser_cls.default_sources)
-        target_spec = spec.target if spec.target is not None else fuser_cls.default_target
-        if not source_specs:
-            raise BenchError(f"fuser {spec.fuser} needs sources", "pass --sources A,B or --source A --source B")
+        _check_processes(spec, fuser_cls)
+        source_specs, target_spec = _source_specs(spec, fuser_cls)
     with timings.stage("resolve"):
         sources = [_resolve(s) for s in source_specs]
         target = _resolve(target_spec) if target_spec else None
@@ -112,6 +107,63 @@ def _run_fusion(run: RunSession) -> None:
         evaluands.append(_source_evaluand(target, "target"))
     evaluands += [_source_evaluand(s, "source") for s in sources]
     _evaluate_all(run, _dedupe(evaluands))
+
+
+def _check_processes(spec: RunSpec, fuser_cls: type[Fuser]) -> None:
+    """A fuser that runs in one process fuses there; ``--processes`` then applies to the evaluations only."""
+    if spec.processes > 1 and not fuser_cls.distributed:
+        console.log(f"fuser {spec.fuser} fuses in one process; the evaluations run in {spec.processes}")
+
+
+def _source_specs(spec: RunSpec, fuser_cls: type[Fuser]) -> tuple[list[str], str | None]:
+    """The run's sources and target as given, else the fuser's defaults."""
+    source_specs = spec.sources or list(fuser_cls.default_sources)
+    target_spec = spec.target if spec.target is not None else fuser_cls.default_target
+    if not source_specs:
+        raise BenchError(f"fuser {spec.fuser} needs sources", "pass --sources A,B or --source A --source B")
+    return source_specs, target_spec
+
+
+def run_prepare(spec: RunSpec, job: int = 0, jobs: int = 1) -> tuple[list[PreparedStore], Timings]:
+    """`bench teachers`: the fuser's ``prepare`` alone (its teacher and alignment stores), job ``job`` of ``jobs``,
+    in ``spec.processes`` processes, in the run's placement; records nothing in the results DB (the stores are a
+    cache: a later `bench run` with the same settings finds them by content and records its own run). Returns the
+    stores and the seconds of the fuser's stages."""
+    import tempfile
+
+    from harness.api import PrepareContext
+    from harness.fuse_worker import write_spec
+    from harness.launch import launch
+    from harness.model import placement
+
+    fuser_cls = spec.fuser_plugin
+    assert fuser_cls is not None and spec.fuser_config is not None, "a bench teachers spec names its fuser"
+    prepare = fuser_cls().prepare
+    if prepare is None:
+        from harness.registry import fusers
+
+        able = [name for name in fusers().names() if getattr(fusers().find(name), "prepare", None) is not None]
+        raise BenchError(f"fuser {spec.fuser} has no teacher stage to compute ahead",
+                         f"bench teachers applies to {', '.join(able)}; use bench run for {spec.fuser}")
+    _check_processes(spec, fuser_cls)
+    source_specs, target_spec = _source_specs(spec, fuser_cls)
+    sources = [_resolve(s) for s in source_specs]
+    target = _resolve(target_spec) if target_spec else None
+    where: dict[str, Any] = {"dtype": spec.dtype, "device": spec.device, "per_model": _per_model(spec)}
+    if spec.processes == 1:
+        ctx = PrepareContext(job=job, jobs=jobs)
+        with placement(**where):
+            return prepare(sources, target, spec.fuser_config, ctx), ctx.timings
+    assert spec.fuser is not None
+    with tempfile.TemporaryDirectory(prefix="bench-teachers-") as scratch:
+        spec_file, result_file = Path(scratch) / "spec.json", Path(scratch) / "stores.json"
+        write_spec(spec_file, fuser=spec.fuser, config=spec.fuser_config.model_dump(mode="json"), sources=sources,
+                   target=target, out_dir=None, seed=spec.seed, batch_size=spec.int_batch_size, placement=where,
+                   prepare={"job": job, "jobs": jobs, "result": str(result_file)})
+        launch("harness.fuse_worker", spec_file, spec.processes, what="the teacher stage")
+        result = json.loads(result_file.read_text())
+    stores = [PreparedStore(**{**s, "path": Path(s["path"])}) for s in result["stores"]]
+    return stores, Timings(result["timings"])
 
 
 def run_eval(run: RunSession, refs: list[str]) -> None:
@@ -344,9 +396,8 @@ def _fuse_in_processes(cfg: RunSpec, fuser_cfg: BaseModel, sources: list[ModelRe
                        ctx: FuseContext) -> FusionResult:
     """Run ``fuse()`` in ``cfg.processes`` processes under ``accelerate launch`` (DDP; gloo on CPU); the stage
     timings of the first process go to ``ctx.timings``."""
-    import subprocess
-
     from harness.fuse_worker import RESULT_FILE, write_spec
+    from harness.launch import launch
 
     assert cfg.fuser is not None, "a fusion run names its fuser"
     out_dir = ctx.out_dir
@@ -354,20 +405,10 @@ def _fuse_in_processes(cfg: RunSpec, fuser_cfg: BaseModel, sources: list[ModelRe
     write_spec(spec, fuser=cfg.fuser, config=fuser_cfg.model_dump(mode="json"), sources=sources, target=target,
                out_dir=out_dir, seed=cfg.seed, batch_size=cfg.int_batch_size,
                placement={"dtype": cfg.dtype, "device": cfg.device, "per_model": _per_model(cfg)})
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-               str(cfg.processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "harness.fuse_worker", str(spec)]
-    console.log(f"fuse: {cfg.processes} processes via accelerate launch")
-    try:  # the workers' progress goes to our stderr (stdout stays for the leaderboard)
-        to_stderr = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # a captured stream (tests)
-        to_stderr = None
     try:
-        done = subprocess.run(command, stdout=to_stderr, stderr=subprocess.PIPE, text=True)
+        launch("harness.fuse_worker", spec, cfg.processes, what="fusion")
     finally:
         spec.unlink(missing_ok=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"fusion in {cfg.processes} processes failed:\n{done.stderr[-3000:]}")
     result = json.loads((out_dir / RESULT_FILE).read_text())
     (out_dir / RESULT_FILE).unlink()
     ctx.timings.add(result["timings"])

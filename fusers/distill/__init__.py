@@ -13,8 +13,9 @@ every piece of that except the method-specific orchestration (spec ``fusion-algo
    Q11), the per-token cross-entropy of the actual next token, and per-chunk sums.
 
 3. **Storage** (:mod:`~fusers.distill.shards`). Rows live in memory-mapped ``.npy`` shards, about 6·k + 8
-   bytes per token, keyed by content and resumable shard by shard. Small sources can skip storage:
-   :class:`OnlineCandidates` computes the same rows per batch.
+   bytes per token, keyed by content and resumable shard by shard; N processes or N independent jobs each
+   compute 1/N of the shards (:class:`ShardSplit`). Small sources can skip storage: :class:`OnlineCandidates`
+   computes the same rows per batch.
 
 4. **Into the target's positions and vocabulary** (:mod:`~fusers.distill.aligned`). A teacher that
    tokenizes a chunk exactly like the target is used as is; any other goes through :mod:`fusers.align`.
@@ -69,7 +70,7 @@ from fusers.distill.fusion import (
     fusion_weights,
     sparse_soft_ce,
 )
-from fusers.distill.shards import RowView, ShardedStore, store_key
+from fusers.distill.shards import RowView, ShardedStore, ShardSplit, prepared_store, store_key
 from fusers.distill.teachers import (
     ROW_FIELDS,
     SUM_FIELDS,
@@ -84,7 +85,8 @@ from fusers.distill.training import details_of, make_accelerator, mean_across_pr
 __all__ = [
     "FUSIONS", "GRANULARITIES", "TextChunk", "chunk_documents", "chunks_fingerprint", "ChunkEncoder",
     "predicted_bytes", "text_byte_spans", "rows_predicting", "masked_sums", "TeacherRows", "ROW_FIELDS",
-    "SUM_FIELDS", "teacher_rows", "logit_width", "store_key", "ShardedStore", "RowView",
+    "SUM_FIELDS", "teacher_rows", "logit_width", "store_key", "ShardedStore", "ShardSplit", "prepared_store",
+    "RowView",
     "ensure_teacher_store", "TargetRows", "TARGET_ROW_FIELDS", "AlignOptions", "identity_rows", "target_rows",
     "self_rows", "shares_vocabulary", "ensure_aligned_store", "CandidateBlock", "CandidateSource",
     "StreamCandidates", "OnlineTeacher", "OnlineCandidates", "candidate_scores", "fusion_weights",

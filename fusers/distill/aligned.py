@@ -28,7 +28,7 @@ from fusers.align import (
     map_distribution,
 )
 from fusers.distill.chunks import ChunkEncoder, TextChunk
-from fusers.distill.shards import ShardedStore, shard_progress
+from fusers.distill.shards import ShardedStore, ShardSplit, fill_shards, shard_progress
 from fusers.distill.teachers import ROW_FIELDS, SUM_FIELDS, TeacherRows
 
 
@@ -160,25 +160,35 @@ def shares_vocabulary(a: Any, b: Any) -> bool:
 def ensure_aligned_store(root: Path, chunks: Sequence[TextChunk], target: ChunkEncoder, source: ChunkEncoder,
                          teacher: ShardedStore, vocab: VocabMap | None, width: int, options: AlignOptions, *,
                          shared_vocab: bool, about: dict[str, Any] | None = None,
-                         alignments: Sequence[Alignment] | None = None) -> ShardedStore:
+                         alignments: Sequence[Alignment] | None = None,
+                         split: ShardSplit | None = None) -> ShardedStore:
     """The aligned rows (target positions) of one teacher store, computing only the missing shards.
 
     ``alignments``: one per chunk, when already computed (else each chunk is aligned with ``options.mode``).
+    ``split``: this process's share, as in :func:`fusers.distill.teachers.ensure_teacher_store` (every process of
+    a launch calls this for the same store). Aligned shard s is made from teacher shard s alone (both have the
+    teacher's shard size), so a job needs only its own share of the teacher store.
     """
+    split = split or ShardSplit.of_processes()
     store = ShardedStore(root, len(chunks), teacher.shard_size,
                          {"kind": "aligned", "width": width, **options.to_dict()}, about)
-    missing = store.missing()
-    if missing:
-        offsets = teacher.item_offsets()
-        cols = {name: teacher.rows(name) for name in ROW_FIELDS}
-        sums = {name: teacher.sums(name) for name in SUM_FIELDS}
-        for shard in shard_progress(missing, f"align {(about or {}).get('source', '')}".strip()):
+
+    def compute(shards: list[int]) -> None:
+        for shard in shard_progress(shards, f"align {(about or {}).get('source', '')}".strip(),
+                                    show=split.process == 0):
+            counts = teacher.shard_sums(shard, "_counts")
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            cols = {name: teacher.shard_rows(shard, name) for name in ROW_FIELDS}
+            sums = {name: teacher.shard_sums(shard, name) for name in SUM_FIELDS}
             items = []
-            for i in store.shard_items(shard):
-                a, b = int(offsets[i]), int(offsets[i + 1])
-                rows = TeacherRows(**{n: cols[n][a:b] for n in ROW_FIELDS}, **{n: sums[n][i].item() for n in SUM_FIELDS})
+            for j, i in enumerate(store.shard_items(shard)):
+                a, b = int(offsets[j]), int(offsets[j + 1])
+                rows = TeacherRows(**{n: np.asarray(cols[n][a:b]) for n in ROW_FIELDS},
+                                   **{n: sums[n][j].item() for n in SUM_FIELDS})
                 items.append(target_rows(target.encode(chunks[i]), source.encode(chunks[i]), rows, vocab, width,
                                          options, shared_vocab=shared_vocab,
                                          alignment=None if alignments is None else alignments[i]))
             store.write(shard, items, TARGET_ROW_FIELDS, SUM_FIELDS)
+
+    fill_shards(store, split, compute)
     return store

@@ -21,7 +21,7 @@ import torch
 
 from fusers.align import Tokenization
 from fusers.distill.chunks import ChunkEncoder, TextChunk, predicted_bytes
-from fusers.distill.shards import ShardedStore, shard_progress
+from fusers.distill.shards import ShardedStore, ShardSplit, fill_shards, shard_progress
 
 if TYPE_CHECKING:
     from torch import nn
@@ -107,19 +107,31 @@ def teacher_rows(model: nn.Module, encoded: Sequence[Tokenization], k: int, batc
 
 def ensure_teacher_store(root: Path, chunks: Sequence[TextChunk], encoder: ChunkEncoder,
                          model_fn: Callable[[], nn.Module], k: int, *, shard_size: int = 128,
-                         batch_size: int = 16, about: dict[str, Any] | None = None) -> ShardedStore:
+                         batch_size: int = 16, about: dict[str, Any] | None = None,
+                         split: ShardSplit | None = None) -> ShardedStore:
     """The teacher store of one model over ``chunks``, computing only the shards that are missing.
 
-    ``model_fn`` loads the model; it is only called when there is something to compute.
+    ``split``: this process's share of the shards (default: its share among the processes of its launch,
+    :meth:`ShardSplit.of_processes`; all of them in a single process). Every process of the launch must call
+    this for the same store: each computes its share, then they wait for each other. The store is then
+    complete, or, when the split has several jobs, holds at least this job's shards. ``model_fn`` loads the
+    model; it is only called when this process has something to compute. Each shard is computed from its own
+    chunks alone, so which process computed it changes no byte of it.
     """
+    split = split or ShardSplit.of_processes()
     store = ShardedStore(root, len(chunks), shard_size, {"kind": "teacher", "k": k}, about)
-    missing = store.missing()
-    if missing:
-        model = model_fn()
-        for shard in shard_progress(missing, f"teacher {(about or {}).get('model', '')}".strip()):
+    loaded: list[nn.Module] = []
+
+    def compute(shards: list[int]) -> None:
+        if not loaded:
+            loaded.append(model_fn())
+        label = f"teacher {(about or {}).get('model', '')}".strip()
+        for shard in shard_progress(shards, label, show=split.process == 0):
             items = store.shard_items(shard)
-            rows = teacher_rows(model, [encoder.encode(chunks[i]) for i in items], k, batch_size)
+            rows = teacher_rows(loaded[0], [encoder.encode(chunks[i]) for i in items], k, batch_size)
             store.write(shard, rows, ROW_FIELDS, SUM_FIELDS)
+
+    fill_shards(store, split, compute)
     return store
 
 

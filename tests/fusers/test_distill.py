@@ -297,6 +297,97 @@ def test_teacher_store_round_trip_size_bound_and_resume(tmp_path, micro_models, 
     assert len(loads) == 2
 
 
+def store_files(root: Path) -> dict[str, bytes]:
+    """Every file of a store (or of a folder of stores), by path relative to ``root``: for byte-for-byte checks."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class CrashingTeacher:
+    """A teacher that dies on its forward pass number ``forwards + 1`` (one pass per shard when the shard size is
+    at most the batch size), like a process killed part way through a store."""
+
+    def __init__(self, model, forwards: int):
+        self.model, self.left = model, forwards
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def __call__(self, **inputs):
+        if self.left == 0:
+            raise RuntimeError("killed")
+        self.left -= 1
+        return self.model(**inputs)
+
+
+def test_split_shares_cover_every_shard_exactly_once() -> None:
+    for jobs, processes in ((1, 1), (1, 3), (2, 1), (3, 2)):
+        shares = [D.ShardSplit(j, jobs, p, processes) for j in range(jobs) for p in range(processes)]
+        for shard in range(25):
+            assert sum(share.owns(shard) for share in shares) == 1, (jobs, processes, shard)
+            assert sum(D.ShardSplit(j, jobs).in_job(shard) for j in range(jobs)) == 1
+        assert D.ShardSplit(1, 2, 0, 2).owns(1) and D.ShardSplit(1, 2, 1, 2).owns(3)  # s % jobs, then s // jobs
+    assert D.ShardSplit.of_processes() == D.ShardSplit()  # no process group: one process does everything
+    for bad in ((2, 2, 0, 1), (0, 1, 1, 1), (-1, 2, 0, 1)):
+        with pytest.raises(ValueError, match="no such share"):
+            D.ShardSplit(*bad)
+
+
+def test_a_killed_teacher_pass_resumes_at_its_missing_shards(tmp_path, micro_models, chunks) -> None:
+    """Killed after 3 shards (and a 4th shard lost later), the pass leaves whole shards only; run again, it computes
+    just the missing ones, and the store is byte for byte the store of an uninterrupted pass."""
+    import shutil
+
+    model, tok = micro_models["gpt2-code"]
+    enc, k = D.ChunkEncoder(tok), 4
+    whole = D.ensure_teacher_store(tmp_path / "whole", chunks, enc, lambda: model, k, shard_size=8)
+    assert whole.n_shards > 5 and sorted(whole.written) == list(range(whole.n_shards))
+    with pytest.raises(RuntimeError, match="killed"):
+        D.ensure_teacher_store(tmp_path / "t", chunks, enc, lambda: CrashingTeacher(model, 3), k, shard_size=8)
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["meta.json", "shard-00000", "shard-00001",
+                                                                  "shard-00002"]  # no half shard, no scratch
+    partial = D.ShardedStore(tmp_path / "t", len(chunks), 8, {"kind": "teacher", "k": k})
+    with pytest.raises(RuntimeError, match=f"incomplete: {whole.n_shards - 3} of {whole.n_shards} shards"):
+        partial.rows("tokens")
+    shutil.rmtree(tmp_path / "t" / "shard-00001")
+    resumed = D.ensure_teacher_store(tmp_path / "t", chunks, enc, lambda: model, k, shard_size=8)
+    assert sorted(resumed.written) == [1, *range(3, whole.n_shards)]
+    assert store_files(tmp_path / "t") == store_files(tmp_path / "whole")
+
+
+def test_jobs_compute_their_own_shards_and_together_the_whole_stores(tmp_path, micro_models, chunks) -> None:
+    """Two independent jobs (`--shard 0/2`, `--shard 1/2`): each writes its shards of the teacher store and then of
+    the aligned store (from its own teacher shards alone); together they write the stores of one job. A reader
+    refuses a shard that does not hold its items."""
+    import shutil
+
+    from fusers.common import source_vocab_map
+
+    (target_model, target_tok), (source_model, source_tok) = micro_models["gpt2-code"], micro_models["mpt-math"]
+    target, source = D.ChunkEncoder(target_tok), D.ChunkEncoder(source_tok)
+    width, k = D.logit_width(target_model), 4
+    vmap = source_vocab_map(source_tok, target_tok, D.logit_width(source_model), width, frozenset())
+
+    def stores(root: Path, split=None):
+        teacher = D.ensure_teacher_store(root / "teacher", chunks, source, lambda: source_model, k, shard_size=8,
+                                         split=split)
+        aligned = D.ensure_aligned_store(root / "aligned", chunks, target, source, teacher, vmap, width,
+                                         D.AlignOptions(), shared_vocab=False, split=split)
+        return teacher, aligned
+
+    one_job, _ = stores(tmp_path / "one")
+    n = one_job.n_shards
+    for job in (0, 1):
+        teacher, aligned = stores(tmp_path / "two", D.ShardSplit(job, 2))
+        assert teacher.written == aligned.written == [s for s in range(n) if s % 2 == job]
+        assert teacher.complete == aligned.complete == (job == 1)
+    assert store_files(tmp_path / "two") == store_files(tmp_path / "one")
+
+    last = tmp_path / "two" / "teacher" / f"shard-{n - 1:05d}"  # fewer items than the others
+    shutil.copy(tmp_path / "two" / "teacher" / "shard-00000" / "_counts.npy", last / "_counts.npy")
+    with pytest.raises(RuntimeError, match=f"shard {n - 1} holds 8 entries of _counts, expected {len(chunks) % 8}"):
+        D.ShardedStore(tmp_path / "two" / "teacher", len(chunks), 8, {"kind": "teacher", "k": k}).rows("tokens")
+
+
 # ------------------------------------------------------------------------------------------ into the target
 
 

@@ -177,3 +177,62 @@ def test_bench_run_processes_2_matches_one_process(home: Path, tmp_path: Path, c
     assert run["status"] == "ok" and json.loads(run["config"])["processes"] == 2
 
 
+# --- bench teachers: the teacher stage alone -------------------------------------------------------------------
+
+#: TINY with a corpus of 252 chunks: two shards of 128 per store, so that two jobs or processes both have work.
+TWO_SHARDS = [x for key, value in {**TINY, "corpus_chars": 16_000}.items() for x in ("--set", f"fuser.{key}={value}")]
+
+
+def test_bench_teachers_refuses_what_it_cannot_do(home: Path, tmp_path: Path, capsys) -> None:
+    assert bench("teachers", "--fuser", "merge") == 2
+    assert "fuser merge has no teacher stage to compute ahead" in capsys.readouterr().err
+    assert bench("teachers", "--fuser", "fusellm", "--shard", "2/2") == 2
+    assert "--shard '2/2' is not I/N" in capsys.readouterr().err
+    assert bench("teachers", "--fuser", "fusellm", "--set", "teacher_mode=online") == 2
+    assert "teacher_mode=online keeps no teacher stores" in capsys.readouterr().err
+    assert not (home / "cache" / "distill").exists()
+
+
+def test_bench_teachers_on_two_jobs_then_bench_run_computes_no_shard(home: Path, tmp_path: Path, capsys) -> None:
+    """Two `--shard I/2` jobs (two machines sharing $BENCH_HOME) compute the stores between them; a `bench run` with
+    the same settings then finds every shard (its recorded details say it computed none) and changes no byte."""
+    from tests.fusers.test_distill import store_files
+
+    assert bench("teachers", "--fuser", "fusellm", *TWO_SHARDS, "--shard", "0/2") == 0, capsys.readouterr().err[-2000:]
+    out = capsys.readouterr().out
+    assert "job 0/2 done: 5 of 10 shards present" in out and out.count(" 1/2 ") == 5
+    assert bench("teachers", "--fuser", "fusellm", *TWO_SHARDS, "--shard", "1/2") == 0, capsys.readouterr().err[-2000:]
+    out = capsys.readouterr().out
+    assert "all 5 stores complete (10 shards)" in out and out.count(" 2/2 ") == 5
+    stores = home / "cache" / "distill"
+    before = store_files(stores)
+
+    db = tmp_path / "bench.db"
+    assert bench("run", "--fuser", "fusellm", *TWO_SHARDS, "--suite", "perplexity", "--set", "perplexity.max_docs=2",
+                 "--set", "perplexity.max_chars_per_doc=200", "--db", str(db)) == 0, capsys.readouterr().err[-2000:]
+    (fused,) = sqlite_utils.Database(db).query("select m.details from run_models rm join models m on m.id = rm.model_id "
+                                               "where rm.role = 'fused'")
+    recorded = json.loads(fused["details"])["stores"]
+    assert [(s["kind"], s["shards"], s["computed"]) for s in recorded] == [("teacher", 2, 0)] * 3 + [("aligned", 2, 0)] * 2
+    assert all(s["key"] in out for s in recorded)  # the stores `bench teachers` listed
+    assert store_files(stores) == before
+
+
+def test_bench_teachers_in_two_processes_writes_the_stores_of_one(home: Path, tmp_path: Path, capsys) -> None:
+    """`bench teachers --processes 2` (accelerate launch, gloo on CPU): each process computes one of each store's two
+    shards, and the stores are byte for byte those of one process."""
+    import shutil
+
+    from tests.fusers.test_distill import store_files
+
+    assert bench("teachers", "--fuser", "fusellm", *TWO_SHARDS) == 0, capsys.readouterr().err[-2000:]
+    capsys.readouterr()
+    stores = home / "cache" / "distill"
+    one = store_files(stores)
+    shutil.rmtree(stores)
+    assert bench("teachers", "--fuser", "fusellm", *TWO_SHARDS, "--processes", "2") == 0, capsys.readouterr().err[-3000:]
+    out = capsys.readouterr().out
+    assert "all 5 stores complete (10 shards)" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("teacher ", "aligned "))]
+    assert [row[-3] for row in rows] == ["2"] * 5  # computed: both shards of each store, one per process
+    assert store_files(stores) == one
