@@ -340,8 +340,9 @@ class _Run:
 
         cfg = self.cfg
         root = paths.cache_dir() / "distill"
-        self.teacher_keys = [D.store_key("teacher", ref.content_hash(), self.fingerprint, cfg.top_k)
-                             for ref in (self.pivot, *self.others)]
+        # the target's own rows come from the model being trained, loaded in float32
+        self.teacher_keys = [D.teacher_store_key(self.pivot, self.fingerprint, cfg.top_k, dtype="float32"),
+                             *(D.teacher_store_key(ref, self.fingerprint, cfg.top_k) for ref in self.others)]
 
         def loader(ref: ModelRef):
             def load() -> Any:

@@ -79,13 +79,14 @@ from fusers.distill.teachers import (
     logit_width,
     masked_sums,
     teacher_rows,
+    teacher_store_key,
 )
 from fusers.distill.training import details_of, make_accelerator, mean_across_processes, train_with_accelerate
 
 __all__ = [
     "FUSIONS", "GRANULARITIES", "TextChunk", "chunk_documents", "chunks_fingerprint", "ChunkEncoder",
     "predicted_bytes", "text_byte_spans", "rows_predicting", "masked_sums", "TeacherRows", "ROW_FIELDS",
-    "SUM_FIELDS", "teacher_rows", "logit_width", "store_key", "ShardedStore", "ShardSplit", "prepared_store",
+    "SUM_FIELDS", "teacher_rows", "teacher_store_key", "logit_width", "store_key", "ShardedStore", "ShardSplit", "prepared_store",
     "RowView",
     "ensure_teacher_store", "TargetRows", "TARGET_ROW_FIELDS", "AlignOptions", "identity_rows", "target_rows",
     "self_rows", "shares_vocabulary", "ensure_aligned_store", "CandidateBlock", "CandidateSource",

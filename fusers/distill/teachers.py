@@ -21,10 +21,12 @@ import torch
 
 from fusers.align import Tokenization
 from fusers.distill.chunks import ChunkEncoder, TextChunk, predicted_bytes
-from fusers.distill.shards import ShardedStore, ShardSplit, fill_shards, shard_progress
+from fusers.distill.shards import ShardedStore, ShardSplit, fill_shards, shard_progress, store_key
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from harness.model import ModelRef
 
 
 @dataclass
@@ -103,6 +105,18 @@ def teacher_rows(model: nn.Module, encoded: Sequence[Tokenization], k: int, batc
     finally:
         model.train(was_training)
     return out  # type: ignore[return-value]
+
+
+def teacher_store_key(ref: ModelRef, fingerprint: str, k: int, *, dtype: str | None = None) -> str:
+    """The content key of ``ref``'s teacher store over the corpus ``fingerprint`` at top-``k``: the model's bytes and
+    the precision and device kind it runs in (``dtype``: what it is loaded in, default the placement's), which change
+    its numbers, so a bfloat16 GPU pass is never read by a float32 run. float32 on a CPU adds nothing to the key: the
+    stores made before the key held the precision are found."""
+    from harness.model import current_placement
+
+    where = current_placement().for_model(ref)
+    precision = f"{dtype or where.load_dtype()}@{where.kind}"
+    return store_key("teacher", ref.content_hash(), fingerprint, k, *(() if precision == "float32@cpu" else (precision,)))
 
 
 def ensure_teacher_store(root: Path, chunks: Sequence[TextChunk], encoder: ChunkEncoder,

@@ -827,3 +827,17 @@ def test_default_lr_is_the_papers_for_real_checkpoints_and_the_zoos_for_its_own_
     assert default_lr(ModelRef("zoo:smollm2-135m", "zoo"), paper=5e-6, zoo=5e-4) == 5e-6  # a real checkpoint
     assert default_lr(ModelRef("/ckpt/hf", "local", Path("/ckpt/hf")), paper=1e-5, zoo=1e-3) == 1e-5
     assert default_lr(ModelRef("org/model", "hub"), paper=1e-5, zoo=1e-3) == 1e-5
+
+
+def test_teacher_store_key_holds_the_precision_a_teacher_runs_in(zoo_home) -> None:
+    """A bfloat16 teacher pass is never read by a float32 run; float32 on a CPU keeps the key stores had before."""
+    from harness.model import placement, resolve
+
+    ref = resolve("zoo:llama-base")
+    legacy = D.store_key("teacher", ref.content_hash(), "corpus", 10)
+    assert D.teacher_store_key(ref, "corpus", 10) == legacy
+    with placement(dtype="bfloat16", device="cpu"):
+        assert D.teacher_store_key(ref, "corpus", 10) != legacy
+        assert D.teacher_store_key(ref, "corpus", 10, dtype="float32") == legacy  # a model loaded for training
+    with placement(per_model={"zoo:llama-base": {"dtype": "float16"}}):
+        assert D.teacher_store_key(ref, "corpus", 10) != legacy
