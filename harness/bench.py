@@ -119,6 +119,8 @@ class Leaderboard:
 
     table: pd.DataFrame
     higher_is_better: dict[str, bool]
+    #: What an empty board says instead of the default hint (a run whose answers are stored, not scored).
+    empty_note: str | None = None
 
     @property
     def marks(self) -> dict[str, dict[int, str]]:
@@ -136,6 +138,8 @@ class Leaderboard:
         """As `bench leaderboard --format FORMAT` prints it: table, markdown, csv or json."""
         from harness import leaderboard as boards
 
+        if self.table.empty and self.empty_note and format == "table":
+            return self.empty_note
         return boards.render(self.table, self.higher_is_better, format)
 
 
@@ -412,14 +416,30 @@ def _run_result(store: Store, run_ids: list[str], spec: RunSpec) -> RunResult:
 
 
 def leaderboard(suites: str | Sequence[str] | None = None, *, all_metrics: bool = False, per_task: bool = False,
-                db: Db = DEFAULT_DB) -> Leaderboard:
+                runs: str | Sequence[str] | None = None, db: Db = DEFAULT_DB) -> Leaderboard:
     """`bench leaderboard`: one row per model over every ``ok`` run (of ``suites``), fused models beside their
-    sources; each suite's primary metric on its summary tasks unless ``all_metrics`` / ``per_task``."""
+    sources; each suite's primary metric on its summary tasks unless ``all_metrics`` / ``per_task``. ``runs``: only
+    the scores of these runs (what `bench run` and `bench eval` print of the runs they made)."""
     from harness import leaderboard as boards
 
+    chosen = _list(runs)
     with store_for_reading(db) as store:
-        table, higher_is_better = boards.build(store, _list(suites), all_metrics=all_metrics, per_task=per_task)
-    return Leaderboard(table, higher_is_better)
+        table, higher_is_better = boards.build(store, _list(suites), all_metrics=all_metrics, per_task=per_task,
+                                               runs=chosen)
+        empty_note = _unscored_note(store, chosen) if chosen and table.empty else None
+    return Leaderboard(table, higher_is_better, empty_note)
+
+
+def _unscored_note(store: Store, run_ids: list[str]) -> str | None:
+    """Why runs that finished have no score to show: the suites whose answers they stored unscored (MT-Bench without
+    a judge), or None when they stored nothing."""
+    unscored = sorted({suite for run_id in run_ids for member in store.members_with_samples(run_id)
+                       for suite in store.suites_with_samples(run_id, member["model_id"])})
+    if not unscored:
+        return None
+    run = run_ids[0] if len(run_ids) == 1 else f"{run_ids[0]} (and {len(run_ids) - 1} more)"
+    return (f"run {run}: no scores to show; the answers on {', '.join(unscored)} are stored, not judged "
+            f"(`bench samples {run_ids[0]}` shows them; a judge, --judge-model zoo:NAME or --judge-url URL, rates them)")
 
 
 def compare(a: str, b: str, suites: str | Sequence[str] | None = None, *, resamples: int | None = None, seed: int = 0,

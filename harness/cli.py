@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import click
@@ -79,12 +81,34 @@ def continue_hint(run: dict[str, Any], db: str) -> str:
 
 
 class _Recording:
-    """The run that a recording command (`bench run`, `eval`, `score`) works on, once its row exists."""
+    """The run that a recording command (`bench run`, `eval`, `score`) works on, once its row exists, and the log
+    file that gets the libraries' output from then on (unless ``verbose``): ``$BENCH_HOME/logs/<first run>.log``."""
 
-    run_id: str | None = None
+    def __init__(self, verbose: bool = False) -> None:
+        self.run_id: str | None = None
+        self.verbose = verbose
+        self.log = contextlib.ExitStack()
 
     def opened(self, run_id: str) -> None:
-        self.run_id = run_id
+        first, self.run_id = self.run_id is None, run_id
+        if first and not self.verbose:
+            log = self.log.enter_context(_run_log(f"{run_id}.log"))
+            _say_log(log)
+
+
+def _run_log(name: str) -> contextlib.AbstractContextManager[Path | None]:
+    from harness import paths
+    from harness.logs import run_log
+
+    return run_log(paths.logs_dir() / name)
+
+
+def _say_log(log: Path | None) -> None:
+    from harness.logs import console
+
+    if log is not None:
+        console.print(f"log: {log} (what lm-eval, transformers and the other libraries print; --verbose shows it "
+                      "here)", highlight=False, soft_wrap=True)
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
@@ -95,13 +119,13 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def _recording(kind: str, db: str) -> Iterator[_Recording]:
+def _recording(kind: str, db: str, verbose: bool = False) -> Iterator[_Recording]:
     """Around a command that records a run: SIGTERM stops it like Ctrl-C (its session closes the row as
     interrupted), and either ends it with one line naming the run and how to continue it, exit 130 (Ctrl-C) or 143
     (SIGTERM)."""
     from harness.session import Terminated, command_line
 
-    recording = _Recording()
+    recording = _Recording(verbose)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
@@ -114,6 +138,7 @@ def _recording(kind: str, db: str) -> Iterator[_Recording]:
             click.echo(f"interrupted: run {recording.run_id} is recorded as interrupted; {hint}", err=True)
         raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
     finally:
+        recording.log.close()
         if in_main_thread and previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -129,6 +154,8 @@ BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="openai backe
 TokenizerOpt = Annotated[str | None, typer.Option("--tokenizer", help="openai backend: the served model's tokenizer "
                          "(folder or zoo:NAME), needed for log-likelihood suites.")]
 
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show what the libraries print (lm-eval's progress bars, "
+                      "transformers' warnings) here instead of in the run's log file.")]
 ProcessesOpt = Annotated[int | None, typer.Option("--processes", min=1, help="N processes (accelerate launch; GPUs or "
                          "CPU/gloo) for a training fuser and for data-parallel evaluation (perplexity, bbh, bbh-mini).")]
 
@@ -157,10 +184,10 @@ def run(
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
     dtype: DtypeOpt = None, device: DeviceOpt = None, batch_size: BatchOpt = None,
     backend: BackendOpt = None, base_url: BaseUrlOpt = None, tokenizer: TokenizerOpt = None,
-    db: DbOpt = str(DEFAULT_DB),
+    verbose: VerboseOpt = False, db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Fuse the sources with FUSER, then evaluate the fused model and its sources on the same suites."""
-    with _recording("run", db) as recording:
+    with _recording("run", db, verbose) as recording:
         result = bench.run(
             fuser, sources, target, suite, config=config, sets=set_, limit=limit, name=name, seed=seed, seeds=seeds,
             control=control, processes=processes, suite_options=_suite_flags(
@@ -169,7 +196,7 @@ def run(
                 samples=samples, temperature=temperature),
             dtype=dtype, device=device, batch_size=batch_size, backend=backend, base_url=base_url, tokenizer=tokenizer,
             resume=resume, db=db, on_open=recording.opened, progress=typer.echo)
-    _print_leaderboard(result.spec.suites, db)
+    _print_leaderboard(result.spec.suites, result.run_ids, db)
 
 
 @app.command()
@@ -184,12 +211,17 @@ def teachers(
                          help="Split the shards over N processes (accelerate launch; GPUs or CPU).")] = None,
     shard: Annotated[str | None, typer.Option("--shard", metavar="I/N", help="Compute only this job's shards "
                      "(s % N == I) of N independent jobs sharing $BENCH_HOME (machines, a SLURM array), then exit.")] = None,
-    dtype: DtypeOpt = None, device: DeviceOpt = None,
+    dtype: DtypeOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = False,
 ) -> None:
     """Compute only the teacher (and alignment) stores of a fusion; a later bench run with the same settings reuses
     them. Records nothing in the results DB."""
-    result = bench.teachers(fuser, sources, target, config=config, sets=set_, processes=processes, shard=shard,
-                            dtype=dtype, device=device)
+    import time
+
+    with contextlib.ExitStack() as log:
+        if not verbose:
+            _say_log(log.enter_context(_run_log(f"teachers-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")))
+        result = bench.teachers(fuser, sources, target, config=config, sets=set_, processes=processes, shard=shard,
+                                dtype=dtype, device=device)
     typer.echo(result.render())
 
 
@@ -205,7 +237,7 @@ def eval_(
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
     dtype: DtypeOpt = None, device: DeviceOpt = None, batch_size: BatchOpt = None,
     backend: BackendOpt = None, base_url: BaseUrlOpt = None, tokenizer: TokenizerOpt = None,
-    processes: ProcessesOpt = None,
+    processes: ProcessesOpt = None, verbose: VerboseOpt = False,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue an interrupted `bench eval` run by id "
                       "(its models and flags; evaluations it recorded are kept).")] = None,
     db: DbOpt = str(DEFAULT_DB),
@@ -214,7 +246,7 @@ def eval_(
     if not model and not resume:
         raise BenchError("missing option '--model'", "name the models to evaluate, e.g. --model zoo:llama-base, "
                          "or continue a run with --resume RUN_ID")
-    with _recording("eval", db) as recording:
+    with _recording("eval", db, verbose) as recording:
         result = bench.evaluate(
             model, suite, sets=set_, limit=limit, name=name, suite_options=_suite_flags(
                 data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
@@ -222,7 +254,7 @@ def eval_(
                 samples=samples, temperature=temperature),
             dtype=dtype, device=device, batch_size=batch_size, backend=backend, base_url=base_url, tokenizer=tokenizer,
             processes=processes, resume=resume, db=db, on_open=recording.opened, progress=typer.echo)
-    _print_leaderboard(result.spec.suites, db)
+    _print_leaderboard(result.spec.suites, result.run_ids, db)
 
 
 @app.command()
@@ -234,7 +266,7 @@ def score(
     allow_code_exec: CodeExecOpt = False,
     set_: SetOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="Label of the predictions (default: file name).")] = None,
-    db: DbOpt = str(DEFAULT_DB),
+    verbose: VerboseOpt = False, db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Score predictions made elsewhere with the suite's own answer extraction, and record them as a run."""
     from harness.config import build_eval_config
@@ -246,16 +278,17 @@ def score(
     flags = _suite_flags(data_dir=data_dir, mode=mode, allow_code_exec=allow_code_exec)
     opening = NewRun("score", name, {"suite": suite, "predictions": predictions, "set": set_},
                      lambda: build_eval_config(suites=[suite], sets=set_, limit=None, name=name, suite_flags=flags))
-    with _recording("score", db) as recording, run_session(store, opening, recording.opened) as run:
+    with _recording("score", db, verbose) as recording, run_session(store, opening, recording.opened) as run:
         run_id, spec = run.id, run.spec
         run_score(run, predictions)
     typer.echo(f"run {run_id} ok")
-    _print_leaderboard(spec.suites, db)
+    _print_leaderboard(spec.suites, [run_id], db)
 
 
-def _print_leaderboard(suites: list[str], db: str) -> None:
-    """The leaderboard a recording command prints when its run is done: every model's scores on the run's suites."""
-    typer.echo(bench.leaderboard(suites, db=db).render("table"))
+def _print_leaderboard(suites: list[str], run_ids: Sequence[str], db: str) -> None:
+    """The leaderboard a recording command prints when its runs are done: their models' scores on their suites (not
+    the whole DB's: `bench leaderboard` shows that)."""
+    typer.echo(bench.leaderboard(suites, runs=run_ids, db=db).render("table"))
 
 
 @app.command("leaderboard")

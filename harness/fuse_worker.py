@@ -76,4 +76,7 @@ def main(spec_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    from harness.logs import inherited_run_log
+
+    with inherited_run_log():  # the libraries' output to the launching run's log file
+        main(sys.argv[1])

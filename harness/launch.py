@@ -12,9 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
-console = Console(stderr=True)
+from harness.logs import console
 
 
 def accelerate_command(module: str, spec: Path, processes: int) -> list[str]:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,10 +103,11 @@ class Board:
 
 
 def board(store: Store, suites: list[str] | None = None, *, runs: Mapping[str, str] | None = None,
-          all_metrics: bool = False, per_task: bool = False) -> Board:
-    """The leaderboard of every ``ok`` run, or of the chosen ``runs`` (run id -> the label of its block, in the
-    order shown). A board of chosen runs shows one metric per suite: an unregistered suite's first by name."""
-    df = store.score_frame(None if runs is None else list(runs))
+          all_metrics: bool = False, per_task: bool = False, only_runs: Sequence[str] | None = None) -> Board:
+    """The leaderboard of every ``ok`` run (``only_runs``: of those runs only, laid out the same way: what a command
+    prints of the runs it made), or of the chosen ``runs`` (run id -> the label of its block, in the order shown).
+    A board of chosen runs shows one metric per suite: an unregistered suite's first by name."""
+    df = store.score_frame(list(runs) if runs is not None else None if only_runs is None else list(only_runs))
     if not df.empty and suites:
         df = df[df["suite"].isin(suites)]
     df = _shown_scores(df, all_metrics, per_task, one_metric_per_suite=runs is not None)
@@ -120,7 +121,10 @@ def board(store: Store, suites: list[str] | None = None, *, runs: Mapping[str, s
         key=_column_rank)
     cells = _cells(latest)
     if runs is None:
-        rows = _rows_over_all_runs(store.members_frame(), df, latest, cells)
+        members = store.members_frame()
+        if only_runs is not None:
+            members = members[members["run_id"].isin(list(only_runs))]
+        rows = _rows_over_all_runs(members, df, latest, cells)
     else:
         rows = _rows_of_runs(store, runs, cells)
     shown = latest[latest["key"].isin({r.key for r in rows})]
@@ -267,11 +271,12 @@ def _rows_of_runs(store: Store, runs: Mapping[str, str], cells: dict[str, dict[s
 
 
 def build(store: Store, suites: list[str] | None = None, all_metrics: bool = False,
-          per_task: bool = False) -> tuple[pd.DataFrame, dict[str, bool]]:
-    """The leaderboard of every ``ok`` run as a table, and higher_is_better per column. Table columns: group, model,
-    role, then each value (by column name) and the half-width of its interval beside it when it has one; its
-    ``attrs`` hold the best / tied ``marks`` per column and row, and the runs' caveats as ``notes``."""
-    shown = board(store, suites, all_metrics=all_metrics, per_task=per_task)
+          per_task: bool = False, runs: Sequence[str] | None = None) -> tuple[pd.DataFrame, dict[str, bool]]:
+    """The leaderboard of every ``ok`` run (``runs``: of those only) as a table, and higher_is_better per column.
+    Table columns: group, model, role, then each value (by column name) and the half-width of its interval beside it
+    when it has one; its ``attrs`` hold the best / tied ``marks`` per column and row, and the runs' caveats as
+    ``notes``."""
+    shown = board(store, suites, all_metrics=all_metrics, per_task=per_task, only_runs=runs)
     if not shown.columns:
         return pd.DataFrame(), {}
     columns = sorted(shown.columns, key=lambda c: c.label)

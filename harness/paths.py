@@ -31,6 +31,11 @@ def cache_dir() -> Path:
     return bench_home() / "cache"
 
 
+def logs_dir() -> Path:
+    """Where each run's log file (the libraries' output during it) is kept: ``<run id>.log``."""
+    return bench_home() / "logs"
+
+
 def locks_dir() -> Path:
     """The lock files of builders (``artifact-<fuse_hash>.lock``, ``eval-<eval_key>.lock``): kept apart, so that
     ``artifacts/`` and ``cache/evals/`` hold nothing but what was built."""

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from rich.console import Console
 
 from harness import corpus, paths, provenance
 from harness.api import EvalContext, FuseContext, Fuser, FusionResult, PreparedStore, Suite, Timings
@@ -36,11 +35,10 @@ from harness.atomic import atomic_dir, atomic_file
 from harness.config import ResolvedSuite, RunSpec, stable_hash
 from harness.errors import BenchError
 from harness.jsonable import to_plain
+from harness.logs import console, library_output
 from harness.model import ModelRef, Placement
 from harness.paths import file_lock
 from harness.session import RunSession
-
-console = Console(stderr=True)
 
 
 @dataclass
@@ -547,8 +545,10 @@ def _evaluate(lm: Any, ev: Evaluand, suite_cls: type[Suite], suite_cfg: BaseMode
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     try:
-        result = suite_cls().evaluate(lm, suite_cfg, EvalContext(
-            workdir=workdir, seed=cfg.evaluation_seed, limit=cfg.limit, batch_size=cfg.int_batch_size))
+        # a spinner on a terminal (nothing in a log), the libraries' output to the run's log file
+        with console.status(f"eval {ev.name} on {suite_cls.name}"), library_output():
+            result = suite_cls().evaluate(lm, suite_cfg, EvalContext(
+                workdir=workdir, seed=cfg.evaluation_seed, limit=cfg.limit, batch_size=cfg.int_batch_size))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     payload = {"scores": [asdict(s) for s in result.scores], "samples": [asdict(s) for s in result.samples],
