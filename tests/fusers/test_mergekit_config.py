@@ -158,3 +158,19 @@ def test_a_mergekit_file_given_to_another_fuser_is_refused(private_home, tmp_pat
     config.write_text("merge_method: linear\n" + MODELS)
     assert bench("run", "--config", str(config), "--fuser", "ensemble", "--db", str(tmp_path / "bench.db")) == 2
     assert "is a mergekit config, which the merge fuser runs, not ensemble" in capsys.readouterr().err
+
+
+def test_an_inline_mergekit_config_in_a_run_yaml(tmp_path):
+    """The mapping itself as the merge fuser's argument: its models and base_model are the run's sources and target."""
+    from harness.config import build_run_config
+
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text("fuser:\n  name: merge\n  args:\n    mergekit_config:\n      merge_method: ties\n"
+                        "      base_model: zoo:llama-base\n      models:\n"
+                        "        - {model: zoo:llama-base}\n"
+                        "        - {model: zoo:llama-code, parameters: {weight: 0.5, density: 0.5}}\n"
+                        "        - {model: org/expert@v2, parameters: {weight: 0.5, density: 0.5}}\n"
+                        "suites: [perplexity]\n")
+    spec = build_run_config(config_file=str(run_file))
+    assert spec.sources == ["zoo:llama-code", "org/expert@v2"] and spec.target == "zoo:llama-base"
+    assert spec.fuser_config.mergekit_config["merge_method"] == "ties"
