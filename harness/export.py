@@ -11,7 +11,8 @@ layout: ``DIR/<model name, sanitised as lm-eval does>/results_<date>.json`` (``r
 ``higher_is_better``, ``n-samples``, ``configs``, ``config``, ``model_name`` ...) and a ``samples_<task>_<date>.jsonl``
 per task with samples. A FuseBench score of suite S, task T becomes lm-eval task ``S_T`` (``/`` in T as ``_``), its
 metric M the key ``M,none`` (``M_stderr,none`` beside it, ``N/A`` without one); ``configs[task].metadata.fusebench``
-names the suite and task, so that `bench import` reads the file back exactly. ``n-shot`` is null: FuseBench does not
+names the suite and task (and each metric's count of examples: lm-eval's ``n-samples`` has one per task), so that
+`bench import` reads the file back exactly. ``n-shot`` is null: FuseBench does not
 record the number of shots of its suites. A sample's prompt is lm-eval's ``arguments.gen_args_0.arg_0``, its raw
 output ``resps``, the extracted answer ``filtered_resps``, its metrics the top-level keys named in ``metrics``.
 
@@ -145,10 +146,11 @@ def _write_lm_eval(store: Store, run: dict[str, Any], out: Path) -> str:
             task_versions[name] = s["suite_version"]
             if s["n"] is not None:
                 counts[name] = {"original": int(s["n"]), "effective": int(s["n"])}
-            configs[name] = {"task": name, "tag": [s["suite"]], "metadata": {
+            ours = configs.setdefault(name, {"task": name, "tag": [s["suite"]], "metadata": {
                 "version": s["suite_version"], FUSEBENCH_KEY: {
-                    "suite": s["suite"], "task": s["task"],
-                    "suite_args": (config.get("suite_args") or {}).get(s["suite"], {})}}}
+                    "suite": s["suite"], "task": s["task"], "n": {},
+                    "suite_args": (config.get("suite_args") or {}).get(s["suite"], {})}}})
+            ours["metadata"][FUSEBENCH_KEY]["n"][s["metric"]] = s["n"]  # lm-eval has one count per task, not metric
         task_hashes = {}
         by_task: dict[str, list[dict[str, Any]]] = {}
         for row in (r for r in samples if r["model_id"] == member["model_id"]):

@@ -206,6 +206,8 @@ def _read_lm_eval(file: Path) -> ImportedRun:
         member.add(place.suite, place.version, scores, rows)
         if place.suite_args is not None:
             suite_args[place.suite] = place.suite_args
+    if not member.evals:
+        raise BenchError(f"{file} holds no scores (no numeric `metric,filter` entry in its results)", _LM_EVAL_FIX)
     versions = _mapping(origin.get("versions")) or {
         k: v for k, v in (("lm_eval", doc.get("lm_eval_version")), ("transformers", doc.get("transformers_version")))
         if v}
@@ -224,6 +226,7 @@ class _Place:
     filter: str | None = None
     exact: bool = False
     suite_args: dict[str, Any] | None = None
+    counts: dict[str, Any] = field(default_factory=dict)  # metric -> its count of examples, where the file says
 
 
 def _place(task: str, config: Any, group_of: dict[str, str], doc: dict[str, Any]) -> _Place:
@@ -235,7 +238,7 @@ def _place(task: str, config: Any, group_of: dict[str, str], doc: dict[str, Any]
     if isinstance(ours.get("suite"), str) and isinstance(ours.get("task"), str):
         args = ours.get("suite_args")
         return _Place(ours["suite"], ours["task"], str(metadata.get("version", version)), "none", True,
-                      args if isinstance(args, dict) else None)
+                      args if isinstance(args, dict) else None, _mapping(ours.get("n")))
     bbh = _BBH_TASK.match(task)
     if bbh:
         return _Place(BBH_SUITE, bbh.group(2), BBH_LM_EVAL_VERSION, _BBH_GROUPS[f"bbh_{bbh.group(1)}"], True)
@@ -263,7 +266,8 @@ def _score(place: _Place, task: str, key: str, entry: dict[str, Any], doc: dict[
         return None
     name = metric if place.exact or filter_name == "none" else key
     higher = _mapping(_mapping(doc.get("higher_is_better")).get(task))
-    n = _mapping(_mapping(doc.get("n-samples")).get(task)).get("effective")
+    n = place.counts[metric] if metric in place.counts else _mapping(_mapping(doc.get("n-samples")).get(task)).get(
+        "effective")
     return {"task": place.task, "metric": name, "value": value,
             "stderr": _number(entry.get(f"{metric}_stderr,{filter_name}")),
             "n": n if isinstance(n, int) else entry.get("sample_len") if isinstance(entry.get("sample_len"), int) else None,

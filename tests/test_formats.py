@@ -46,6 +46,12 @@ def board(db: Path) -> dict[tuple[str, str], float]:
     return {key: value for key, value in values.items() if not (isinstance(value, float) and math.isnan(value))}
 
 
+def stored_scores(db: Path) -> set[tuple]:
+    """Every score of the DB by model name, suite, version, task and metric, with its value, stderr and n."""
+    return {(r["model"], r["suite"], r["suite_version"], r["task"], r["metric"], r["value"], r["stderr"], r["n"],
+             r["higher_is_better"]) for r in sqlite_utils.Database(db).query("select * from score_rows")}
+
+
 def runs(db: Path) -> list[dict]:
     return list(sqlite_utils.Database(db).query("select * from runs order by started_at, rowid"))
 
@@ -140,6 +146,7 @@ def test_lm_eval_export_and_import_round_trip(fusion_run, tmp_path, capsys):
     fresh = tmp_path / "fresh.db"
     assert bench("import", str(out), "--db", str(fresh)) == 0
     assert board(fresh) == board(fusion_run)
+    assert stored_scores(fresh) == stored_scores(fusion_run)
     imported = runs(fresh)
     assert [r["kind"] for r in imported] == ["import"] * 4
     assert json.loads(imported[0]["config"])["import"]["format"] == "lm-eval"
@@ -263,6 +270,7 @@ def test_fastchat_export_and_import_round_trip(zoo_home, judge_replies, tmp_path
     fresh = tmp_path / "fresh.db"
     assert bench("import", str(out), "--db", str(fresh)) == 0
     assert board(fresh) == board(db)  # every metric of every task: score, judge_std, judge_failures, judged
+    assert stored_scores(fresh) == stored_scores(db)
     capsys.readouterr()
     assert bench("import", str(out), "--db", str(fresh)) == 0
     assert "already imported, skipped" in capsys.readouterr().out and len(runs(fresh)) == 1
