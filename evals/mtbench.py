@@ -63,8 +63,10 @@ Samples: one per (question, turn), with the exact prompt the model saw and the j
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from importlib import resources
@@ -135,10 +137,18 @@ def load_questions(path: str | Path | None = None) -> list[Question]:
     """Questions from a FastChat ``question.jsonl`` (None: the embedded set), validated line by line."""
     file = Path(path).expanduser() if path else embedded_questions()
     fix = 'one JSON object a line: {"question_id": 1, "category": "...", "turns": ["...", "..."]}'
+    questions = parse_questions([(f"{file}:{number}", row) for number, row in read_jsonl(file, "question", fix)])
+    if not questions:
+        raise BenchError(f"question file {file} holds no questions", fix)
+    return questions
+
+
+def parse_questions(rows: list[tuple[str, dict[str, Any]]]) -> list[Question]:
+    """Questions from FastChat ``question.jsonl`` rows, each given with where it was read (``file:line``)."""
+    fix = 'one JSON object a line: {"question_id": 1, "category": "...", "turns": ["...", "..."]}'
     questions: list[Question] = []
     seen: set[int] = set()
-    for number, row in read_jsonl(file, "question", fix):
-        where = f"{file}:{number}"
+    for where, row in rows:
         qid, category, turns, ref = row.get("question_id"), row.get("category"), row.get("turns"), row.get("reference")
         if isinstance(qid, bool) or not isinstance(qid, int):
             raise BenchError(f"{where}: question_id must be an integer, got {qid!r}", fix)
@@ -153,8 +163,6 @@ def load_questions(path: str | Path | None = None) -> list[Question]:
             raise BenchError(f"{where}: reference must be a list of one or two strings", fix)
         seen.add(qid)
         questions.append(Question(qid, category, (turns[0], turns[1]), tuple(ref or ())))
-    if not questions:
-        raise BenchError(f"question file {file} holds no questions", fix)
     return questions
 
 
@@ -355,6 +363,132 @@ def build_samples(units: list[Unit], verdicts: list[Verdict] | None) -> list[Sam
     return samples
 
 
+# --- FastChat's files ---------------------------------------------------------------------------
+
+#: How FastChat marks a judgment without a rating (``score``).
+FASTCHAT_NO_RATING = -1
+
+
+def _file_name(name: str) -> str:
+    """A model or judge name as a file name (FastChat uses the name itself; ``/`` and ``:`` cannot stay)."""
+    return re.sub(r"[\\/:*?\"<>|\s]+", "_", name).strip("_") or "model"
+
+
+def judge_name(args: dict[str, Any]) -> str:
+    """Who judged, as FastChat's ``judge`` field and file name name it: the judge model, else the endpoint."""
+    return str(args.get("judge_model") or args.get("judge_url") or "judge")
+
+
+def to_fastchat(args: dict[str, Any], samples: list[dict[str, Any]], tstamp: float) -> dict[str, list[dict[str, Any]]]:
+    """A run's MT-Bench samples (rows of the results DB's ``samples`` with the member's name as ``model``, made with
+    the suite arguments ``args``) as FastChat's files, by path: ``question.jsonl`` (the questions asked),
+    ``model_answer/<model>.jsonl`` (``question_id, answer_id, model_id, choices[{index, turns}], tstamp``) and, when
+    the run was judged, ``model_judgment/<judge>_single.jsonl`` (``question_id, model, judge: [judge, prompt name],
+    user_prompt, judgment, score, turn, tstamp``; ``score`` -1 where the judge gave no rating). The judge's user
+    prompt is rebuilt with the run's questions and judge prompts; each of ``--judge-repeats N`` repeats is a line of
+    its own, with the rating of that repeat (FuseBench keeps only the first reply's text, on the first line)."""
+    import hashlib
+
+    cfg = Config(**args)
+    questions = load_questions(cfg.questions)
+    if cfg.references:
+        questions = with_references(questions, load_references(cfg.references))
+    by_id = {q.qid: q for q in questions}
+    prompts = load_judge_prompts(cfg.judge_prompts) if cfg.judge_prompts else DEFAULT_PROMPTS
+    turns: dict[str, dict[int, dict[int, dict[str, Any]]]] = {}
+    for row in samples:
+        turns.setdefault(row["model"], {}).setdefault(int(row["doc_id"]), {})[int(row["task"][-1])] = row
+    missing = sorted({qid for by_q in turns.values() for qid in by_q} - set(by_id))
+    if missing:
+        raise BenchError(f"the run's samples answer question {missing[0]}, which its question file does not hold",
+                         "export with the question file the run used (its mtbench.questions) in place")
+    asked = sorted({qid for by_q in turns.values() for qid in by_q})
+    files: dict[str, list[dict[str, Any]]] = {"question.jsonl": [by_id[qid].doc() for qid in asked]}
+    judge = judge_name(args)
+    judgments = []
+    for model, by_q in turns.items():
+        answers = []
+        for qid, rows in sorted(by_q.items()):
+            texts = [rows[t]["output"] if t in rows else "" for t in (1, 2)]
+            answer_id = hashlib.sha256(f"{model}\t{qid}".encode()).hexdigest()[:22]
+            answers.append({"question_id": qid, "answer_id": answer_id, "model_id": model,
+                            "choices": [{"index": 0, "turns": texts}], "tstamp": tstamp})
+            transcript = Transcript(by_id[qid], [rows[t]["prompt"] if t in rows else "" for t in (1, 2)], texts)
+            for turn, row in sorted(rows.items()):
+                metrics = json.loads(row["metrics"] or "{}") if isinstance(row["metrics"], str) else row["metrics"]
+                if "judge_failures" not in metrics:  # not judged
+                    continue
+                unit = Unit(transcript, turn)
+                role = ("single" if turn == 1 else "multi") + ("-ref" if unit.reference_guided else "")
+                user_prompt = next(m["content"] for m in unit.judge_messages(prompts) if m["role"] == "user")
+                ratings = [metrics[k] for k in sorted((k for k in metrics if re.fullmatch(r"rating_\d+", k)),
+                                                      key=lambda k: int(k.split("_")[1]))]
+                if not ratings and "rating" in metrics:
+                    ratings = [metrics["rating"]]
+                scores = ratings + [FASTCHAT_NO_RATING] * int(metrics["judge_failures"])
+                for k, score in enumerate(scores):
+                    judgments.append({"question_id": qid, "model": model, "judge": [judge, prompts[role].name],
+                                      "user_prompt": user_prompt, "judgment": (row["extracted"] or "") if k == 0 else "",
+                                      "score": score, "turn": turn, "tstamp": tstamp})
+        files[f"model_answer/{_file_name(model)}.jsonl"] = answers
+    if judgments:
+        files[f"model_judgment/{_file_name(judge)}_single.jsonl"] = judgments
+    return files
+
+
+def from_fastchat(questions: list[tuple[str, dict[str, Any]]] | None, answers: list[tuple[str, dict[str, Any]]],
+                  judgments: list[tuple[str, dict[str, Any]]]) -> dict[str, EvalResult]:
+    """FastChat's MT-Bench files read back, per model: the scores and samples this suite makes of the same answers
+    and ratings (each row given with where it was read, ``file:line``). ``questions`` (FastChat's
+    ``question.jsonl``) gives categories, question texts and references; without it the category scores are left
+    out and a sample's prompt is empty. Several judgment lines of one answer and turn are the judge's repeats;
+    ``score`` -1 is a reply without a rating. A model with answers and no judgments is not judged (``judged = 0``),
+    as in a run without a judge. A sample's prompt is the question's text: FastChat's files do not keep the prompt
+    the model saw."""
+    from harness.judge import Verdict
+
+    by_id = {q.qid: q for q in parse_questions(questions or [])}
+    fix = "give FastChat's model_answer / model_judgment JSONL files as FastChat writes them"
+    texts: dict[str, dict[int, list[str]]] = {}
+    for where, row in answers:
+        try:
+            model, qid, turns = str(row["model_id"]), int(row["question_id"]), row["choices"][0]["turns"]
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise BenchError(f"{where}: an answer needs model_id, question_id and choices[0].turns", fix) from None
+        if not (isinstance(turns, list) and all(isinstance(t, str) for t in turns)):
+            raise BenchError(f"{where}: choices[0].turns must be a list of strings", fix)
+        texts.setdefault(model, {})[qid] = (list(turns) + ["", ""])[:2]
+    rated: dict[str, dict[tuple[int, int], list[tuple[str, float | None]]]] = {}
+    for where, row in judgments:
+        try:
+            model, qid, turn, score = str(row["model"]), int(row["question_id"]), int(row["turn"]), float(row["score"])
+        except (KeyError, TypeError, ValueError):
+            raise BenchError(f"{where}: a judgment needs model, question_id, turn and score", fix) from None
+        if turn not in (1, 2):
+            raise BenchError(f"{where}: turn must be 1 or 2, got {turn}", fix)
+        reply = str(row.get("judgment") or "")
+        rated.setdefault(model, {}).setdefault((qid, turn), []).append(
+            (reply, None if score == FASTCHAT_NO_RATING else score))
+    results = {}
+    for model in dict.fromkeys([*texts, *rated]):
+        answered, judged = texts.get(model, {}), rated.get(model)
+        qids = sorted(set(answered) | {qid for qid, _ in judged or {}})
+        transcripts = []
+        for qid in qids:
+            question = by_id.get(qid) or Question(qid, "", ("", ""))
+            transcripts.append(Transcript(question, list(question.turns), answered.get(qid, ["", ""])))
+        units = units_of(transcripts)
+        verdicts = None
+        if judged is not None:
+            verdicts = [Verdict(raw=[r for r, _ in judged.get((u.question.qid, u.turn), [])],
+                                ratings=[s for _, s in judged.get((u.question.qid, u.turn), []) if s is not None])
+                        for u in units]
+        repeats = max((len(v) for v in (judged or {}).values()), default=1)
+        scores = [s for s in build_scores(units, verdicts, repeats) if s.task != "category/"]
+        results[model] = EvalResult(scores=scores, samples=build_samples(units, verdicts))
+    return results
+
+
 # --- the caveat of a local judge ----------------------------------------------------------------
 
 
@@ -393,6 +527,9 @@ class MTBench(Suite):
     Config: ClassVar[type[BaseModel]] = Config
     primary_metric: ClassVar[str | None] = "score"
     summary_tasks: ClassVar[tuple[str, ...] | None] = ("overall", "turn1", "turn2")
+
+    to_fastchat = staticmethod(to_fastchat)
+    from_fastchat = staticmethod(from_fastchat)
 
     @classmethod
     def caveats(cls, args: dict[str, Any]) -> list[str]:

@@ -15,9 +15,18 @@ a mismatch is a one-line error rather than a stack trace. The result is an HF mo
 What a seed changes (``--seed``, ``--seeds``): only the random merge methods, DARE's drop masks
 (``dare_ties``, ``dare_linear``: mergekit's ``random_seed``); every other method is deterministic.
 
+**A mergekit config of your own** (``mergekit_config``: a mergekit YAML file, or its mapping in a run YAML) is run
+exactly as written: slices, per-layer weight gradients, per-tensor filters, ``tokenizer_source`` / ``tokenizer``,
+any method mergekit has. The models it names are the run's sources (its ``base_model`` the target), evaluated beside
+the result; a reference may be ``zoo:NAME``, a folder or an HF id (``@revision`` allowed), resolved as everywhere in
+FuseBench and handed to mergekit as an absolute folder. The file's bytes and the models' bytes are part of the fused
+artifact's cache key. `bench run --config merge.yml` with a file whose top level is a mergekit config does the same.
+The other merge settings (``method``, ``weights`` ...) do not combine with it: they belong in the config.
+
 Run::
 
     bench run --fuser merge --sources zoo:llama-code,zoo:llama-docs --target zoo:llama-base --set method=ties --set density=0.5
+    bench run --fuser merge --set mergekit_config=merge.yml
 """
 
 from __future__ import annotations
@@ -26,13 +35,15 @@ import contextlib
 import json
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.api import FuseContext, Fuser, FusionResult
-from harness.errors import BenchError, did_you_mean
+from harness.errors import BenchError, did_you_mean, read_text
 
 if TYPE_CHECKING:
     from harness.model import ModelRef
@@ -70,6 +81,23 @@ class Merge(Fuser):
         use_base: bool | None = Field(None, description="None: methods that need a base use the target.")
         variant: str | None = Field(None, description="fusechat_sce: paper | fuseai_fork | mergekit.")
         equal_weights: bool | None = Field(None, description="varm: the released code's equal weights (quirk Q7).")
+        mergekit_config: str | dict[str, Any] | None = Field(
+            None, description="A mergekit YAML file (or its mapping), run exactly as written; the models it names are "
+                              "the run's sources, its base_model the target.")
+
+        @model_validator(mode="after")
+        def _mergekit_config_alone(self) -> Merge.Config:
+            """A mergekit config says everything about the merge: a setting beside it would be ignored, so it is an
+            error; and the config is checked now, before any model is touched."""
+            if self.mergekit_config is None:
+                return self
+            beside = sorted(self.model_fields_set - {"mergekit_config"})
+            if beside:
+                raise BenchError(f"mergekit_config is given together with {', '.join(beside)}",
+                                 "write those settings into the mergekit config (merge_method, parameters, dtype), "
+                                 "or drop mergekit_config")
+            read_mergekit_config(self.mergekit_config)
+            return self
 
         @field_validator("method")
         @classmethod
@@ -89,7 +117,20 @@ class Merge(Fuser):
                                  f"choose one of {', '.join(_DTYPES)}")
             return dtype
 
+    @classmethod
+    def config_models(cls, cfg: BaseModel) -> tuple[list[str], str] | None:
+        """With a ``mergekit_config``: the models it names, as the run's sources, and its ``base_model`` as the
+        target (``""``: none). A config that names only its base model merges that one with itself: it is the
+        source then."""
+        if not isinstance(cfg, Merge.Config) or cfg.mergekit_config is None:
+            return None
+        config = read_mergekit_config(cfg.mergekit_config)
+        sources = [ref for ref in config.references if ref != config.base]
+        return (sources, config.base or "") if sources else ([config.base or ""], "")
+
     def fuse(self, sources: list[ModelRef], target: ModelRef | None, cfg: BaseModel, ctx: FuseContext) -> FusionResult:
+        if cfg.mergekit_config is not None:
+            return _fuse_mergekit_config(read_mergekit_config(cfg.mergekit_config), ctx)
         spec = _method_spec(cfg.method)
         models, base = choose_inputs(spec, sources, target, cfg.use_base)
         involved = list(dict.fromkeys([*models, *([base] if base else [])]))
@@ -106,6 +147,143 @@ class Merge(Fuser):
             "models": [m.spec for m in models],
             "base": base.spec if base else None,
         })
+
+
+# --- a mergekit config of the user's ---------------------------------------------------------------
+
+#: Keys under which a mergekit config names a model (``tokenizer_source`` also takes ``union`` / ``base``; ``source``
+#: is the tokenizer's source and a token embedding's source).
+_MODEL_KEYS = frozenset({"model", "base_model", "tokenizer_source", "source"})
+_CONFIG_FIX = "see mergekit's README for the config format (merge_method, models or slices, base_model, parameters)"
+
+
+@dataclass(frozen=True)
+class MergekitConfig:
+    """A user's mergekit config: as written (``raw``, and ``text``: the file's YAML, or the mapping dumped as YAML),
+    where it came from (``file``, None for a mapping), and the models it names (``references``, in the order they
+    appear, ``base``: its ``base_model``), as mergekit reads them (``path`` or ``path@revision``)."""
+
+    raw: dict[str, Any]
+    text: str
+    file: Path | None
+    references: list[str]
+    base: str | None
+
+    @property
+    def label(self) -> str:
+        return f"mergekit config {self.file}" if self.file else "mergekit_config"
+
+
+def read_mergekit_config(value: str | dict[str, Any]) -> MergekitConfig:
+    """Read and check a mergekit config (a YAML file's path, or the mapping): a BenchError naming the first problem
+    (not YAML, no merge_method, an unknown method, what mergekit's own validation rejects, a LoRA reference)."""
+    from mergekit.config import MergeConfiguration
+
+    file = None
+    if isinstance(value, str):
+        file = Path(value).expanduser()
+        if not file.is_file():
+            raise BenchError(f"mergekit config {value} not found", "give an existing YAML file, e.g. "
+                             "--set mergekit_config=merge.yml")
+        text = read_text(file, "mergekit config")
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            raise BenchError(f"mergekit config {value} is not valid YAML{at}: {getattr(e, 'problem', e)}",
+                             "fix the YAML syntax") from None
+    else:
+        raw = value
+        text = yaml.safe_dump(raw, sort_keys=False)
+    label = f"mergekit config {file}" if file else "mergekit_config"
+    if not isinstance(raw, dict):
+        raise BenchError(f"{label} must be a mapping, got {type(raw).__name__}", _CONFIG_FIX)
+    if not isinstance(raw.get("merge_method"), str):
+        raise BenchError(f"{label} has no merge_method", "add one, e.g. merge_method: linear")
+    _method_spec(raw["merge_method"])
+    try:
+        parsed = MergeConfiguration.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err.get("loc", ()))
+        raise BenchError(f"{label}: {where + ': ' if where else ''}{err.get('msg')}", _CONFIG_FIX) from None
+    except (RuntimeError, ValueError) as e:  # mergekit's own validators raise RuntimeError
+        raise BenchError(f"{label}: {' '.join(str(e).split())}", _CONFIG_FIX) from None
+    references = list(dict.fromkeys(_referenced(parsed)))
+    if not references:
+        raise BenchError(f"{label} names no model", _CONFIG_FIX)
+    return MergekitConfig(raw, text, file, references,
+                          str(parsed.base_model.model) if parsed.base_model is not None else None)
+
+
+def _referenced(node: Any) -> Iterator[str]:
+    """Every model a parsed mergekit config names (merged, base, tokenizer and token-embedding sources), in field
+    order, as ``path`` or ``path@revision``; a LoRA reference is refused (its adapter's bytes would not be part of the
+    artifact's cache key)."""
+    from mergekit.common import ModelReference
+
+    if isinstance(node, ModelReference):
+        if node.lora is not None:
+            raise BenchError(f"mergekit config reference {node} applies a LoRA adapter, which FuseBench does not "
+                             "resolve", "merge the adapter into its model first and name that folder")
+        yield str(node.model)
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            yield from _referenced(getattr(node, name))
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            yield from _referenced(item)
+    elif isinstance(node, dict):
+        for item in node.values():
+            yield from _referenced(item)
+
+
+def _with_folders(node: Any, folders: dict[str, str], key: str | None = None) -> Any:
+    """``node`` (the config as written) with every model reference replaced by its absolute folder (``folders``:
+    reference -> folder)."""
+    from mergekit.common import ModelReference
+
+    if isinstance(node, dict):
+        return {k: _with_folders(v, folders, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_with_folders(v, folders, key) for v in node]
+    if isinstance(node, str) and key in _MODEL_KEYS and node not in ("union", "base"):
+        try:
+            return folders.get(str(ModelReference.model_validate(node).model), node)
+        except (ValidationError, RuntimeError, ValueError):
+            return node
+    return node
+
+
+def _fuse_mergekit_config(config: MergekitConfig, ctx: FuseContext) -> FusionResult:
+    """Run the user's mergekit config with its models as absolute folders; mergekit's own errors as one line."""
+    from mergekit.config import MergeConfiguration
+
+    from harness.model import resolve
+
+    folders = {ref: str(_local_dir(resolve(ref))) for ref in config.references}
+    runnable = _with_folders(config.raw, folders)
+    left = [ref for ref in _referenced(MergeConfiguration.model_validate(runnable)) if ref not in folders.values()]
+    if left:
+        raise BenchError(f"{config.label} names {left[0]} in a form FuseBench cannot resolve",
+                         "write each model reference as a string (model: NAME), as mergekit's examples do")
+    out_dir = Path(ctx.out_dir).resolve()
+    neox = any(_read_config(Path(folder)).get("model_type") == "gpt_neox" for folder in folders.values())
+    try:
+        _run_mergekit(runnable, out_dir, seed=ctx.seed, neox=neox)
+    except (RuntimeError, ValueError, KeyError, AssertionError, OSError) as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise BenchError(f"mergekit could not run {config.label}: {first.strip()}", _CONFIG_FIX) from e
+    base = config.base
+    return FusionResult(path=out_dir, details={
+        "mergekit_config": runnable,
+        "mergekit_config_text": config.text,
+        "mergekit_config_file": str(config.file.resolve()) if config.file else None,
+        "method": config.raw["merge_method"],
+        "models": [ref for ref in config.references if ref != base],
+        "base": base,
+    })
 
 
 # --- which models go in, and in which role ------------------------------------------------------

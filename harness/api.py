@@ -107,6 +107,14 @@ class Suite(ABC):
     #: which splits the documents across the processes of a data-parallel evaluation (`--processes N`,
     #: :mod:`harness.eval_worker`); other suites run in one process.
     data_parallel: ClassVar[bool] = False
+    #: FastChat's MT-Bench files (`bench export --format fastchat`, `bench import`), for a suite that has that form:
+    #: ``to_fastchat(args, samples, tstamp) -> {relative path: rows}`` writes a run's samples (rows of the results DB's
+    #: ``samples`` with the member's name as ``model``, made with suite arguments ``args``) as FastChat's
+    #: ``question.jsonl``, ``model_answer/*.jsonl`` and ``model_judgment/*_single.jsonl``;
+    #: ``from_fastchat(questions, answers, judgments) -> {model: EvalResult}`` reads such rows (each with where it
+    #: was read) back into the suite's scores and samples. None: the suite has no FastChat form.
+    to_fastchat: ClassVar[Callable[..., dict[str, list[dict[str, Any]]]] | None] = None
+    from_fastchat: ClassVar[Callable[..., dict[str, EvalResult]] | None] = None
 
     @classmethod
     def caveats(cls, args: dict[str, Any]) -> list[str]:
@@ -218,6 +226,10 @@ class Fuser(ABC):
     #: aligned stores), keyed by content so that ``fuse`` then finds them; run in every process of a launch, each
     #: doing its share. None for a fuser without such a stage.
     prepare: ClassVar[Callable[..., list[PreparedStore]] | None] = None
+    #: A classmethod ``config_models(cfg) -> (sources, target) | None``: the models that the fuser's own arguments name
+    #: (merge's ``mergekit_config``), which then are the run's sources and target (``""``: no target), so that the run
+    #: evaluates the result beside them; None (or a hook that returns None): the run's ``--sources`` / ``--target``.
+    config_models: ClassVar[Callable[[BaseModel], tuple[list[str], str] | None] | None] = None
 
     @abstractmethod
     def fuse(

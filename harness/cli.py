@@ -546,6 +546,46 @@ def skills(
         console.print(Text(line), soft_wrap=True)
 
 
+@app.command("export")
+def export_cmd(
+    run_ref: Annotated[str, typer.Argument(metavar="RUN", help="A run's id or name (see `bench runs`).")],
+    out: Annotated[str, typer.Option("--out", help="A new or empty folder to write into.")],
+    format: Annotated[str, typer.Option("--format", help="hf: the fused model with a model card (default) | lm-eval: "
+                      "lm-eval's results and samples files | fastchat: FastChat's MT-Bench answer and judgment "
+                      "files.")] = "hf",
+    db: DbOpt = str(DEFAULT_DB),
+) -> None:
+    """Copy a run's fused model with its model card (scores included), or write its results as lm-eval or FastChat
+    files. Publishing stays yours: `huggingface-cli upload NAME DIR`."""
+    from pathlib import Path
+
+    from harness import export
+
+    done = export.export(store_for_reading(db), run_ref, Path(out), format)
+    typer.echo(f"wrote {done.out}: {done.summary} ({len(done.files)} files)")
+
+
+@app.command("import")
+def import_cmd(
+    path: Annotated[str, typer.Argument(metavar="FILE|DIR", help="An lm-eval results JSON (its samples JSONL beside "
+                    "it are read too), a FastChat model_answer / model_judgment file or data/mt_bench folder, or a "
+                    "folder holding any of them.")],
+    name: Annotated[str | None, typer.Option("--name", help="A label for the imported run(s).")] = None,
+    db: DbOpt = str(DEFAULT_DB),
+) -> None:
+    """Record evaluations made by lm-eval or FastChat as runs (kind import), so that they sit on the leaderboard.
+    All or nothing; files imported before are recognised and skipped."""
+    from pathlib import Path
+
+    from harness.import_results import import_path
+    from harness.session import command_line
+
+    for outcome in import_path(store_for_writing(db), Path(path), name, command_line()):
+        typer.echo(f"run {outcome.run_id} " + ("imported: " if outcome.new else "already imported, skipped: ")
+                   + outcome.what)
+    typer.echo("see them with `bench leaderboard" + _db_flag(db) + "`")
+
+
 def _click_exception_types(name: str) -> tuple[type[Any], ...]:
     """Click's exception class ``name`` and its twin in the copy of click that recent typer releases carry
     (``typer._click``): that copy's exceptions do not derive from click's, so both must be caught (and are typed Any:

@@ -72,7 +72,7 @@ class RunConfig(BaseModel):
     fuser: str | None = Field(None, description="Registered fuser name; None for `bench eval` runs.")
     fuser_args: dict[str, Any] = Field(default_factory=dict, description="Arguments of the fuser's Config.")
     sources: list[str] = Field(default_factory=list, description="Model refs; empty = the fuser's defaults.")
-    target: str | None = Field(None, description="Target / pivot / base model; None = the fuser's default.")
+    target: str | None = Field(None, description="Target / pivot / base model; None = the fuser's default, \"\" = none.")
     suites: list[str] = Field(default_factory=lambda: list(DEFAULT_SUITES))
     suite_args: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds torch, numpy and Python's random (numpy's range).")
@@ -292,7 +292,7 @@ def build_run_config(
     from harness.registry import fusers as fuser_registry
     from harness.registry import suites as suite_registry
 
-    data = _normalise_file(read_yaml(config_file)) if config_file else {}
+    data = _normalise_file(_run_file(config_file, fuser)) if config_file else {}
     flags = {"fuser": fuser, "sources": sources or None, "target": target, "suites": suites or None,
              "name": name, "limit": limit, "seed": seed, "processes": processes, "control": control, "seeds": seeds,
              **(placement or {})}
@@ -341,11 +341,47 @@ def build_run_config(
         cfg = RunConfig(**data)
     except ValidationError as e:
         raise BenchError(f"invalid run config: {_first_error(e)}", "check the config file and flags") from None
-    spec = resolve(cfg)
+    spec = _with_config_models(resolve(cfg))
     _check_per_model_entries(spec)
     if spec.seeds and "seed" in data:
         raise BenchError("both a seed and seeds are given", "use --seeds A,B,C for a seed group, or --seed N for one run")
     return spec
+
+
+#: The fuser that runs a mergekit config given as the run file (`bench run --config merge.yml`).
+MERGEKIT_FUSER = "merge"
+
+
+def is_mergekit_config(data: dict[str, Any]) -> bool:
+    """Whether a YAML mapping is a mergekit config rather than a FuseBench run file: mergekit's ``merge_method`` with
+    its ``models``, ``slices`` or ``modules``, and no FuseBench ``fuser``."""
+    return "merge_method" in data and "fuser" not in data and any(k in data for k in ("models", "slices", "modules"))
+
+
+def _run_file(config_file: str, fuser: str | None) -> dict[str, Any]:
+    """The run file's mapping; a mergekit config becomes a run of the merge fuser on that file (its models are the
+    run's sources: :func:`_with_config_models`)."""
+    data = read_yaml(config_file)
+    if not is_mergekit_config(data):
+        return data
+    if fuser not in (None, MERGEKIT_FUSER):
+        raise BenchError(f"{config_file} is a mergekit config, which the {MERGEKIT_FUSER} fuser runs, not {fuser}",
+                         f"drop --fuser, or give --fuser {MERGEKIT_FUSER}")
+    return {"fuser": MERGEKIT_FUSER, "fuser_args": {"mergekit_config": str(Path(config_file).resolve())}}
+
+
+def _with_config_models(spec: RunSpec) -> RunSpec:
+    """``spec`` with the sources and target that its fuser's arguments name (:attr:`harness.api.Fuser.config_models`:
+    a mergekit config's models), which must not be given besides."""
+    hook = spec.fuser_plugin.config_models if spec.fuser_plugin is not None else None
+    named = hook(spec.fuser_config) if hook is not None and spec.fuser_config is not None else None
+    if named is None:
+        return spec
+    if spec.sources or spec.target is not None:
+        raise BenchError(f"the {spec.fuser} arguments name the models to fuse (mergekit_config), so sources and target "
+                         "are not given besides", "drop --sources / --target (and sources: / target: in the YAML)")
+    sources, target = named
+    return resolve(RunConfig(**{**spec.model_dump(), "sources": sources, "target": target}))
 
 
 def _check_per_model_entries(cfg: RunConfig) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from harness import corpus, paths, provenance
+from harness import corpus, model_card, paths, provenance
 from harness.api import EvalContext, FuseContext, Fuser, FusionResult, PreparedStore, Suite, Timings
 from harness.atomic import atomic_dir, atomic_file
 from harness.config import ResolvedSuite, RunSpec, stable_hash
@@ -378,6 +378,7 @@ def _build_artifact(fuser: Fuser, fuser_cfg: BaseModel, cfg: RunSpec, sources: l
                 "stages": {name: _inside(Path(result.path), Path(stage_dir))
                            for name, stage_dir in result.stages.items()}}
         (tmp / "fusebench.json").write_text(json.dumps(card, indent=1, sort_keys=True, default=str))
+        model_card.write(tmp, json.loads((tmp / "fusebench.json").read_text()))  # README.md: HF metadata, method, config
     console.log(f"fuse: wrote {out_dir} in {card['seconds']:.1f}s")
     return card
 

@@ -1,7 +1,8 @@
 """The results store: one SQLite file (default ``results/bench.db``) holding every run, model, score and sample.
 
 Tables (stable, documented columns; later migrations only add):
-  runs        one row per `bench run` / `bench eval` / `bench score`: config, status, provenance, timings
+  runs        one row per `bench run` / `bench eval` / `bench score` / `bench import`: config, status, provenance,
+              timings
   models      every model a run evaluated or built: source refs and fused artifacts, with content hashes
   run_models  which models a run evaluated, in which role (fused / target / source / model) and under which name
   scores      run, model, suite, task, metric -> value, stderr, n, higher_is_better, suite version
@@ -288,18 +289,26 @@ class Store:
         The models table is keyed by content and keeps a model's first name, and so does the run's member, except a
         source or target whose content was first recorded as a fused model (a merge that degenerated to one expert,
         say): that one is shown under the run's own name for it (``model["name"]``)."""
+        with self._writing():
+            self._insert_member(model, run_id, role, position)
+
+    def _insert_member(self, model: dict[str, Any], run_id: str, role: str, position: int,
+                       display_name: str | None = None) -> None:
+        """:meth:`add_model`'s writes, inside the caller's transaction; ``display_name``: the name the run shows the
+        member by, when the caller decides it."""
         row = {k: (_json(v) if isinstance(v, (dict, list)) else v) for k, v in model.items()}
         row.setdefault("created_at", now())
         row.setdefault("created_by_run", run_id)
-        with self._writing():
-            self.db.table("models").insert(row, pk="id", ignore=True)
-            first = self.db.table("models").get(model["id"])
-            fused_output_as_input = first["kind"] in ("fused", "runtime") and role not in MADE_ROLES
-            self.db.table("run_models").insert(
-                {"run_id": run_id, "model_id": model["id"], "role": role, "position": position,
-                 "display_name": model["name"] if fused_output_as_input else first["name"]},
-                pk=("run_id", "model_id"), replace=True,
-            )
+        self.db.table("models").insert(row, pk="id", ignore=True)
+        first = self.db.table("models").get(model["id"])
+        fused_output_as_input = first["kind"] in ("fused", "runtime") and role not in MADE_ROLES
+        if display_name is None:
+            display_name = model["name"] if fused_output_as_input else first["name"]
+        self.db.table("run_models").insert(
+            {"run_id": run_id, "model_id": model["id"], "role": role, "position": position,
+             "display_name": display_name},
+            pk=("run_id", "model_id"), replace=True,
+        )
 
     def add_train_log(self, run_id: str, model_id: str, curves: dict[str, list[float]]) -> None:
         """Store a fuser's per-step curves (``{"total": [...], "clm": [...], ...}``) in one transaction."""
@@ -320,6 +329,13 @@ class Store:
                  precision: dict[str, str] | None = None) -> None:
         """All scores and samples of one (model, suite) evaluation, in one transaction. ``precision``:
         ``{"dtype", "backend"}`` the scores were computed in."""
+        with self._writing():
+            self._insert_eval(run_id, model_id, suite, suite_version, eval_key, scores, samples, precision)
+
+    def _insert_eval(self, run_id: str, model_id: str, suite: str, suite_version: str, eval_key: str,
+                     scores: Iterable[dict[str, Any]], samples: Iterable[dict[str, Any]],
+                     precision: dict[str, str] | None = None) -> None:
+        """:meth:`add_eval`'s writes, inside the caller's transaction."""
         created = now()
         precision = precision or {}
         score_rows = [
@@ -341,11 +357,40 @@ class Store:
             }
             for s in samples
         ]
+        self.db.table("scores").insert_all(score_rows, pk=("run_id", "model_id", "suite", "task", "metric"), replace=True)
+        if sample_rows:
+            self.db.table("samples").insert_all(sample_rows, pk=("run_id", "model_id", "suite", "task", "doc_id"),
+                                                replace=True, batch_size=200)
+
+    # --- imported results -------------------------------------------------------------------------
+
+    def record_imports(self, runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[tuple[str, bool]]:
+        """Record evaluations made elsewhere (`bench import`) as finished runs of kind ``import``, all in one
+        transaction (all or nothing). Each run is its row's fields (``run_hash`` identifies what was imported) and
+        its members (``{"model": <models row>, "name": <shown name>, "evals": [{"suite", "suite_version",
+        "eval_key", "scores", "samples"}]}``), each recorded with role ``model``, its scores and samples. Returns
+        (run id, True) per run; a run whose ``run_hash`` an earlier import run has is not written again: (that
+        run's id, False)."""
+        recorded = []
         with self._writing():
-            self.db.table("scores").insert_all(score_rows, pk=("run_id", "model_id", "suite", "task", "metric"), replace=True)
-            if sample_rows:
-                self.db.table("samples").insert_all(sample_rows, pk=("run_id", "model_id", "suite", "task", "doc_id"),
-                                              replace=True, batch_size=200)
+            for run, members in runs:
+                earlier = self._rows("select id from runs where kind = 'import' and run_hash = ? "
+                                     "order by started_at limit 1", [run["run_hash"]])
+                if earlier:
+                    recorded.append((earlier[0]["id"], False))
+                    continue
+                stamp, run_id = now(), new_run_id()
+                row = {**{k: (_json(v) if isinstance(v, (dict, list)) else v) for k, v in run.items()},
+                       "id": run_id, "kind": "import", "status": "ok", "started_at": stamp, "finished_at": stamp,
+                       "pid": os.getpid(), "hostname": socket.gethostname(), "heartbeat_at": stamp, "attempts": 1}
+                self.db.table("runs").insert(row)
+                for position, member in enumerate(members):
+                    self._insert_member(member["model"], run_id, "model", position, display_name=member["name"])
+                    for ev in member["evals"]:
+                        self._insert_eval(run_id, member["model"]["id"], ev["suite"], ev["suite_version"],
+                                          ev["eval_key"], ev["scores"], ev["samples"], ev.get("precision"))
+                recorded.append((run_id, True))
+        return recorded
 
     # --- reading runs ---------------------------------------------------------------------------
 
