@@ -17,6 +17,7 @@ SNAPSHOT = Path(__file__).resolve().parents[1] / "snapshots" / "demo_first_scree
 DEMO_RUN = ("run", "--fuser", "fusechat", "--name", "demo-fusechat", "--suite", "perplexity", "--suite", "bbh-mini",
             "--suite", "humaneval-mini", "--allow-code-exec", "--suite", "mtbench", "--limit", "1",
             "--set", "perplexity.max_docs=1", "--set", "perplexity.max_chars_per_doc=200",
+            "--set", "mtbench.max_gen_toks=16", "--set", "humaneval-mini.max_gen_toks=32",
             *(x for key, value in {"steps": 2, "batch_size": 2, "seq_len": 96, "conversations": 16, "top_k": 4,
                                    "warmup_steps": 1}.items() for x in ("--set", f"fuser.{key}={value}")))
 LIBRARY_NOISE = re.compile(r"it/s\]|s/it\]|Running generate_until|Scoring rolling windows|\[transformers\]|Warning")
