@@ -1,7 +1,8 @@
 """One process of a multi-process fusion: `bench run --processes N` launches N of these with accelerate.
 
 The runner writes a JSON spec (fuser, its config, the resolved sources and target, the output dir, the
-seed) and starts ``accelerate launch --multi_gpu --num_processes N -m harness.fuse_worker SPEC``: on GPUs
+seed, ``$BENCH_HOME``) and starts ``accelerate launch --multi_gpu --num_processes N -m harness.fuse_worker SPEC``
+(or ``accelerate launch --config_file FILE ...`` with ``--accelerate-config``: :mod:`harness.launch`): on GPUs
 each process gets one device (NCCL), on CPU accelerate falls back to gloo. Every process runs the fuser's
 ``fuse()``; the fuser itself makes process 0 the only writer of weights (``accelerator.is_main_process``),
 and this worker makes it the only writer of the result file the runner reads back.
@@ -10,6 +11,7 @@ and this worker makes it the only writer of the result file the runner reads bac
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,13 +20,18 @@ RESULT_FILE = ".fuse_result.json"
 
 def write_spec(path: Path, *, fuser: str, config: dict, sources: list, target, out_dir: Path, seed: int,
                batch_size: int, placement: dict | None = None) -> None:
+    """The worker's spec, with this process's ``$BENCH_HOME`` (workers on other machines use the same folder, on a
+    shared filesystem, for the caches the main process writes and the others read)."""
+    from harness.paths import bench_home
+
     def ref(r):
         return None if r is None else {"spec": r.spec, "kind": r.kind, "path": str(r.path) if r.path else None,
                                        "revision": r.revision}
 
     path.write_text(json.dumps({"fuser": fuser, "config": config, "sources": [ref(s) for s in sources],
                                 "target": ref(target), "out_dir": str(out_dir), "seed": seed,
-                                "batch_size": batch_size, "placement": placement or {}}))
+                                "batch_size": batch_size, "placement": placement or {},
+                                "bench_home": str(bench_home())}))
 
 
 def main(spec_path: str) -> None:
@@ -33,6 +40,8 @@ def main(spec_path: str) -> None:
     from harness.registry import fusers
 
     spec = json.loads(Path(spec_path).read_text())
+    if spec.get("bench_home"):
+        os.environ["BENCH_HOME"] = spec["bench_home"]
 
     def ref(d):
         if d is None:

@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import json
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -88,9 +89,9 @@ def _run_fusion(run: RunSession) -> None:
         if spec.control and fuser_cls.control_config is None:
             raise BenchError(f"fuser {spec.fuser} has no fusion term to switch off, so no data-only control",
                              "drop --control (it applies to the training fusers fusellm, fusechat and profuser)")
-        if spec.processes > 1 and not fuser_cls.distributed:
-            raise BenchError(f"fuser {spec.fuser} runs in one process", "drop --processes (only training fusers "
-                             "such as fusellm scale over processes)")
+        if spec.launched and not fuser_cls.distributed:
+            raise BenchError(f"fuser {spec.fuser} runs in one process", "drop --processes / --accelerate-config (only "
+                             "the training fusers fusellm, fusechat and profuser scale over processes)")
         source_specs = spec.sources or list(fuser_cls.default_sources)
         target_spec = spec.target if spec.target is not None else fuser_cls.default_target
         if not source_specs:
@@ -314,7 +315,7 @@ def _build_artifact(fuser: Fuser, fuser_cfg: BaseModel, cfg: RunSpec, sources: l
     with atomic_dir(out_dir) as tmp:
         start_t = time.perf_counter()
         ctx = FuseContext(out_dir=tmp, seed=cfg.seed, batch_size=cfg.int_batch_size, timings=fuser_stages)
-        if cfg.processes > 1:
+        if cfg.launched:
             result = _fuse_in_processes(cfg, fuser_cfg, sources, target, ctx)
         else:
             result = fuser.fuse(sources, target, fuser_cfg, ctx)
@@ -343,36 +344,61 @@ def _inside(root: Path, stage_dir: Path) -> str:
 
 def _fuse_in_processes(cfg: RunSpec, fuser_cfg: BaseModel, sources: list[ModelRef], target: ModelRef | None,
                        ctx: FuseContext) -> FusionResult:
-    """Run ``fuse()`` in ``cfg.processes`` processes under ``accelerate launch`` (DDP; gloo on CPU); the stage
-    timings of the first process go to ``ctx.timings``."""
+    """Run ``fuse()`` in several processes under ``accelerate launch`` (:mod:`harness.launch`: ``cfg.processes``
+    DDP processes, or as the run's accelerate config file says); the stage timings of the main process go to
+    ``ctx.timings``."""
+    import os
     import subprocess
 
     from harness.fuse_worker import RESULT_FILE, write_spec
+    from harness.launch import LAUNCH_CONFIG_ENV, launch_command, other_machines_command, read_config
 
     assert cfg.fuser is not None, "a fusion run names its fuser"
+    launch = read_config(cfg.accelerate) if cfg.accelerate else None
     out_dir = ctx.out_dir
     spec = out_dir.parent / f".spec-{out_dir.name}.json"
     write_spec(spec, fuser=cfg.fuser, config=fuser_cfg.model_dump(mode="json"), sources=sources, target=target,
                out_dir=out_dir, seed=cfg.seed, batch_size=cfg.int_batch_size,
                placement={"dtype": cfg.dtype, "device": cfg.device, "per_model": _per_model(cfg)})
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-               str(cfg.processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "harness.fuse_worker", str(spec)]
-    console.log(f"fuse: {cfg.processes} processes via accelerate launch")
+    command = launch_command(processes=cfg.processes, config=launch, spec=spec)
+    env = dict(os.environ)
+    if launch is None:
+        console.log(f"fuse: {cfg.processes} processes via accelerate launch")
+    else:
+        env[LAUNCH_CONFIG_ENV] = str(launch.path)
+        console.log(f"fuse: accelerate launch with {launch.path} ({launch.distributed_type}"
+                    + (f", {cfg.processes} processes" if cfg.processes else "") + ")")
+        if launch.num_machines > 1:
+            console.log(f"fuse: machine 0 of {launch.num_machines}; on each other machine (the same BENCH_HOME, on a "
+                        f"shared filesystem), with RANK its machine_rank, start:\n  "
+                        + other_machines_command(launch, cfg.processes, spec))
     try:  # the workers' progress goes to our stderr (stdout stays for the leaderboard)
         to_stderr = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # a captured stream (tests)
         to_stderr = None
     try:
-        done = subprocess.run(command, stdout=to_stderr, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(command, stdout=to_stderr, stderr=subprocess.PIPE, text=True, env=env)
     finally:
         spec.unlink(missing_ok=True)
     if done.returncode != 0:
-        raise RuntimeError(f"fusion in {cfg.processes} processes failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"fusion in several processes failed ({shlex.join(command)}):\n{done.stderr[-3000:]}")
     result = json.loads((out_dir / RESULT_FILE).read_text())
     (out_dir / RESULT_FILE).unlink()
     ctx.timings.add(result["timings"])
+    _warn_unsharded(result["details"].get("distributed") or {})
     return FusionResult(path=Path(result["path"]), details=result["details"])
+
+
+def _warn_unsharded(distributed: dict[str, Any]) -> None:
+    """One line when the launch config asked for FSDP or DeepSpeed and the training ran otherwise: accelerate runs
+    them only on accelerators, and trains with DDP (each process holding the whole model) on CPU."""
+    from rich.text import Text
+
+    requested, ran = distributed.get("requested"), distributed.get("type")
+    if requested and ran != requested:
+        console.print(Text(f"warning: the accelerate config asked for {requested}, but accelerate ran {ran} (it runs "
+                           f"{requested} only on GPUs and other accelerators): every process held the whole model",
+                           style="yellow"), soft_wrap=True)
 
 
 # --- evaluation (cached) ------------------------------------------------------------------------

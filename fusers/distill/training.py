@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,9 +31,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: Set (to the file's path) in the environment of processes that ``bench run --accelerate-config FILE``
-#: launched: the file's own choices (mixed precision) are then honoured instead of FuseBench's defaults.
-LAUNCH_CONFIG_ENV = "FUSEBENCH_ACCELERATE_CONFIG"
+#: How long a process waits for the others at a collective call before the run fails.
+WAIT_FOR_MAIN = timedelta(hours=24)
 
 
 def make_accelerator() -> Accelerator:
@@ -42,8 +42,9 @@ def make_accelerator() -> Accelerator:
     it (float32 master weights) and float32 on CPU. DDP, FSDP or DeepSpeed is what the launch chose.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
+    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
+    from harness.launch import LAUNCH_CONFIG_ENV
     from harness.model import current_placement
 
     on_gpu = current_placement().kind == "cuda"
@@ -52,7 +53,8 @@ def make_accelerator() -> Accelerator:
     else:
         mixed = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
     return Accelerator(cpu=not on_gpu, mixed_precision=mixed,
-                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+                       dataloader_config=DataLoaderConfiguration(split_batches=True),
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=WAIT_FOR_MAIN)])
 
 
 def requested_engine() -> str | None:

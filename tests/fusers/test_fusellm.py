@@ -6,6 +6,7 @@ recorded, not that fusion helps (that is measured on the default zoo, see the fu
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -151,30 +152,55 @@ def test_missing_sources_is_a_bench_error() -> None:
         FuseLLM().fuse([], None, FuseLLM.Config(), None)  # type: ignore[arg-type]
 
 
-def test_bench_run_processes_2_matches_one_process(home: Path, tmp_path: Path, capsys) -> None:
-    """`bench run --processes 2` trains under accelerate launch (gloo on CPU) and gives the 1-process model."""
+def test_bench_run_in_2_processes_ddp_and_fsdp_match_one_process(home: Path, tmp_path: Path, monkeypatch,
+                                                                  capsys) -> None:
+    """`bench run --processes 2` trains under accelerate launch (DDP, gloo on CPU), and `--accelerate-config` with
+    an FSDP2 config shards the model over the 2 processes: both give the 1-process model, saved as an ordinary HF
+    folder. accelerate runs FSDP only on accelerators, so the FSDP run lifts that gate for CPU processes
+    (tests/fusers/fsdp_on_cpu/sitecustomize.py) and checks that FSDP2 really ran."""
+    import os
+    import shutil
+
     import torch
     from safetensors.torch import load_file
 
     sets = [x for key, value in TINY.items() for x in ("--set", f"fuser.{key}={value}")]
     common = ("run", "--fuser", "fusellm", *sets, "--suite", "perplexity", "--set", "perplexity.max_docs=2",
               "--set", "perplexity.max_chars_per_doc=200")
-    assert bench(*common, "--db", str(tmp_path / "one.db")) == 0, capsys.readouterr().err[-2000:]
-    artifacts = sorted((home / "artifacts").iterdir())
-    one = load_file(artifacts[0] / "model.safetensors")
-    for path in artifacts:  # same fuse hash for both: clear it so the 2-process run really trains
-        import shutil
 
-        shutil.rmtree(path)
-    assert bench(*common, "--processes", "2", "--db", str(tmp_path / "two.db")) == 0, capsys.readouterr().err[-3000:]
-    (two_dir,) = sorted((home / "artifacts").iterdir())
-    two = load_file(two_dir / "model.safetensors")
-    assert one.keys() == two.keys()
-    for key in one:
-        torch.testing.assert_close(one[key], two[key], atol=1e-4, rtol=1e-4)
-    run = sqlite_utils.Database(tmp_path / "two.db")["runs"].get(
-        next(iter(sqlite_utils.Database(tmp_path / "two.db").query("select id from runs")))["id"])
-    assert run["status"] == "ok" and json.loads(run["config"])["processes"] == 2
+    def fused(db: str, *extra: str) -> tuple[dict, dict]:
+        """The fused weights and the fused model's details of a run; its artifact is removed afterwards (every run
+        has the same fuse hash: how a run executes is not part of it), so the next run really trains."""
+        assert bench(*common, *extra, "--db", str(tmp_path / db)) == 0, capsys.readouterr().err[-3000:]
+        (artifact,) = sorted((home / "artifacts").iterdir())
+        weights, card = load_file(artifact / "model.safetensors"), json.loads((artifact / "fusebench.json").read_text())
+        shutil.rmtree(artifact)
+        return weights, card["details"]
+
+    one, one_details = fused("one.db")
+    ddp, ddp_details = fused("two.db", "--processes", "2")
+    hook = Path(__file__).parent / "fsdp_on_cpu"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    monkeypatch.setenv("FUSEBENCH_TEST_FSDP_ON_CPU", "1")
+    fsdp, fsdp_details = fused("fsdp.db", "--accelerate-config", str(hook / "accelerate.yaml"))
+
+    assert one_details["distributed"] == {"type": "NO", "processes": 1, "mixed_precision": "no", "requested": None}
+    assert ddp_details["distributed"]["type"] == "MULTI_CPU" and ddp_details["distributed"]["processes"] == 2
+    assert fsdp_details["distributed"] == {"type": "FSDP", "processes": 2, "mixed_precision": "no",
+                                           "requested": "FSDP", "fsdp_version": 2}
+    for name, two in (("ddp", ddp), ("fsdp", fsdp)):
+        assert one.keys() == two.keys(), name  # an ordinary HF folder: tied weights saved once, no wrapper names
+        for key in one:
+            torch.testing.assert_close(one[key], two[key], atol=1e-4, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+    database = sqlite_utils.Database(tmp_path / "fsdp.db")
+    (run,) = database.query("select config, status from runs")
+    config = json.loads(run["config"])
+    assert run["status"] == "ok" and config["accelerate"] == str((hook / "accelerate.yaml").resolve())
+    assert config["accelerate_sha256"] == hashlib.sha256((hook / "accelerate.yaml").read_bytes()).hexdigest()
+    (two_run,) = sqlite_utils.Database(tmp_path / "two.db").query("select config, run_hash from runs")
+    assert json.loads(two_run["config"])["processes"] == 2
+    (one_run,) = sqlite_utils.Database(tmp_path / "one.db").query("select run_hash from runs")
+    assert one_run["run_hash"] == two_run["run_hash"] == next(database.query("select run_hash from runs"))["run_hash"]
 
 
 def test_processes_refused_for_single_process_fusers(home: Path, tmp_path: Path, capsys) -> None:
