@@ -370,8 +370,9 @@ def _fuse_in_processes(cfg: RunSpec, fuser_cfg: BaseModel, sources: list[ModelRe
                     + (f", {cfg.processes} processes" if cfg.processes else "") + ")")
         if launch.num_machines > 1:
             console.log(f"fuse: machine 0 of {launch.num_machines}; on each other machine (the same BENCH_HOME, on a "
-                        f"shared filesystem), with RANK its machine_rank, start:\n  "
-                        + other_machines_command(launch, cfg.processes, spec))
+                        "shared filesystem), with RANK its machine_rank, start:")
+            console.print(other_machines_command(launch, cfg.processes, spec), soft_wrap=True, markup=False,
+                          highlight=False)
     try:  # the workers' progress goes to our stderr (stdout stays for the leaderboard)
         to_stderr = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # a captured stream (tests)

@@ -158,49 +158,31 @@ def test_bench_run_in_2_processes_ddp_and_fsdp_match_one_process(home: Path, tmp
     an FSDP2 config shards the model over the 2 processes: both give the 1-process model, saved as an ordinary HF
     folder. accelerate runs FSDP only on accelerators, so the FSDP run lifts that gate for CPU processes
     (tests/fusers/fsdp_on_cpu/sitecustomize.py) and checks that FSDP2 really ran."""
-    import os
-    import shutil
-
-    import torch
-    from safetensors.torch import load_file
+    from tests.fusers.conftest import assert_same_weights, fsdp_on_cpu, fuse_and_forget
 
     sets = [x for key, value in TINY.items() for x in ("--set", f"fuser.{key}={value}")]
-    common = ("run", "--fuser", "fusellm", *sets, "--suite", "perplexity", "--set", "perplexity.max_docs=2",
-              "--set", "perplexity.max_chars_per_doc=200")
-
-    def fused(db: str, *extra: str) -> tuple[dict, dict]:
-        """The fused weights and the fused model's details of a run; its artifact is removed afterwards (every run
-        has the same fuse hash: how a run executes is not part of it), so the next run really trains."""
-        assert bench(*common, *extra, "--db", str(tmp_path / db)) == 0, capsys.readouterr().err[-3000:]
-        (artifact,) = sorted((home / "artifacts").iterdir())
-        weights, card = load_file(artifact / "model.safetensors"), json.loads((artifact / "fusebench.json").read_text())
-        shutil.rmtree(artifact)
-        return weights, card["details"]
-
-    one, one_details = fused("one.db")
-    ddp, ddp_details = fused("two.db", "--processes", "2")
-    hook = Path(__file__).parent / "fsdp_on_cpu"
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    monkeypatch.setenv("FUSEBENCH_TEST_FSDP_ON_CPU", "1")
-    fsdp, fsdp_details = fused("fsdp.db", "--accelerate-config", str(hook / "accelerate.yaml"))
+    common = ["run", "--fuser", "fusellm", *sets, "--suite", "perplexity", "--set", "perplexity.max_docs=2",
+              "--set", "perplexity.max_chars_per_doc=200"]
+    one, one_details = fuse_and_forget(home, tmp_path / "one.db", common, capsys)
+    ddp, ddp_details = fuse_and_forget(home, tmp_path / "two.db", [*common, "--processes", "2"], capsys)
+    config = fsdp_on_cpu(monkeypatch)
+    fsdp, fsdp_details = fuse_and_forget(home, tmp_path / "fsdp.db", [*common, "--accelerate-config", config], capsys)
 
     assert one_details["distributed"] == {"type": "NO", "processes": 1, "mixed_precision": "no", "requested": None}
     assert ddp_details["distributed"]["type"] == "MULTI_CPU" and ddp_details["distributed"]["processes"] == 2
     assert fsdp_details["distributed"] == {"type": "FSDP", "processes": 2, "mixed_precision": "no",
                                            "requested": "FSDP", "fsdp_version": 2}
-    for name, two in (("ddp", ddp), ("fsdp", fsdp)):
-        assert one.keys() == two.keys(), name  # an ordinary HF folder: tied weights saved once, no wrapper names
-        for key in one:
-            torch.testing.assert_close(one[key], two[key], atol=1e-4, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+    assert_same_weights(one, ddp, "ddp")
+    assert_same_weights(one, fsdp, "fsdp")
     database = sqlite_utils.Database(tmp_path / "fsdp.db")
-    (run,) = database.query("select config, status from runs")
-    config = json.loads(run["config"])
-    assert run["status"] == "ok" and config["accelerate"] == str((hook / "accelerate.yaml").resolve())
-    assert config["accelerate_sha256"] == hashlib.sha256((hook / "accelerate.yaml").read_bytes()).hexdigest()
+    (run,) = database.query("select config, status, run_hash from runs")
+    recorded = json.loads(run["config"])
+    assert run["status"] == "ok" and recorded["accelerate"] == str(Path(config).resolve())
+    assert recorded["accelerate_sha256"] == hashlib.sha256(Path(config).read_bytes()).hexdigest()
     (two_run,) = sqlite_utils.Database(tmp_path / "two.db").query("select config, run_hash from runs")
     assert json.loads(two_run["config"])["processes"] == 2
     (one_run,) = sqlite_utils.Database(tmp_path / "one.db").query("select run_hash from runs")
-    assert one_run["run_hash"] == two_run["run_hash"] == next(database.query("select run_hash from runs"))["run_hash"]
+    assert one_run["run_hash"] == two_run["run_hash"] == run["run_hash"]  # how a run executes is not hashed
 
 
 def test_processes_refused_for_single_process_fusers(home: Path, tmp_path: Path, capsys) -> None:
