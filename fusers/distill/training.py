@@ -52,9 +52,18 @@ def make_accelerator() -> Accelerator:
         mixed = None  # the config file's mixed_precision (accelerate reads it from the launch environment)
     else:
         mixed = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(cpu=not on_gpu, mixed_precision=mixed,
-                       dataloader_config=DataLoaderConfiguration(split_batches=True),
-                       kwargs_handlers=[InitProcessGroupKwargs(timeout=WAIT_FOR_MAIN)])
+    accelerator = Accelerator(cpu=not on_gpu, mixed_precision=mixed,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True),
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=WAIT_FOR_MAIN)])
+    if accelerator.distributed_type.value == "DEEPSPEED" and not accelerator.state.deepspeed_plugin.zero3_init_flag:
+        # accelerate registers its DeepSpeed config with transformers even without zero3_init_flag, and under ZeRO-3
+        # transformers then loads every model partitioned (empty tensors outside the engine) and generates with
+        # synced GPUs. FuseBench loads models whole (teacher passes, ProFuser's answers); the engine partitions the
+        # trained one when it is prepared.
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+    return accelerator
 
 
 def requested_engine() -> str | None:

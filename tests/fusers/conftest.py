@@ -236,18 +236,19 @@ def reward_model(tmp_path_factory) -> Path:
 
 # --- training in several processes ------------------------------------------------------------------------------
 
-FSDP_ON_CPU = Path(__file__).parent / "fsdp_on_cpu"
+SHARDED_ON_CPU = Path(__file__).parent / "sharded_on_cpu"
 
 
-def fsdp_on_cpu(monkeypatch: pytest.MonkeyPatch) -> str:
-    """Make the processes that `bench run --accelerate-config` launches from this test run FSDP2 on CPU (accelerate
-    runs FSDP only on accelerators; ``fsdp_on_cpu/sitecustomize.py`` lifts that gate). Returns the accelerate config
-    to pass: FSDP2, full shard, 2 CPU processes."""
+def sharded_on_cpu(monkeypatch: pytest.MonkeyPatch, engine: str = "fsdp") -> str:
+    """Make the processes that `bench run --accelerate-config` launches from this test run FSDP2 or DeepSpeed on CPU
+    (accelerate runs them only on accelerators; ``sharded_on_cpu/sitecustomize.py`` lifts that gate). Returns the
+    accelerate config to pass, 2 CPU processes: ``fsdp`` (FSDP2, full shard), ``zero2`` or ``zero3`` (DeepSpeed)."""
     import os
 
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FSDP_ON_CPU), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    monkeypatch.setenv("FUSEBENCH_TEST_FSDP_ON_CPU", "1")
-    return str(FSDP_ON_CPU / "accelerate.yaml")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SHARDED_ON_CPU),
+                                                      *filter(None, [os.environ.get("PYTHONPATH")])]))
+    monkeypatch.setenv("FUSEBENCH_TEST_SHARDED_ON_CPU", "1")
+    return str(SHARDED_ON_CPU / f"{engine}.yaml")
 
 
 def fuse_and_forget(home: Path, db: Path, args: list[str], capsys: pytest.CaptureFixture[str]

@@ -157,15 +157,15 @@ def test_bench_run_in_2_processes_ddp_and_fsdp_match_one_process(home: Path, tmp
     """`bench run --processes 2` trains under accelerate launch (DDP, gloo on CPU), and `--accelerate-config` with
     an FSDP2 config shards the model over the 2 processes: both give the 1-process model, saved as an ordinary HF
     folder. accelerate runs FSDP only on accelerators, so the FSDP run lifts that gate for CPU processes
-    (tests/fusers/fsdp_on_cpu/sitecustomize.py) and checks that FSDP2 really ran."""
-    from tests.fusers.conftest import assert_same_weights, fsdp_on_cpu, fuse_and_forget
+    (tests/fusers/sharded_on_cpu/sitecustomize.py) and checks that FSDP2 really ran."""
+    from tests.fusers.conftest import assert_same_weights, fuse_and_forget, sharded_on_cpu
 
     sets = [x for key, value in TINY.items() for x in ("--set", f"fuser.{key}={value}")]
     common = ["run", "--fuser", "fusellm", *sets, "--suite", "perplexity", "--set", "perplexity.max_docs=2",
               "--set", "perplexity.max_chars_per_doc=200"]
     one, one_details = fuse_and_forget(home, tmp_path / "one.db", common, capsys)
     ddp, ddp_details = fuse_and_forget(home, tmp_path / "two.db", [*common, "--processes", "2"], capsys)
-    config = fsdp_on_cpu(monkeypatch)
+    config = sharded_on_cpu(monkeypatch, "fsdp")
     fsdp, fsdp_details = fuse_and_forget(home, tmp_path / "fsdp.db", [*common, "--accelerate-config", config], capsys)
 
     assert one_details["distributed"] == {"type": "NO", "processes": 1, "mixed_precision": "no", "requested": None}
@@ -183,6 +183,26 @@ def test_bench_run_in_2_processes_ddp_and_fsdp_match_one_process(home: Path, tmp
     assert json.loads(two_run["config"])["processes"] == 2
     (one_run,) = sqlite_utils.Database(tmp_path / "one.db").query("select run_hash from runs")
     assert one_run["run_hash"] == two_run["run_hash"] == run["run_hash"]  # how a run executes is not hashed
+
+
+def test_bench_run_under_deepspeed_zero2_and_zero3_matches_one_process(home: Path, tmp_path: Path, monkeypatch,
+                                                                        capsys) -> None:
+    """`--accelerate-config` with DeepSpeed ZeRO-2 and ZeRO-3 configs (2 CPU processes; accelerate's CPU gate lifted
+    as for FSDP): DeepSpeed's engine trains, and the gathered full weights are the 1-process model's."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install deepspeed)")
+    from tests.fusers.conftest import assert_same_weights, fuse_and_forget, sharded_on_cpu
+
+    sets = [x for key, value in TINY.items() for x in ("--set", f"fuser.{key}={value}")]
+    common = ["run", "--fuser", "fusellm", *sets, "--suite", "perplexity", "--set", "perplexity.max_docs=2",
+              "--set", "perplexity.max_chars_per_doc=200"]
+    one, _ = fuse_and_forget(home, tmp_path / "one.db", common, capsys)
+    for stage in (2, 3):
+        config = sharded_on_cpu(monkeypatch, f"zero{stage}")
+        zero, details = fuse_and_forget(home, tmp_path / f"zero{stage}.db", [*common, "--accelerate-config", config],
+                                        capsys)
+        assert details["distributed"] == {"type": "DEEPSPEED", "processes": 2, "mixed_precision": "no",
+                                          "requested": "DEEPSPEED", "zero_stage": stage}
+        assert_same_weights(one, zero, f"ZeRO-{stage}")
 
 
 def test_processes_refused_for_single_process_fusers(home: Path, tmp_path: Path, capsys) -> None:
