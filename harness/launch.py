@@ -70,6 +70,11 @@ def read_config(path: str | Path) -> LaunchConfig:
         _check_fsdp(path, cfg.fsdp_config or {})
     elif kind == "DEEPSPEED":
         _check_deepspeed(path, cfg.deepspeed_config or {})
+        launcher = (cfg.deepspeed_config or {}).get("deepspeed_multinode_launcher") or "pdsh"
+        if int(cfg.num_machines or 1) > 1 and launcher != "standard":
+            raise BenchError(f"accelerate config {path} starts DeepSpeed on {cfg.num_machines} machines with the "
+                             f"{launcher} launcher (from machine 0); `bench run` starts the machines' workers one by one",
+                             "set deepspeed_config.deepspeed_multinode_launcher: standard")
     if cfg.machine_rank != 0:
         raise BenchError(f"accelerate config {path} has machine_rank {cfg.machine_rank}: `bench run` is the main "
                          "machine's command", "run it with the machine_rank 0 config; on the other machines start the "

@@ -77,6 +77,8 @@ REFUSED = {
     "DeepSpeed accumulating": (DEEPSPEED + "  zero_stage: 2\n  gradient_accumulation_steps: 4\n",
                                "accumulate gradients over 4 steps"),
     "ZeRO-3 loading models partitioned": (DEEPSPEED + "  zero_stage: 3\n", "runs ZeRO-3 with zero3_init_flag on"),
+    "DeepSpeed on 2 machines through pdsh": (DEEPSPEED + "  zero_stage: 2\nnum_machines: 2\n",
+                                             "with the pdsh launcher"),
     "not the main machine": ("distributed_type: MULTI_GPU\nnum_machines: 2\nmachine_rank: 1\n", "has machine_rank 1"),
 }
 
