@@ -83,7 +83,7 @@ def distributed_details(accelerator: Accelerator) -> dict[str, Any]:
     with DDP (``type`` then differs from ``requested``, and the runner says so)."""
     out: dict[str, Any] = {"type": accelerator.distributed_type.value, "processes": accelerator.num_processes,
                            "mixed_precision": accelerator.mixed_precision, "requested": requested_engine()}
-    if accelerator.is_fsdp2:
+    if getattr(accelerator, "is_fsdp2", False):
         out["fsdp_version"] = 2
     plugin = accelerator.state.deepspeed_plugin if accelerator.distributed_type.value == "DEEPSPEED" else None
     if plugin is not None:
@@ -204,7 +204,8 @@ def _without_tied_copies(module: nn.Module, state: dict[str, Any]) -> dict[str, 
 
 
 def mean_across_processes(accelerator: Accelerator) -> Callable[[Tensor], Tensor] | None:
-    """A ``reduce`` for :func:`fusion_loss` that logs the mean over processes (None with one process)."""
+    """A ``reduce`` for :func:`fusion_loss`: the mean over processes, of the logged values and of the counts its
+    masked means divide by (None with one process)."""
     if accelerator.num_processes == 1:
         return None
     return lambda t: accelerator.reduce(t.to(accelerator.device), reduction="mean").cpu()
