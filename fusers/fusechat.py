@@ -52,7 +52,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.api import FuseContext, Fuser, FusionResult
-from harness.atomic import atomic_dir
 from harness.errors import BenchError
 
 if TYPE_CHECKING:
@@ -81,6 +80,9 @@ class FuseChat(Fuser):
     version: ClassVar[str] = "2"  # 2: one conversation per training sequence (1: packed blocks)
     paper: ClassVar[str] = "https://arxiv.org/abs/2408.07990"
     runtime_only: ClassVar[bool] = False
+    #: fuse() is accelerate-aware: `bench run --processes N` trains each pairwise target in N processes (DDP, or
+    #: FSDP / DeepSpeed with --accelerate-config); the main process alone writes the caches and merges.
+    distributed: ClassVar[bool] = True
     default_sources: ClassVar[list[str]] = ["zoo:gpt2-code", "zoo:neox-docs", "zoo:mpt-math"]
     default_target: ClassVar[str] = "zoo:gpt2-code"
     #: What `bench run --fuser fusechat` evaluates unless --suite says otherwise (mtbench is judged when a
@@ -209,6 +211,7 @@ class _Run:
         from harness.model import load_hf
 
         cfg = self.cfg
+        self.accelerator = acc = D.make_accelerator()
         pivot_model, tokenizer = load_hf(self.pivot)
         self.pivot_tokenizer = tokenizer
         self.width = target_width(D.logit_width(pivot_model), len(tokenizer.get_vocab()),
@@ -223,9 +226,10 @@ class _Run:
 
         start = time.perf_counter()
         pivot_key = D.store_key("teacher", self.pivot.content_hash(), self.fingerprint, cfg.top_k)
-        self.pivot_store = D.ensure_teacher_store(self.cache / "distill" / "teachers" / pivot_key, self.chunks,
-                                                  self.pivot_encoder, lambda: pivot_model, cfg.top_k,
-                                                  about={"model": self.pivot.spec})
+        with acc.main_process_first():
+            self.pivot_store = D.ensure_teacher_store(self.cache / "distill" / "teachers" / pivot_key, self.chunks,
+                                                      self.pivot_encoder, lambda: pivot_model, cfg.top_k,
+                                                      about={"model": self.pivot.spec})
         self.pivot_masks = [D.rows_predicting(self.pivot_encoder.encode(c), s)
                             for c, s in zip(self.chunks, self.spans, strict=True)]
         self.pivot_sums = D.masked_sums(self.pivot_store, self.pivot_masks)
@@ -240,22 +244,10 @@ class _Run:
             trained[name], stage_details[name] = self._pairwise_target(ref)
 
         out_dir = Path(self.ctx.out_dir)
-        if len(trained) == 1:
-            # One pairwise target: there is nothing to merge. SCE's variance-based selection over a single task
-            # vector keeps nothing (it would return the pivot and call it a fusion); the target IS the result.
-            (name, cached), = trained.items()
-            shutil.copytree(cached, out_dir, ignore=shutil.ignore_patterns("pairwise.json"), dirs_exist_ok=True)
-            merge_details = {"method": "none", "reason": "λ = 1, the data-only control: every pairwise target is one "
-                                                         "model" if cfg.lam == 1.0 else f"one pairwise target ({name}): "
-                                                         "the fused model is that target; merging needs two or more"}
-            stages: dict[str, Path] = {}
-        else:
-            start = time.perf_counter()
-            merge_details = self._merge(list(trained.values()), out_dir)
-            self.ctx.timings["merge"] = time.perf_counter() - start
-            stages = {name: out_dir / "pairwise" / name for name in trained}
-            for name, cached in trained.items():  # the run's artifact holds everything it evaluates
-                shutil.copytree(cached, stages[name], ignore=shutil.ignore_patterns("pairwise.json"))
+        stages = {name: out_dir / "pairwise" / name for name in trained} if len(trained) > 1 else {}
+        # stage 2 runs on the main process alone (a merge is not distributed); the others wait for its details
+        merge_details = self._assemble(trained, out_dir) if acc.is_main_process else None
+        merge_details = D.main_process_value(acc, merge_details)
 
         details = {
             "pivot": self.pivot.spec,
@@ -264,9 +256,29 @@ class _Run:
             "merge": merge_details,
             "stages": stage_details,
             "lr": self.lr,
+            "distributed": D.distributed_details(acc),
             "timings": {k: round(v, 2) for k, v in self.ctx.timings.items()},
         }
         return FusionResult(path=out_dir, details=details, stages=stages)
+
+    def _assemble(self, trained: dict[str, Path], out_dir: Path) -> dict[str, Any]:
+        """The fused model in ``out_dir`` from the pairwise targets (main process only): their merge, with each
+        target copied into ``pairwise/NAME`` (the run's artifact holds everything it evaluates), or the one target
+        itself. Returns the merge's details."""
+        if len(trained) == 1:
+            # One pairwise target: there is nothing to merge. SCE's variance-based selection over a single task
+            # vector keeps nothing (it would return the pivot and call it a fusion); the target IS the result.
+            (name, cached), = trained.items()
+            shutil.copytree(cached, out_dir, ignore=shutil.ignore_patterns("pairwise.json"), dirs_exist_ok=True)
+            return {"method": "none", "reason": "λ = 1, the data-only control: every pairwise target is one model"
+                    if self.cfg.lam == 1.0 else f"one pairwise target ({name}): the fused model is that target; "
+                                                "merging needs two or more"}
+        start = time.perf_counter()
+        merge_details = self._merge(list(trained.values()), out_dir)
+        self.ctx.timings["merge"] = time.perf_counter() - start
+        for name, cached in trained.items():
+            shutil.copytree(cached, out_dir / "pairwise" / name, ignore=shutil.ignore_patterns("pairwise.json"))
+        return merge_details
 
     # --- the chat corpus ------------------------------------------------------------------------
 
@@ -309,11 +321,14 @@ class _Run:
     # --- stage 1: one pairwise target -----------------------------------------------------------
 
     def _pairwise_target(self, ref: ModelRef) -> tuple[Path, dict[str, Any]]:
-        """Train (or find in the cache) the target of the pivot fused with ``ref``."""
+        """Train (or find in the cache) the target of the pivot fused with ``ref``.
+
+        In several processes, each trains its slice of every batch; the main process alone computes the source's
+        teacher store and alignment (the others then read them) and writes the target to the cache."""
         from fusers import distill as D
         from fusers.common import model_loader, vocab_digest
 
-        cfg = self.cfg
+        cfg, acc = self.cfg, self.accelerator
         encoder = self.source_encoders[self.others.index(ref)]
         shared = D.shares_vocabulary(encoder.tokenizer, self.pivot_tokenizer)
         options = D.AlignOptions(mode=cfg.align, fallback="current" if "q1" in cfg.compat else "next",
@@ -322,22 +337,30 @@ class _Run:
         key = D.store_key("fusechat-target", FuseChat.version, self.pivot.content_hash(), ref.content_hash(), self.fingerprint,
                           train_fields, sorted(cfg.compat), self.ctx.seed)
         final = self.cache / "fusechat" / "targets" / key
-        if (final / "pairwise.json").is_file():
+        # the main process decides: another run may be writing this target right now, and every process must
+        # take the same branch (training is collective)
+        if D.main_process_value(acc, (final / "pairwise.json").is_file()):
             return final, json.loads((final / "pairwise.json").read_text())
 
         start = time.perf_counter()
         teacher_key = D.store_key("teacher", ref.content_hash(), self.fingerprint, cfg.top_k)
-        teacher = D.ensure_teacher_store(self.cache / "distill" / "teachers" / teacher_key, self.chunks, encoder,
-                                         model_loader(ref), cfg.top_k, about={"model": ref.spec})
+        with acc.main_process_first():
+            teacher = D.ensure_teacher_store(self.cache / "distill" / "teachers" / teacher_key, self.chunks, encoder,
+                                             model_loader(ref), cfg.top_k, about={"model": ref.spec})
         teacher_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
-        vocab, alignments, ms_report = self._alignment(ref, encoder, shared)
+        # the main process counts the co-alignments and builds the aligned store; the others take its vocabulary
+        # map (part of the store's key) and then find the store built
+        vocab, alignments, ms_report = self._alignment(ref, encoder, shared) if acc.is_main_process else (None,) * 3
+        vocab, ms_report = D.main_process_value(acc, (vocab, ms_report))
         akey = D.store_key("aligned", teacher_key, self.pivot.content_hash(), self.width, options.to_dict(),
                            vocab_digest(vocab))
-        aligned = D.ensure_aligned_store(self.cache / "distill" / "aligned" / akey, self.chunks, self.pivot_encoder,
-                                         encoder, teacher, vocab, self.width, options, shared_vocab=shared,
-                                         about={"source": ref.spec, "target": self.pivot.spec}, alignments=alignments)
+        with acc.main_process_first():
+            aligned = D.ensure_aligned_store(self.cache / "distill" / "aligned" / akey, self.chunks,
+                                             self.pivot_encoder, encoder, teacher, vocab, self.width, options,
+                                             shared_vocab=shared, about={"source": ref.spec, "target": self.pivot.spec},
+                                             alignments=alignments)
         align_seconds = time.perf_counter() - start
 
         source_masks = [D.rows_predicting(encoder.encode(c), s) for c, s in zip(self.chunks, self.spans, strict=True)]
@@ -360,11 +383,10 @@ class _Run:
                         "train": round(train_seconds, 2)},
             **D.details_of(stats, cfg.lam, [self.pivot.name, ref.name], corpus.selected),
         }
-        with atomic_dir(final) as tmp:
-            model.save_pretrained(tmp)
-            self.pivot_tokenizer.save_pretrained(tmp)
-            (tmp / "pairwise.json").write_text(json.dumps(details, indent=1, default=str))
-        return final, details
+        D.save_trained(acc, model, self.pivot_tokenizer, final, atomic=True,
+                       files={"pairwise.json": json.dumps(details, indent=1, default=str)})
+        acc.free_memory()  # accelerate's hold on this target's model and optimizer: the next source trains another
+        return final, json.loads((final / "pairwise.json").read_text())  # the main process's details
 
     def _alignment(self, ref: ModelRef, encoder: Any, shared: bool) -> tuple[Any, list[Any] | None, dict[str, Any]]:
         """(vocabulary map, per-chunk alignments, report): MS statistics for another vocabulary, nothing to
@@ -394,13 +416,14 @@ class _Run:
         from harness.model import load_hf
         from harness.train import TrainConfig
 
-        cfg = self.cfg
+        cfg, acc = self.cfg, self.accelerator
         model, _ = load_hf(self.pivot, dtype="float32")  # trained in float32 (mixed precision on GPUs)
         model.train()
         train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=self.lr,
                                 warmup_steps=cfg.warmup_steps, seed=self.ctx.seed)
         start = time.perf_counter()
-        model, stats = D.train_with_accelerate(model, corpus, train_cfg, D.fusion_loss(cfg.lam),
+        model, stats = D.train_with_accelerate(model, corpus, train_cfg,
+                                               D.fusion_loss(cfg.lam, D.mean_across_processes(acc)), accelerator=acc,
                                                progress=f"fusechat {corpus.candidates.names[1]}")
         model.eval()
         return model, stats, time.perf_counter() - start

@@ -258,11 +258,8 @@ class _Run:
         self.ctx.timings["train"] = time.perf_counter() - start
 
         out_dir = Path(self.ctx.out_dir)
-        if accelerator.is_main_process:
-            model.eval()
-            model.save_pretrained(out_dir)
-            tokenizer.save_pretrained(out_dir)
-        accelerator.wait_for_everyone()
+        model.eval()
+        D.save_trained(accelerator, model, tokenizer, out_dir)
         details = {
             "target": self.pivot.spec,
             "candidates": [{"name": n, **r} for n, r in zip(names, report, strict=True)],
@@ -271,6 +268,7 @@ class _Run:
                        "fingerprint": self.fingerprint},
             "effective": {"granularity": self.granularity, "ce_per": "token" if self.per_token else "byte",
                           "align": self.options.to_dict(), "width": self.width, "processes": accelerator.num_processes},
+            "distributed": D.distributed_details(accelerator),
             "lr": self.lr,
             "timings": {k: round(v, 2) for k, v in self.ctx.timings.items()},
             **D.details_of(stats, cfg.lam, names, corpus.selected),

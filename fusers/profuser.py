@@ -71,6 +71,9 @@ class ProFuser(Fuser):
     version: ClassVar[str] = "2"  # 2: one conversation per training sequence
     paper: ClassVar[str] = "https://arxiv.org/abs/2408.04998"
     runtime_only: ClassVar[bool] = False
+    #: fuse() is accelerate-aware: `bench run --processes N` trains in N processes (DDP, or FSDP / DeepSpeed with
+    #: --accelerate-config); the main process alone generates, rewards, computes the stores and writes the model.
+    distributed: ClassVar[bool] = True
     default_sources: ClassVar[list[str]] = ["zoo:gpt2-code", "zoo:neox-docs", "zoo:mpt-math"]
     default_target: ClassVar[str] = "zoo:gpt2-code"
     default_suites: ClassVar[list[str]] = ["perplexity", "bbh-mini", "mtbench"]
@@ -231,6 +234,7 @@ class _Run:
         from harness.train import TrainConfig
 
         cfg = self.cfg
+        acc = D.make_accelerator()
         model, tokenizer = load_hf(self.pivot, dtype="float32")  # the model trained (its own teacher rows too)
         self.tokenizer = tokenizer
         self.width = target_width(D.logit_width(model), len(tokenizer.get_vocab()))
@@ -238,11 +242,14 @@ class _Run:
 
         prompts, truth, documents = self._data()
         start = time.perf_counter()
-        answers = self._answers(prompts)
+        with acc.main_process_first():  # the main process generates; the others read its cached answers
+            answers = self._answers(prompts)
         self.ctx.timings["generate"] = time.perf_counter() - start
         start = time.perf_counter()
-        rewards = self._rewards()
-        chosen, winners, votes = winning_conversations(prompts, answers, rewards)
+        # the main process alone scores the answers (a reward model or an LLM judge is costly, and a sampling judge
+        # could vote differently in each process); every process trains on its winners
+        vote = winning_conversations(prompts, answers, self._rewards()) if acc.is_main_process else None
+        chosen, winners, votes = D.main_process_value(acc, vote)
         self.ctx.timings["reward"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -251,7 +258,8 @@ class _Run:
         chunks_c, spans_c = self._document_chunks(documents)
         self.chunks, spans = chunks_a + chunks_b + chunks_c, spans_a + spans_b + spans_c
         fingerprint = D.chunks_fingerprint(self.chunks, cfg.seq_len)
-        stores, teachers = self._stores(model, fingerprint)
+        with acc.main_process_first():
+            stores, teachers = self._stores(model, fingerprint)
         self.ctx.timings["teachers_and_alignment"] = time.perf_counter() - start
 
         masks = [[D.rows_predicting(enc.encode(c), s) for c, s in zip(self.chunks, spans, strict=True)]
@@ -275,13 +283,13 @@ class _Run:
         train_cfg = TrainConfig(steps=len(plan), batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=self.lr,
                                 warmup_steps=min(cfg.warmup_steps, len(plan)), seed=self.ctx.seed)
         start = time.perf_counter()
-        model, stats = D.train_with_accelerate(model, D.ScheduledCorpus(parts, plan), train_cfg, D.fusion_loss(cfg.lam),
+        model, stats = D.train_with_accelerate(model, D.ScheduledCorpus(parts, plan), train_cfg,
+                                               D.fusion_loss(cfg.lam, D.mean_across_processes(acc)), accelerator=acc,
                                                progress="profuser")
         self.ctx.timings["train"] = time.perf_counter() - start
         out_dir = Path(self.ctx.out_dir)
         model.eval()
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        D.save_trained(acc, model, tokenizer, out_dir)
 
         selected = sum((p.selected for p in parts.values()), np.zeros(len(names)))
         details = D.details_of(stats, cfg.lam, names, selected)
@@ -302,6 +310,7 @@ class _Run:
                           "votes": votes[i].scores_by_reward(), "winner": names[votes[i].winner]}
                          for i, p in enumerate(prompts[:3])],
             "lr": self.lr,
+            "distributed": D.distributed_details(acc),
             "timings": {k: round(v, 2) for k, v in self.ctx.timings.items()},
         })
         return FusionResult(path=out_dir, details=details)

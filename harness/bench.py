@@ -230,16 +230,18 @@ def run(fuser: str | None = None, sources: str | Sequence[str] | None = None, ta
         suites: str | Sequence[str] | None = None, *, config: str | None = None, sets: str | Sequence[str] | None = None,
         limit: int | None = None, name: str | None = None, seed: int | None = None,
         seeds: str | Sequence[int] | None = None, control: bool = False, processes: int | None = None,
-        suite_options: Mapping[str, Any] | None = None, dtype: str | None = None, device: str | None = None,
-        batch_size: int | str | None = None, backend: str | None = None, base_url: str | None = None,
-        tokenizer: str | None = None, resume: str | None = None, db: Db = DEFAULT_DB,
-        on_open: Callable[[str], None] = _silent, progress: Progress = _silent) -> RunResult:
+        accelerate_config: str | None = None, suite_options: Mapping[str, Any] | None = None,
+        dtype: str | None = None, device: str | None = None, batch_size: int | str | None = None,
+        backend: str | None = None, base_url: str | None = None, tokenizer: str | None = None,
+        resume: str | None = None, db: Db = DEFAULT_DB, on_open: Callable[[str], None] = _silent,
+        progress: Progress = _silent) -> RunResult:
     """`bench run`: fuse ``sources`` with ``fuser``, then evaluate the fused model and its sources on ``suites``.
 
     The arguments are the command's options: ``sources`` model references (each may be a comma-separated list),
     ``config`` a run YAML file, ``sets`` ``key=value`` overrides (``["method=ties"]``), ``seeds`` a seed group
     (``[0, 1, 2]`` or ``"0,1,2"``), ``suite_options`` the suite fields the suite flags set (``data_dir``,
-    ``judge_url``, ... on every suite of the run that has them), ``batch_size`` a number or ``"auto"``. ``resume``
+    ``judge_url``, ... on every suite of the run that has them), ``batch_size`` a number or ``"auto"``,
+    ``processes`` / ``accelerate_config`` how the fusion's training is launched (docs/distributed.md). ``resume``
     continues a failed or interrupted run by id (the other arguments are then its own). ``on_open`` is called with
     the run id as soon as the run is recorded; ``progress`` with each line the command prints before its
     leaderboard."""
@@ -253,7 +255,7 @@ def run(fuser: str | None = None, sources: str | Sequence[str] | None = None, ta
     opening = Resume("run", resume) if resume else NewRun("run", name, raw, lambda: build_run_config(
         config_file=config, fuser=fuser, sources=source_list, target=target, suites=suite_list, sets=set_list,
         name=name, limit=limit, seed=seed, suite_flags=dict(suite_options or {}), processes=processes,
-        control=control or None, seeds=_seed_list(seeds),
+        control=control or None, seeds=_seed_list(seeds), accelerate_config=accelerate_config,
         placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)))
     with store_for_writing(db) as store:
         run_ids, spec = _run_fusions(store, opening, raw, on_open, progress)

@@ -179,6 +179,9 @@ def run(
     control: Annotated[bool, typer.Option("--control", help="Also train the data-only control (the same target, "
                        "data, steps and seed with λ = 1) of a training fuser, evaluated beside the fused model.")] = False,
     processes: ProcessesOpt = None,
+    accelerate_config: Annotated[str | None, typer.Option("--accelerate-config", help="Launch the fusion's training "
+                                 "with this accelerate config file: FSDP, DeepSpeed, several machines (examples in "
+                                 "configs/accelerate/; docs/distributed.md).")] = None,
     data_dir: DataDirOpt = None, questions: QuestionsOpt = None, judge_url: JudgeUrlOpt = None,
     judge_model: JudgeModelOpt = None, judge_prompts: JudgePromptsOpt = None, judge_repeats: JudgeRepeatsOpt = None,
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
@@ -190,7 +193,7 @@ def run(
     with _recording("run", db, verbose) as recording:
         result = bench.run(
             fuser, sources, target, suite, config=config, sets=set_, limit=limit, name=name, seed=seed, seeds=seeds,
-            control=control, processes=processes, suite_options=_suite_flags(
+            control=control, processes=processes, accelerate_config=accelerate_config, suite_options=_suite_flags(
                 data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
                 judge_prompts=judge_prompts, judge_repeats=judge_repeats, allow_code_exec=allow_code_exec,
                 samples=samples, temperature=temperature),

@@ -88,8 +88,13 @@ class RunConfig(BaseModel):
     tokenizer: str | None = Field(None, description="openai backend: the served model's tokenizer (folder or zoo:NAME).")
     vllm: dict[str, Any] = Field(default_factory=dict, description="vllm backend: engine arguments "
                                                                   "(tensor_parallel_size, gpu_memory_utilization ...).")
-    processes: int = Field(1, ge=1, description="Processes (accelerate launch) for a training fuser and for "
-                                                "data-parallel evaluation (vllm backend: its data_parallel_size).")
+    processes: int | None = Field(None, ge=1, description="Processes (accelerate launch) for a training fuser and for "
+                                                         "data-parallel evaluation (vllm backend: its data_parallel_size); "
+                                                         "None: one, or as many as the accelerate config says.")
+    accelerate: str | None = Field(None, description="An accelerate config file (FSDP, DeepSpeed, several machines) "
+                                                     "that the fusion's training is launched with (harness/launch.py).")
+    accelerate_sha256: str | None = Field(None, description="sha256 of the accelerate config file's content when the "
+                                                            "run was configured (set by FuseBench).")
     control: bool = Field(False, description="Also train the data-only control (λ = 1) of a training fuser.")
     seeds: list[int] = Field(default_factory=list, description="Run the fusion once per seed (a run group); the "
                                                                "evaluations use the first seed.")
@@ -131,15 +136,22 @@ class RunConfig(BaseModel):
         return self.model_copy(update={"seed": seed, "seeds": [], "eval_seed": self.seeds[0] if self.seeds else None})
 
     @property
+    def launched(self) -> bool:
+        """Whether the fusion trains in processes started by ``accelerate launch`` (several, or an accelerate
+        config file's), rather than inside this one."""
+        return (self.processes or 1) > 1 or self.accelerate is not None
+
+    @property
     def int_batch_size(self) -> int:
         """For the places that need a number (fusers, judges): the batch size, 8 when it is ``auto``."""
         return self.batch_size if isinstance(self.batch_size, int) else 8
 
     def canonical_json(self) -> str:
-        # how a run executes (processes) does not change what it computes; fields added later are left out at
-        # their defaults, so that earlier runs keep their hashes
+        # how a run executes (processes, the accelerate config) does not change what it computes; fields added later
+        # are left out at their defaults, so that earlier runs keep their hashes
         later = {"models", "backend", "base_url", "tokenizer", "vllm", "control", "seeds", "eval_seed"}
-        exclude = {"name", "processes"} | {f for f in later if getattr(self, f) == type(self).model_fields[f].get_default(
+        how = {"name", "processes", "accelerate", "accelerate_sha256"}
+        exclude = how | {f for f in later if getattr(self, f) == type(self).model_fields[f].get_default(
             call_default_factory=True)}
         return json.dumps(self.model_dump(exclude=exclude), sort_keys=True, default=str)
 
@@ -285,17 +297,20 @@ def build_run_config(
     name: str | None = None, limit: int | None = None, seed: int | None = None,
     suite_flags: dict[str, Any] | None = None, processes: int | None = None,
     placement: dict[str, Any] | None = None, control: bool | None = None, seeds: list[int] | None = None,
+    accelerate_config: str | None = None,
 ) -> RunSpec:
     """Merge file, flags and overrides into a validated :class:`RunSpec` (BenchError on any problem).
 
-    ``placement``: ``--dtype`` / ``--device`` / ``--batch-size`` values given on the command line."""
+    ``placement``: ``--dtype`` / ``--device`` / ``--batch-size`` values given on the command line.
+    ``accelerate_config``: ``--accelerate-config``; it, or the YAML's ``accelerate:`` (a path, relative to the current
+    folder), is checked (:func:`harness.launch.read_config`) and recorded with the sha256 of its content."""
     from harness.registry import fusers as fuser_registry
     from harness.registry import suites as suite_registry
 
     data = _normalise_file(_run_file(config_file, fuser)) if config_file else {}
     flags = {"fuser": fuser, "sources": sources or None, "target": target, "suites": suites or None,
              "name": name, "limit": limit, "seed": seed, "processes": processes, "control": control, "seeds": seeds,
-             **(placement or {})}
+             "accelerate": accelerate_config, **(placement or {})}
     data.update({k: v for k, v in flags.items() if v is not None})
     if not data.get("fuser"):
         raise BenchError("no fuser given", "pass --fuser NAME or set `fuser:` in the config file")
@@ -341,6 +356,11 @@ def build_run_config(
         cfg = RunConfig(**data)
     except ValidationError as e:
         raise BenchError(f"invalid run config: {_first_error(e)}", "check the config file and flags") from None
+    if cfg.accelerate is not None:
+        from harness.launch import read_config
+
+        launch = read_config(cfg.accelerate)
+        cfg = cfg.model_copy(update={"accelerate": str(launch.path), "accelerate_sha256": launch.sha256})
     spec = _with_config_models(resolve(cfg))
     _check_per_model_entries(spec)
     if spec.seeds and "seed" in data:

@@ -1,7 +1,8 @@
 """One process of a multi-process fusion: `bench run --processes N` launches N of these with accelerate.
 
 The runner writes a JSON spec (fuser, its config, the resolved sources and target, the output dir, the
-seed) and starts ``accelerate launch --multi_gpu --num_processes N -m harness.fuse_worker SPEC``: on GPUs
+seed, ``$BENCH_HOME``) and starts ``accelerate launch --multi_gpu --num_processes N -m harness.fuse_worker SPEC``
+(or ``accelerate launch --config_file FILE ...`` with ``--accelerate-config``: :mod:`harness.launch`): on GPUs
 each process gets one device (NCCL), on CPU accelerate falls back to gloo. Every process runs the fuser's
 ``fuse()``; the fuser itself makes process 0 the only writer of weights (``accelerator.is_main_process``),
 and this worker makes it the only writer of the result file the runner reads back.
@@ -14,6 +15,7 @@ it reports.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -23,15 +25,20 @@ RESULT_FILE = ".fuse_result.json"
 
 def write_spec(path: Path, *, fuser: str, config: dict, sources: list, target, out_dir: Path | None, seed: int,
                batch_size: int, placement: dict | None = None, prepare: dict | None = None) -> None:
-    """The spec the workers read. ``prepare``: ``{"job", "jobs", "result"}`` to run ``prepare()`` (job ``job``
-    of ``jobs``) and write its stores to the file ``result``, instead of fusing into ``out_dir``."""
+    """The spec the workers read, with this process's ``$BENCH_HOME`` (workers on other machines use the same folder,
+    on a shared filesystem, for the caches the main process writes and the others read). ``prepare``: ``{"job",
+    "jobs", "result"}`` to run ``prepare()`` (job ``job`` of ``jobs``) and write its stores to the file ``result``,
+    instead of fusing into ``out_dir``."""
+    from harness.paths import bench_home
+
     def ref(r):
         return None if r is None else {"spec": r.spec, "kind": r.kind, "path": str(r.path) if r.path else None,
                                        "revision": r.revision}
 
     path.write_text(json.dumps({"fuser": fuser, "config": config, "sources": [ref(s) for s in sources],
                                 "target": ref(target), "out_dir": str(out_dir) if out_dir else None, "seed": seed,
-                                "batch_size": batch_size, "placement": placement or {}, "prepare": prepare}))
+                                "batch_size": batch_size, "placement": placement or {}, "prepare": prepare,
+                                "bench_home": str(bench_home())}))
 
 
 def main(spec_path: str) -> None:
@@ -40,6 +47,8 @@ def main(spec_path: str) -> None:
     from harness.registry import fusers
 
     spec = json.loads(Path(spec_path).read_text())
+    if spec.get("bench_home"):
+        os.environ["BENCH_HOME"] = spec["bench_home"]
 
     def ref(d):
         if d is None:

@@ -109,7 +109,10 @@ def _run_fusion(run: RunSession) -> None:
 
 def _check_processes(spec: RunSpec, fuser_cls: type[Fuser]) -> None:
     """A fuser that runs in one process fuses there; ``--processes`` then applies to the evaluations only."""
-    if spec.processes > 1 and not fuser_cls.distributed:
+    if spec.accelerate and not fuser_cls.distributed:
+        raise BenchError(f"fuser {spec.fuser} does not train, so it has nothing to launch with an accelerate config",
+                         "drop --accelerate-config (it applies to the training fusers fusellm, fusechat and profuser)")
+    if (spec.processes or 1) > 1 and not fuser_cls.distributed:
         console.log(f"fuser {spec.fuser} fuses in one process; the evaluations run in {spec.processes}")
 
 
@@ -148,7 +151,7 @@ def run_prepare(spec: RunSpec, job: int = 0, jobs: int = 1) -> tuple[list[Prepar
     sources = [_resolve(s) for s in source_specs]
     target = _resolve(target_spec) if target_spec else None
     where: dict[str, Any] = {"dtype": spec.dtype, "device": spec.device, "per_model": _per_model(spec)}
-    if spec.processes == 1:
+    if (spec.processes or 1) == 1:
         ctx = PrepareContext(job=job, jobs=jobs)
         with placement(**where):
             return prepare(sources, target, spec.fuser_config, ctx), ctx.timings
@@ -363,7 +366,7 @@ def _build_artifact(fuser: Fuser, fuser_cfg: BaseModel, cfg: RunSpec, sources: l
     with atomic_dir(out_dir) as tmp:
         start_t = time.perf_counter()
         ctx = FuseContext(out_dir=tmp, seed=cfg.seed, batch_size=cfg.int_batch_size, timings=fuser_stages)
-        if cfg.processes > 1:
+        if cfg.launched:
             result = _fuse_in_processes(cfg, fuser_cfg, sources, target, ctx)
         else:
             result = fuser.fuse(sources, target, fuser_cfg, ctx)
@@ -393,25 +396,45 @@ def _inside(root: Path, stage_dir: Path) -> str:
 
 def _fuse_in_processes(cfg: RunSpec, fuser_cfg: BaseModel, sources: list[ModelRef], target: ModelRef | None,
                        ctx: FuseContext) -> FusionResult:
-    """Run ``fuse()`` in ``cfg.processes`` processes under ``accelerate launch`` (DDP; gloo on CPU); the stage
-    timings of the first process go to ``ctx.timings``."""
+    """Run ``fuse()`` in several processes under ``accelerate launch`` (:mod:`harness.launch`: ``cfg.processes``
+    DDP processes, or as the run's accelerate config file says); the stage timings of the main process go to
+    ``ctx.timings``."""
     from harness.fuse_worker import RESULT_FILE, write_spec
-    from harness.launch import launch
+    from harness.launch import launch, other_machines_command, read_config
 
     assert cfg.fuser is not None, "a fusion run names its fuser"
+    launch_cfg = read_config(cfg.accelerate) if cfg.accelerate else None
     out_dir = ctx.out_dir
     spec = out_dir.parent / f".spec-{out_dir.name}.json"
     write_spec(spec, fuser=cfg.fuser, config=fuser_cfg.model_dump(mode="json"), sources=sources, target=target,
                out_dir=out_dir, seed=cfg.seed, batch_size=cfg.int_batch_size,
                placement={"dtype": cfg.dtype, "device": cfg.device, "per_model": _per_model(cfg)})
+    if launch_cfg is not None and launch_cfg.num_machines > 1:
+        console.log(f"fuse: machine 0 of {launch_cfg.num_machines}; on each other machine (the same BENCH_HOME, on a "
+                    "shared filesystem), with RANK its machine_rank, start:")
+        console.print(other_machines_command(launch_cfg, cfg.processes, spec), soft_wrap=True, markup=False,
+                      highlight=False)
     try:
-        launch("harness.fuse_worker", spec, cfg.processes, what="fusion")
+        launch("harness.fuse_worker", spec, cfg.processes, what="fuse", config=launch_cfg)
     finally:
         spec.unlink(missing_ok=True)
     result = json.loads((out_dir / RESULT_FILE).read_text())
     (out_dir / RESULT_FILE).unlink()
     ctx.timings.add(result["timings"])
+    _warn_unsharded(result["details"].get("distributed") or {})
     return FusionResult(path=Path(result["path"]), details=result["details"])
+
+
+def _warn_unsharded(distributed: dict[str, Any]) -> None:
+    """One line when the launch config asked for FSDP or DeepSpeed and the training ran otherwise: accelerate runs
+    them only on accelerators, and trains with DDP (each process holding the whole model) on CPU."""
+    from rich.text import Text
+
+    requested, ran = distributed.get("requested"), distributed.get("type")
+    if requested and ran != requested:
+        console.print(Text(f"warning: the accelerate config asked for {requested}, but accelerate ran {ran} (it runs "
+                           f"{requested} only on GPUs and other accelerators): every process held the whole model",
+                           style="yellow"), soft_wrap=True)
 
 
 # --- evaluation (cached) ------------------------------------------------------------------------
@@ -434,7 +457,7 @@ def _per_model(cfg: RunSpec) -> dict[str, dict[str, str | None]]:
 def _backend(cfg: RunSpec) -> dict[str, Any]:
     """The run's backend choices, as :func:`harness.model.placement` takes them."""
     engine = dict(cfg.vllm)
-    if cfg.backend == "vllm" and cfg.processes > 1:  # vLLM runs its own replicas: --processes N is N of them
+    if cfg.backend == "vllm" and (cfg.processes or 1) > 1:  # vLLM runs its own replicas: --processes N is N of them
         engine.setdefault("data_parallel_size", cfg.processes)
     return {"backend": cfg.backend, "base_url": cfg.base_url, "tokenizer": cfg.tokenizer, "engine_args": engine}
 
@@ -563,7 +586,7 @@ def _data_parallel(cfg: RunSpec, ev: Evaluand, suite_cls: type[Suite]) -> bool:
     """Whether this evaluation is split across ``cfg.processes`` processes: a model loaded with transformers (not a
     runtime fuser, a vLLM engine or a served model) on a suite whose model calls all go through lm-eval's evaluator.
     A one-line note says when ``--processes`` does not apply."""
-    if cfg.processes == 1:
+    if (cfg.processes or 1) == 1:
         return False
     if ev.runtime is not None or _placement_of(ev).backend != "hf" or not suite_cls.data_parallel:
         why = ("a runtime fuser's members run together" if ev.runtime is not None else

@@ -146,6 +146,7 @@ def train(
     progress: str | None = "training",
     on_step: Callable[[int, dict[str, float]], bool | None] | None = None,
     accelerator: Any = None,
+    optimizer: Any = None,
 ) -> TrainStats:
     """Train ``model`` in place for ``cfg.steps`` steps and return what was measured.
 
@@ -155,8 +156,10 @@ def train(
     and a dict of floats to log; the default is :func:`causal_lm_loss`. ``progress`` is the label of a
     progress bar on stderr showing loss and tokens/s (``None`` for none). ``on_step(step, logs)`` is called
     after every step with the loss, learning rate, gradient norm and the loss function's extras; returning
-    True stops training early. With an ``accelerate.Accelerator`` (model and data already prepared by it), the
-    optimizer is prepared too and backward / clipping go through it (DDP, mixed precision).
+    True stops training early. With an ``accelerate.Accelerator`` (model and data already prepared by it),
+    backward and clipping go through it (DDP, FSDP, DeepSpeed, mixed precision) and ``optimizer`` is the one
+    it prepared together with the model (FSDP2 and DeepSpeed need both in one ``prepare``; see
+    :func:`fusers.distill.training.train_with_accelerate`); without one, an :func:`adamw` is made here.
     """
     import torch
 
@@ -166,9 +169,11 @@ def train(
     loss_fn = loss_fn or causal_lm_loss
     next_batch = batches if callable(batches) else _step_indexed(iter(batches))
     device = next(model.parameters()).device
-    optimizer = _adamw(model, cfg)
+    if optimizer is None:
+        optimizer = adamw(model, cfg)
+        if accelerator is not None:
+            optimizer = accelerator.prepare(optimizer)
     if accelerator is not None:
-        optimizer = accelerator.prepare(optimizer)
         device = accelerator.device
     stats = TrainStats()
     was_training = model.training
@@ -197,7 +202,9 @@ def train(
             stats.tokens += _count_tokens(batch)
             stats.seconds = time.perf_counter() - start
             stats.losses.append(float(loss.item()))
-            logs = {"loss": stats.losses[-1], "lr": lr, "grad_norm": float(grad_norm), **extras}
+            # None: DeepSpeed clips inside its engine and had no norm to report
+            norm = float("nan") if grad_norm is None else float(grad_norm)
+            logs = {"loss": stats.losses[-1], "lr": lr, "grad_norm": norm, **extras}
             for key, value in logs.items():
                 if key != "loss":
                     stats.extras.setdefault(key, []).append(float(value))
@@ -210,7 +217,7 @@ def train(
     return stats
 
 
-def _adamw(model: nn.Module, cfg: TrainConfig):
+def adamw(model: nn.Module, cfg: TrainConfig):
     """AdamW with weight decay on weight matrices only, not on biases, norms' gains or 1-d parameters."""
     import torch
 

@@ -29,9 +29,10 @@ every piece of that except the method-specific orchestration (spec ``fusion-algo
    ``λ·CLM + (1-λ)·Σ_v -q_v·log_softmax(z)_v`` over the sparse entries only, both terms from one log-softmax.
 
 7. **Training under accelerate** (:mod:`~fusers.distill.training`): the shared loop of :mod:`harness.train`,
-   with the model and the dataloader prepared by ``accelerate.Accelerator``. Training batches are fixed-length
-   blocks of the packed target stream (or one conversation per sequence), so every process holds the same
-   number of positions and DDP's gradient average equals the single-process gradient of the same global batch.
+   with the model, its optimizer and the dataloader prepared by ``accelerate.Accelerator`` (DDP, FSDP2 or
+   DeepSpeed, as launched). Each process trains its slice of every global batch and masked means divide by
+   the global count of counted rows, so the averaged gradient equals the single-process gradient of the same
+   global batch; :func:`save_trained` gathers sharded weights and the main process writes the HF folder.
 """
 
 from fusers.distill.aligned import (
@@ -81,7 +82,15 @@ from fusers.distill.teachers import (
     teacher_rows,
     teacher_store_key,
 )
-from fusers.distill.training import details_of, make_accelerator, mean_across_processes, train_with_accelerate
+from fusers.distill.training import (
+    details_of,
+    distributed_details,
+    main_process_value,
+    make_accelerator,
+    mean_across_processes,
+    save_trained,
+    train_with_accelerate,
+)
 
 __all__ = [
     "FUSIONS", "GRANULARITIES", "TextChunk", "chunk_documents", "chunks_fingerprint", "ChunkEncoder",
@@ -92,5 +101,6 @@ __all__ = [
     "self_rows", "shares_vocabulary", "ensure_aligned_store", "CandidateBlock", "CandidateSource",
     "StreamCandidates", "OnlineTeacher", "OnlineCandidates", "candidate_scores", "fusion_weights",
     "fuse_topk", "FusionCorpus", "sparse_soft_ce", "fusion_loss", "StepBatches", "ScheduledCorpus",
-    "make_accelerator", "train_with_accelerate", "mean_across_processes", "details_of",
+    "make_accelerator", "train_with_accelerate", "mean_across_processes", "details_of", "save_trained",
+    "main_process_value", "distributed_details",
 ]

@@ -115,18 +115,32 @@ def fusion_loss(lam: float, reduce: Callable[[Tensor], Tensor] | None = None):  
     CLM is the usual next-token CE over rows 0..L-2 (row t predicts token t+1); the fusion term averages
     the sparse soft-target CE over all L rows (the teacher's last row predicts the token after the block,
     which it saw). Both come from one log-softmax of the logits, so the fusion term costs a gather, not a
-    second pass over the vocabulary. ``reduce`` (e.g. an all-reduce mean across processes) is applied to the
-    logged values only.
+    second pass over the vocabulary.
 
     A batch with a ``loss_mask`` [B, L] (row t counts when the token it predicts does, e.g. a chat response
     token: FuseChat/ProFuser mask the instructions) averages both terms over the counted rows only.
+
+    ``reduce`` is an all-reduce mean across the training processes (:func:`mean_across_processes`), each of
+    which holds a slice of the global batch. The logged values are reduced with it, and a masked mean divides
+    this process's sum by the mean count of counted rows per process rather than by its own count: the
+    processes' slices count different numbers of response tokens, and only then is the average of their
+    gradients (what DDP, FSDP and DeepSpeed compute) the gradient of the global batch's masked mean.
     """
 
-    def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
-        if mask is None:
-            return values.mean()
-        mask = mask.to(values.dtype)
-        return (values * mask).sum() / mask.sum().clamp_min(1.0)
+    def masked_means(pairs: list[tuple[Tensor, Tensor | None]]) -> list[Tensor]:
+        masked = [(values, mask.to(values.dtype)) for values, mask in pairs if mask is not None]
+        counts = torch.stack([mask.sum() for _, mask in masked]).detach() if masked else None
+        if counts is not None and reduce is not None:
+            counts = reduce(counts).to(counts.device)  # the mean count per process, over all processes
+        out, m = [], 0
+        for values, mask in pairs:
+            if mask is None:
+                out.append(values.mean())
+            else:
+                assert counts is not None
+                out.append((values * mask.to(values.dtype)).sum() / counts[m].clamp_min(1.0))
+                m += 1
+        return out
 
     def loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         input_ids = batch["input_ids"]  # [B, L]
@@ -134,8 +148,8 @@ def fusion_loss(lam: float, reduce: Callable[[Tensor], Tensor] | None = None):  
         logits = model(input_ids=input_ids, attention_mask=batch.get("attention_mask")).logits  # [B, L, V]
         logp = torch.log_softmax(logits.float(), dim=-1)  # [B, L, V]
         token_nll = -logp[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # [B, L-1]
-        clm = masked_mean(token_nll, None if mask is None else mask[:, :-1])
-        fuse = masked_mean(sparse_soft_ce(logp, batch["fuse_ids"], batch["fuse_probs"]), mask)
+        clm, fuse = masked_means([(token_nll, None if mask is None else mask[:, :-1]),
+                                  (sparse_soft_ce(logp, batch["fuse_ids"], batch["fuse_probs"]), mask)])
         loss = lam * clm + (1.0 - lam) * fuse
         logged = torch.stack([clm.detach(), fuse.detach()])
         if reduce is not None:

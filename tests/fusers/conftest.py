@@ -232,3 +232,56 @@ def reward_model(tmp_path_factory) -> Path:
         model.save_pretrained(path)
         tok.save_pretrained(path)
     return path
+
+
+# --- training in several processes ------------------------------------------------------------------------------
+
+SHARDED_ON_CPU = Path(__file__).parent / "sharded_on_cpu"
+
+
+def sharded_on_cpu(monkeypatch: pytest.MonkeyPatch, engine: str = "fsdp") -> str:
+    """Make the processes that `bench run --accelerate-config` launches from this test run FSDP2 or DeepSpeed on CPU
+    (accelerate runs them only on accelerators; ``sharded_on_cpu/sitecustomize.py`` lifts that gate). Returns the
+    accelerate config to pass, 2 CPU processes: ``fsdp`` (FSDP2, full shard), ``zero2`` or ``zero3`` (DeepSpeed)."""
+    import os
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SHARDED_ON_CPU),
+                                                      *filter(None, [os.environ.get("PYTHONPATH")])]))
+    monkeypatch.setenv("FUSEBENCH_TEST_SHARDED_ON_CPU", "1")
+    return str(SHARDED_ON_CPU / f"{engine}.yaml")
+
+
+def fuse_and_forget(home: Path, db: Path, args: list[str], capsys: pytest.CaptureFixture[str]
+                    ) -> tuple[dict[str, dict], dict]:
+    """`bench run ARGS --db DB`: the weights of every model in its artifact (``"."`` the fused model, else a stage
+    model's folder inside it, e.g. ``"pairwise/gpt2-code+neox-docs"``) and the fused model's details. Then the
+    artifact and the training caches (teacher and aligned stores, pairwise targets, answers) are removed, so that the
+    test's next run computes everything again: all its runs share one fuse hash, since how a run executes (processes,
+    accelerate config) is no part of it."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from tests.conftest import bench
+
+    assert bench(*args, "--db", str(db)) == 0, capsys.readouterr().err[-3000:]
+    (artifact,) = sorted((home / "artifacts").iterdir())
+    weights = {str(f.parent.relative_to(artifact)): load_file(f) for f in sorted(artifact.rglob("model.safetensors"))}
+    details = json.loads((artifact / "fusebench.json").read_text())["details"]
+    shutil.rmtree(artifact)
+    for cache in ("distill", "fusechat", "profuser"):
+        shutil.rmtree(home / "cache" / cache, ignore_errors=True)
+    return weights, details
+
+
+def assert_same_weights(one: dict[str, dict], other: dict[str, dict], label: str, tol: float = 1e-4) -> None:
+    """The same models (folders), with the same tensors by name, equal within ``tol`` (float sums in another order)."""
+    import torch
+
+    assert one.keys() == other.keys(), label
+    for folder, tensors in one.items():
+        assert tensors.keys() == other[folder].keys(), (label, folder)  # tied weights saved once, no wrapper names
+        for key, value in tensors.items():
+            torch.testing.assert_close(value, other[folder][key], atol=tol, rtol=tol,
+                                       msg=lambda m, where=f"{label} {folder} {key}": f"{where}: {m}")

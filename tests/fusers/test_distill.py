@@ -575,8 +575,10 @@ def test_step_batches_cover_every_block_per_epoch() -> None:
 # ------------------------------------------------------------------------------------------ DDP vs 1 process
 
 
-def synthetic_corpus(seed: int = 0, n_rows: int = 16 * 8, vocab: int = 48, C: int = 2, k: int = 3) -> D.FusionCorpus:
-    """A packed stream with random candidates, the same in every process that builds it with ``seed``."""
+def synthetic_corpus(seed: int = 0, n_rows: int = 16 * 8, vocab: int = 48, C: int = 2, k: int = 3,
+                     masked: bool = False) -> D.FusionCorpus:
+    """A packed stream with random candidates, the same in every process that builds it with ``seed``;
+    ``masked``: with a random loss mask (so the blocks of a batch count different numbers of rows)."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(5, 20, size=n_rows)
     chunk_of_row = np.repeat(np.arange(len(lengths)), lengths)[:n_rows]
@@ -592,29 +594,35 @@ def synthetic_corpus(seed: int = 0, n_rows: int = 16 * 8, vocab: int = 48, C: in
         sums.append({"nats": rng.uniform(1, 50, n_chunks), "n_tokens": rng.integers(5, 20, n_chunks),
                      "n_bytes": rng.integers(10, 60, n_chunks)})
     candidates = D.StreamCandidates(["a", "b"], columns, sums, chunk_of_row)
-    return D.FusionCorpus(rng.integers(0, vocab, n_rows), candidates, seq_len=16, fusion="avg_ce_softmax",
-                          granularity="token")
+    tokens = rng.integers(0, vocab, n_rows)
+    mask = rng.random(n_rows) < rng.uniform(0.1, 0.9, n_rows // 16).repeat(16) if masked else None
+    return D.FusionCorpus(tokens, candidates, seq_len=16, fusion="avg_ce_softmax", granularity="token",
+                          loss_mask=mask)
 
 
 def ddp_run(out_file: str, steps: int = 4) -> None:
-    """Train a tiny Llama on :func:`synthetic_corpus` under accelerate and save its parameters (main process)."""
+    """Train a tiny Llama on :func:`synthetic_corpus`, without and with a loss mask, under accelerate and save
+    its parameters (main process)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from harness.train import TrainConfig
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=48, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-                                         tie_word_embeddings=False))
     cfg = TrainConfig(steps=steps, batch_size=4, seq_len=16, lr=1e-2, warmup_steps=1, seed=0)
     acc = D.make_accelerator()
-    model, stats = D.train_with_accelerate(model, synthetic_corpus(), cfg,
-                                           D.fusion_loss(0.5, D.mean_across_processes(acc)), accelerator=acc,
-                                           progress=None)
+    runs = {}
+    for masked in (False, True):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=48, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+                                             tie_word_embeddings=False))
+        model, stats = D.train_with_accelerate(model, synthetic_corpus(masked=masked), cfg,
+                                               D.fusion_loss(0.5, D.mean_across_processes(acc)), accelerator=acc,
+                                               progress=None)
+        runs["masked" if masked else "plain"] = {
+            "params": {n: p.detach().clone() for n, p in acc.unwrap_model(model).named_parameters()},
+            "clm": stats.extras["clm"], "fuse": stats.extras["fuse"]}
     if acc.is_main_process:
-        torch.save({"params": {n: p.detach().clone() for n, p in model.named_parameters()},
-                    "clm": stats.extras["clm"], "fuse": stats.extras["fuse"], "processes": acc.num_processes},
-                   out_file)
+        torch.save({**runs, "processes": acc.num_processes}, out_file)
     acc.wait_for_everyone()
 
 
@@ -625,7 +633,8 @@ def _free_port() -> int:
 
 
 def test_two_process_ddp_matches_one_process(tmp_path) -> None:
-    """gloo DDP with 2 processes × 2 blocks per step ends where 1 process × 4 blocks per step does."""
+    """gloo DDP with 2 processes × 2 blocks per step ends where 1 process × 4 blocks per step does, also with a
+    loss mask that counts different numbers of rows in the two processes' blocks."""
     port, cpus = _free_port(), sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
     procs = []
     for rank in range(2):
@@ -639,14 +648,17 @@ def test_two_process_ddp_matches_one_process(tmp_path) -> None:
     for p in procs:
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0, out.decode()[-3000:]
-    single, ddp = torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "ddp.pt")
-    assert single["processes"] == 1 and ddp["processes"] == 2
-    assert single["clm"] == pytest.approx(ddp["clm"], rel=1e-4) and single["fuse"] == pytest.approx(ddp["fuse"], rel=1e-4)
-    moved = 0.0
-    for name, p in single["params"].items():
-        assert torch.allclose(p, ddp["params"][name], atol=2e-5, rtol=1e-4), name
-        moved = max(moved, float((p - ddp["params"][name]).abs().max()))
-    assert moved < 2e-5
+    one, two = torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "ddp.pt")
+    assert one["processes"] == 1 and two["processes"] == 2
+    for kind in ("plain", "masked"):
+        single, ddp = one[kind], two[kind]
+        assert single["clm"] == pytest.approx(ddp["clm"], rel=1e-4), kind
+        assert single["fuse"] == pytest.approx(ddp["fuse"], rel=1e-4), kind
+        moved = 0.0
+        for name, p in single["params"].items():
+            assert torch.allclose(p, ddp["params"][name], atol=2e-5, rtol=1e-4), (kind, name)
+            moved = max(moved, float((p - ddp["params"][name]).abs().max()))
+        assert moved < 2e-5, kind
 
 
 if __name__ == "__main__":  # a DDP worker of test_two_process_ddp_matches_one_process

@@ -109,6 +109,54 @@ def test_bench_run_fusechat_records_pairwise_targets_merge_weights_and_reuses_th
     assert any(w[0] != pytest.approx(0.5) for w in per_matrix)  # VaRM's weights follow the updates (not Q7's 1/2)
 
 
+def short_chats(tmp_path: Path) -> list[str]:
+    """`bench run --fuser fusechat` arguments with tiny settings on 16 short conversations (quicker to build than the
+    built-in corpus)."""
+    data = tmp_path / "chats.jsonl"
+    lines = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}? Show the sum."},
+                           {"role": "assistant", "content": f"{i} plus {i} is {2 * i}, since {i} + {i} = {2 * i}."}]}
+             for i in range(16)]
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return ["run", "--fuser", "fusechat", *tiny_sets(data=data), *SUITE]
+
+
+def test_bench_run_in_2_processes_matches_one_process(private_home: Path, tmp_path: Path, monkeypatch,
+                                                     capsys) -> None:
+    """Each pairwise target trained in 2 processes (DDP, gloo on CPU; and FSDP2 through --accelerate-config), the
+    main process alone writing the stores, the targets and the merge, gives the 1-process targets and merged model."""
+    from tests.fusers.conftest import assert_same_weights, fuse_and_forget, sharded_on_cpu
+
+    common = short_chats(tmp_path)
+    one, one_details = fuse_and_forget(private_home, tmp_path / "one.db", common, capsys)
+    assert sorted(one) == [".", "pairwise/gpt2-code+mpt-math", "pairwise/gpt2-code+neox-docs"]
+    ddp, ddp_details = fuse_and_forget(private_home, tmp_path / "two.db", [*common, "--processes", "2"], capsys)
+    config = sharded_on_cpu(monkeypatch, "fsdp")
+    fsdp, fsdp_details = fuse_and_forget(private_home, tmp_path / "fsdp.db",
+                                         [*common, "--processes", "2", "--accelerate-config", config], capsys)
+    assert (ddp_details["distributed"]["type"], fsdp_details["distributed"]["type"]) == ("MULTI_CPU", "FSDP")
+    assert_same_weights(one, ddp, "ddp")
+    assert_same_weights(one, fsdp, "fsdp")
+    for details in (ddp_details, fsdp_details):  # the merge ran once, on the main process, with the same weights
+        assert details["merge"]["weights_per_matrix"].keys() == one_details["merge"]["weights_per_matrix"].keys()
+        assert details["stages"].keys() == one_details["stages"].keys()
+
+
+def test_bench_run_under_deepspeed_zero3_matches_one_process(private_home: Path, tmp_path: Path, monkeypatch,
+                                                            capsys) -> None:
+    """Both pairwise targets trained one after the other by DeepSpeed ZeRO-3 engines (2 CPU processes), gathered and
+    saved by the main process: the 1-process targets and merged model."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install deepspeed)")
+    from tests.fusers.conftest import assert_same_weights, fuse_and_forget, sharded_on_cpu
+
+    common = short_chats(tmp_path)
+    one, _ = fuse_and_forget(private_home, tmp_path / "one.db", common, capsys)
+    config = sharded_on_cpu(monkeypatch, "zero3")
+    zero3, details = fuse_and_forget(private_home, tmp_path / "zero3.db", [*common, "--accelerate-config", config],
+                                     capsys)
+    assert (details["distributed"]["type"], details["distributed"]["zero_stage"]) == ("DEEPSPEED", 3)
+    assert_same_weights(one, zero3, "ZeRO-3")
+
+
 def test_each_pairwise_target_trains_on_whole_conversations(private_home: Path, tmp_path: Path, monkeypatch,
                                                              capsys) -> None:
     """One conversation per sequence: never a response without its instruction, never two conversations in

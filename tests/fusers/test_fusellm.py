@@ -6,6 +6,7 @@ recorded, not that fusion helps (that is measured on the default zoo, see the fu
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -151,30 +152,57 @@ def test_missing_sources_is_a_bench_error() -> None:
         FuseLLM().fuse([], None, FuseLLM.Config(), None)  # type: ignore[arg-type]
 
 
-def test_bench_run_processes_2_matches_one_process(home: Path, tmp_path: Path, capsys) -> None:
-    """`bench run --processes 2` trains under accelerate launch (gloo on CPU) and gives the 1-process model."""
-    import torch
-    from safetensors.torch import load_file
+def test_bench_run_in_2_processes_ddp_and_fsdp_match_one_process(home: Path, tmp_path: Path, monkeypatch,
+                                                                  capsys) -> None:
+    """`bench run --processes 2` trains under accelerate launch (DDP, gloo on CPU), and `--accelerate-config` with
+    an FSDP2 config shards the model over the 2 processes: both give the 1-process model, saved as an ordinary HF
+    folder. accelerate runs FSDP only on accelerators, so the FSDP run lifts that gate for CPU processes
+    (tests/fusers/sharded_on_cpu/sitecustomize.py) and checks that FSDP2 really ran."""
+    from tests.fusers.conftest import assert_same_weights, fuse_and_forget, sharded_on_cpu
 
     sets = [x for key, value in TINY.items() for x in ("--set", f"fuser.{key}={value}")]
-    common = ("run", "--fuser", "fusellm", *sets, "--suite", "perplexity", "--set", "perplexity.max_docs=2",
-              "--set", "perplexity.max_chars_per_doc=200")
-    assert bench(*common, "--db", str(tmp_path / "one.db")) == 0, capsys.readouterr().err[-2000:]
-    artifacts = sorted((home / "artifacts").iterdir())
-    one = load_file(artifacts[0] / "model.safetensors")
-    for path in artifacts:  # same fuse hash for both: clear it so the 2-process run really trains
-        import shutil
+    common = ["run", "--fuser", "fusellm", *sets, "--suite", "perplexity", "--set", "perplexity.max_docs=2",
+              "--set", "perplexity.max_chars_per_doc=200"]
+    one, one_details = fuse_and_forget(home, tmp_path / "one.db", common, capsys)
+    ddp, ddp_details = fuse_and_forget(home, tmp_path / "two.db", [*common, "--processes", "2"], capsys)
+    config = sharded_on_cpu(monkeypatch, "fsdp")
+    fsdp, fsdp_details = fuse_and_forget(home, tmp_path / "fsdp.db", [*common, "--accelerate-config", config], capsys)
 
-        shutil.rmtree(path)
-    assert bench(*common, "--processes", "2", "--db", str(tmp_path / "two.db")) == 0, capsys.readouterr().err[-3000:]
-    (two_dir,) = sorted((home / "artifacts").iterdir())
-    two = load_file(two_dir / "model.safetensors")
-    assert one.keys() == two.keys()
-    for key in one:
-        torch.testing.assert_close(one[key], two[key], atol=1e-4, rtol=1e-4)
-    run = sqlite_utils.Database(tmp_path / "two.db")["runs"].get(
-        next(iter(sqlite_utils.Database(tmp_path / "two.db").query("select id from runs")))["id"])
-    assert run["status"] == "ok" and json.loads(run["config"])["processes"] == 2
+    assert one_details["distributed"] == {"type": "NO", "processes": 1, "mixed_precision": "no", "requested": None}
+    assert ddp_details["distributed"]["type"] == "MULTI_CPU" and ddp_details["distributed"]["processes"] == 2
+    assert fsdp_details["distributed"] == {"type": "FSDP", "processes": 2, "mixed_precision": "no",
+                                           "requested": "FSDP", "fsdp_version": 2}
+    assert_same_weights(one, ddp, "ddp")
+    assert_same_weights(one, fsdp, "fsdp")
+    database = sqlite_utils.Database(tmp_path / "fsdp.db")
+    (run,) = database.query("select config, status, run_hash from runs")
+    recorded = json.loads(run["config"])
+    assert run["status"] == "ok" and recorded["accelerate"] == str(Path(config).resolve())
+    assert recorded["accelerate_sha256"] == hashlib.sha256(Path(config).read_bytes()).hexdigest()
+    (two_run,) = sqlite_utils.Database(tmp_path / "two.db").query("select config, run_hash from runs")
+    assert json.loads(two_run["config"])["processes"] == 2
+    (one_run,) = sqlite_utils.Database(tmp_path / "one.db").query("select run_hash from runs")
+    assert one_run["run_hash"] == two_run["run_hash"] == run["run_hash"]  # how a run executes is not hashed
+
+
+def test_bench_run_under_deepspeed_zero2_and_zero3_matches_one_process(home: Path, tmp_path: Path, monkeypatch,
+                                                                        capsys) -> None:
+    """`--accelerate-config` with DeepSpeed ZeRO-2 and ZeRO-3 configs (2 CPU processes; accelerate's CPU gate lifted
+    as for FSDP): DeepSpeed's engine trains, and the gathered full weights are the 1-process model's."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install deepspeed)")
+    from tests.fusers.conftest import assert_same_weights, fuse_and_forget, sharded_on_cpu
+
+    sets = [x for key, value in TINY.items() for x in ("--set", f"fuser.{key}={value}")]
+    common = ["run", "--fuser", "fusellm", *sets, "--suite", "perplexity", "--set", "perplexity.max_docs=2",
+              "--set", "perplexity.max_chars_per_doc=200"]
+    one, _ = fuse_and_forget(home, tmp_path / "one.db", common, capsys)
+    for stage in (2, 3):
+        config = sharded_on_cpu(monkeypatch, f"zero{stage}")
+        zero, details = fuse_and_forget(home, tmp_path / f"zero{stage}.db", [*common, "--accelerate-config", config],
+                                        capsys)
+        assert details["distributed"] == {"type": "DEEPSPEED", "processes": 2, "mixed_precision": "no",
+                                          "requested": "DEEPSPEED", "zero_stage": stage}
+        assert_same_weights(one, zero, f"ZeRO-{stage}")
 
 
 # --- bench teachers: the teacher stage alone -------------------------------------------------------------------

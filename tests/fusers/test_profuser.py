@@ -136,6 +136,53 @@ def test_profuser_trains_on_whole_conversations_in_both_modes(private_home: Path
     assert trained.check_one_conversation_each(tokenizer) == steps * 2
 
 
+def short_chats(tmp_path: Path, reward_model: Path) -> list[str]:
+    """`bench run --fuser profuser` arguments with tiny settings on 12 short conversations (quicker to build than the
+    built-in ones) and a reward model."""
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(_chat_row(i)) + "\n" for i in range(12)))
+    sets = [x for key, value in {**TINY, "data": data}.items() for x in ("--set", f"fuser.{key}={value}")]
+    return ["run", "--fuser", "profuser", *sets, "--set", f'rewards=["reward_model:{reward_model}"]', *SUITE]
+
+
+def test_bench_run_in_2_processes_matches_one_process(private_home: Path, tmp_path: Path, reward_model,
+                                                     monkeypatch, capsys) -> None:
+    """ProFuser in 2 processes (DDP, gloo on CPU; and FSDP2 through --accelerate-config): the main process alone
+    generates, votes and computes the stores, and the trained model is the 1-process one."""
+    from tests.fusers.conftest import assert_same_weights, fuse_and_forget, sharded_on_cpu
+
+    common = short_chats(tmp_path, reward_model)
+    one, one_details = fuse_and_forget(private_home, tmp_path / "one.db", common, capsys)
+    ddp, ddp_details = fuse_and_forget(private_home, tmp_path / "two.db", [*common, "--processes", "2"], capsys)
+    config = sharded_on_cpu(monkeypatch, "fsdp")
+    fsdp, fsdp_details = fuse_and_forget(private_home, tmp_path / "fsdp.db", [*common, "--accelerate-config", config],
+                                         capsys)
+    assert (ddp_details["distributed"]["type"], fsdp_details["distributed"]["type"]) == ("MULTI_CPU", "FSDP")
+    assert_same_weights(one, ddp, "ddp")
+    assert_same_weights(one, fsdp, "fsdp")
+    assert one_details["prompts"]["used"] > 0  # inference-mode steps train on rewarded answers
+    for details in (ddp_details, fsdp_details):  # the same answers won, in each mode
+        assert details["wins"] == one_details["wins"] and details["prompts"] == one_details["prompts"]
+        assert details["loss_curves"]["inference_mode"] == one_details["loss_curves"]["inference_mode"]
+
+
+def test_bench_run_under_deepspeed_zero3_matches_one_process(private_home: Path, tmp_path: Path, reward_model,
+                                                            monkeypatch, capsys) -> None:
+    """ProFuser under DeepSpeed ZeRO-3 (2 CPU processes): the sources answer whole (not partitioned) on the main
+    process, and the gathered model is the 1-process one."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install deepspeed)")
+    from tests.fusers.conftest import assert_same_weights, fuse_and_forget, sharded_on_cpu
+
+    common = short_chats(tmp_path, reward_model)
+    one, one_details = fuse_and_forget(private_home, tmp_path / "one.db", common, capsys)
+    config = sharded_on_cpu(monkeypatch, "zero3")
+    zero3, details = fuse_and_forget(private_home, tmp_path / "zero3.db", [*common, "--accelerate-config", config],
+                                     capsys)
+    assert (details["distributed"]["type"], details["distributed"]["zero_stage"]) == ("DEEPSPEED", 3)
+    assert details["wins"] == one_details["wins"]
+    assert_same_weights(one, zero3, "ZeRO-3")
+
+
 # --- your own data ---------------------------------------------------------------------------------------
 
 

@@ -111,6 +111,16 @@ def non_utf8_questions(env: Env) -> Env:
     return {"questions": str(questions)}
 
 
+def accelerate_config_with_a_typo(env: Env) -> Env:
+    config = Path(env["tmp"]) / "accelerate.yaml"
+    config.write_text("distributed_type: MULTI_GPU\nnum_processez: 2\n")
+    return {"accelerate": str(config)}
+
+
+def fsdp_example(env: Env) -> Env:
+    return {"accelerate": str(Path(__file__).parents[2] / "configs" / "accelerate" / "fsdp.yaml")}
+
+
 EVAL = ("eval", "--model", "{a}", "--suite", "fakesuite", "--db", "{db}")
 RUN = ("run", "--fuser", "fake", "--sources", "{a},{b}", "--suite", "fakesuite", "--db", "{db}")
 SCORE = ("score", "--suite", "bbh", "--predictions", "{predictions}", "--data-dir", "{data}", "--db", "{db}")
@@ -133,6 +143,14 @@ CASES = {
                               closes_run=True),
     "set seed=-1": Case((*RUN, "--set", "seed=-1"), "seed: Input should be greater than or equal to 0",
                         closes_run=True),
+    # how the fusion's training is launched (harness/launch.py)
+    "accelerate config missing": Case((*RUN, "--accelerate-config", "{tmp}/nope.yaml"),
+                                      "nope.yaml not found", closes_run=True),
+    "accelerate config with a typo": Case((*RUN, "--accelerate-config", "{accelerate}"),
+                                          "is not valid: The config file at", accelerate_config_with_a_typo,
+                                          closes_run=True),
+    "accelerate config, one-process fuser": Case((*RUN, "--accelerate-config", "{accelerate}"),
+                                                 "fuser fake runs in one process", fsdp_example, closes_run=True),
     # damaged files
     "truncated model.safetensors": Case(("eval", "--model", "{model}", "--suite", "fakesuite", "--db", "{db}"),
                                         "model.safetensors is damaged or truncated", truncated_weights,
