@@ -225,11 +225,11 @@ class _Run:
         self.ctx.timings["corpus"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        pivot_key = D.store_key("teacher", self.pivot.content_hash(), self.fingerprint, cfg.top_k)
-        with acc.main_process_first():
-            self.pivot_store = D.ensure_teacher_store(self.cache / "distill" / "teachers" / pivot_key, self.chunks,
-                                                      self.pivot_encoder, lambda: pivot_model, cfg.top_k,
-                                                      about={"model": self.pivot.spec})
+        pivot_key = D.teacher_store_key(self.pivot, self.fingerprint, cfg.top_k)
+        # every process of a launch computes its share of the shards, then they wait for each other
+        self.pivot_store = D.ensure_teacher_store(self.cache / "distill" / "teachers" / pivot_key, self.chunks,
+                                                  self.pivot_encoder, lambda: pivot_model, cfg.top_k,
+                                                  about={"model": self.pivot.spec})
         self.pivot_masks = [D.rows_predicting(self.pivot_encoder.encode(c), s)
                             for c, s in zip(self.chunks, self.spans, strict=True)]
         self.pivot_sums = D.masked_sums(self.pivot_store, self.pivot_masks)
@@ -343,10 +343,9 @@ class _Run:
             return final, json.loads((final / "pairwise.json").read_text())
 
         start = time.perf_counter()
-        teacher_key = D.store_key("teacher", ref.content_hash(), self.fingerprint, cfg.top_k)
-        with acc.main_process_first():
-            teacher = D.ensure_teacher_store(self.cache / "distill" / "teachers" / teacher_key, self.chunks, encoder,
-                                             model_loader(ref), cfg.top_k, about={"model": ref.spec})
+        teacher_key = D.teacher_store_key(ref, self.fingerprint, cfg.top_k)
+        teacher = D.ensure_teacher_store(self.cache / "distill" / "teachers" / teacher_key, self.chunks, encoder,
+                                         model_loader(ref), cfg.top_k, about={"model": ref.spec})
         teacher_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -356,11 +355,11 @@ class _Run:
         vocab, ms_report = D.main_process_value(acc, (vocab, ms_report))
         akey = D.store_key("aligned", teacher_key, self.pivot.content_hash(), self.width, options.to_dict(),
                            vocab_digest(vocab))
-        with acc.main_process_first():
+        with acc.main_process_first():  # built from the main process's alignments, by it alone (no collective inside)
             aligned = D.ensure_aligned_store(self.cache / "distill" / "aligned" / akey, self.chunks,
                                              self.pivot_encoder, encoder, teacher, vocab, self.width, options,
                                              shared_vocab=shared, about={"source": ref.spec, "target": self.pivot.spec},
-                                             alignments=alignments)
+                                             alignments=alignments, split=D.ShardSplit())
         align_seconds = time.perf_counter() - start
 
         source_masks = [D.rows_predicting(encoder.encode(c), s) for c, s in zip(self.chunks, self.spans, strict=True)]

@@ -258,8 +258,7 @@ class _Run:
         chunks_c, spans_c = self._document_chunks(documents)
         self.chunks, spans = chunks_a + chunks_b + chunks_c, spans_a + spans_b + spans_c
         fingerprint = D.chunks_fingerprint(self.chunks, cfg.seq_len)
-        with acc.main_process_first():
-            stores, teachers = self._stores(model, fingerprint)
+        stores, teachers = self._stores(model, fingerprint)  # each process of a launch computes its share of the shards
         self.ctx.timings["teachers_and_alignment"] = time.perf_counter() - start
 
         masks = [[D.rows_predicting(enc.encode(c), s) for c, s in zip(self.chunks, spans, strict=True)]
@@ -430,7 +429,8 @@ class _Run:
         options = D.AlignOptions(mode=cfg.align)
         teachers, stores = [], []
         for c, (ref, enc) in enumerate(zip(self.candidates, self.encoders, strict=True)):
-            key = D.store_key("teacher", ref.content_hash(), fingerprint, cfg.top_k)
+            # candidate 0's rows come from the model being trained, loaded in float32
+            key = D.teacher_store_key(ref, fingerprint, cfg.top_k, dtype="float32" if c == 0 else None)
             teacher = D.ensure_teacher_store(root / "teachers" / key, self.chunks, enc,
                                              (lambda: model) if c == 0 else model_loader(ref), cfg.top_k,
                                              about={"model": ref.spec})
