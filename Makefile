@@ -54,9 +54,8 @@ demo: install
 	    echo "demo: so MT-Bench answers are stored, not judged"; \
 	  else exit $$found; fi; \
 	fi; \
-	echo "$(BENCH) run --fuser fusechat --name demo-fusechat $(DEMO_SUITES) $${judge[*]}"; \
-	$(BENCH) run --fuser fusechat --name demo-fusechat $(DEMO_SUITES) "$${judge[@]}"
-	$(BENCH) leaderboard --suite bbh-mini --suite humaneval-mini --per-task
+	echo "$(BENCH) run --fuser fusechat --name demo-fusechat $(DEMO_SUITES) --per-task $${judge[*]}"; \
+	$(BENCH) run --fuser fusechat --name demo-fusechat $(DEMO_SUITES) --per-task "$${judge[@]}"
 	$(BENCH) skills demo-fusechat
 
 test: install typecheck

@@ -154,6 +154,8 @@ BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="openai backe
 TokenizerOpt = Annotated[str | None, typer.Option("--tokenizer", help="openai backend: the served model's tokenizer "
                          "(folder or zoo:NAME), needed for log-likelihood suites.")]
 
+PerTaskOpt = Annotated[bool, typer.Option("--per-task", help="The leaderboard printed at the end shows every task, "
+                      "not just each suite's summary.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show what the libraries print (lm-eval's progress bars, "
                       "transformers' warnings) here instead of in the run's log file.")]
 ProcessesOpt = Annotated[int | None, typer.Option("--processes", min=1, help="N processes (accelerate launch; GPUs or "
@@ -187,7 +189,7 @@ def run(
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
     dtype: DtypeOpt = None, device: DeviceOpt = None, batch_size: BatchOpt = None,
     backend: BackendOpt = None, base_url: BaseUrlOpt = None, tokenizer: TokenizerOpt = None,
-    verbose: VerboseOpt = False, db: DbOpt = str(DEFAULT_DB),
+    per_task: PerTaskOpt = False, verbose: VerboseOpt = False, db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Fuse the sources with FUSER, then evaluate the fused model and its sources on the same suites."""
     with _recording("run", db, verbose) as recording:
@@ -199,7 +201,7 @@ def run(
                 samples=samples, temperature=temperature),
             dtype=dtype, device=device, batch_size=batch_size, backend=backend, base_url=base_url, tokenizer=tokenizer,
             resume=resume, db=db, on_open=recording.opened, progress=typer.echo)
-    _print_leaderboard(result.spec.suites, result.run_ids, db)
+    _print_leaderboard(result.spec.suites, result.run_ids, db, per_task=per_task)
 
 
 @app.command()
@@ -240,7 +242,7 @@ def eval_(
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
     dtype: DtypeOpt = None, device: DeviceOpt = None, batch_size: BatchOpt = None,
     backend: BackendOpt = None, base_url: BaseUrlOpt = None, tokenizer: TokenizerOpt = None,
-    processes: ProcessesOpt = None, verbose: VerboseOpt = False,
+    processes: ProcessesOpt = None, per_task: PerTaskOpt = False, verbose: VerboseOpt = False,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue an interrupted `bench eval` run by id "
                       "(its models and flags; evaluations it recorded are kept).")] = None,
     db: DbOpt = str(DEFAULT_DB),
@@ -257,7 +259,7 @@ def eval_(
                 samples=samples, temperature=temperature),
             dtype=dtype, device=device, batch_size=batch_size, backend=backend, base_url=base_url, tokenizer=tokenizer,
             processes=processes, resume=resume, db=db, on_open=recording.opened, progress=typer.echo)
-    _print_leaderboard(result.spec.suites, result.run_ids, db)
+    _print_leaderboard(result.spec.suites, result.run_ids, db, per_task=per_task)
 
 
 @app.command()
@@ -288,10 +290,10 @@ def score(
     _print_leaderboard(spec.suites, [run_id], db)
 
 
-def _print_leaderboard(suites: list[str], run_ids: Sequence[str], db: str) -> None:
+def _print_leaderboard(suites: list[str], run_ids: Sequence[str], db: str, *, per_task: bool = False) -> None:
     """The leaderboard a recording command prints when its runs are done: their models' scores on their suites (not
-    the whole DB's: `bench leaderboard` shows that)."""
-    typer.echo(bench.leaderboard(suites, runs=run_ids, db=db).render("table"))
+    the whole DB's: `bench leaderboard` shows that); ``per_task``: every task."""
+    typer.echo(bench.leaderboard(suites, runs=run_ids, per_task=per_task, db=db).render("table"))
 
 
 @app.command("leaderboard")
