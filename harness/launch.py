@@ -136,9 +136,7 @@ def _true(value: Any) -> bool:
 def launch(module: str, spec: Path, processes: int | None, *, what: str, config: LaunchConfig | None = None) -> None:
     """Run ``python -m module spec`` in ``processes`` processes (or as ``config`` says) under ``accelerate launch`` and
     wait; raise with the command and the tail of the workers' stderr if any failed."""
-    import collections
     import os
-    import subprocess
 
     from harness.logs import console
 
@@ -149,7 +147,18 @@ def launch(module: str, spec: Path, processes: int | None, *, what: str, config:
     console.log(f"{what}: " + (f"{processes} processes via accelerate launch" if config is None else
                                f"accelerate launch with {config.path} ({config.distributed_type}"
                                + (f", {processes} processes" if processes else "") + ")"))
-    try:  # the workers' stdout goes to our stderr (our stdout is for the leaderboard)
+    returncode, tail = run_workers(command, env)
+    if returncode != 0:
+        raise RuntimeError(f"{what} in several processes failed ({shlex.join(command)}):\n{tail[-3000:]}")
+
+
+def run_workers(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run the launch ``command`` and wait: the workers' stdout goes to our stderr (our stdout is for the leaderboard),
+    their stderr is passed through as it comes. Returns the exit code and the last lines of their stderr."""
+    import collections
+    import subprocess
+
+    try:
         to_stderr: int | None = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # a captured stream (tests)
         to_stderr = None
@@ -160,8 +169,7 @@ def launch(module: str, spec: Path, processes: int | None, *, what: str, config:
         for line in workers.stderr:
             sys.stderr.write(line)
             tail.append(line)
-    if workers.returncode != 0:
-        raise RuntimeError(f"{what} in several processes failed ({shlex.join(command)}):\n{''.join(tail)[-3000:]}")
+    return workers.returncode, "".join(tail)
 
 
 def launch_command(*, processes: int | None, config: LaunchConfig | None, spec: Path,

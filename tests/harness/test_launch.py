@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -137,11 +136,11 @@ def test_the_runner_launches_with_the_config_and_names_it_to_the_workers(tmp_pat
 
     started = []
 
-    def fake_run(command, **kwargs):
-        started.append((command, kwargs["env"]))
-        return subprocess.CompletedProcess(command, 1, stderr="stopped by the test")
+    def fake_run(command, env):
+        started.append((command, env))
+        return 1, "stopped by the test"
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(launch, "run_workers", fake_run)
     monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
     config = EXAMPLES / "multinode_fsdp.yaml"
     spec = build_run_config(fuser="fusellm", accelerate_config=str(config))
