@@ -92,23 +92,22 @@ class _Recording:
     def opened(self, run_id: str) -> None:
         first, self.run_id = self.run_id is None, run_id
         if first and not self.verbose:
-            log = self.log.enter_context(_run_log(f"{run_id}.log"))
-            _say_log(log)
+            self.log.enter_context(_run_log(f"{run_id}.log"))
 
 
 def _run_log(name: str) -> contextlib.AbstractContextManager[Path | None]:
+    """The run's log file ``$BENCH_HOME/logs/NAME``; its path is printed once, when a library first writes to it."""
     from harness import paths
     from harness.logs import run_log
 
-    return run_log(paths.logs_dir() / name)
+    return run_log(paths.logs_dir() / name, on_first_write=_say_log)
 
 
-def _say_log(log: Path | None) -> None:
+def _say_log(log: Path) -> None:
     from harness.logs import console
 
-    if log is not None:
-        console.print(f"log: {log} (what lm-eval, transformers and the other libraries print; --verbose shows it "
-                      "here)", highlight=False, soft_wrap=True)
+    console.print(f"log: {log} (what lm-eval, transformers and the other libraries print; --verbose shows it here)",
+                  highlight=False, soft_wrap=True)
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
@@ -224,7 +223,7 @@ def teachers(
 
     with contextlib.ExitStack() as log:
         if not verbose:
-            _say_log(log.enter_context(_run_log(f"teachers-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")))
+            log.enter_context(_run_log(f"teachers-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"))
         result = bench.teachers(fuser, sources, target, config=config, sets=set_, processes=processes, shard=shard,
                                 dtype=dtype, device=device)
     typer.echo(result.render())

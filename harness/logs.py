@@ -24,7 +24,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,7 +38,7 @@ _LIBRARY_LOGGERS = (*_NOISY_LOGGERS, "transformers", "accelerate", "torch", "mer
 #: The environment variable that hands a run's log file to the processes ``accelerate launch`` starts.
 RUN_LOG_ENV = "BENCH_RUN_LOG"
 
-_run_log: TextIO | None = None  # the open log file of the current run, when there is one
+_run_log: Any = None  # the log file (a _LogFile) of the current run, when there is one
 _our_stderr: list[TextIO] = []  # the stderr FuseBench writes to while quiet() sends sys.stderr to the log
 
 
@@ -105,7 +105,7 @@ def library_output() -> Iterator[None]:
         yield
         return
     log = _run_log
-    _our_stderr.append(sys.stderr)
+    _our_stderr.append(_our_stderr[-1] if _our_stderr else sys.stderr)  # nested: still the terminal's, not the log
     try:
         with contextlib.redirect_stderr(log):
             yield
@@ -114,17 +114,45 @@ def library_output() -> Iterator[None]:
         log.flush()
 
 
+class _LogFile:
+    """The run's log file, opened at its first write, which also calls ``on_first_write`` (to say where it is): a
+    run whose libraries print nothing leaves no file, and an error before they do stays one line."""
+
+    def __init__(self, path: Path, on_first_write: Callable[[Path], None] | None) -> None:
+        self.path, self.on_first_write = path, on_first_write
+        self._file: TextIO | None = None
+
+    def write(self, text: str) -> int:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8", buffering=1)
+            if self.on_first_write is not None:
+                self.on_first_write(self.path)
+        return self._file.write(text)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 @contextlib.contextmanager
-def run_log(path: Path | str | None) -> Iterator[Path | None]:
-    """Send the libraries' logging, Python warnings and (inside :func:`quiet`) their stderr to the file ``path``
-    (appended to) for the block; ``None``: leave everything on the console (``--verbose``)."""
+def run_log(path: Path | str | None, on_first_write: Callable[[Path], None] | None = None) -> Iterator[Path | None]:
+    """Send the libraries' logging, Python warnings and (inside :func:`library_output`) their stderr to the file
+    ``path`` (appended to, created at the first write, when ``on_first_write(path)`` is called) for the block;
+    ``None``: leave everything on the console (``--verbose``)."""
     global _run_log
     if path is None or _run_log is not None:  # verbose, or already inside a run's log (a nested call)
         yield None if path is None else Path(path)
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stream = path.open("a", encoding="utf-8", buffering=1)
+    stream = _LogFile(path, on_first_write)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     bars = _hf_progress_bars(enable=False)  # first: it sets up transformers' own handler, which is then swapped

@@ -150,7 +150,7 @@ CASES = {
                                           "is not valid: The config file at", accelerate_config_with_a_typo,
                                           closes_run=True),
     "accelerate config, one-process fuser": Case((*RUN, "--accelerate-config", "{accelerate}"),
-                                                 "fuser fake runs in one process", fsdp_example, closes_run=True),
+                                                 "fuser fake does not train, so it has nothing to launch", fsdp_example, closes_run=True),
     # damaged files
     "truncated model.safetensors": Case(("eval", "--model", "{model}", "--suite", "fakesuite", "--db", "{db}"),
                                         "model.safetensors is damaged or truncated", truncated_weights,
