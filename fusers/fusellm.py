@@ -18,6 +18,12 @@ content and resumable, or computed per batch with ``teacher_mode=online``) -> al
 `bench teachers` runs these two stages alone, on N machines with ``--shard I/N``) -> training with ``harness.train`` under ``accelerate`` (``accelerate launch`` scales it
 to several processes) -> the trained target saved with its tokenizer.
 
+``teacher_mode=fused`` stores only what training reads, the fused row per target token
+(:mod:`fusers.distill.fused_store`: 32 bytes per token at k = 10 under MinCE with ``fused_logp=uint8``, against
+69 + 65 per source in stored mode), computed ahead with the teachers resident together (or from teacher and
+aligned stores already there) and split over processes and jobs the same way; the fusion is then fixed in the
+store (another one builds another store), and ``granularity=block`` (Q6) is refused.
+
 Defaults fit the embedded zoo: the target is ``gpt2-code`` (it also shares its byte-level BPE with the Llama
 family), fused with the docs and math experts, whose tokenizers differ (Unigram, SentencePiece-style BPE),
 on the union of the three domains' training text. ``reference_compat`` takes quirk ids (q1, q5, q6, q9, q11,
@@ -41,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from harness.api import FuseContext, Fuser, FusionResult, PrepareContext, PreparedStore
 from harness.errors import BenchError
@@ -97,8 +103,12 @@ class FuseLLM(Fuser):
         data: str | None = Field(None, description="Your own training text instead of the built-in domains: a text, "
                                                    "JSONL ('text') or parquet file, a folder of them, or a datasets "
                                                    "folder (harness/text_data.py); corpus_chars of it are read.")
-        teacher_mode: Literal["stored", "online"] = Field(
-            "stored", description="stored: teacher top-k cached on disk (resumable); online: computed per batch.")
+        teacher_mode: Literal["stored", "online", "fused"] = Field(
+            "stored", description="stored: teacher top-k cached on disk (resumable); online: computed per batch; "
+                                  "fused: only the fused row per target token stored (smallest; fusion fixed ahead).")
+        fused_logp: Literal["uint8", "float16", "float32"] = Field(
+            "uint8", description="teacher_mode=fused: how the fused log-probs are kept (uint8: quantised to 1/16 "
+                                 "nat; float16/float32: as computed).")
         reference_compat: list[str] | Literal["all"] = Field(
             default_factory=list, description=f"Reference quirks to reproduce: any of {', '.join(QUIRKS)}, or 'all'.")
 
@@ -146,6 +156,23 @@ class FuseLLM(Fuser):
                 self.align = "dtw_ed"
             return self
 
+        @model_validator(mode="after")
+        def _fused_store_needs_chunk_local_fusion(self) -> FuseLLM.Config:
+            if self.teacher_mode == "fused" and (self.granularity == "block" or "q6" in self.compat):
+                raise ValueError("teacher_mode=fused stores the fusion per chunk, but granularity block (quirk Q6) "
+                                 "chooses per packed block across chunks; use granularity=sequence or token "
+                                 "(without q6), or teacher_mode=stored")
+            return self
+
+        @model_serializer(mode="wrap")
+        def _fused_logp_only_when_fused(self, handler: Any) -> dict[str, Any]:
+            """``fused_logp`` only where it changes the result (teacher_mode=fused), so the fuse hashes of the other
+            modes stay what they were before it existed."""
+            data = handler(self)
+            if self.teacher_mode != "fused":
+                data.pop("fused_logp", None)
+            return data
+
         @property
         def compat(self) -> frozenset[str]:
             return frozenset(QUIRKS) if self.reference_compat == "all" else frozenset(self.reference_compat)
@@ -164,7 +191,7 @@ class FuseLLM(Fuser):
             raise BenchError("fusellm needs sources", "pass --sources A,B (the target defaults to the first)")
         if cfg.teacher_mode == "online":
             raise BenchError("teacher_mode=online keeps no teacher stores to compute ahead",
-                             "drop --set teacher_mode=online (stored is the default)")
+                             "drop --set teacher_mode=online (stored is the default, fused the smallest)")
         return _Run(cfg, sources, target, ctx).prepare()
 
 
@@ -236,17 +263,23 @@ class _Run:
 
         names = [self.pivot.name, *(ref.name for ref in self.others)]
         stores_report: list[dict[str, Any]] = []
-        if cfg.teacher_mode == "stored":
+        shares = None  # fused mode: the candidates' weights, summed when the store was built
+        if cfg.teacher_mode in ("stored", "fused"):
             split = D.ShardSplit.of_processes()  # every process computes its share of each store's shards
-            stores = self._stores(model, split)
-            candidates, input_ids, report = self._read(stores)
+            if cfg.teacher_mode == "stored":
+                stores = self._stores(model, split)
+                candidates, input_ids, report = self._read(stores)
+            else:
+                stores = [self._fused(model, split)]
+                corpus, shares, report = self._read_fused(stores[0])
             stores_report = [{"kind": s.kind, "model": s.model, "key": s.store.root.name, "shards": s.store.n_shards,
                               "computed": split.total(len(s.store.written))} for s in stores]
         else:
             candidates, input_ids, report = self._online(model)
-        corpus = D.FusionCorpus(input_ids, candidates, seq_len=cfg.seq_len, fusion=cfg.fusion,
-                                granularity=self.granularity, temperature=cfg.temperature, tau=cfg.tau,
-                                per_token=self.per_token)
+        if shares is None:
+            corpus = D.FusionCorpus(input_ids, candidates, seq_len=cfg.seq_len, fusion=cfg.fusion,
+                                    granularity=self.granularity, temperature=cfg.temperature, tau=cfg.tau,
+                                    per_token=self.per_token)
         train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=self.lr,
                                 warmup_steps=cfg.warmup_steps, seed=self.ctx.seed,
                                 decay="linear" if "q9" in cfg.compat else "cosine")
@@ -263,7 +296,7 @@ class _Run:
         details = {
             "target": self.pivot.spec,
             "candidates": [{"name": n, **r} for n, r in zip(names, report, strict=True)],
-            "corpus": {"documents": len(docs), "chunks": len(self.chunks), "target_tokens": int(len(input_ids)),
+            "corpus": {"documents": len(docs), "chunks": len(self.chunks), "target_tokens": int(len(corpus.input_ids)),
                        "blocks": len(corpus), "epochs": round(cfg.steps * cfg.batch_size / len(corpus), 3),
                        "fingerprint": self.fingerprint},
             "effective": {"granularity": self.granularity, "ce_per": "token" if self.per_token else "byte",
@@ -271,7 +304,7 @@ class _Run:
             "distributed": D.distributed_details(accelerator),
             "lr": self.lr,
             "timings": {k: round(v, 2) for k, v in self.ctx.timings.items()},
-            **D.details_of(stats, cfg.lam, names, corpus.selected),
+            **D.details_of(stats, cfg.lam, names, corpus.selected if shares is None else shares),
         }
         if stores_report:  # shards computed in this run (0 everywhere: all found, e.g. made by `bench teachers`)
             details["stores"] = stores_report
@@ -287,7 +320,8 @@ class _Run:
         # loaded as `fuse` loads it: the target's teacher rows come from the model it trains, in float32
         model, tokenizer = load_hf(self.pivot, dtype="float32")
         self._corpus(model, tokenizer)
-        return [D.prepared_store(s.kind, s.model, s.store, s.seconds, split) for s in self._stores(model, split)]
+        stores = [self._fused(model, split)] if self.cfg.teacher_mode == "fused" else self._stores(model, split)
+        return [D.prepared_store(s.kind, s.model, s.store, s.seconds, split) for s in stores]
 
     # --- stages -----------------------------------------------------------------------------------
 
@@ -327,32 +361,44 @@ class _Run:
         return source_vocab_map(source_tokenizer, target_tokenizer, width, self.width, self.cfg.compat,
                                 by_surface=self.cfg.reference_compat != "all")
 
+    def _store_keys(self) -> tuple[list[str], list[str]]:
+        """The content keys of the teacher stores (target first) and of the aligned stores (one per other source)."""
+        from fusers import distill as D
+        from fusers.common import vocab_digest
+
+        k = self.cfg.top_k
+        # the target's own rows come from the model being trained, loaded in float32
+        teacher_keys = [D.teacher_store_key(self.pivot, self.fingerprint, k, dtype="float32"),
+                        *(D.teacher_store_key(ref, self.fingerprint, k) for ref in self.others)]
+        aligned_keys = [D.store_key("aligned", key, self.pivot.content_hash(), self.width, self.options.to_dict(),
+                                    vocab_digest(vocab)) for key, vocab in zip(teacher_keys[1:], self.vocabs, strict=True)]
+        return teacher_keys, aligned_keys
+
+    def _loader(self, ref: ModelRef):
+        """A function that loads source ``ref`` as a teacher (the placement's precision and device)."""
+        from harness.model import load_hf
+
+        def load() -> Any:
+            m, _ = load_hf(ref)
+            _check_context(ref, m, self.cfg.seq_len)
+            return m
+        return load
+
     def _stores(self, model: Any, split: Any) -> list[_Store]:
         """Teacher stores (target first), then aligned stores (one per other source), both content-keyed under the
         cache dir, with ``split``'s share of their missing shards computed here. Every process of a launch calls
         this: each computes its share of a store, then they wait for each other before the next one."""
         from fusers import distill as D
-        from fusers.common import vocab_digest
         from harness import paths
-        from harness.model import load_hf
 
         cfg = self.cfg
         root = paths.cache_dir() / "distill"
-        # the target's own rows come from the model being trained, loaded in float32
-        self.teacher_keys = [D.teacher_store_key(self.pivot, self.fingerprint, cfg.top_k, dtype="float32"),
-                             *(D.teacher_store_key(ref, self.fingerprint, cfg.top_k) for ref in self.others)]
-
-        def loader(ref: ModelRef):
-            def load() -> Any:
-                m, _ = load_hf(ref)
-                _check_context(ref, m, cfg.seq_len)
-                return m
-            return load
+        teacher_keys, aligned_keys = self._store_keys()
 
         stores = []
         start = time.perf_counter()
-        for ref, enc, key, load in zip((self.pivot, *self.others), (self.target, *self.encoders), self.teacher_keys,
-                                       (lambda: model, *(loader(ref) for ref in self.others)), strict=True):
+        for ref, enc, key, load in zip((self.pivot, *self.others), (self.target, *self.encoders), teacher_keys,
+                                       (lambda: model, *(self._loader(ref) for ref in self.others)), strict=True):
             began = time.perf_counter()
             store = D.ensure_teacher_store(root / "teachers" / key, self.chunks, enc, load, cfg.top_k,
                                            about={"model": ref.spec}, split=split)
@@ -360,17 +406,71 @@ class _Run:
         self.ctx.timings["teachers"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        for ref, enc, teacher, key, vocab, shared in zip(self.others, self.encoders, stores[1:], self.teacher_keys[1:],
-                                                         self.vocabs, self.shared, strict=True):
+        for ref, enc, teacher, akey, vocab, shared in zip(self.others, self.encoders, stores[1:], aligned_keys,
+                                                          self.vocabs, self.shared, strict=True):
             began = time.perf_counter()
-            akey = D.store_key("aligned", key, self.pivot.content_hash(), self.width, self.options.to_dict(),
-                               vocab_digest(vocab))
             store = D.ensure_aligned_store(root / "aligned" / akey, self.chunks, self.target, enc, teacher.store,
                                            vocab, self.width, self.options, shared_vocab=shared,
                                            about={"source": ref.spec, "target": self.pivot.spec}, split=split)
             stores.append(_Store("aligned", f"{ref.spec} -> {self.pivot.spec}", store, time.perf_counter() - began))
         self.ctx.timings["align"] = time.perf_counter() - start
         return stores
+
+    def _fused(self, model: Any, split: Any) -> _Store:
+        """The fused store (:mod:`fusers.distill.fused_store`), content-keyed under the cache dir, with ``split``'s
+        share of its missing shards computed here: each shard from the teacher or aligned stores that hold it
+        already, else from the teachers, loaded when first needed and resident together. Writes no other store."""
+        from fusers import distill as D
+        from harness import paths
+
+        cfg = self.cfg
+        root = paths.cache_dir() / "distill"
+        shard_size = 128  # the teacher stores' (ensure_teacher_store's default), so their shards are read one for one
+        teacher_keys, aligned_keys = self._store_keys()
+        settings = D.FusedSettings(cfg.fusion, self.granularity, temperature=cfg.temperature,  # type: ignore[arg-type]
+                                   tau=cfg.tau, per_token=self.per_token, logp=cfg.fused_logp)
+        n = len(self.chunks)
+        teacher_stores = [D.ShardedStore.existing(root / "teachers" / key, n, shard_size, D.teacher_layout(cfg.top_k))
+                          for key in teacher_keys]
+        aligned_stores = [None, *(D.ShardedStore.existing(root / "aligned" / key, n, shard_size,
+                                                          D.aligned_layout(self.width, self.options))
+                                  for key in aligned_keys)]
+        teachers = [D.ResidentTeacher(self.pivot.name, lambda: model, self.target, None, True, teacher_stores[0])]
+        for c, (ref, enc, vocab, shared) in enumerate(zip(self.others, self.encoders, self.vocabs, self.shared,
+                                                          strict=True), start=1):
+            teachers.append(D.ResidentTeacher(ref.name, self._loader(ref), enc, vocab, shared, teacher_stores[c],
+                                              aligned_stores[c]))
+        rows = D.CandidateRows(teachers, self.chunks, cfg.top_k, self.width, self.options)
+        # ids below the target's logit width and its tokenizer's length (input ids)
+        id_bound = max(self.width, len(self.target.tokenizer))
+        start = time.perf_counter()
+        store = D.ensure_fused_store(root / "fused" / D.fused_store_key([teacher_keys[0], *aligned_keys], settings),
+                                     self.chunks, rows, settings, id_bound, shard_size=shard_size,
+                                     about={"target": self.pivot.spec, "sources": [r.spec for r in self.others]},
+                                     split=split)
+        seconds = time.perf_counter() - start
+        self.ctx.timings["fused"] = seconds
+        self.origins = [dict(o) for o in rows.origins]
+        return _Store("fused", f"{len(teachers)} candidates -> {self.pivot.spec}", store, seconds)
+
+    def _read_fused(self, fused: _Store) -> tuple[Any, Any, list[dict[str, Any]]]:
+        """The training corpus of the fused store, each candidate's weight summed over the corpus (who won, recorded
+        when the store was built) and a report per candidate."""
+        from fusers import distill as D
+
+        corpus = D.fused_corpus(fused.store, self.cfg.seq_len)
+        weights, status = D.fused_shares(fused.store)
+        n_rows = len(corpus.input_ids)
+        report = []
+        for c in range(1 + len(self.others)):
+            entry: dict[str, Any] = {"role": "target" if c == 0 else "source", "fused": True,
+                                     "rows_from": self.origins[c]}
+            if c > 0:
+                entry["shared_vocab"] = self.shared[c - 1]
+                entry.update(_count_shares(status[c]))
+            report.append(entry)
+        report[0]["fused_bytes_per_token"] = round(fused.store.nbytes() / max(n_rows, 1), 2)
+        return corpus, weights, report
 
     def _read(self, stores: list[_Store]) -> tuple[Any, Any, list[dict[str, Any]]]:
         """The candidates (the target's own rows, then each source's aligned rows), the target's token stream and
@@ -418,12 +518,16 @@ class _Run:
 def _status_shares(status: Any) -> dict[str, float]:
     import numpy as np
 
+    return _count_shares(np.bincount(np.asarray(status, dtype=np.int64), minlength=3))
+
+
+def _count_shares(counts: Any) -> dict[str, float]:
+    """Shares of mapped, fallback and empty rows from their counts (indexed by status)."""
     from fusers.align import EMPTY, FALLBACK, MAPPED
 
-    n = max(len(status), 1)
-    counts = np.bincount(np.asarray(status, dtype=np.int64), minlength=3)
-    return {"mapped": round(counts[MAPPED] / n, 4), "fallback": round(counts[FALLBACK] / n, 4),
-            "empty": round(counts[EMPTY] / n, 4)}
+    n = max(int(sum(counts)), 1)
+    return {"mapped": round(int(counts[MAPPED]) / n, 4), "fallback": round(int(counts[FALLBACK]) / n, 4),
+            "empty": round(int(counts[EMPTY]) / n, 4)}
 
 
 def _check_context(ref: ModelRef, model: Any, seq_len: int) -> None:

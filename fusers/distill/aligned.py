@@ -29,7 +29,7 @@ from fusers.align import (
 )
 from fusers.distill.chunks import ChunkEncoder, TextChunk
 from fusers.distill.shards import ShardedStore, ShardSplit, fill_shards, shard_progress
-from fusers.distill.teachers import ROW_FIELDS, SUM_FIELDS, TeacherRows
+from fusers.distill.teachers import SUM_FIELDS, TeacherRows, stored_teacher_rows
 
 
 @dataclass
@@ -157,6 +157,21 @@ def shares_vocabulary(a: Any, b: Any) -> bool:
     return a.get_vocab() == b.get_vocab()
 
 
+def aligned_layout(width: int, options: AlignOptions) -> dict[str, Any]:
+    """What an aligned store holds (its :class:`ShardedStore` layout): rows in a target of ``width`` logits, moved
+    there as ``options`` say."""
+    return {"kind": "aligned", "width": width, **options.to_dict()}
+
+
+def stored_target_rows(store: ShardedStore, shard: int) -> list[TargetRows]:
+    """The :class:`TargetRows` of every chunk of one shard of an aligned store, as :func:`target_rows` made them."""
+    offsets = np.concatenate([[0], np.cumsum(store.shard_sums(shard, "_counts"))]).astype(np.int64)
+    cols = {name: store.shard_rows(shard, name) for name in TARGET_ROW_FIELDS}
+    sums = {name: store.shard_sums(shard, name) for name in SUM_FIELDS}
+    return [TargetRows(**{n: np.asarray(cols[n][offsets[j]:offsets[j + 1]]) for n in TARGET_ROW_FIELDS},
+                       **{n: sums[n][j].item() for n in SUM_FIELDS}) for j in range(len(offsets) - 1)]
+
+
 def ensure_aligned_store(root: Path, chunks: Sequence[TextChunk], target: ChunkEncoder, source: ChunkEncoder,
                          teacher: ShardedStore, vocab: VocabMap | None, width: int, options: AlignOptions, *,
                          shared_vocab: bool, about: dict[str, Any] | None = None,
@@ -170,24 +185,14 @@ def ensure_aligned_store(root: Path, chunks: Sequence[TextChunk], target: ChunkE
     teacher's shard size), so a job needs only its own share of the teacher store.
     """
     split = split or ShardSplit.of_processes()
-    store = ShardedStore(root, len(chunks), teacher.shard_size,
-                         {"kind": "aligned", "width": width, **options.to_dict()}, about)
+    store = ShardedStore(root, len(chunks), teacher.shard_size, aligned_layout(width, options), about)
 
     def compute(shards: list[int]) -> None:
         for shard in shard_progress(shards, f"align {(about or {}).get('source', '')}".strip(),
                                     show=split.process == 0):
-            counts = teacher.shard_sums(shard, "_counts")
-            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            cols = {name: teacher.shard_rows(shard, name) for name in ROW_FIELDS}
-            sums = {name: teacher.shard_sums(shard, name) for name in SUM_FIELDS}
-            items = []
-            for j, i in enumerate(store.shard_items(shard)):
-                a, b = int(offsets[j]), int(offsets[j + 1])
-                rows = TeacherRows(**{n: np.asarray(cols[n][a:b]) for n in ROW_FIELDS},
-                                   **{n: sums[n][j].item() for n in SUM_FIELDS})
-                items.append(target_rows(target.encode(chunks[i]), source.encode(chunks[i]), rows, vocab, width,
-                                         options, shared_vocab=shared_vocab,
-                                         alignment=None if alignments is None else alignments[i]))
+            items = [target_rows(target.encode(chunks[i]), source.encode(chunks[i]), rows, vocab, width, options,
+                                 shared_vocab=shared_vocab, alignment=None if alignments is None else alignments[i])
+                     for i, rows in zip(store.shard_items(shard), stored_teacher_rows(teacher, shard), strict=True)]
             store.write(shard, items, TARGET_ROW_FIELDS, SUM_FIELDS)
 
     fill_shards(store, split, compute)

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fusers.align import EMPTY, MAPPED, VocabMap
+from fusers.align import EMPTY, MAPPED, Tokenization, VocabMap
 from fusers.distill.aligned import TARGET_ROW_FIELDS, AlignOptions, TargetRows, self_rows, target_rows
 from fusers.distill.chunks import ChunkEncoder, TextChunk
 from fusers.distill.shards import ShardedStore
-from fusers.distill.teachers import SUM_FIELDS, teacher_rows
+from fusers.distill.teachers import SUM_FIELDS, TeacherRows, teacher_rows
 
 if TYPE_CHECKING:
     from torch import nn
@@ -40,6 +40,30 @@ class CandidateBlock:
     seq_nats: np.ndarray  # float [L, C]
     seq_tokens: np.ndarray  # float [L, C]
     seq_bytes: np.ndarray  # float [L, C]
+
+    @classmethod
+    def of_chunks(cls, rows: Sequence[Sequence[TargetRows]], start: int = 0, stop: int | None = None) -> CandidateBlock:
+        """The block of consecutive chunks' rows: ``rows[j][c]`` is candidate c's rows of the j-th chunk; the block
+        holds rows ``[start, stop)`` of those chunks' rows in order (default: all), each with its chunk's sums.
+        EMPTY rows are not substituted yet (:meth:`substitute_empty`)."""
+        n_candidates = len(rows[0]) if rows else 0
+        lengths = [len(chunk[0].status) for chunk in rows]
+        cols: dict[str, list[np.ndarray]] = {name: [] for name in (*TARGET_ROW_FIELDS, *SUM_FIELDS)}
+        for c in range(n_candidates):
+            per_chunk = [chunk[c] for chunk in rows]
+            for name in TARGET_ROW_FIELDS:
+                cols[name].append(np.concatenate([getattr(r, name) for r in per_chunk]))
+            for name in SUM_FIELDS:
+                cols[name].append(np.repeat([float(getattr(r, name)) for r in per_chunk], lengths))
+        stop = sum(lengths) if stop is None else stop
+
+        def stacked(name: str, dtype: Any) -> np.ndarray:
+            return np.stack([col[start:stop] for col in cols[name]], axis=1).astype(dtype)
+
+        return cls(ids=stacked("ids", np.int64), logp=stacked("logp", np.float32), status=stacked("status", np.int8),
+                   token_ce=stacked("token_ce", np.float32), token_bytes=stacked("token_bytes", np.float32),
+                   seq_nats=stacked("nats", np.float64), seq_tokens=stacked("n_tokens", np.float64),
+                   seq_bytes=stacked("n_bytes", np.float64))
 
     def substitute_empty(self) -> CandidateBlock:
         """EMPTY rows take candidate 0's row (the reference collator's "bad case": the base model's own)."""
@@ -123,6 +147,32 @@ class OnlineTeacher:
     shared_vocab: bool = True
 
 
+def onto_target(targets: Sequence[Tokenization], encoded: Sequence[Tokenization], rows: Sequence[TeacherRows],
+                vocab: VocabMap | None, width: int, options: AlignOptions, *, is_target: bool,
+                shared_vocab: bool = True) -> list[TargetRows]:
+    """One teacher's rows of some chunks (``encoded``: the chunks as it tokenizes them) in the target's positions
+    (``targets``): the target's own rows as they are (``is_target``, :func:`self_rows`), any other teacher's aligned
+    (:func:`target_rows`)."""
+    if is_target:
+        return [self_rows(r) for r in rows]
+    return [target_rows(t, s, r, vocab, width, options, shared_vocab=shared_vocab)
+            for t, s, r in zip(targets, encoded, rows, strict=True)]
+
+
+def candidate_rows(teachers: Sequence[OnlineTeacher], chunks: Sequence[TextChunk], k: int, width: int,
+                   options: AlignOptions, *, batch_size: int = 16) -> list[list[TargetRows]]:
+    """Run the teachers over ``chunks`` and move their rows onto the target: ``out[j][c]`` is teacher c's rows of
+    chunk j in the target's positions. ``teachers[0]`` is the target's own initial model."""
+    targets = [teachers[0].encoder.encode(chunk) for chunk in chunks]
+    per_teacher: list[list[TargetRows]] = []
+    for c, teacher in enumerate(teachers):
+        encoded = targets if c == 0 else [teacher.encoder.encode(chunk) for chunk in chunks]
+        rows = teacher_rows(teacher.model, encoded, k, batch_size)
+        per_teacher.append(onto_target(targets, encoded, rows, teacher.vocab, width, options, is_target=c == 0,
+                                       shared_vocab=teacher.shared_vocab))
+    return [list(chunk) for chunk in zip(*per_teacher, strict=True)]
+
+
 class OnlineCandidates(CandidateSource):
     """Candidates computed per batch instead of stored: the same rows as the stored path, no disk.
 
@@ -150,41 +200,16 @@ class OnlineCandidates(CandidateSource):
         needed = sorted({i for a, b in spans for i in self._chunks_of(a, b)} - set(self._cache))
         if not needed:
             return
-        target_enc = self.teachers[0].encoder
-        bases = [target_enc.encode(self.chunks[i]) for i in needed]
-        per_teacher: list[list[TargetRows]] = []
-        for c, teacher in enumerate(self.teachers):
-            encoded = bases if c == 0 else [teacher.encoder.encode(self.chunks[i]) for i in needed]
-            rows = teacher_rows(teacher.model, encoded, self.k, self.batch_size)
-            if c == 0:
-                per_teacher.append([self_rows(r) for r in rows])
-            else:
-                per_teacher.append([target_rows(b, s, r, teacher.vocab, self.width, self.options,
-                                                shared_vocab=teacher.shared_vocab)
-                                    for b, s, r in zip(bases, encoded, rows, strict=True)])
-        for n, i in enumerate(needed):
-            self._cache[i] = [rows[n] for rows in per_teacher]
+        rows = candidate_rows(self.teachers, [self.chunks[i] for i in needed], self.k, self.width, self.options,
+                              batch_size=self.batch_size)
+        for i, chunk_rows in zip(needed, rows, strict=True):
+            self._cache[i] = chunk_rows
         while len(self._cache) > max(self._cache_size, len(needed)):
             self._cache.popitem(last=False)
 
     def block(self, start: int, stop: int) -> CandidateBlock:
         self.prepare([(start, stop)])
         ids = self._chunks_of(start, stop)
-        cols: dict[str, list[np.ndarray]] = {name: [] for name in (*TARGET_ROW_FIELDS, *SUM_FIELDS)}
-        for c in range(len(self.teachers)):
-            per_chunk = [self._cache[i][c] for i in ids]
-            lengths = [len(r.status) for r in per_chunk]
-            for name in TARGET_ROW_FIELDS:
-                cols[name].append(np.concatenate([getattr(r, name) for r in per_chunk]))
-            for name in SUM_FIELDS:
-                cols[name].append(np.repeat([float(getattr(r, name)) for r in per_chunk], lengths))
-        a, b = start - int(self.offsets[ids.start]), stop - int(self.offsets[ids.start])
-
-        def stacked(name: str, dtype: Any) -> np.ndarray:
-            return np.stack([col[a:b] for col in cols[name]], axis=1).astype(dtype)
-
-        return CandidateBlock(ids=stacked("ids", np.int64), logp=stacked("logp", np.float32),
-                              status=stacked("status", np.int8), token_ce=stacked("token_ce", np.float32),
-                              token_bytes=stacked("token_bytes", np.float32), seq_nats=stacked("nats", np.float64),
-                              seq_tokens=stacked("n_tokens", np.float64),
-                              seq_bytes=stacked("n_bytes", np.float64)).substitute_empty()
+        first = int(self.offsets[ids.start])
+        return CandidateBlock.of_chunks([self._cache[i] for i in ids], start - first,
+                                        stop - first).substitute_empty()

@@ -17,7 +17,7 @@ import torch
 
 from fusers.align import MAPPED
 from fusers.distill.candidates import CandidateBlock, CandidateSource
-from fusers.distill.fusion import FUSIONS, GRANULARITIES, Fusion, Granularity, candidate_scores, fuse_topk
+from fusers.distill.fusion import FUSIONS, GRANULARITIES, Fusion, Granularity, fuse_block
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -103,10 +103,8 @@ class FusionCorpus(torch.utils.data.Dataset):
         real = np.zeros((len(spans), width), dtype=bool)  # [B, L]: rows that hold a token (not padding)
         for r, (a, b) in enumerate(spans):
             real[r, : b - a] = True
-        scores = candidate_scores(stacked, self.granularity, per_token=self.per_token)  # [B, L, C]
-        ids, probs, weights = fuse_topk(torch.from_numpy(stacked.ids), torch.from_numpy(stacked.logp),
-                                        torch.from_numpy(scores), self.fusion, temperature=self.temperature,
-                                        tau=self.tau)
+        ids, probs, weights = fuse_block(stacked, self.fusion, self.granularity, temperature=self.temperature,
+                                         tau=self.tau, per_token=self.per_token)  # [B, L, K], [B, L, K], [B, L, C]
         real_t = torch.from_numpy(real)
         probs = probs * real_t[..., None]  # padding carries no target
         self.selected += (weights * real_t[..., None]).sum(dim=(0, 1)).double().numpy()

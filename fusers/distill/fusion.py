@@ -101,6 +101,20 @@ def fuse_topk(ids: Tensor, logp: Tensor, scores: Tensor, fusion: Fusion, *, temp
     return ids.flatten(-2), probs.flatten(-2), weights.float()
 
 
+def fuse_block(block: CandidateBlock, fusion: Fusion, granularity: Granularity, *, temperature: float = 1.0,
+               tau: float = 1.0, per_token: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """The fused sparse target of every row of ``block``: the candidates' scores (:func:`candidate_scores`), then
+    :func:`fuse_topk`. Returns ``(ids [..., L, K], probs [..., L, K], weights [..., L, C])``.
+
+    The one place a fusion is computed: training batches (:meth:`FusionCorpus.collate
+    <fusers.distill.corpus.FusionCorpus.collate>`) and the fused store (:mod:`fusers.distill.fused_store`), which
+    computes the same rows ahead, both call it.
+    """
+    scores = candidate_scores(block, granularity, per_token=per_token)
+    return fuse_topk(torch.from_numpy(block.ids), torch.from_numpy(block.logp), torch.from_numpy(scores), fusion,
+                     temperature=temperature, tau=tau)
+
+
 def sparse_soft_ce(logp: Tensor, ids: Tensor, probs: Tensor) -> Tensor:
     """[...] ``-Σ_j probs_j · logp[ids_j]``: soft-target CE over the sparse entries only (padding has prob 0).
 

@@ -68,6 +68,19 @@ class ShardedStore:
         self._cache: dict[str, Any] = {}
         self.written: list[int] = []
 
+    @classmethod
+    def existing(cls, root: Path, n_items: int, shard_size: int, layout: dict[str, Any]) -> ShardedStore | None:
+        """The store at ``root`` if one with this layout is there (any of its shards may still be missing), else
+        None; unlike the constructor, it neither creates a store nor starts one of another layout over (a reader
+        that can also do without the store, e.g. the fused store's builder, leaves it as it found it)."""
+        meta_file = Path(root) / "meta.json"
+        if not meta_file.is_file():
+            return None
+        wanted = {**layout, "n_items": int(n_items), "shard_size": int(shard_size), "version": STORE_VERSION}
+        if json.loads(meta_file.read_text()).get("layout") != json.loads(json.dumps(wanted)):
+            return None
+        return cls(root, n_items, shard_size, layout)
+
     @property
     def n_shards(self) -> int:
         return -(-self.n_items // self.shard_size)

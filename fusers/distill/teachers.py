@@ -119,6 +119,21 @@ def teacher_store_key(ref: ModelRef, fingerprint: str, k: int, *, dtype: str | N
     return store_key("teacher", ref.content_hash(), fingerprint, k, *(() if precision == "float32@cpu" else (precision,)))
 
 
+def teacher_layout(k: int) -> dict[str, Any]:
+    """What a teacher store at top-``k`` holds (its :class:`ShardedStore` layout)."""
+    return {"kind": "teacher", "k": k}
+
+
+def stored_teacher_rows(store: ShardedStore, shard: int) -> list[TeacherRows]:
+    """The :class:`TeacherRows` of every chunk of one shard of a teacher store, as :func:`teacher_rows` made them
+    (the sums as Python numbers)."""
+    offsets = np.concatenate([[0], np.cumsum(store.shard_sums(shard, "_counts"))]).astype(np.int64)
+    cols = {name: store.shard_rows(shard, name) for name in ROW_FIELDS}
+    sums = {name: store.shard_sums(shard, name) for name in SUM_FIELDS}
+    return [TeacherRows(**{n: np.asarray(cols[n][offsets[j]:offsets[j + 1]]) for n in ROW_FIELDS},
+                        **{n: sums[n][j].item() for n in SUM_FIELDS}) for j in range(len(offsets) - 1)]
+
+
 def ensure_teacher_store(root: Path, chunks: Sequence[TextChunk], encoder: ChunkEncoder,
                          model_fn: Callable[[], nn.Module], k: int, *, shard_size: int = 128,
                          batch_size: int = 16, about: dict[str, Any] | None = None,
@@ -133,7 +148,7 @@ def ensure_teacher_store(root: Path, chunks: Sequence[TextChunk], encoder: Chunk
     chunks alone, so which process computed it changes no byte of it.
     """
     split = split or ShardSplit.of_processes()
-    store = ShardedStore(root, len(chunks), shard_size, {"kind": "teacher", "k": k}, about)
+    store = ShardedStore(root, len(chunks), shard_size, teacher_layout(k), about)
     loaded: list[nn.Module] = []
 
     def compute(shards: list[int]) -> None:
