@@ -63,6 +63,7 @@ Samples: one per (question, turn), with the exact prompt the model saw and the j
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -554,7 +555,7 @@ class MTBench(Suite):
         units = units_of(generate_answers(lm, questions, cfg.max_gen_toks))
         verdicts = None
         if judge is None:
-            logger.warning(NOT_JUDGED_HINT)
+            _say_not_judged()
         else:
             logger.info("mtbench: judging %d answers x %d with %s", len(units), cfg.judge_repeats, judge.describe())
             parse = parse_rating_fastchat if cfg.judge_prompts else parse_rating
@@ -565,3 +566,9 @@ class MTBench(Suite):
                                len(units))
         return EvalResult(scores=build_scores(units, verdicts, cfg.judge_repeats),
                           samples=build_samples(units, verdicts))
+
+
+@functools.cache
+def _say_not_judged() -> None:
+    """The hint that answers are stored unjudged, once per process (not once per model evaluated)."""
+    logger.warning(NOT_JUDGED_HINT)
