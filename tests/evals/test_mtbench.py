@@ -294,6 +294,9 @@ def test_random_judge_std(tmp_path: Path) -> None:
 
 
 def test_no_judge_stores_answers_and_no_score(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import evals.mtbench
+
+    evals.mtbench._say_not_judged.cache_clear()  # the hint is said once per process
     with caplog.at_level(logging.WARNING, logger="evals.mtbench"):
         result = run(RecordingLM(), tmp_path)
     n = len(load_questions())
