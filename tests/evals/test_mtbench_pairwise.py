@@ -213,3 +213,21 @@ def test_the_leaderboard_shows_the_adjusted_win_rate_of_a_pairwise_run(tmp_path:
     rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
     assert rows["paired"]["mtbench/overall/win_rate_adjusted"] == 0.75 and rows["rated"]["mtbench/overall"] == 6.5
     assert "mtbench/overall/win_rate" not in rows["paired"] and "mtbench/overall/judged" not in rows["paired"]
+
+
+def test_bench_eval_pairwise_against_a_model_prints_the_adjusted_win_rate(tmp_path: Path, tiny_chat_model: Path,
+                                                                          capsys: pytest.CaptureFixture[str],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole path: `bench eval` of a model judged pairwise against a FastChat answer file, the judge's tokens
+    recorded, the run's leaderboard showing the adjusted win rate."""
+    from tests.harness.test_judge_usage import with_usage
+
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    db = str(tmp_path / "bench.db")
+    with serving(lambda body: with_usage("[[A]]", 100, 5)) as server:  # always A: every answer ties
+        assert bench("eval", "--model", str(tiny_chat_model), "--suite", "mtbench", "--limit", "1", "--db", db,
+                     "--set", "mtbench.max_gen_toks=3", "--judge-url", server.url, "--set", "mtbench.judge_mode=pairwise",
+                     "--set", f"mtbench.pairwise_baseline={baseline_file(tmp_path, questions=1)}") == 0
+    out = capsys.readouterr()
+    assert "mtbench/overall/win_rate_adjusted" in out.out and "0.5000" in out.out
+    assert "judge tokens 400 prompt + 20 completion in 4 requests" in out.err

@@ -20,6 +20,7 @@ from harness.errors import BenchError
 from harness.judge import HttpJudge, JudgeUsage, cost_usd, parse_price, usage_line, usage_record
 from harness.store import Store
 from tests.conftest import bench
+from tests.harness import fake_plugins
 from tests.harness.test_judge import completion, serving
 
 
@@ -136,7 +137,7 @@ def test_a_run_records_its_judge_tokens_and_bench_runs_shows_them_with_a_cost(ju
 
     assert bench("run", *args) == 0  # every evaluation comes from the cache now: no judge call, no token spent
     assert len(judged["server"].requests) == 9
-    second = Store(db).runs()[0]["id"]
+    second = next(r["id"] for r in Store(db).runs() if r["id"] != first)
     usage = Store(db).judge_usage([first, second])
     assert usage[first] == {"requests": 9, "prompt_tokens": 9000, "completion_tokens": 2250, "unmetered": 0,
                             "cached_prompt_tokens": 0, "cached_completion_tokens": 0}
@@ -150,6 +151,10 @@ def test_a_run_records_its_judge_tokens_and_bench_runs_shows_them_with_a_cost(ju
     as_json = json.loads("\n".join(runs_lines(db, capsys, "--json")))
     assert {r["id"]: r["judge_usage"]["cached_completion_tokens"] for r in as_json} == {first: 0, second: 2250}
 
+    assert bench("report", "--db", db, "--run", first, "--out", str(judged["tmp"] / "report")) == 0
+    page = (judged["tmp"] / "report" / "report.html").read_text()
+    assert "judge tokens 9,000 prompt + 2,250 completion in 9 requests; $0.1575" in page  # the run's provenance
+
 
 def test_bench_eval_takes_a_judge_price_too(judged: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     assert bench("eval", "--model", judged["a"], "--suite", "judgedsuite", "--set",
@@ -162,3 +167,34 @@ def test_a_bad_judge_price_flag_exits_2(judged: dict[str, Any], capsys: pytest.C
     assert bench("eval", "--model", judged["a"], "--suite", "judgedsuite", "--set",
                  f"judgedsuite.judge_url={judged['url']}", "--judge-price", "cheap", "--db", judged["db"]) == 2
     assert "--judge-price 'cheap' is not two numbers" in capsys.readouterr().err
+
+
+class RewardedFuser(fake_plugins.FakeAverage):
+    """The fake average, with what a judge reward spent in its details, as ProFuser reports it."""
+
+    name: ClassVar[str] = "rewarded"
+
+    def fuse(self, sources: Any, target: Any, cfg: Any, ctx: Any) -> Any:
+        result = super().fuse(sources, target, cfg, ctx)
+        result.details["judge_usage"] = [{"judge": "reward-judge", "requests": 4, "prompt_tokens": 400,
+                                          "completion_tokens": 40, "unmetered": 1}]
+        return result
+
+
+def test_a_fusers_judge_reward_is_recorded_as_its_fuse_stage(fake_plugins_registered: dict[str, Any]) -> None:
+    env = fake_plugins_registered
+    registry.fusers().register("rewarded", RewardedFuser)
+    try:
+        args = ("run", "--fuser", "rewarded", "--source", env["a"], "--source", env["b"], "--suite", "fakesuite",
+                "--db", env["db"])
+        assert bench(*args) == 0
+        assert bench(*args) == 0  # the fused model from the artifact cache: its reward's tokens were spent before
+    finally:
+        registry.fusers().unregister("rewarded")
+    store = Store(env["db"])
+    rows = store.db.query("select run_id, stage, judge, prompt_tokens, unmetered, cached from judge_usage")
+    by_cached = {r["cached"]: r for r in rows}
+    assert {(r["stage"], r["judge"], r["prompt_tokens"], r["unmetered"]) for r in by_cached.values()} == {
+        ("fuse", "reward-judge", 400, 1)}
+    assert set(by_cached) == {0, 1} and by_cached[0]["run_id"] != by_cached[1]["run_id"]
+    assert store.judge_usage([by_cached[0]["run_id"]])[by_cached[0]["run_id"]]["requests"] == 4
