@@ -416,10 +416,10 @@ def judge_against_baseline(judge: ChatJudge, units: list[Unit], baselines: dict[
     from harness.judge import PairVerdict, judge_pairs, parse_pair_verdict, parse_pair_verdict_fastchat
 
     asked = [i for i, u in enumerate(units) if not u.same_as(baselines[u.question.qid])]
-    pairs = [tuple(units[i].pair_messages(prompts, baselines[units[i].question.qid], answer_first)
-                   for answer_first in (True, False)) for i in asked]
+    pairs = [(units[i].pair_messages(prompts, baselines[units[i].question.qid], answer_first=True),
+              units[i].pair_messages(prompts, baselines[units[i].question.qid], answer_first=False)) for i in asked]
     parse = parse_pair_verdict_fastchat if fastchat_rule else parse_pair_verdict
-    judged = dict(zip(asked, judge_pairs(judge, pairs, parse), strict=True))  # type: ignore[arg-type]
+    judged = dict(zip(asked, judge_pairs(judge, pairs, parse), strict=True))
     return [judged.get(i, PairVerdict(raw=("", ""), first="tie", second="tie")) for i in range(len(units))]
 
 
@@ -433,7 +433,7 @@ def build_pair_scores(units: list[Unit], verdicts: list[PairVerdict]) -> list[Sc
         n = len(decided)
         if n:
             for name in ("win", "tie", "loss"):
-                rate = decided.count(name) / n  # type: ignore[arg-type]
+                rate = decided.count(name) / n
                 scores.append(Score(task, f"{name}_rate", rate, higher_is_better=name != "loss",
                                     stderr=math.sqrt(rate * (1 - rate) / n), n=n))
             values = [{"win": 1.0, "tie": 0.5, "loss": 0.0}[o] for o in decided]
