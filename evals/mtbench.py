@@ -44,6 +44,24 @@ How a rating is read depends on the prompts, side by side:
 A reply without a rating is a *judge failure* under either rule: counted, and left out of the mean, never
 a number.
 
+**Pairwise judging** (``judge_mode=pairwise``, FastChat's ``pairwise-baseline`` mode): each answer is judged against
+the answer of a baseline to the same question and turn, ``pairwise_baseline``: a model (``zoo:NAME``, a folder, a hub
+id: its answers are generated as the evaluated model's are, once per placement, and kept in
+``$BENCH_HOME/cache/mtbench-baseline/``) or a FastChat answer file (``model_answer/<model>.jsonl``), e.g. the run's
+target. The judge sees both answers twice, the evaluated one first as assistant A, then as assistant B; as in
+FastChat, a win (loss) needs both orders to agree, a tie in either order or two orders that disagree is a tie, and a
+reply without a verdict (``[[A]]``, ``[[B]]``, ``[[C]]``; FastChat's rule with FastChat's prompts, the last mark with
+FuseBench's own) leaves the answer out of the rates as a judge failure. An answer identical to the baseline's is a tie
+without asking the judge. The prompts are FuseBench's own pairwise wording, or with ``judge_prompts`` FastChat's
+``pair-v2``, ``pair-math-v1``, ``pair-v2-multi-turn`` and ``pair-math-v1-multi-turn`` (reference-guided for
+math/reasoning/coding, as for single grading). Scores per task: ``win_rate``, ``tie_rate``, ``loss_rate`` (stderr
+sqrt(p(1-p)/n), n = answers with both verdicts), ``win_rate_adjusted`` (wins + ties / 2, over n; FastChat's adjusted
+win rate, the headline the leaderboard shows for such runs), ``inconsistent_rate`` (the share whose two orders
+disagreed: the judge's position bias), ``judge_failures`` and ``judged``.
+
+**Judge tokens.** Every evaluation that judged returns the judge's token counts (:class:`harness.judge.JudgeUsage`)
+with its scores; the runner records them per run (`bench runs`, ``--judge-price`` for a cost).
+
 **Without a judge** answers are generated and stored, and scores carry only ``judged = 0``: an
 ungraded answer never gets a made-up rating.
 
@@ -72,19 +90,19 @@ import statistics
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.api import EvalContext, EvalResult, Sample, Score, Suite
 from harness.chat_data import PLAIN_STOP, chat_prompt, end_of_turn, has_chat_template
 from harness.errors import BenchError, did_you_mean, read_jsonl
-from harness.judge_prompts import DEFAULT_PROMPTS, JudgePrompt, load_judge_prompts
+from harness.judge_prompts import DEFAULT_PAIR_PROMPTS, DEFAULT_PROMPTS, JudgePrompt, load_judge_prompts
 
 if TYPE_CHECKING:
     from lm_eval.api.model import LM
 
-    from harness.judge import ChatJudge, Message, Verdict
+    from harness.judge import ChatJudge, Message, PairVerdict, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +127,22 @@ class Config(BaseModel):
     judge_timeout: float = Field(120.0, gt=0, description="Seconds per judge request.")
     max_gen_toks: int = Field(256, ge=1, description="Cap on each generated answer, in tokens.")
     categories: list[str] | None = Field(None, description="Only these categories (default: all).")
+    judge_mode: Literal["single", "pairwise"] = Field(
+        "single", description="single: rate each answer 1-10; pairwise: judge it against pairwise_baseline's answer "
+                              "in both orders (win / tie / loss rates).")
+    pairwise_baseline: str | None = Field(
+        None, description="pairwise: the baseline, a model (zoo:NAME, folder, hub id) or a FastChat answer file.")
+
+    @model_validator(mode="after")
+    def _pairwise_needs_a_baseline(self) -> Config:
+        if self.judge_mode == "pairwise" and not self.pairwise_baseline:
+            raise ValueError("judge_mode=pairwise needs a baseline: --set mtbench.pairwise_baseline=MODEL (e.g. the "
+                             "run's target) or a FastChat model_answer .jsonl file")
+        if self.judge_mode == "pairwise" and self.judge_repeats > 1:
+            raise ValueError("judge_repeats applies to single grading; pairwise judging asks each order once")
+        if self.pairwise_baseline and self.judge_mode != "pairwise":
+            raise ValueError("pairwise_baseline is used only with judge_mode=pairwise")
+        return self
 
 
 # --- questions ----------------------------------------------------------------------------------
@@ -302,10 +336,136 @@ class Unit:
         role = ("single" if self.turn == 1 else "multi") + ("-ref" if self.reference_guided else "")
         return prompts[role].messages(fields)
 
+    def pair_messages(self, prompts: dict[str, JudgePrompt], baseline: Transcript, answer_first: bool) -> list[Message]:
+        """The pairwise prompt comparing this answer with ``baseline``'s: this one as assistant A (``answer_first``)
+        or as assistant B."""
+        q = self.question
+        a, b = (self.transcript, baseline) if answer_first else (baseline, self.transcript)
+        fields = {"question": q.turns[self.turn - 1], "question_1": q.turns[0], "question_2": q.turns[1],
+                  "answer_a": a.answers[self.turn - 1], "answer_b": b.answers[self.turn - 1],
+                  "answer_a_1": a.answers[0], "answer_a_2": a.answers[1],
+                  "answer_b_1": b.answers[0], "answer_b_2": b.answers[1],
+                  "ref_answer_1": q.reference_for(1) or "", "ref_answer_2": q.reference_for(2) or ""}
+        role = ("pair" if self.turn == 1 else "pair-multi") + ("-ref" if self.reference_guided else "")
+        return prompts[role].messages(fields)
+
+    def same_as(self, baseline: Transcript) -> bool:
+        """Whether the baseline gave this very answer (and, for turn 2, the same first answer it builds on)."""
+        return self.transcript.answers[:self.turn] == baseline.answers[:self.turn]
+
 
 def units_of(transcripts: list[Transcript]) -> list[Unit]:
     """All turn-1 answers, then all turn-2 answers (the order samples are stored in)."""
     return [Unit(t, turn) for turn in (1, 2) for t in transcripts]
+
+
+# --- the pairwise baseline ----------------------------------------------------------------------
+
+
+def baseline_transcripts(baseline: str, questions: list[Question], max_gen_toks: int,
+                         batch_size: int) -> list[Transcript]:
+    """The baseline's two answers to each question: from a FastChat answer file (``choices[0].turns``), or generated
+    by the baseline model as :func:`generate_answers` generates the evaluated model's (kept in the cache by the
+    model's content, the questions, the cap and the placement, so that every model of a run is judged against one
+    generation)."""
+    path = Path(baseline).expanduser()
+    if path.suffix == ".jsonl" or path.is_file():
+        if not path.is_file():
+            raise BenchError(f"pairwise baseline answer file {baseline} not found",
+                             "give FastChat's model_answer/<model>.jsonl, or a model reference")
+        answers = load_references(path)
+        missing = [q.qid for q in questions if q.qid not in answers]
+        if missing:
+            raise BenchError(f"pairwise baseline {baseline} has no answer to question {missing[0]}"
+                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                             "give an answer file that answers every question asked (or narrow mtbench.categories)")
+        return [Transcript(q, ["", ""], (list(answers[q.qid]) + ["", ""])[:2]) for q in questions]
+    return _generated_baseline(baseline, questions, max_gen_toks, batch_size)
+
+
+def _generated_baseline(baseline: str, questions: list[Question], max_gen_toks: int,
+                        batch_size: int) -> list[Transcript]:
+    from harness import paths
+    from harness.atomic import atomic_file
+    from harness.backends import load_lm
+    from harness.config import stable_hash
+    from harness.model import current_placement, resolve
+
+    ref = resolve(baseline)
+    where = current_placement().for_model(ref)
+    key = stable_hash(ref.content_hash(), [q.doc() for q in questions], max_gen_toks, where.key)
+    cache_file = paths.cache_dir() / "mtbench-baseline" / f"{key}.json"
+    if cache_file.is_file():
+        logger.info("mtbench: the baseline %s's answers from %s", baseline, cache_file)
+        answers = json.loads(cache_file.read_text())
+    else:
+        logger.info("mtbench: generating the baseline %s's answers", baseline)
+        lm = load_lm(ref, batch_size, where)
+        try:
+            answers = [t.answers for t in generate_answers(lm, questions, max_gen_toks)]
+        finally:
+            del lm
+        with atomic_file(cache_file) as partial:
+            partial.write_text(json.dumps(answers))
+    return [Transcript(q, ["", ""], list(a)) for q, a in zip(questions, answers, strict=True)]
+
+
+def judge_against_baseline(judge: ChatJudge, units: list[Unit], baselines: dict[int, Transcript],
+                           prompts: dict[str, JudgePrompt], fastchat_rule: bool) -> list[PairVerdict]:
+    """Each unit's answer against the baseline's, both orders; an answer identical to the baseline's is a tie without
+    a judge call (its verdict's replies are empty)."""
+    from harness.judge import PairVerdict, judge_pairs, parse_pair_verdict, parse_pair_verdict_fastchat
+
+    asked = [i for i, u in enumerate(units) if not u.same_as(baselines[u.question.qid])]
+    pairs = [(units[i].pair_messages(prompts, baselines[units[i].question.qid], answer_first=True),
+              units[i].pair_messages(prompts, baselines[units[i].question.qid], answer_first=False)) for i in asked]
+    parse = parse_pair_verdict_fastchat if fastchat_rule else parse_pair_verdict
+    judged = dict(zip(asked, judge_pairs(judge, pairs, parse), strict=True))
+    return [judged.get(i, PairVerdict(raw=("", ""), first="tie", second="tie")) for i in range(len(units))]
+
+
+def build_pair_scores(units: list[Unit], verdicts: list[PairVerdict]) -> list[Score]:
+    """Win / tie / loss rates per task over the answers with both verdicts (FastChat's convention), each with its
+    binomial stderr; the adjusted win rate (a tie counts half) with the stderr of its per-answer values."""
+    scores = []
+    for task, idx in task_groups(units).items():
+        outcomes = [verdicts[i].outcome for i in idx]
+        decided = [o for o in outcomes if o is not None]
+        n = len(decided)
+        if n:
+            for name in ("win", "tie", "loss"):
+                rate = decided.count(name) / n
+                scores.append(Score(task, f"{name}_rate", rate, higher_is_better=name != "loss",
+                                    stderr=math.sqrt(rate * (1 - rate) / n), n=n))
+            values = [{"win": 1.0, "tie": 0.5, "loss": 0.0}[o] for o in decided]
+            scores.append(Score(task, "win_rate_adjusted", statistics.fmean(values),
+                                stderr=statistics.stdev(values) / math.sqrt(n) if n > 1 else None, n=n))
+            inconsistent = sum(verdicts[i].inconsistent for i in idx)
+            scores.append(Score(task, "inconsistent_rate", inconsistent / n, higher_is_better=False, n=n))
+        scores.append(Score(task, "judge_failures", float(sum(verdicts[i].failures for i in idx)),
+                            higher_is_better=False, n=2 * len(idx)))
+        scores.append(Score(task, "judged", 1.0, n=n))
+    return scores
+
+
+def build_pair_samples(units: list[Unit], verdicts: list[PairVerdict], baselines: dict[int, Transcript]) -> list[Sample]:
+    """One sample per answer: its outcome (``win`` / ``tie`` / ``loss`` 1 or 0, ``outcome`` 1 / 0.5 / 0), whether the
+    orders disagreed or the answers were identical; ``target`` is the baseline's answer, ``extracted`` the judge's
+    reply with the answer shown first."""
+    samples = []
+    for u, v in zip(units, verdicts, strict=True):
+        outcome = v.outcome
+        metrics = {"judge_failures": float(v.failures), "inconsistent": float(v.inconsistent),
+                   "identical": float(u.same_as(baselines[u.question.qid])),
+                   "reference_guided": float(u.reference_guided)}
+        if outcome is not None:
+            metrics.update({name: float(outcome == name) for name in ("win", "tie", "loss")})
+            metrics["outcome"] = {"win": 1.0, "tie": 0.5, "loss": 0.0}[outcome]
+        samples.append(Sample(task=f"turn{u.turn}", doc_id=u.question.qid, prompt=u.transcript.prompts[u.turn - 1],
+                              output=u.transcript.answers[u.turn - 1],
+                              target=baselines[u.question.qid].answers[u.turn - 1], metrics=metrics,
+                              extracted=v.raw[0] or None))
+    return samples
 
 
 # --- scores and samples -------------------------------------------------------------------------
@@ -387,7 +547,9 @@ def to_fastchat(args: dict[str, Any], samples: list[dict[str, Any]], tstamp: flo
     the run was judged, ``model_judgment/<judge>_single.jsonl`` (``question_id, model, judge: [judge, prompt name],
     user_prompt, judgment, score, turn, tstamp``; ``score`` -1 where the judge gave no rating). The judge's user
     prompt is rebuilt with the run's questions and judge prompts; each of ``--judge-repeats N`` repeats is a line of
-    its own, with the rating of that repeat (FuseBench keeps only the first reply's text, on the first line)."""
+    its own, with the rating of that repeat (FuseBench keeps only the first reply's text, on the first line). A run
+    judged pairwise (``judge_mode=pairwise``) has no single-answer ratings: its answers are written, its judgments
+    are not."""
     import hashlib
 
     cfg = Config(**args)
@@ -417,7 +579,7 @@ def to_fastchat(args: dict[str, Any], samples: list[dict[str, Any]], tstamp: flo
             transcript = Transcript(by_id[qid], [rows[t]["prompt"] if t in rows else "" for t in (1, 2)], texts)
             for turn, row in sorted(rows.items()):
                 metrics = json.loads(row["metrics"] or "{}") if isinstance(row["metrics"], str) else row["metrics"]
-                if "judge_failures" not in metrics:  # not judged
+                if "judge_failures" not in metrics or cfg.judge_mode == "pairwise":  # not judged, or not rated
                     continue
                 unit = Unit(transcript, turn)
                 role = ("single" if turn == 1 else "multi") + ("-ref" if unit.reference_guided else "")
@@ -527,6 +689,7 @@ class MTBench(Suite):
     version: ClassVar[str] = "2"  # 2: FastChat's rating rule with FastChat's prompts
     Config: ClassVar[type[BaseModel]] = Config
     primary_metric: ClassVar[str | None] = "score"
+    fallback_metric: ClassVar[str | None] = "win_rate_adjusted"
     summary_tasks: ClassVar[tuple[str, ...] | None] = ("overall", "turn1", "turn2")
 
     to_fastchat = staticmethod(to_fastchat)
@@ -539,20 +702,36 @@ class MTBench(Suite):
         return [local_judge_note(judge)] if judge else []
 
     def evaluate(self, lm: LM, cfg: Config, ctx: EvalContext) -> EvalResult:
-        from harness.judge import build_judge, judge_many, parse_rating, parse_rating_fastchat
+        from harness.judge import build_judge, judge_many, parse_rating, parse_rating_fastchat, usage_record
 
         # Everything that can be wrong with the input fails here, before minutes of generation.
         questions = load_questions(cfg.questions)
         if cfg.references:
             questions = with_references(questions, load_references(cfg.references))
         questions = select(questions, cfg.categories, ctx.limit)
-        prompts = load_judge_prompts(cfg.judge_prompts) if cfg.judge_prompts else DEFAULT_PROMPTS
+        pairwise = cfg.judge_mode == "pairwise"
+        default_prompts = DEFAULT_PAIR_PROMPTS if pairwise else DEFAULT_PROMPTS
+        prompts = load_judge_prompts(cfg.judge_prompts, pairwise) if cfg.judge_prompts else default_prompts
         judge: ChatJudge | None = build_judge(
             url=cfg.judge_url, model=cfg.judge_model, api_key_env=cfg.judge_api_key_env,
             temperature=cfg.judge_temperature, max_tokens=cfg.judge_max_tokens, timeout=cfg.judge_timeout,
             batch_size=ctx.batch_size, seed=ctx.seed)
+        if pairwise and judge is None:
+            raise BenchError("judge_mode=pairwise needs a judge",
+                             "pass --judge-url URL or --judge-model zoo:NAME (or drop mtbench.judge_mode)")
+        baselines = ({t.question.qid: t for t in baseline_transcripts(cfg.pairwise_baseline or "", questions,
+                                                                      cfg.max_gen_toks, ctx.batch_size)}
+                     if pairwise else {})
 
         units = units_of(generate_answers(lm, questions, cfg.max_gen_toks))
+        if pairwise:
+            assert judge is not None
+            logger.info("mtbench: judging %d answers against %s's, both orders, with %s", len(units),
+                        cfg.pairwise_baseline, judge.describe())
+            pairs = judge_against_baseline(judge, units, baselines, prompts, fastchat_rule=bool(cfg.judge_prompts))
+            usage = usage_record(judge)
+            return EvalResult(scores=build_pair_scores(units, pairs), samples=build_pair_samples(units, pairs, baselines),
+                              judge_usage=[usage] if usage else [])
         verdicts = None
         if judge is None:
             _say_not_judged()
@@ -564,8 +743,9 @@ class MTBench(Suite):
             if failed:
                 logger.warning("mtbench: %d of %d answers got no parseable [[rating]] from the judge", failed,
                                len(units))
+        usage = usage_record(judge) if judge is not None else None
         return EvalResult(scores=build_scores(units, verdicts, cfg.judge_repeats),
-                          samples=build_samples(units, verdicts))
+                          samples=build_samples(units, verdicts), judge_usage=[usage] if usage else [])
 
 
 @functools.cache

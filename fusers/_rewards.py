@@ -397,6 +397,15 @@ class JudgeReward:
         return [UNRATED_SCORE if v.rating is None else float(v.rating) for v in verdicts]
 
 
+def judge_usage(rewards: Sequence[Any]) -> list[dict[str, Any]]:
+    """The tokens the LLM judges among ``rewards`` were sent and wrote (:func:`harness.judge.usage_record`), for the
+    fusion's details, which the runner records in the run's ``judge_usage``."""
+    from harness.judge import usage_record
+
+    records = [usage_record(r.judge) for r in rewards if isinstance(r, JudgeReward)]
+    return [r for r in records if r is not None]
+
+
 # --- voting -------------------------------------------------------------------------------------
 
 

@@ -259,6 +259,8 @@ class _Run:
             "distributed": D.distributed_details(acc),
             "timings": {k: round(v, 2) for k, v in self.ctx.timings.items()},
         }
+        if len(trained) == 1:  # the result is the one model trained (the data-only control): its curves are its own
+            details["loss_curves"] = next(iter(stage_details.values())).get("loss_curves", {})
         return FusionResult(path=out_dir, details=details, stages=stages)
 
     def _assemble(self, trained: dict[str, Path], out_dir: Path) -> dict[str, Any]:

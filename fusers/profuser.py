@@ -229,6 +229,7 @@ class _Run:
         import numpy as np
 
         from fusers import distill as D
+        from fusers._rewards import judge_usage
         from fusers.common import load_tokenizer, target_width
         from harness.model import load_hf
         from harness.train import TrainConfig
@@ -248,7 +249,8 @@ class _Run:
         start = time.perf_counter()
         # the main process alone scores the answers (a reward model or an LLM judge is costly, and a sampling judge
         # could vote differently in each process); every process trains on its winners
-        vote = winning_conversations(prompts, answers, self._rewards()) if acc.is_main_process else None
+        rewards = self._rewards() if acc.is_main_process else []
+        vote = winning_conversations(prompts, answers, rewards) if acc.is_main_process else None
         chosen, winners, votes = D.main_process_value(acc, vote)
         self.ctx.timings["reward"] = time.perf_counter() - start
 
@@ -309,6 +311,7 @@ class _Run:
                           "votes": votes[i].scores_by_reward(), "winner": names[votes[i].winner]}
                          for i, p in enumerate(prompts[:3])],
             "lr": self.lr,
+            "judge_usage": judge_usage(rewards),  # the main process's rewards: the only ones that judged
             "distributed": D.distributed_details(acc),
             "timings": {k: round(v, 2) for k, v in self.ctx.timings.items()},
         })

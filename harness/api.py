@@ -72,8 +72,13 @@ class Sample:
 
 @dataclass
 class EvalResult:
+    """A suite's scores and samples, and ``judge_usage``: what LLM judges were sent and wrote for them, one dict per
+    judge with ``judge`` (who), ``requests``, ``prompt_tokens``, ``completion_tokens`` and ``unmetered`` (replies
+    that reported no token counts; :meth:`harness.judge.JudgeUsage.record`), which the runner records per run."""
+
     scores: list[Score]
     samples: list[Sample] = field(default_factory=list)
+    judge_usage: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -96,6 +101,9 @@ class Suite(ABC):
     #: The headline metric: what the leaderboard, report, `bench compare`, `skills` and `regress` show of the suite
     #: (:data:`harness.registry.PRIMARY_METRIC`); None: no metric stands out.
     primary_metric: ClassVar[str | None] = None
+    #: The headline of evaluations that have no ``primary_metric`` (MT-Bench judged pairwise: ``win_rate_adjusted``,
+    #: as it has no 1-10 score): the leaderboard shows it for them instead; None: no such evaluations.
+    fallback_metric: ClassVar[str | None] = None
     #: The tasks the leaderboard and report show by default, in this order (:data:`harness.registry.SUMMARY_TASKS`;
     #: `--per-task` shows all); None: every task.
     summary_tasks: ClassVar[tuple[str, ...] | None] = None

@@ -109,6 +109,8 @@ class RunResult:
     scores: pd.DataFrame
     run_ids: tuple[str, ...]
     seconds: float
+    #: Per run id that judged anything: the judge tokens it spent (:meth:`harness.store.Store.judge_usage`).
+    judge_usage: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,6 +235,7 @@ def run(fuser: str | None = None, sources: str | Sequence[str] | None = None, ta
         accelerate_config: str | None = None, suite_options: Mapping[str, Any] | None = None,
         dtype: str | None = None, device: str | None = None, batch_size: int | str | None = None,
         backend: str | None = None, base_url: str | None = None, tokenizer: str | None = None,
+        log: str | Sequence[str] | None = None, judge_price: str | Sequence[float] | None = None,
         resume: str | None = None, db: Db = DEFAULT_DB, on_open: Callable[[str], None] = _silent,
         progress: Progress = _silent) -> RunResult:
     """`bench run`: fuse ``sources`` with ``fuser``, then evaluate the fused model and its sources on ``suites``.
@@ -241,7 +244,9 @@ def run(fuser: str | None = None, sources: str | Sequence[str] | None = None, ta
     ``config`` a run YAML file, ``sets`` ``key=value`` overrides (``["method=ties"]``), ``seeds`` a seed group
     (``[0, 1, 2]`` or ``"0,1,2"``), ``suite_options`` the suite fields the suite flags set (``data_dir``,
     ``judge_url``, ... on every suite of the run that has them), ``batch_size`` a number or ``"auto"``,
-    ``processes`` / ``accelerate_config`` how the fusion's training is launched (docs/distributed.md). ``resume``
+    ``processes`` / ``accelerate_config`` how the fusion's training is launched (docs/distributed.md), ``log`` where
+    the training curves go besides the DB (``"tensorboard:DIR"``, ``"wandb"``: :mod:`harness.training_log`),
+    ``judge_price`` USD per 1k prompt / completion tokens of the LLM judges (``"0.0025,0.01"`` or a pair). ``resume``
     continues a failed or interrupted run by id (the other arguments are then its own). ``on_open`` is called with
     the run id as soon as the run is recorded; ``progress`` with each line the command prints before its
     leaderboard."""
@@ -256,7 +261,8 @@ def run(fuser: str | None = None, sources: str | Sequence[str] | None = None, ta
         config_file=config, fuser=fuser, sources=source_list, target=target, suites=suite_list, sets=set_list,
         name=name, limit=limit, seed=seed, suite_flags=dict(suite_options or {}), processes=processes,
         control=control or None, seeds=_seed_list(seeds), accelerate_config=accelerate_config,
-        placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer)))
+        placement=_placement(dtype, device, batch_size, backend, base_url, tokenizer), log=_list(log),
+        judge_price=_price(judge_price)))
     with store_for_writing(db) as store:
         run_ids, spec = _run_fusions(store, opening, raw, on_open, progress)
         return _run_result(store, run_ids, spec)
@@ -349,7 +355,8 @@ def evaluate(models: str | Sequence[str] | None = None, suites: str | Sequence[s
              sets: str | Sequence[str] | None = None, limit: int | None = None, name: str | None = None,
              suite_options: Mapping[str, Any] | None = None, dtype: str | None = None, device: str | None = None,
              batch_size: int | str | None = None, backend: str | None = None, base_url: str | None = None,
-             tokenizer: str | None = None, processes: int | None = None, resume: str | None = None,
+             tokenizer: str | None = None, processes: int | None = None,
+             judge_price: str | Sequence[float] | None = None, resume: str | None = None,
              db: Db = DEFAULT_DB, on_open: Callable[[str], None] = _silent, progress: Progress = _silent) -> RunResult:
     """`bench eval`: evaluate ``models`` as they are (no fusion) on ``suites``. The arguments are those of
     :func:`run` that the command has (``processes``: data-parallel evaluation); ``resume`` continues an
@@ -369,7 +376,8 @@ def evaluate(models: str | Sequence[str] | None = None, suites: str | Sequence[s
         lambda: build_eval_config(suites=suite_list, sets=set_list, limit=limit, name=name,
                                   suite_flags=dict(suite_options or {}),
                                   placement={**_placement(dtype, device, batch_size, backend, base_url, tokenizer),
-                                             **({"processes": processes} if processes is not None else {})}),
+                                             **({"processes": processes} if processes is not None else {})},
+                                  judge_price=_price(judge_price)),
         {"sources": comma_separated(given)})
     with store_for_writing(db) as store:
         with run_session(store, opening, on_open) as session:
@@ -384,6 +392,15 @@ def _list(values: str | Sequence[str] | None) -> list[str] | None:
     if values is None:
         return None
     return [values] if isinstance(values, str) else list(values)
+
+
+def _price(price: str | Sequence[float] | None) -> tuple[float, float] | None:
+    """``--judge-price`` as text (``"0.0025,0.01"``) or a pair of numbers -> the pair (checked)."""
+    from harness.judge import parse_price
+
+    if price is None:
+        return None
+    return parse_price(price if isinstance(price, str) else ",".join(map(str, price)))
 
 
 def _placement(dtype: str | None, device: str | None, batch_size: int | str | None, backend: str | None,
@@ -411,7 +428,8 @@ def _run_result(store: Store, run_ids: list[str], spec: RunSpec) -> RunResult:
     return RunResult(run_id=run_ids[0], status=rows[0]["status"], spec=spec,
                      scores=pd.DataFrame([score for run_id in run_ids for score in store.score_rows(run_id)]),
                      run_ids=tuple(run_ids),
-                     seconds=sum(total_seconds(json.loads(r["timings"])) for r in rows if r.get("timings")))
+                     seconds=sum(total_seconds(json.loads(r["timings"])) for r in rows if r.get("timings")),
+                     judge_usage=store.judge_usage(run_ids))
 
 
 # --- reading results --------------------------------------------------------------------------------

@@ -56,6 +56,8 @@ JudgeUrlOpt = Annotated[str | None, typer.Option("--judge-url", help="mtbench: O
 JudgeModelOpt = Annotated[str | None, typer.Option("--judge-model", help="mtbench: judge model (name or local ref).")]
 JudgePromptsOpt = Annotated[str | None, typer.Option("--judge-prompts", help="mtbench: FastChat judge_prompts.jsonl.")]
 JudgeRepeatsOpt = Annotated[int | None, typer.Option("--judge-repeats", min=1, help="mtbench: judge N times (mean, std).")]
+JudgePriceOpt = Annotated[str | None, typer.Option("--judge-price", metavar="IN,OUT", help="USD per 1k prompt and "
+                          "per 1k completion tokens of the LLM judges: a cost beside their token counts.")]
 # No envvar here: BENCH_ALLOW_CODE_EXEC=1 is read by the code that executes (humaneval, ProFuser's code
 # reward), so setting it never turns into a flag that runs without such a suite would reject.
 CodeExecOpt = Annotated[bool, typer.Option("--allow-code-exec", help="humaneval(-mini): run model code in the sandbox "
@@ -188,6 +190,9 @@ def run(
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
     dtype: DtypeOpt = None, device: DeviceOpt = None, batch_size: BatchOpt = None,
     backend: BackendOpt = None, base_url: BaseUrlOpt = None, tokenizer: TokenizerOpt = None,
+    log: Annotated[list[str] | None, typer.Option("--log", help="Also write the training curves (and final scores) to "
+                   "tensorboard:DIR or wandb[:DIR] (offline); repeatable.")] = None,
+    judge_price: JudgePriceOpt = None,
     per_task: PerTaskOpt = False, verbose: VerboseOpt = False, db: DbOpt = str(DEFAULT_DB),
 ) -> None:
     """Fuse the sources with FUSER, then evaluate the fused model and its sources on the same suites."""
@@ -199,7 +204,7 @@ def run(
                 judge_prompts=judge_prompts, judge_repeats=judge_repeats, allow_code_exec=allow_code_exec,
                 samples=samples, temperature=temperature),
             dtype=dtype, device=device, batch_size=batch_size, backend=backend, base_url=base_url, tokenizer=tokenizer,
-            resume=resume, db=db, on_open=recording.opened, progress=typer.echo)
+            log=log, judge_price=judge_price, resume=resume, db=db, on_open=recording.opened, progress=typer.echo)
     _print_leaderboard(result.spec.suites, result.run_ids, db, per_task=per_task)
 
 
@@ -241,7 +246,8 @@ def eval_(
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
     dtype: DtypeOpt = None, device: DeviceOpt = None, batch_size: BatchOpt = None,
     backend: BackendOpt = None, base_url: BaseUrlOpt = None, tokenizer: TokenizerOpt = None,
-    processes: ProcessesOpt = None, per_task: PerTaskOpt = False, verbose: VerboseOpt = False,
+    processes: ProcessesOpt = None, judge_price: JudgePriceOpt = None, per_task: PerTaskOpt = False,
+    verbose: VerboseOpt = False,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue an interrupted `bench eval` run by id "
                       "(its models and flags; evaluations it recorded are kept).")] = None,
     db: DbOpt = str(DEFAULT_DB),
@@ -257,7 +263,8 @@ def eval_(
                 judge_prompts=judge_prompts, judge_repeats=judge_repeats, allow_code_exec=allow_code_exec,
                 samples=samples, temperature=temperature),
             dtype=dtype, device=device, batch_size=batch_size, backend=backend, base_url=base_url, tokenizer=tokenizer,
-            processes=processes, resume=resume, db=db, on_open=recording.opened, progress=typer.echo)
+            processes=processes, judge_price=judge_price, resume=resume, db=db, on_open=recording.opened,
+            progress=typer.echo)
     _print_leaderboard(result.spec.suites, result.run_ids, db, per_task=per_task)
 
 
@@ -316,14 +323,22 @@ def runs(
     stale: Annotated[bool, typer.Option("--stale", help="Only runs left `running` by a process that is gone "
                      "(killed, or lost with its machine).")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    judge_price: Annotated[str | None, typer.Option("--judge-price", metavar="IN,OUT", help="USD per 1k prompt and "
+                           "per 1k completion judge tokens, for runs that recorded no price of their own.")] = None,
 ) -> None:
-    """List runs, newest first, with status and timings. A run whose process is gone shows as interrupted, with the
-    command that continues it."""
+    """List runs, newest first, with status and timings, and the tokens their LLM judges were sent and wrote (with a
+    cost at the run's --judge-price). A run whose process is gone shows as interrupted, with the command that
+    continues it."""
+    from harness.judge import parse_price, usage_brief
     from harness.store import stale_reason, total_seconds
 
-    rows = store_for_reading(db).runs(limit, stale=stale)
+    default_price = parse_price(judge_price) if judge_price else None
+    store = store_for_reading(db)
+    rows = store.runs(limit, stale=stale)
+    usage = store.judge_usage([r["id"] for r in rows])
     if as_json:
-        typer.echo(json.dumps([r | {"stale": stale_reason(r) is not None} for r in rows], indent=1))
+        typer.echo(json.dumps([r | {"stale": stale_reason(r) is not None, "judge_usage": usage.get(r["id"])}
+                               for r in rows], indent=1))
         return
     if not rows:
         typer.echo("no stale runs" if stale else "no runs yet")
@@ -336,8 +351,18 @@ def runs(
         note = f"  {why_stale}" if why_stale else f"  {r['error'].splitlines()[-1][:100]}" if r.get("error") else ""
         if status == "interrupted":
             note += f"; {continue_hint(r, db)}"
+        judged = usage_brief(usage.get(r["id"]), _run_price(r) or default_price)
         typer.echo(f"{r['id']}  {status:<11} {r['kind']:<5} {r.get('fuser') or '-':<10} {secs}  "
-                   f"{r.get('name') or ''}{note}")
+                   f"{r.get('name') or ''}{'  ' + judged if judged else ''}{note}")
+
+
+def _run_price(run: dict[str, Any]) -> tuple[float, float] | None:
+    """The ``--judge-price`` that run ``run`` recorded in its config, if any."""
+    try:
+        price = json.loads(run.get("config") or "{}").get("judge_price")
+    except (ValueError, AttributeError):
+        return None
+    return (float(price[0]), float(price[1])) if isinstance(price, list) and len(price) == 2 else None
 
 
 @app.command()

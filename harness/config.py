@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -100,6 +101,25 @@ class RunConfig(BaseModel):
                                                                "evaluations use the first seed.")
     eval_seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Seed of the evaluations when it differs from "
                                                                        "the fusion's (a seed group's runs share one).")
+    log: list[str] = Field(default_factory=list, description="Where the training curves go besides the train_log "
+                                                             "table: tensorboard:DIR, wandb[:DIR] (harness/training_log.py).")
+    judge_price: tuple[float, float] | None = Field(None, description="USD per 1k prompt and per 1k completion tokens "
+                                                                      "of the run's LLM judges: a cost beside their "
+                                                                      "token counts.")
+
+    @field_validator("log")
+    @classmethod
+    def _known_destinations(cls, value: list[str]) -> list[str]:
+        from harness.training_log import normalise
+
+        return normalise(value)
+
+    @field_validator("judge_price")
+    @classmethod
+    def _non_negative_price(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not all(math.isfinite(p) and p >= 0 for p in value):
+            raise ValueError("judge_price must be two non-negative numbers (USD per 1k prompt / completion tokens)")
+        return value
 
     @field_validator("vllm")
     @classmethod
@@ -150,7 +170,7 @@ class RunConfig(BaseModel):
         # how a run executes (processes, the accelerate config) does not change what it computes; fields added later
         # are left out at their defaults, so that earlier runs keep their hashes
         later = {"models", "backend", "base_url", "tokenizer", "vllm", "control", "seeds", "eval_seed"}
-        how = {"name", "processes", "accelerate", "accelerate_sha256"}
+        how = {"name", "processes", "accelerate", "accelerate_sha256", "log", "judge_price"}
         exclude = how | {f for f in later if getattr(self, f) == type(self).model_fields[f].get_default(
             call_default_factory=True)}
         return json.dumps(self.model_dump(exclude=exclude), sort_keys=True, default=str)
@@ -297,11 +317,12 @@ def build_run_config(
     name: str | None = None, limit: int | None = None, seed: int | None = None,
     suite_flags: dict[str, Any] | None = None, processes: int | None = None,
     placement: dict[str, Any] | None = None, control: bool | None = None, seeds: list[int] | None = None,
-    accelerate_config: str | None = None,
+    accelerate_config: str | None = None, log: list[str] | None = None, judge_price: tuple[float, float] | None = None,
 ) -> RunSpec:
     """Merge file, flags and overrides into a validated :class:`RunSpec` (BenchError on any problem).
 
-    ``placement``: ``--dtype`` / ``--device`` / ``--batch-size`` values given on the command line.
+    ``placement``: ``--dtype`` / ``--device`` / ``--batch-size`` values given on the command line; ``log``: ``--log``
+    destinations of the training curves; ``judge_price``: ``--judge-price`` (USD per 1k prompt / completion tokens).
     ``accelerate_config``: ``--accelerate-config``; it, or the YAML's ``accelerate:`` (a path, relative to the current
     folder), is checked (:func:`harness.launch.read_config`) and recorded with the sha256 of its content."""
     from harness.registry import fusers as fuser_registry
@@ -310,7 +331,7 @@ def build_run_config(
     data = _normalise_file(_run_file(config_file, fuser)) if config_file else {}
     flags = {"fuser": fuser, "sources": sources or None, "target": target, "suites": suites or None,
              "name": name, "limit": limit, "seed": seed, "processes": processes, "control": control, "seeds": seeds,
-             "accelerate": accelerate_config, **(placement or {})}
+             "accelerate": accelerate_config, "log": log or None, "judge_price": judge_price, **(placement or {})}
     data.update({k: v for k, v in flags.items() if v is not None})
     if not data.get("fuser"):
         raise BenchError("no fuser given", "pass --fuser NAME or set `fuser:` in the config file")
@@ -430,8 +451,10 @@ def _first_error(e: ValidationError) -> str:
 
 def build_eval_config(*, suites: list[str] | None, sets: list[str] | None, limit: int | None,
                       name: str | None, seed: int | None = None,
-                      suite_flags: dict[str, Any] | None = None, placement: dict[str, Any] | None = None) -> RunSpec:
-    """Spec of a `bench eval` run: suites and their args (``--set SUITE.FIELD=value``), no fuser."""
+                      suite_flags: dict[str, Any] | None = None, placement: dict[str, Any] | None = None,
+                      judge_price: tuple[float, float] | None = None) -> RunSpec:
+    """Spec of a `bench eval` run: suites and their args (``--set SUITE.FIELD=value``), no fuser; ``judge_price``:
+    ``--judge-price``."""
     from harness.registry import suites as suite_registry
 
     names = suites or list(DEFAULT_SUITES)
@@ -444,7 +467,8 @@ def build_eval_config(*, suites: list[str] | None, sets: list[str] | None, limit
         head, _, rest = key.partition(".")
         if head in names and rest:
             suite_args.setdefault(head, {})[rest] = value
-        elif key in ("seed", "limit", "batch_size", "dtype", "device", "backend", "base_url", "tokenizer", "processes"):
+        elif key in ("seed", "limit", "batch_size", "dtype", "device", "backend", "base_url", "tokenizer", "processes",
+                     "judge_price"):
             top[key] = value
         elif head == "vllm" and rest:
             top.setdefault("vllm", {})[rest] = value
@@ -453,7 +477,8 @@ def build_eval_config(*, suites: list[str] | None, sets: list[str] | None, limit
                              "use SUITE.FIELD=value, seed=, limit=, batch_size=, dtype=, device=, backend=, processes= "
                              "or vllm.KEY=")
     apply_suite_flags(names, suite_args, suite_flags)
-    fields = {"suites": names, "suite_args": suite_args, "name": name, **top, **(placement or {})}
+    fields = {"suites": names, "suite_args": suite_args, "name": name, **top, **(placement or {}),
+              **({"judge_price": judge_price} if judge_price is not None else {})}
     if limit is not None:
         fields["limit"] = limit
     if seed is not None:

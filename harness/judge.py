@@ -15,6 +15,10 @@ where the grader runs:
 :func:`parse_rating`, so callers get the mean rating, the spread across repeats and the number of
 replies that carried no rating — a reply without a rating is a *failure*, never a guessed score.
 The grading prompts themselves are in :mod:`harness.judge_prompts`.
+
+Every judge keeps a :class:`JudgeUsage`, the tokens it was sent and wrote (the endpoint's ``usage``; a local model's
+own tokenizer), which the runner records per run (`bench runs` shows them, with a cost under ``--judge-price``).
+:func:`judge_pairs` is FastChat's pairwise judging: which of two answers is better, asked in both orders.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import logging
 import os
 import re
 import statistics
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from harness.errors import BenchError
 from harness.openai_client import OpenAIClient, base_url
@@ -75,11 +80,113 @@ def parse_rating(text: str | None) -> float | None:
     return value if MIN_RATING <= value <= MAX_RATING else None
 
 
+# --- token accounting ---------------------------------------------------------------------------
+
+
+@dataclass
+class JudgeUsage:
+    """What a judge was sent and wrote, in tokens, for accounting and cost (``--judge-price``).
+
+    ``prompt_tokens`` / ``completion_tokens``: as an endpoint's ``usage`` reports them (OpenAI's fields), or, for a
+    local judge, counted with its own tokenizer (the prompt as the model saw it, after truncation; the reply's
+    tokens up to and with its end-of-sequence token). ``requests``: replies received; ``unmetered``: those whose
+    endpoint reported no ``usage``, whose tokens the counts then lack (a lower bound). Safe to add to from the
+    threads of :class:`HttpJudge`.
+    """
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    unmetered: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, prompt_tokens: int | None, completion_tokens: int | None) -> None:
+        """One reply; None for the counts of a reply that reported none."""
+        with self._lock:
+            self.requests += 1
+            if prompt_tokens is None or completion_tokens is None:
+                self.unmetered += 1
+            else:
+                self.prompt_tokens += prompt_tokens
+                self.completion_tokens += completion_tokens
+
+    def record(self, judge: str) -> dict[str, Any]:
+        """The counts as the runner stores them (a row of the results DB's ``judge_usage``), ``judge`` naming who."""
+        with self._lock:
+            return {"judge": judge, "requests": self.requests, "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": self.completion_tokens, "unmetered": self.unmetered}
+
+
+def usage_record(judge: ChatJudge) -> dict[str, Any] | None:
+    """``judge``'s token counts so far as :meth:`JudgeUsage.record` gives them; None for a judge that keeps none (a
+    caller's own ``ChatJudge``), or that was sent nothing."""
+    usage = getattr(judge, "usage", None)
+    if not isinstance(usage, JudgeUsage) or usage.requests == 0:
+        return None
+    return usage.record(judge.describe())
+
+
+def cost_usd(prompt_tokens: int, completion_tokens: int, price: Sequence[float]) -> float:
+    """What the tokens cost at ``price`` = (USD per 1k prompt tokens, USD per 1k completion tokens)."""
+    return prompt_tokens / 1000 * price[0] + completion_tokens / 1000 * price[1]
+
+
+def usage_line(totals: dict[str, int] | None, price: Sequence[float] | None = None) -> str | None:
+    """What a run's judges were sent and wrote (:meth:`harness.store.Store.judge_usage`'s sums), in one line, with the
+    cost at ``price`` (USD per 1k prompt / completion tokens); None when the run judged nothing."""
+    if not totals:
+        return None
+    cached = totals.get("cached_prompt_tokens", 0) + totals.get("cached_completion_tokens", 0)
+    if not totals.get("requests") and not cached:
+        return None
+    parts = [f"judge tokens {totals['prompt_tokens']:,} prompt + {totals['completion_tokens']:,} completion in "
+             f"{totals['requests']:,} requests"]
+    if price is not None:
+        cost = cost_usd(totals["prompt_tokens"], totals["completion_tokens"], price)
+        parts.append(f"${cost:.4f} at ${price[0]:g} / ${price[1]:g} per 1k")
+    if totals.get("unmetered"):
+        parts.append(f"{totals['unmetered']:,} replies reported no token counts (the counts are a lower bound)")
+    if cached:
+        parts.append(f"{totals['cached_prompt_tokens']:,} + {totals['cached_completion_tokens']:,} more in results "
+                     "taken from the cache")
+    return "; ".join(parts)
+
+
+def usage_brief(totals: dict[str, int] | None, price: Sequence[float] | None = None) -> str:
+    """:func:`usage_line` as `bench runs` shows it: ``judge 12.3k+1.2k tok $0.0431`` ('' when nothing was judged)."""
+    if not totals or not totals.get("requests"):
+        return ""
+    text = f"judge {_short(totals['prompt_tokens'])}+{_short(totals['completion_tokens'])} tok"
+    if price is not None:
+        text += f" ${cost_usd(totals['prompt_tokens'], totals['completion_tokens'], price):.4f}"
+    return text + (" (lower bound)" if totals.get("unmetered") else "")
+
+
+def _short(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def parse_price(text: str, flag: str = "--judge-price") -> tuple[float, float]:
+    """``"0.01,0.03"`` -> (0.01, 0.03): USD per 1k prompt tokens and per 1k completion tokens."""
+    import math
+
+    fix = f"give USD per 1k prompt and per 1k completion tokens, e.g. {flag} 0.0025,0.01"
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        prices = [float(p) for p in parts]
+    except ValueError:
+        raise BenchError(f"{flag} {text!r} is not two numbers", fix) from None
+    if len(prices) != 2 or not all(math.isfinite(p) and p >= 0 for p in prices):
+        raise BenchError(f"{flag} {text!r} is not two non-negative numbers", fix)
+    return prices[0], prices[1]
+
+
 # --- the interface ------------------------------------------------------------------------------
 
 
 class ChatJudge(Protocol):
-    """A grader model. ``complete`` returns one reply per conversation, in order."""
+    """A grader model. ``complete`` returns one reply per conversation, in order. FuseBench's judges also keep a
+    ``usage`` (:class:`JudgeUsage`), read with :func:`usage_record`; a judge without one is simply not metered."""
 
     def complete(self, conversations: Sequence[list[Message]]) -> list[str]: ...
 
@@ -132,6 +239,87 @@ def judge_many(judge: ChatJudge, conversations: Sequence[list[Message]], repeats
     return verdicts
 
 
+# --- pairwise judging ---------------------------------------------------------------------------
+
+#: A pairwise verdict, mapped from the assistant letter to whose answer it names.
+Preference = Literal["answer", "baseline", "tie"]
+#: One answer's result against the baseline's, over both orders.
+Outcome = Literal["win", "tie", "loss"]
+_PAIR_MARKS = {"[[A]]": "A", "[[B]]": "B", "[[C]]": "C"}  # FastChat checks them in this order
+_PAIR_MARK = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+
+
+def parse_pair_verdict(text: str | None) -> str | None:
+    """``"A"``, ``"B"`` or ``"C"`` (a tie) from the *last* ``[[A]]`` / ``[[B]]`` / ``[[C]]`` (FuseBench's own pairwise
+    prompts ask for the verdict on the last line), or None."""
+    matches = _PAIR_MARK.findall(text or "")
+    return matches[-1] if matches else None
+
+
+def parse_pair_verdict_fastchat(text: str | None) -> str | None:
+    """The verdict as FastChat's ``llm_judge`` reads it with its pairwise prompts: ``[[A]]`` anywhere in the text, else
+    ``[[B]]``, else ``[[C]]`` (a tie); None where FastChat records an error."""
+    return next((letter for mark, letter in _PAIR_MARKS.items() if mark in (text or "")), None)
+
+
+def _preference(letter: str | None, answer_is: str) -> Preference | None:
+    if letter is None:
+        return None
+    if letter == "C":
+        return "tie"
+    return "answer" if letter == answer_is else "baseline"
+
+
+@dataclass(frozen=True)
+class PairVerdict:
+    """The judge's two verdicts on one answer against the baseline's answer to the same question: ``first`` with the
+    answer shown as assistant A, ``second`` with it shown as assistant B (None: the reply named no verdict).
+
+    ``outcome`` follows FastChat's convention against position bias: a win (or loss) needs both orders to agree; a
+    tie in either order, or two orders that disagree (``inconsistent``), is a tie; a reply without a verdict makes
+    the pair a failure (None), left out of the rates, never guessed.
+    """
+
+    raw: tuple[str, str]
+    first: Preference | None
+    second: Preference | None
+
+    @property
+    def failures(self) -> int:
+        return (self.first is None) + (self.second is None)
+
+    @property
+    def inconsistent(self) -> bool:
+        return self.first is not None and self.second is not None and self.first != self.second
+
+    @property
+    def outcome(self) -> Outcome | None:
+        if self.first is None or self.second is None:
+            return None
+        if self.first == self.second == "answer":
+            return "win"
+        if self.first == self.second == "baseline":
+            return "loss"
+        return "tie"  # a tie in either order, or orders that disagree
+
+
+def judge_pairs(judge: ChatJudge, pairs: Sequence[tuple[list[Message], list[Message]]],
+                parse: Callable[[str | None], str | None] = parse_pair_verdict) -> list[PairVerdict]:
+    """Judge each pair of conversations, ``(answer shown as A, answer shown as B)``, in one ``complete`` call, and
+    read each reply's verdict with ``parse`` (:func:`parse_pair_verdict`, or :func:`parse_pair_verdict_fastchat` with
+    FastChat's prompts)."""
+    flat = [conv for pair in pairs for conv in pair]
+    replies = judge.complete(flat) if flat else []
+    if len(replies) != len(flat):
+        raise RuntimeError(f"judge returned {len(replies)} replies for {len(flat)} conversations")
+    verdicts = []
+    for i in range(len(pairs)):
+        first, second = replies[2 * i] or "", replies[2 * i + 1] or ""
+        verdicts.append(PairVerdict(raw=(first, second), first=_preference(parse(first), "A"),
+                                    second=_preference(parse(second), "B")))
+    return verdicts
+
+
 # --- OpenAI-compatible endpoint -----------------------------------------------------------------
 
 
@@ -159,6 +347,7 @@ class HttpJudge:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.workers = max(1, workers)
+        self.usage = JudgeUsage()
 
     def describe(self) -> str:
         return f"{self.model or 'default model'} at {self.url}"
@@ -182,7 +371,8 @@ class HttpJudge:
                 raise
 
     def chat(self, messages: list[Message]) -> str:
-        """One chat completion; returns the reply text ('' when the server sent no content)."""
+        """One chat completion; returns the reply text ('' when the server sent no content). The reply's ``usage``
+        (``prompt_tokens``, ``completion_tokens``) is added to :attr:`usage`."""
         body: dict[str, Any] = {"messages": messages, "temperature": self.temperature,
                                 "max_tokens": self.max_tokens}
         if self.model:
@@ -192,6 +382,10 @@ class HttpJudge:
             content = data["choices"][0]["message"].get("content")
         except (KeyError, IndexError, TypeError, AttributeError):
             raise self.client.malformed("chat/completions", json.dumps(data).encode()) from None
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        metered = all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (prompt, completion))
+        self.usage.add(prompt if metered else None, completion if metered else None)
         return content if isinstance(content, str) else ""
 
 
@@ -205,7 +399,7 @@ class LocalJudge:
     Prompts go through the tokenizer's chat template; a template that rejects the system role gets
     the system text prepended to the user turn instead; a tokenizer without a template gets a plain
     ``System: / User: / Assistant:`` transcript. ``temperature`` 0 decodes greedily; above 0 it
-    samples, seeded so that a rerun gives the same ratings.
+    samples, seeded so that a rerun gives the same ratings. Its :attr:`usage` counts tokens with its own tokenizer.
     """
 
     def __init__(self, ref: ModelRef, *, temperature: float = 0.0, max_tokens: int = 1024, batch_size: int = 8,
@@ -216,6 +410,7 @@ class LocalJudge:
         self.batch_size = max(1, batch_size)
         self.seed = seed
         self._calls = 0
+        self.usage = JudgeUsage()
         self._model: Any = None
         self._tok: Any = None
 
@@ -265,6 +460,7 @@ class LocalJudge:
             gen_kwargs["temperature"] = self.temperature
         self._calls += 1
         replies: list[str] = []
+        stops = stop_ids(tok, model)
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(self.seed + self._calls)
             for start in range(0, len(prompts), self.batch_size):
@@ -275,8 +471,26 @@ class LocalJudge:
                 mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
                 out = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
                                      **gen_kwargs)
+                for prompt_ids, row in zip(ids, out.tolist(), strict=True):
+                    self.usage.add(len(prompt_ids), generated_length(row[width:], stops))
                 replies += [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out.tolist()]
         return replies
+
+
+def stop_ids(tok: Any, model: Any) -> set[int]:
+    """The token ids that end a generation: the tokenizer's eos and pad tokens and the model's configured eos ids."""
+    ids = {tok.eos_token_id, tok.pad_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(configured) if isinstance(configured, list) else {configured}
+    return {i for i in ids if isinstance(i, int)}
+
+
+def generated_length(new_ids: Sequence[int], stops: set[int]) -> int:
+    """How many tokens a generation made: up to and with its first stop token (the padding after it is not made)."""
+    for n, token in enumerate(new_ids, start=1):
+        if token in stops:
+            return n
+    return len(new_ids)
 
 
 def starts_with_bos(tok: Any, text: str) -> bool:

@@ -136,7 +136,7 @@ def board(store: Store, suites: list[str] | None = None, *, runs: Mapping[str, s
 
 def _shown_scores(df: pd.DataFrame, all_metrics: bool, per_task: bool, one_metric_per_suite: bool) -> pd.DataFrame:
     """The scores a board shows, each with its ``column`` label."""
-    from harness.registry import PRIMARY_METRIC, SUMMARY_TASKS
+    from harness.registry import FALLBACK_METRIC, PRIMARY_METRIC, SUMMARY_TASKS
 
     if df.empty:
         return df
@@ -144,7 +144,10 @@ def _shown_scores(df: pd.DataFrame, all_metrics: bool, per_task: bool, one_metri
         primary = df["suite"].map(PRIMARY_METRIC)
         if one_metric_per_suite:
             primary = primary.fillna(df["suite"].map(df.groupby("suite")["metric"].min()))
-        df = df[primary.isna() | (df["metric"] == primary)]
+        # an evaluation without the primary metric (MT-Bench judged pairwise) shows its suite's fallback headline
+        has_primary = (df["metric"] == primary).groupby([df["run_id"], df["model_id"], df["suite"]]).transform("any")
+        fallback = (df["metric"] == df["suite"].map(FALLBACK_METRIC)) & ~has_primary
+        df = df[primary.isna() | (df["metric"] == primary) | fallback]
     if not per_task:
         keep = [SUMMARY_TASKS.get(s) is None or t in SUMMARY_TASKS[s] for s, t in zip(df["suite"], df["task"], strict=True)]
         df = df[keep]

@@ -172,6 +172,9 @@ class _SuiteAttribute(Mapping[str, Any]):
 #: Each suite's headline metric (:attr:`harness.api.Suite.primary_metric`): what the leaderboard shows unless asked
 #: for all metrics.
 PRIMARY_METRIC: Mapping[str, str] = _SuiteAttribute("primary_metric")
+#: Each suite's headline for evaluations without its primary metric (:attr:`harness.api.Suite.fallback_metric`:
+#: MT-Bench judged pairwise).
+FALLBACK_METRIC: Mapping[str, str] = _SuiteAttribute("fallback_metric")
 #: The tasks the leaderboard shows of each suite by default (:attr:`harness.api.Suite.summary_tasks`, every task of a
 #: suite not in here); `--per-task` shows all.
 SUMMARY_TASKS: Mapping[str, tuple[str, ...]] = _SuiteAttribute("summary_tasks")

@@ -39,6 +39,7 @@ from harness.logs import console, library_output
 from harness.model import ModelRef, Placement
 from harness.paths import file_lock
 from harness.session import RunSession
+from harness.store import Store
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Evaluand:
     fuser: str | None = None
     fuse_hash: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    built: bool = False  # fused by this process now, not taken from the artifact cache
 
     def store_row(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "kind": self.kind, "ref": self.ref,
@@ -87,6 +89,10 @@ def _run_fusion(run: RunSession) -> None:
                              "drop --control (it applies to the training fusers fusellm, fusechat and profuser)")
         _check_processes(spec, fuser_cls)
         source_specs, target_spec = _source_specs(spec, fuser_cls)
+        if spec.log:
+            from harness.training_log import check_available
+
+            check_available(spec.log)
     with timings.stage("resolve"):
         sources = [_resolve(s) for s in source_specs]
         target = _resolve(target_spec) if target_spec else None
@@ -105,6 +111,12 @@ def _run_fusion(run: RunSession) -> None:
         evaluands.append(_source_evaluand(target, "target"))
     evaluands += [_source_evaluand(s, "source") for s in sources]
     _evaluate_all(run, _dedupe(evaluands))
+    if spec.log:
+        from harness import training_log
+
+        with timings.stage("log"):
+            for line in training_log.write(run.store, run.id, spec):
+                console.log(f"run {run.id}: {line}")
 
 
 def _check_processes(spec: RunSpec, fuser_cls: type[Fuser]) -> None:
@@ -284,10 +296,12 @@ def _fused_models(fuser_cls: type[Fuser], fuser_cfg: BaseModel, cfg: RunSpec, so
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         result = fuser.fuse(sources, target, fuser_cfg, ctx)
         return Evaluand(id=f"rt-{fuse_hash}", name=label, role="fused", kind="runtime", content_hash=fuse_hash,
-                        runtime=result.runtime, fuser=cfg.fuser, fuse_hash=fuse_hash, details=result.details), []
+                        runtime=result.runtime, fuser=cfg.fuser, fuse_hash=fuse_hash, details=result.details,
+                        built=True), []
 
     out_dir = paths.artifacts_dir() / fuse_hash
     card = _cached_card(out_dir)
+    built = False
     if card is None:
         _remove_abandoned_builds(out_dir.parent)
         waiting = functools.partial(console.log, f"fuse: another process is building {out_dir}; waiting for it")
@@ -295,11 +309,12 @@ def _fused_models(fuser_cls: type[Fuser], fuser_cfg: BaseModel, cfg: RunSpec, so
             card = _cached_card(out_dir)  # built by the process we waited for
             if card is None:
                 card = _build_artifact(fuser, fuser_cfg, cfg, sources, target, fuse_hash, out_dir, fuser_stages)
+                built = True
     from harness.model import directory_hash
 
     h = directory_hash(out_dir)
     fused = Evaluand(id=f"m-{h}", name=label, role="fused", kind="fused", content_hash=h, ref=str(out_dir),
-                     path=out_dir, fuser=cfg.fuser, fuse_hash=fuse_hash, details=card.get("details", {}))
+                     path=out_dir, fuser=cfg.fuser, fuse_hash=fuse_hash, details=card.get("details", {}), built=built)
     stages = []
     stage_details = card.get("details", {}).get("stages", {})
     for name, rel in card.get("stages", {}).items():
@@ -522,6 +537,10 @@ def _evaluate_all(run: RunSession, evaluands: list[Evaluand]) -> None:
         curves = ev.details.get("loss_curves") if isinstance(ev.details, dict) else None
         if curves:
             store.add_train_log(run_id, ev.id, {k: v for k, v in curves.items() if isinstance(v, list)})
+        fuse_usage = ev.details.get("judge_usage") if isinstance(ev.details, dict) else None
+        if fuse_usage:  # a fuser's judge reward (ProFuser)
+            store.add_judge_usage(run_id, ev.id, "control" if ev.role == "control" else "fuse", fuse_usage,
+                                  cached=not ev.built)
         lm = None
         try:
             for suite_cls, suite_cfg in cfg.suite_plans:
@@ -531,11 +550,13 @@ def _evaluate_all(run: RunSession, evaluands: list[Evaluand]) -> None:
                 cache_file = evals / f"{key}.json"
                 with timings.stage(f"eval:{ev.name}:{suite_cls.name}"):
                     payload = _cached_eval(cache_file, ev, suite_cls)
+                    cached = payload is not None
                     if payload is None:
                         waiting = functools.partial(console.log, f"eval {ev.name} on {suite_cls.name}: another "
                                                     "process is computing it; waiting for it")
                         with file_lock(_eval_lock(cache_file), on_wait=waiting):
                             payload = _cached_eval(cache_file, ev, suite_cls)  # by the process we waited for
+                            cached = payload is not None
                             if payload is None and _data_parallel(cfg, ev, suite_cls):
                                 payload = _evaluate_in_processes(ev, suite_cls, suite_cfg, cfg, key, cache_file)
                             elif payload is None:
@@ -545,9 +566,21 @@ def _evaluate_all(run: RunSession, evaluands: list[Evaluand]) -> None:
                                 payload = _evaluate(lm, ev, suite_cls, suite_cfg, cfg, key, cache_file)
                     store.add_eval(run_id, ev.id, suite_cls.name, suite_cls.version, key,
                                    payload["scores"], payload["samples"], precision=payload.get("precision"))
+                    store.add_judge_usage(run_id, ev.id, f"eval:{suite_cls.name}", payload.get("judge_usage") or [],
+                                          cached=cached)
         finally:
             del lm
     _warn_caveats(cfg.suite_plans)
+    _say_judge_usage(store, run_id, cfg.judge_price)
+
+
+def _say_judge_usage(store: Store, run_id: str, price: tuple[float, float] | None) -> None:
+    """One line with the judge tokens the run spent (and their cost at ``price``), when it judged anything."""
+    from harness.judge import usage_line
+
+    line = usage_line(store.judge_usage([run_id]).get(run_id), price)
+    if line:
+        console.log(f"run {run_id}: {line}")
 
 
 def _warn_caveats(suite_plans: tuple[ResolvedSuite, ...]) -> None:
@@ -576,7 +609,7 @@ def _evaluate(lm: Any, ev: Evaluand, suite_cls: type[Suite], suite_cfg: BaseMode
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     payload = {"scores": [asdict(s) for s in result.scores], "samples": [asdict(s) for s in result.samples],
-               "precision": _precision(lm, _placement_of(ev))}
+               "precision": _precision(lm, _placement_of(ev)), "judge_usage": result.judge_usage}
     with atomic_file(cache_file) as partial:
         partial.write_text(json.dumps(payload, default=to_plain))
     return payload

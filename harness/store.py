@@ -319,6 +319,38 @@ class Store:
                 self.db.table("train_log").insert_all(rows, pk=("run_id", "model_id", "name", "step"), replace=True,
                                                 batch_size=500)
 
+    # --- judge tokens ----------------------------------------------------------------------------
+
+    def add_judge_usage(self, run_id: str, model_id: str, stage: str, usage: Iterable[dict[str, Any]],
+                        cached: bool) -> None:
+        """Record what LLM judges were sent and wrote for member ``model_id`` of run ``run_id`` in ``stage``
+        (``eval:<suite>``, ``fuse``, ``control``), one row per judge (:meth:`harness.judge.JudgeUsage.record`);
+        ``cached``: the result came from the cache. A row recorded already stays (a resumed run does not turn the
+        tokens its first attempt spent into cached ones)."""
+        rows = [{"run_id": run_id, "model_id": model_id, "stage": stage, "judge": str(u["judge"]),
+                 **{k: int(u.get(k) or 0) for k in ("requests", "prompt_tokens", "completion_tokens", "unmetered")},
+                 "cached": int(cached), "created_at": now()} for u in usage]
+        if rows:
+            with self._writing():
+                self.db.table("judge_usage").insert_all(rows, pk=("run_id", "model_id", "stage", "judge"), ignore=True)
+
+    def judge_usage(self, run_ids: list[str]) -> dict[str, dict[str, int]]:
+        """Per run of ``run_ids`` that judged anything: the sums of ``requests``, ``prompt_tokens``,
+        ``completion_tokens`` and ``unmetered`` over what the run computed itself, and ``cached_prompt_tokens`` /
+        ``cached_completion_tokens`` over the results it took from the cache."""
+        if not run_ids:
+            return {}
+        marks = ",".join("?" * len(run_ids))
+        rows = self._rows(
+            "select run_id, sum(case when cached then 0 else requests end) as requests, "
+            "sum(case when cached then 0 else prompt_tokens end) as prompt_tokens, "
+            "sum(case when cached then 0 else completion_tokens end) as completion_tokens, "
+            "sum(case when cached then 0 else unmetered end) as unmetered, "
+            "sum(case when cached then prompt_tokens else 0 end) as cached_prompt_tokens, "
+            "sum(case when cached then completion_tokens else 0 end) as cached_completion_tokens "
+            f"from judge_usage where run_id in ({marks}) group by run_id", run_ids)
+        return {r.pop("run_id"): {k: int(v or 0) for k, v in r.items()} for r in rows}
+
     # --- scores and samples ---------------------------------------------------------------------
 
     def has_scores(self, run_id: str, model_id: str, suite: str) -> bool:

@@ -170,3 +170,18 @@ def m007_read_views(db: sqlite_utils.Database) -> None:
                     order by started_at desc, rowid desc) as newest
                 from runs where status = 'ok')
             where newest = 1)""")
+
+
+@migrations()
+def m008_judge_usage(db: sqlite_utils.Database) -> None:
+    """``judge_usage``: the tokens LLM judges were sent (``prompt_tokens``) and wrote (``completion_tokens``) for a run,
+    per member and ``stage`` (``eval:<suite>``: a suite's judging; ``fuse`` / ``control``: a fuser's judge reward),
+    per ``judge`` (who judged: a model at an endpoint, or a local model); ``requests``: replies; ``unmetered``: those
+    that reported no token counts; ``cached``: 1 when the run took the result from the cache (those tokens were spent
+    by the run that computed it, not by this one)."""
+    db.table("judge_usage").create(
+        {"run_id": str, "model_id": str, "stage": str, "judge": str, "requests": int, "prompt_tokens": int,
+         "completion_tokens": int, "unmetered": int, "cached": int, "created_at": str},
+        pk=("run_id", "model_id", "stage", "judge"))
+    db.table("judge_usage").add_foreign_key("run_id", "runs", "id")
+    db.table("judge_usage").add_foreign_key("model_id", "models", "id")

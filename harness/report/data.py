@@ -69,6 +69,8 @@ class RunView:
     members: list[Member]
     scores: dict[tuple[str, str, str, str], Score]  # (model_id, suite, task, metric) -> score
     config: dict[str, Any] = field(default_factory=dict)
+    #: The judge tokens the run spent (:meth:`harness.store.Store.judge_usage`), None when it judged nothing.
+    judge_usage: dict[str, int] | None = None
 
     @property
     def id(self) -> str:
@@ -106,6 +108,7 @@ def select_runs(store: Store, refs: list[str] | None) -> list[dict[str, Any]]:
 
 def load_runs(store: Store, rows: list[dict[str, Any]], suites: list[str] | None) -> list[RunView]:
     views = []
+    usage = store.judge_usage([row["id"] for row in rows])
     for row in rows:
         members = [Member(m["model_id"], m["model"], m["role"], m["position"], m["model_path"])
                    for m in store.run_members(row["id"])]
@@ -115,7 +118,7 @@ def load_runs(store: Store, rows: list[dict[str, Any]], suites: list[str] | None
                 continue
             scores[(s["model_id"], s["suite"], s["task"], s["metric"])] = Score(
                 s["value"], s["stderr"], s["n"], bool(s["higher_is_better"]), str(s["suite_version"]), s["eval_key"])
-        views.append(RunView(row, members, scores, loads(row.get("config"))))
+        views.append(RunView(row, members, scores, loads(row.get("config")), usage.get(row["id"])))
     if suites:
         found = set().union(*(v.suites() for v in views))
         missing = [s for s in suites if s not in found]

@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 
+from harness.judge import usage_line
 from harness.report import charts
 from harness.report.data import (
     SKILL_RULE,
@@ -80,7 +81,7 @@ def provenance(v: RunView) -> Provenance:
              ("models", ", ".join(f"{m.name} ({m.role})" for m in v.members)),
              ("git", f"{r.get('git_sha') or '-'}{' (dirty: uncommitted changes)' if r.get('git_dirty') else ''}"),
              ("run hash", r.get("run_hash")), ("started", r.get("started_at")), ("finished", r.get("finished_at")),
-             ("status", r.get("status"))]
+             ("status", r.get("status")), ("judge", usage_line(v.judge_usage, v.config.get("judge_price")))]
     timings = loads(r.get("timings"))
     total = max(timings.values(), default=0.0) or 1.0
     return Provenance(

@@ -2,13 +2,15 @@
 
 * ``ScriptedLM``: ``loglikelihood_rolling(text) = −rate · ln 2 · bytes(text)``, so bits/byte is ``rate``;
 * ``micro_llama``: random Llama (hidden 32, 2 layers, context 128) with a byte-level BPE (vocab 300);
-* ``micro_mpt``: random MPT (``max_seq_len=64``, which lm-eval cannot read) with a Unigram tokenizer.
+* ``micro_mpt``: random MPT (``max_seq_len=64``, which lm-eval cannot read) with a Unigram tokenizer;
+* ``tiny_chat_model``: random Llama (hidden 32, 2 layers) with a chat template, for the MT-Bench tests.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import random
 import textwrap
 from pathlib import Path
 
@@ -109,4 +111,39 @@ def micro_mpt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("micro_evals") / "mpt"
     model.save_pretrained(path)
     hf.save_pretrained(path)
+    return path
+
+
+_TINY_VOCAB = ("the model answers each question in two turns while a judge grades every reply "
+               "from one to ten with reasons numbers 0 1 2 3 4 5 6 7 8 9 rating [[ ]] code def return")
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """(The MT-Bench tests' answering and judging model.) A random 2-layer Llama (hidden 32) with a byte-level BPE tokenizer and a chat template."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = _TINY_VOCAB.split()
+    rng = random.Random(0)
+    text = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(100)]  # ~10 KB
+    special = ["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(text, trainers.BpeTrainer(vocab_size=400, special_tokens=special,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  pad_token="</s>")
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny_chat_llama")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
     return path

@@ -329,6 +329,27 @@ def test_local_judge_tiny_model(tmp_path: Path, tiny_chat_model: Path) -> None:
         assert ("overall", "score") not in sc
 
 
+def test_a_local_judge_counts_its_tokens_with_its_own_tokenizer(tmp_path: Path, tiny_chat_model: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prompt tokens: each rendered judge prompt tokenized as the judge feeds it; completion tokens: what it generated,
+    at most judge_max_tokens a reply."""
+    from transformers import AutoTokenizer
+
+    from harness.judge import LocalJudge, starts_with_bos
+
+    rendered: list[str] = []
+    render = LocalJudge.render
+    monkeypatch.setattr(LocalJudge, "render", lambda self, messages: rendered.append(render(self, messages))
+                        or rendered[-1])
+    result = run(RecordingLM(), tmp_path, limit=1, judge_model=str(tiny_chat_model), judge_max_tokens=4)
+    (usage,) = result.judge_usage
+    tok = AutoTokenizer.from_pretrained(tiny_chat_model)
+    expected = sum(len(tok(p, add_special_tokens=not starts_with_bos(tok, p))["input_ids"]) for p in rendered)
+    assert len(rendered) == usage["requests"] == 2 and usage["unmetered"] == 0
+    assert usage["prompt_tokens"] == expected and 2 <= usage["completion_tokens"] <= 2 * 4
+    assert usage["judge"] == f"local model {tiny_chat_model.name}"
+
+
 def test_a_local_judge_run_warns_in_one_line_and_the_leaderboard_notes_it(tmp_path: Path, tiny_chat_model: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """`bench eval` with a local judge ends with one warning line naming the judge and its parameter count, also when
@@ -392,42 +413,7 @@ def test_fastchat_mt_bench_files(tmp_path: Path) -> None:
     assert systems == {p.system for p in prompts.values()}
 
 
-# --- the tiny chat model ------------------------------------------------------------------------
-
-
-_TINY_VOCAB = ("the model answers each question in two turns while a judge grades every reply "
-               "from one to ten with reasons numbers 0 1 2 3 4 5 6 7 8 9 rating [[ ]] code def return")
-
-
-@pytest.fixture(scope="module")
-def tiny_chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 2-layer Llama (hidden 32) with a byte-level BPE tokenizer and a chat template."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    words = _TINY_VOCAB.split()
-    rng = random.Random(0)
-    text = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(100)]  # ~10 KB
-    special = ["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(text, trainers.BpeTrainer(vocab_size=400, special_tokens=special,
-                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                  pad_token="</s>")
-    tok.chat_template = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n"
-                         "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    path = tmp_path_factory.mktemp("tiny_chat_llama")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+# --- FastChat's rating rule ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("reply", "fastchat_rating", "own_rating"), [
