@@ -66,7 +66,7 @@ def _normalised(text: str, home: Path) -> str:
     text = text.replace(str(home), "$BENCH_HOME")
     for pattern, replacement in ((r"\[\d\d:\d\d:\d\d\]", "[time]"), (r"\b\d{8}-\d{6}-[0-9a-f]{4}\b", "RUN"),
                                  (r"\b[0-9a-f]{16,}\b", "HASH"), (r"#[0-9a-f]{6}\b", "#HASH"),
-                                 (r"━+", "━"), (r"\d+(\.\d+)? tok/s", "N tok/s"), (r"loss \d+\.\d+", "loss L"),
+                                 (r"━+", "━"), (r"\d[\d,]*(\.\d+)? tok/s", "N tok/s"), (r"loss \d+\.\d+", "loss L"),
                                  (r"\d+:\d\d:\d\d", "H:MM:SS"),
                                  (r"\d+(\.\d+)? ?s\b", "Ns"), (r" +\n", "\n")):
         text = re.sub(pattern, replacement, text)
