@@ -38,6 +38,14 @@ characters; dyck_languages 444), so 512 would cut the longest ones, and a model 
 format stops at "\n\nQ:" long before the cap, which only bounds runaway generations; ``direct`` 128 --
 the longest target of the 6,511 items is 50 tokens (word_sorting), and only the first line is read.
 
+**Chat models** (``apply_chat_template``, ``--apply-chat-template``; default off): lm-eval renders each prompt
+through the model's chat template (:mod:`harness.chat_template`): the task description as the system turn and, with
+``fewshot_as_multiturn`` (default with the template, as in lm-eval), each exemplar as a user turn ("Q: ... A:") and
+an assistant turn (its target), then the item as the last user turn; ``fewshot_as_multiturn=false`` puts the
+exemplars and the item in one user turn. Generation also stops at the end of the model's turn (``<|im_end|>``).
+The answer rule is the same. Both settings are suite arguments, so they are part of the evaluation key; a model whose
+tokenizer has no chat template is refused in one line.
+
 Scores: exact match per task (``task = <bbh task>``), and two aggregates: ``macro`` (mean over
 tasks) and ``weighted`` (mean over all examples). Samples store the item's ``input`` as the prompt
 (the 3-shot prefix is fixed per task and version), the output and the extracted answer.

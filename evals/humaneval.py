@@ -17,6 +17,23 @@ Generation goes through lm-eval's ``LM`` interface directly: one ``generate_unti
 (problem, sample) with the prompt, the stop sequences of the Codex paper and ``max_gen_toks``.
 Greedy by default; ``samples > 1`` with ``temperature > 0`` samples, seeded from the run's seed.
 
+**Chat models.** ``mode=completion`` (default) is the Codex protocol above, for base models: a chat model answers
+in prose around a code block, which appended to the prompt fails to load (SyntaxError). Two settings, both suite
+arguments and so part of the evaluation key, prompt through the model's chat template (:mod:`harness.chat_template`;
+a model without one is refused in one line):
+
+* ``mode=instruct`` (``--set humaneval.mode=instruct``): the user turn is :data:`INSTRUCTION` and the prompt in a
+  ```python block; the reply, which ends at the end of the model's turn or at ``max_gen_toks`` (no Codex stops: a
+  reply restates the function), is read by :func:`code_from_reply`: its first ```python block, else its first fenced
+  block, else the whole reply. That code completes the program as in lm-eval's ``humaneval_instruct`` task (the prompt
+  then the code, :func:`instruct_completion`): code that defines the entry point follows the prompt whole and
+  replaces its docstring-only function; anything else is the function's body, indented under the prompt's signature.
+* ``apply_chat_template`` (``--apply-chat-template``) in completion mode: the bare prompt as the user turn and the
+  reply appended to it, cut at the Codex stops and the end of the turn (lm-eval's ``humaneval`` with
+  ``apply_chat_template``); instruct mode always uses the template.
+
+In instruct mode `bench score` reads each prediction's ``completion`` as a reply, the same way.
+
 Every completion is appended to its prompt (the *solution*) and judged in :mod:`harness.sandbox` by
 the problem's test code and ``check(<entry_point>)``, which run in a process of their own. The prompt
 runs there too, when it is valid Python on its own, so its imports and helpers (HumanEval/38's
@@ -34,7 +51,7 @@ binomial standard error); ``n`` is the number of problems.
 
 Samples: one per (problem, sample). ``doc_id`` is the problem's position in the problems file (0 for
 HumanEval/0, and for HumanEvalMini/0 among the generated ones); when a problem has several samples it is ``position * 1000 + sample`` instead, and
-``metrics["sample"]`` always holds the sample index. ``output`` is the completion, ``extracted`` the
+``metrics["sample"]`` always holds the sample index. ``output`` is the completion (in instruct mode the reply), ``extracted`` the
 solution that was run (prompt + completion; "solution line N" in a result counts its lines, "tests
 line N" those of the test code followed by the check call), ``target`` the entry point; ``metrics``
 holds ``passed`` (0/1) and ``result`` (``passed``, ``timed out`` or ``failed: <reason>``).
