@@ -38,6 +38,14 @@ characters; dyck_languages 444), so 512 would cut the longest ones, and a model 
 format stops at "\n\nQ:" long before the cap, which only bounds runaway generations; ``direct`` 128 --
 the longest target of the 6,511 items is 50 tokens (word_sorting), and only the first line is read.
 
+**Chat models** (``apply_chat_template``, ``--apply-chat-template``; default off): lm-eval renders each prompt
+through the model's chat template (:mod:`harness.chat_template`): the task description as the system turn and, with
+``fewshot_as_multiturn`` (default with the template, as in lm-eval), each exemplar as a user turn ("Q: ... A:") and
+an assistant turn (its target), then the item as the last user turn; ``fewshot_as_multiturn=false`` puts the
+exemplars and the item in one user turn. Generation also stops at the end of the model's turn (``<|im_end|>``).
+The answer rule is the same. Both settings are suite arguments, so they are part of the evaluation key; a model whose
+tokenizer has no chat template is refused in one line.
+
 Scores: exact match per task (``task = <bbh task>``), and two aggregates: ``macro`` (mean over
 tasks) and ``weighted`` (mean over all examples). Samples store the item's ``input`` as the prompt
 (the 3-shot prefix is fixed per task and version), the output and the extracted answer.
@@ -59,7 +67,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.api import EvalContext, EvalResult, Sample, Score, Suite
 from harness.errors import BenchError, did_you_mean, read_text
@@ -120,10 +128,10 @@ def register_answer_filter() -> str:
     return _FILTER_FUNCTION
 
 
-def _scoring_overrides(mode: str, max_gen_toks: int | None) -> dict[str, Any]:
+def _scoring_overrides(mode: str, max_gen_toks: int | None, stops: list[str]) -> dict[str, Any]:
     """What FuseBench's task YAML replaces in lm-eval's builtin BBH task: stops, length cap, answer filter."""
     return {
-        "generation_kwargs": {"until": list(STOP), "max_gen_toks": max_gen_toks or DEFAULT_MAX_GEN_TOKS[mode],
+        "generation_kwargs": {"until": list(stops), "max_gen_toks": max_gen_toks or DEFAULT_MAX_GEN_TOKS[mode],
                               "do_sample": False,
                               "temperature": 0.0},
         "filter_list": [{"name": _FILTER_NAME, "filter": [{"function": register_answer_filter(), "mode": mode},
@@ -137,18 +145,36 @@ def all_tasks() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml") if not p.name.startswith("_"))
 
 
-class Config(BaseModel):
+class ChatOptions(BaseModel):
+    """How a chat model is prompted (both suites): lm-eval's ``apply_chat_template`` and ``fewshot_as_multiturn``."""
+
     model_config = ConfigDict(extra="forbid")
 
+    apply_chat_template: bool = Field(
+        False, description="Prompt through the model's chat template (chat/instruct models; --apply-chat-template).")
+    fewshot_as_multiturn: bool | None = Field(
+        None, description="With the chat template: the exemplars as earlier user/assistant turns (default), or "
+                          "false: all of them in the one user turn.")
+
+    @model_validator(mode="after")
+    def _multiturn_needs_the_template(self) -> ChatOptions:
+        """Unset follows ``apply_chat_template`` (lm-eval's default), so that one setting has one evaluation key."""
+        if self.fewshot_as_multiturn is None:
+            self.fewshot_as_multiturn = self.apply_chat_template
+        elif self.fewshot_as_multiturn and not self.apply_chat_template:
+            raise ValueError("fewshot_as_multiturn=true needs apply_chat_template=true (turns exist only in a chat "
+                             "template)")
+        return self
+
+
+class Config(ChatOptions):
     mode: Literal["cot", "direct"] = Field("cot", description="cot: 3-shot chain of thought; direct: answer only.")
     data_dir: str | None = Field(None, description="Directory of <task>.json files in the BBH repo layout.")
     tasks: list[str] | None = Field(None, description="A subset of tasks (default: all).")
     max_gen_toks: int | None = Field(None, ge=1, description="Cap on generated tokens (default: cot 1024, direct 128).")
 
 
-class MiniConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MiniConfig(ChatOptions):
     mode: Literal["cot", "direct"] = Field(
         "direct", description="direct (default: the embedded zoo's experts learn answer-only) or cot.")
     tasks: list[str] | None = None
@@ -161,11 +187,11 @@ class MiniConfig(BaseModel):
 
 
 def _task_yaml(name: str, task: str, mode: str, data_file: Path | None, max_gen_toks: int | None,
-               exemplars: list[dict[str, str]] | None = None) -> dict[str, Any]:
+               exemplars: list[dict[str, str]] | None = None, stops: list[str] = STOP) -> dict[str, Any]:
     """A task config that includes lm-eval's builtin BBH task, swaps stops and answer filter for the BBH
     authors' rule, and the data (none: the hub dataset lm-eval names) and, for bbh-mini, the exemplars."""
     cfg: dict[str, Any] = {"include": str(builtin_yaml(task, mode)), "task": name,
-                           **_scoring_overrides(mode, max_gen_toks)}
+                           **_scoring_overrides(mode, max_gen_toks, stops)}
     if data_file is not None:
         cfg.update({"dataset_path": "json", "dataset_name": None,
                     "dataset_kwargs": {"data_files": {"test": str(data_file.resolve())}}, "test_split": "test"})
@@ -194,15 +220,17 @@ def _check_tasks(requested: list[str] | None, available: list[str], suite: str) 
     return list(requested)
 
 
-def real_bbh_configs(cfg: Config, workdir: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Task configs for real BBH from ``cfg.data_dir``; returns (configs, our task name -> BBH task)."""
+def real_bbh_configs(cfg: Config, workdir: Path, stops: list[str] = STOP) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Task configs for real BBH from ``cfg.data_dir`` (the hub's data when unset), generation ending at ``stops``;
+    returns (configs, our task name -> BBH task)."""
     tasks = _check_tasks(cfg.tasks, all_tasks(), "bbh")
     if cfg.data_dir is None:
         if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
             raise BenchError("BBH data is on the HF hub and the hub is off (offline mode)",
                              "pass --data-dir DIR with <task>.json files (BBH repo layout), "
                              "or use the offline suite bbh-mini")
-        configs = [_task_yaml(f"fb_bbh_{cfg.mode}_{t}", t, cfg.mode, None, cfg.max_gen_toks) for t in tasks]
+        configs = [_task_yaml(f"fb_bbh_{cfg.mode}_{t}", t, cfg.mode, None, cfg.max_gen_toks, stops=stops)
+                   for t in tasks]
         return configs, {c["task"]: t for c, t in zip(configs, tasks, strict=True)}
     data_dir = Path(cfg.data_dir).expanduser()
     if not data_dir.is_dir():
@@ -214,12 +242,13 @@ def real_bbh_configs(cfg: Config, workdir: Path) -> tuple[list[dict[str, Any]], 
                          "add them, or pick tasks with --set bbh.tasks=[...]")
     for t in tasks:  # a damaged file fails here, in one line, not inside lm-eval
         read_examples(data_dir / f"{t}.json")
-    configs = [_task_yaml(f"fb_bbh_{cfg.mode}_{t}", t, cfg.mode, data_dir / f"{t}.json", cfg.max_gen_toks)
-               for t in tasks]
+    configs = [_task_yaml(f"fb_bbh_{cfg.mode}_{t}", t, cfg.mode, data_dir / f"{t}.json", cfg.max_gen_toks,
+                          stops=stops) for t in tasks]
     return configs, {c["task"]: t for c, t in zip(configs, tasks, strict=True)}
 
 
-def mini_configs(cfg: MiniConfig, workdir: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def mini_configs(cfg: MiniConfig, workdir: Path, stops: list[str] = STOP) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Task configs for bbh-mini's generated items (written to ``workdir``), generation ending at ``stops``."""
     from harness.skills import bbh_items as gen
 
     tasks = _check_tasks(cfg.tasks, sorted(gen.GENERATORS), "bbh-mini")
@@ -232,20 +261,33 @@ def mini_configs(cfg: MiniConfig, workdir: Path) -> tuple[list[dict[str, Any]], 
         shots = [{"input": e.input, "target": e.cot_target() if cfg.mode == "cot" else e.target}
                  for e in gen.exemplars(t)]
         configs.append(_task_yaml(f"fb_bbhmini_{cfg.mode}_{t}", t, cfg.mode, path,
-                                  cfg.max_gen_toks or MINI_MAX_GEN_TOKS[cfg.mode], shots))
+                                  cfg.max_gen_toks or MINI_MAX_GEN_TOKS[cfg.mode], shots, stops))
     return configs, {c["task"]: t for c, t in zip(configs, tasks, strict=True)}
 
 
 # --- scoring ------------------------------------------------------------------------------------
 
 
-def run_and_score(lm: Any, configs: list[dict[str, Any]], names: dict[str, str], mode: str, ctx: EvalContext,
-                  suite: str) -> EvalResult:
+def generation_stops(lm: Any, cfg: ChatOptions, suite: str) -> list[str]:
+    """Where generation stops: :data:`STOP`, and with the chat template the end of the model's turn (checked here:
+    a model without a template is refused in one line before anything is generated)."""
+    if not cfg.apply_chat_template:
+        return list(STOP)
+    from harness.chat_template import drop_template_fix, require_chat_template, turn_end_stops
+
+    require_chat_template(lm, f"{suite}: apply_chat_template", drop_template_fix(suite))
+    return list(dict.fromkeys([*STOP, *turn_end_stops(lm)]))
+
+
+def run_and_score(lm: Any, configs: list[dict[str, Any]], names: dict[str, str], cfg: Config | MiniConfig,
+                  ctx: EvalContext, suite: str) -> EvalResult:
+    """Run the task configs through lm-eval (with the chat template and exemplar turns as ``cfg`` says) and score."""
     from harness.lmeval import run_tasks
 
     folder = _write_tasks(ctx.workdir, configs)
-    res = run_tasks(lm, list(names), limit=ctx.limit, seed=ctx.seed, include_path=folder, include_defaults=False)
-    return collect(res, names, mode, suite)
+    res = run_tasks(lm, list(names), limit=ctx.limit, seed=ctx.seed, include_path=folder, include_defaults=False,
+                    apply_chat_template=cfg.apply_chat_template, fewshot_as_multiturn=bool(cfg.fewshot_as_multiturn))
+    return collect(res, names, cfg.mode, suite)
 
 
 def collect(res: dict[str, Any], names: dict[str, str], mode: str, suite: str) -> EvalResult:
@@ -309,8 +351,8 @@ class BBH(Suite):
     summary_tasks: ClassVar[tuple[str, ...] | None] = ("macro", "weighted")
 
     def evaluate(self, lm: Any, cfg: Config, ctx: EvalContext) -> EvalResult:
-        configs, names = real_bbh_configs(cfg, ctx.workdir)
-        return run_and_score(lm, configs, names, cfg.mode, ctx, self.name)
+        configs, names = real_bbh_configs(cfg, ctx.workdir, generation_stops(lm, cfg, self.name))
+        return run_and_score(lm, configs, names, cfg, ctx, self.name)
 
     def score_predictions(self, predictions_file: Path, cfg: Config, workdir: Path) -> EvalResult:
         """`bench score`: the module's :func:`score_predictions`."""
@@ -330,8 +372,8 @@ class BBHMini(Suite):
     summary_tasks: ClassVar[tuple[str, ...] | None] = ("macro",)
 
     def evaluate(self, lm: Any, cfg: MiniConfig, ctx: EvalContext) -> EvalResult:
-        configs, names = mini_configs(cfg, ctx.workdir)
-        return run_and_score(lm, configs, names, cfg.mode, ctx, self.name)
+        configs, names = mini_configs(cfg, ctx.workdir, generation_stops(lm, cfg, self.name))
+        return run_and_score(lm, configs, names, cfg, ctx, self.name)
 
 
 # --- bench score: predictions made elsewhere -----------------------------------------------------

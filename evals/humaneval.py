@@ -17,6 +17,23 @@ Generation goes through lm-eval's ``LM`` interface directly: one ``generate_unti
 (problem, sample) with the prompt, the stop sequences of the Codex paper and ``max_gen_toks``.
 Greedy by default; ``samples > 1`` with ``temperature > 0`` samples, seeded from the run's seed.
 
+**Chat models.** ``mode=completion`` (default) is the Codex protocol above, for base models: a chat model answers
+in prose around a code block, which appended to the prompt fails to load (SyntaxError). Two settings, both suite
+arguments and so part of the evaluation key, prompt through the model's chat template (:mod:`harness.chat_template`;
+a model without one is refused in one line):
+
+* ``mode=instruct`` (``--set humaneval.mode=instruct``): the user turn is :data:`INSTRUCTION` and the prompt in a
+  ```python block; the reply, which ends at the end of the model's turn or at ``max_gen_toks`` (no Codex stops: a
+  reply restates the function), is read by :func:`code_from_reply`: its first ```python block, else its first fenced
+  block, else the whole reply. That code completes the program as in lm-eval's ``humaneval_instruct`` task (the prompt
+  then the code, :func:`instruct_completion`): code that defines the entry point follows the prompt whole and
+  replaces its docstring-only function; anything else is the function's body, indented under the prompt's signature.
+* ``apply_chat_template`` (``--apply-chat-template``) in completion mode: the bare prompt as the user turn and the
+  reply appended to it, cut at the Codex stops and the end of the turn (lm-eval's ``humaneval`` with
+  ``apply_chat_template``); instruct mode always uses the template.
+
+In instruct mode `bench score` reads each prediction's ``completion`` as a reply, the same way.
+
 Every completion is appended to its prompt (the *solution*) and judged in :mod:`harness.sandbox` by
 the problem's test code and ``check(<entry_point>)``, which run in a process of their own. The prompt
 runs there too, when it is valid Python on its own, so its imports and helpers (HumanEval/38's
@@ -34,7 +51,7 @@ binomial standard error); ``n`` is the number of problems.
 
 Samples: one per (problem, sample). ``doc_id`` is the problem's position in the problems file (0 for
 HumanEval/0, and for HumanEvalMini/0 among the generated ones); when a problem has several samples it is ``position * 1000 + sample`` instead, and
-``metrics["sample"]`` always holds the sample index. ``output`` is the completion, ``extracted`` the
+``metrics["sample"]`` always holds the sample index. ``output`` is the completion (in instruct mode the reply), ``extracted`` the
 solution that was run (prompt + completion; "solution line N" in a result counts its lines, "tests
 line N" those of the test code followed by the check call), ``target`` the entry point; ``metrics``
 holds ``passed`` (0/1) and ``result`` (``passed``, ``timed out`` or ``failed: <reason>``).
@@ -49,11 +66,13 @@ import json
 import math
 import os
 import random
+import re
 import statistics
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -88,11 +107,26 @@ class _CodeExecConfig(BaseModel, extra="forbid"):
     max_gen_toks: int = Field(512, ge=1, description="Cap on generated tokens per completion.")
     timeout_s: float = Field(5.0, gt=0, le=600, description="Wall-clock limit per program.")
     memory_mb: int = Field(512, ge=64, description="Address-space limit per program.")
+    mode: Literal["completion", "instruct"] = Field(
+        "completion", description="completion: the model continues the prompt's code (base models); instruct: the "
+                                  "prompt in a user turn, the program read from the reply's code block (chat models).")
+    apply_chat_template: bool | None = Field(
+        None, description="Prompt through the model's chat template (--apply-chat-template); instruct mode always "
+                          "does (unset: true there, false in completion mode).")
 
     @model_validator(mode="after")
     def _sampling_needs_temperature(self) -> _CodeExecConfig:
         if self.samples > 1 and self.temperature == 0:
             raise ValueError("samples > 1 needs temperature > 0: greedy decoding repeats the same completion")
+        return self
+
+    @model_validator(mode="after")
+    def _instruct_needs_the_template(self) -> _CodeExecConfig:
+        """Unset ``apply_chat_template`` follows the mode, so that one setting has one evaluation key."""
+        if self.apply_chat_template is None:
+            self.apply_chat_template = self.mode == "instruct"
+        elif self.mode == "instruct" and not self.apply_chat_template:
+            raise ValueError("mode=instruct prompts through the chat template: drop apply_chat_template=false")
         return self
 
     def problems(self) -> list[Problem]:
@@ -318,26 +352,65 @@ def score_predictions(predictions_file: str | Path, cfg: Config | MiniConfig) ->
 # --- generation ---------------------------------------------------------------------------------
 
 
+#: What instruct mode asks before the problem's code (its signature and docstring, in a code block).
+INSTRUCTION = ("Complete the following Python function so that it does what its docstring says. Reply with the "
+               "complete function in one ```python code block.")
+
+
+def instruct_message(problem: Problem) -> str:
+    """Instruct mode's user turn: :data:`INSTRUCTION`, then the prompt in a ```python block."""
+    return f"{INSTRUCTION}\n\n```python\n{problem.prompt.rstrip()}\n```"
+
+
+def model_prompt(lm: LM, problem: Problem, cfg: Config | MiniConfig) -> str:
+    """The text the model reads: the prompt (completion mode) or :func:`instruct_message` (instruct mode), as a user
+    turn of the model's chat template when ``cfg.apply_chat_template``."""
+    from harness.chat_template import user_turn
+
+    text = instruct_message(problem) if cfg.mode == "instruct" else problem.prompt
+    return user_turn(lm, text) if cfg.apply_chat_template else text
+
+
+def generation_stops(lm: LM, cfg: Config | MiniConfig) -> list[str]:
+    """Where an output ends. Completion mode: the Codex stop sequences. Instruct mode: nowhere in particular (a reply
+    restates the function, so "\\ndef" must not end it); the end-of-sequence token ends both. With the chat template,
+    also the end of the model's turn; a model without a template is refused here, in one line."""
+    stops = list(STOP_SEQUENCES) if cfg.mode == "completion" else []
+    if cfg.apply_chat_template:
+        from harness.chat_template import drop_template_fix, require_chat_template, turn_end_stops
+
+        if cfg.mode == "instruct":
+            require_chat_template(lm, f"{cfg.task}: mode=instruct", "use mode=completion for a base model, or "
+                                  "evaluate a chat/instruct model whose tokenizer has a chat template")
+        else:
+            require_chat_template(lm, f"{cfg.task}: apply_chat_template", drop_template_fix(cfg.task))
+        stops += turn_end_stops(lm)
+    return list(dict.fromkeys(stops))
+
+
 def generate(lm: LM, problems: Sequence[Problem], cfg: Config | MiniConfig, *, seed: int = 0) -> list[list[str]]:
-    """``cfg.samples`` completions per problem from ``lm.generate_until``, cut at the stop sequences."""
+    """``cfg.samples`` outputs per problem from ``lm.generate_until``, cut at :func:`generation_stops`: completions of
+    the prompt (completion mode) or whole replies (instruct mode)."""
     from lm_eval.api.instance import Instance
 
-    gen_kwargs: dict[str, Any] = {"until": list(STOP_SEQUENCES), "max_gen_toks": cfg.max_gen_toks}
+    stops = generation_stops(lm, cfg)
+    gen_kwargs: dict[str, Any] = {"until": stops, "max_gen_toks": cfg.max_gen_toks}
     if cfg.temperature > 0:
         gen_kwargs.update(do_sample=True, temperature=cfg.temperature)
         _seed_everything(seed)
     else:
         gen_kwargs["do_sample"] = False
     requests = [
-        Instance(request_type="generate_until", doc=p.doc(), arguments=(p.prompt, dict(gen_kwargs)), idx=j,
+        Instance(request_type="generate_until", doc=p.doc(), arguments=(prompt, dict(gen_kwargs)), idx=j,
                  metadata=(cfg.task, p.index, cfg.samples))
-        for p in problems for j in range(cfg.samples)
+        for p, prompt in zip(problems, [model_prompt(lm, p, cfg) for p in problems], strict=True)
+        for j in range(cfg.samples)
     ]
     outputs = lm.generate_until(requests) if requests else []
     if len(outputs) != len(requests):
         raise RuntimeError(f"{type(lm).__name__}.generate_until returned {len(outputs)} outputs "
                            f"for {len(requests)} requests")
-    cut = [truncate_at_stop(str(o)) for o in outputs]
+    cut = [truncate_at_stop(str(o), stops) for o in outputs]
     return [cut[i * cfg.samples:(i + 1) * cfg.samples] for i in range(len(problems))]
 
 
@@ -352,6 +425,54 @@ def _seed_everything(seed: int) -> None:
         import torch
 
         torch.manual_seed(seed)
+
+
+# --- instruct mode: the program in a reply --------------------------------------------------------
+
+#: A fenced code block: the opening fence and its info string (the language), then everything up to the closing
+#: fence or, when the reply was cut off inside the block, to the end of the reply.
+_FENCED_BLOCK = re.compile(r"```[ \t]*([^\n`]*)\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_TAGS = ("python", "py", "python3")
+
+
+def code_from_reply(reply: str) -> str:
+    """The code of a chat reply: its first ```python block, else its first fenced block, else the whole reply."""
+    blocks = [(m.group(1).strip().split(" ", 1)[0].lower(), m.group(2)) for m in _FENCED_BLOCK.finditer(reply)]
+    python = [code for tag, code in blocks if tag in _PYTHON_TAGS]
+    if python:
+        return python[0]
+    return blocks[0][1] if blocks else reply
+
+
+def defines_function(code: str, name: str) -> bool:
+    """Whether ``code`` (dedented) defines ``name`` at its top level: read from the text, so that code with a syntax
+    error still counts as a whole function and fails as one."""
+    return re.search(rf"^(?:async[ \t]+)?def[ \t]+{re.escape(name)}[ \t]*\(", code, re.MULTILINE) is not None
+
+
+def body_indent(prompt: str) -> str:
+    """The indentation of the prompt function's body: that of its last non-blank line (the docstring's end)."""
+    last = next((line for line in reversed(prompt.splitlines()) if line.strip()), "")
+    return last[: len(last) - len(last.lstrip())] or "    "
+
+
+def instruct_completion(problem: Problem, reply: str) -> str:
+    """What instruct mode appends to the prompt to make the program that runs, from the code of ``reply``
+    (:func:`code_from_reply`): a reply that restates the entry point's ``def`` follows the prompt whole (its
+    definition replaces the prompt's docstring-only one; imports and helpers it writes come with it); any other code is
+    the function's body, re-indented under the prompt's signature. Either way the prompt's own imports and helpers
+    stay, as in lm-eval's ``humaneval_instruct`` (where the program is the prompt plus the reply's code)."""
+    code = textwrap.dedent(code_from_reply(reply)).strip("\n")
+    start = "" if problem.prompt.endswith("\n") else "\n"
+    if defines_function(code, problem.entry_point):
+        return f"{start}\n{code}\n"
+    return start + textwrap.indent(code, body_indent(problem.prompt), lambda line: True) + "\n"
+
+
+def program_completion(problem: Problem, output: str, mode: str) -> str:
+    """The text after the prompt in the program that runs: the output itself (completion mode), or
+    :func:`instruct_completion` of the reply (instruct mode)."""
+    return instruct_completion(problem, output) if mode == "instruct" else output
 
 
 # --- scoring ------------------------------------------------------------------------------------
@@ -372,20 +493,21 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def score(problems: Sequence[Problem], completions: Sequence[Sequence[str]], cfg: Config | MiniConfig) -> EvalResult:
     """Judge every (problem, completion) in the sandbox and aggregate pass@k (task: the suite's name)."""
     limits = Limits(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
-    tests = [p.code_test(c) for p, cs in zip(problems, completions, strict=True) for c in cs]
+    programs = [[program_completion(p, c, cfg.mode) for c in cs] for p, cs in zip(problems, completions, strict=True)]
+    tests = [p.code_test(c) for p, cs in zip(problems, programs, strict=True) for c in cs]
     outcomes = iter(run_code_tests(tests, limits, workers=SANDBOX_WORKERS))
     several = any(len(cs) > 1 for cs in completions)
     samples: list[Sample] = []
     correct: list[tuple[int, int]] = []  # (n, c) per problem
-    for problem, cs in zip(problems, completions, strict=True):
+    for problem, cs, ps in zip(problems, completions, programs, strict=True):
         c = 0
-        for j, completion in enumerate(cs):
+        for j, (completion, program) in enumerate(zip(cs, ps, strict=True)):
             outcome = next(outcomes)
             c += outcome.passed
             samples.append(Sample(
                 task=cfg.task, doc_id=problem.index * SAMPLE_STRIDE + j if several else problem.index,
                 prompt=problem.prompt, output=completion, target=problem.entry_point,
-                extracted=problem.solution(completion),
+                extracted=problem.solution(program),
                 metrics={"passed": float(outcome.passed), "result": outcome.result, "sample": j},  # type: ignore[dict-item]
             ))
         correct.append((len(cs), c))

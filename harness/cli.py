@@ -64,6 +64,9 @@ CodeExecOpt = Annotated[bool, typer.Option("--allow-code-exec", help="humaneval(
                                            "(BENCH_ALLOW_CODE_EXEC=1 opts in too, wherever code runs).")]
 SamplesOpt = Annotated[int | None, typer.Option("--samples", min=1, help="humaneval(-mini): completions per problem (pass@k).")]
 TemperatureOpt = Annotated[float | None, typer.Option("--temperature", min=0.0, help="humaneval(-mini): sampling temperature.")]
+ChatTemplateOpt = Annotated[bool, typer.Option("--apply-chat-template", help="bbh(-mini), humaneval(-mini): prompt "
+                                               "through the model's chat template (chat/instruct models; few-shot "
+                                               "exemplars as turns). Also --set humaneval.mode=instruct.")]
 
 
 def _suite_flags(**flags: object) -> dict[str, object]:
@@ -188,6 +191,7 @@ def run(
     data_dir: DataDirOpt = None, questions: QuestionsOpt = None, judge_url: JudgeUrlOpt = None,
     judge_model: JudgeModelOpt = None, judge_prompts: JudgePromptsOpt = None, judge_repeats: JudgeRepeatsOpt = None,
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
+    apply_chat_template: ChatTemplateOpt = False,
     dtype: DtypeOpt = None, device: DeviceOpt = None, batch_size: BatchOpt = None,
     backend: BackendOpt = None, base_url: BaseUrlOpt = None, tokenizer: TokenizerOpt = None,
     log: Annotated[list[str] | None, typer.Option("--log", help="Also write the training curves (and final scores) to "
@@ -202,7 +206,7 @@ def run(
             control=control, processes=processes, accelerate_config=accelerate_config, suite_options=_suite_flags(
                 data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
                 judge_prompts=judge_prompts, judge_repeats=judge_repeats, allow_code_exec=allow_code_exec,
-                samples=samples, temperature=temperature),
+                samples=samples, temperature=temperature, apply_chat_template=apply_chat_template),
             dtype=dtype, device=device, batch_size=batch_size, backend=backend, base_url=base_url, tokenizer=tokenizer,
             log=log, judge_price=judge_price, resume=resume, db=db, on_open=recording.opened, progress=typer.echo)
     _print_leaderboard(result.spec.suites, result.run_ids, db, per_task=per_task)
@@ -244,6 +248,7 @@ def eval_(
     data_dir: DataDirOpt = None, questions: QuestionsOpt = None, judge_url: JudgeUrlOpt = None,
     judge_model: JudgeModelOpt = None, judge_prompts: JudgePromptsOpt = None, judge_repeats: JudgeRepeatsOpt = None,
     allow_code_exec: CodeExecOpt = False, samples: SamplesOpt = None, temperature: TemperatureOpt = None,
+    apply_chat_template: ChatTemplateOpt = False,
     dtype: DtypeOpt = None, device: DeviceOpt = None, batch_size: BatchOpt = None,
     backend: BackendOpt = None, base_url: BaseUrlOpt = None, tokenizer: TokenizerOpt = None,
     processes: ProcessesOpt = None, judge_price: JudgePriceOpt = None, per_task: PerTaskOpt = False,
@@ -261,7 +266,7 @@ def eval_(
             model, suite, sets=set_, limit=limit, name=name, suite_options=_suite_flags(
                 data_dir=data_dir, questions=questions, judge_url=judge_url, judge_model=judge_model,
                 judge_prompts=judge_prompts, judge_repeats=judge_repeats, allow_code_exec=allow_code_exec,
-                samples=samples, temperature=temperature),
+                samples=samples, temperature=temperature, apply_chat_template=apply_chat_template),
             dtype=dtype, device=device, batch_size=batch_size, backend=backend, base_url=base_url, tokenizer=tokenizer,
             processes=processes, judge_price=judge_price, resume=resume, db=db, on_open=recording.opened,
             progress=typer.echo)
@@ -273,7 +278,8 @@ def score(
     suite: Annotated[str, typer.Option("--suite", help="bbh, humaneval or humaneval-mini.")],
     predictions: Annotated[str, typer.Option("--predictions", help="JSONL of model outputs made elsewhere.")],
     data_dir: DataDirOpt = None,
-    mode: Annotated[str | None, typer.Option("--mode", help="bbh: cot (default) or direct.")] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="bbh: cot (default) or direct; humaneval(-mini): "
+                                             "completion (default) or instruct (replies: the code block is read).")] = None,
     allow_code_exec: CodeExecOpt = False,
     set_: SetOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="Label of the predictions (default: file name).")] = None,

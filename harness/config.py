@@ -279,7 +279,7 @@ def _model_entry(entry: Any, models: dict[str, Any]) -> Any:
 
 #: CLI flags that set a field of every suite in the run whose Config has it (flag -> field).
 SUITE_FLAG_FIELDS = ("data_dir", "questions", "references", "judge_url", "judge_model", "judge_prompts",
-                     "judge_repeats", "allow_code_exec", "samples", "temperature", "mode")
+                     "judge_repeats", "allow_code_exec", "samples", "temperature", "mode", "apply_chat_template")
 
 
 def apply_suite_flags(suite_names: list[str], suite_args: dict[str, dict[str, Any]], flags: dict[str, Any] | None) -> None:
