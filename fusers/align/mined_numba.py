@@ -269,7 +269,7 @@ def _distance_within(q_ids: np.ndarray, m: np.int64, peq: np.ndarray, row: np.nd
     if m == 0 or n == 0:
         return m + n
     if m <= 64:
-        last = _ONE << np.uint64(m - 1)
+        top = np.uint64(m - 1)
         vp = ~_ZERO
         vn = _ZERO
         d = m
@@ -278,10 +278,7 @@ def _distance_within(q_ids: np.ndarray, m: np.int64, peq: np.ndarray, row: np.nd
             d0 = (((pm & vp) + vp) ^ vp) | pm | vn
             hp = vn | ~(d0 | vp)
             hn = d0 & vp
-            if hp & last:
-                d += 1
-            elif hn & last:
-                d -= 1
+            d += np.int64((hp >> top) & _ONE) - np.int64((hn >> top) & _ONE)  # the last row's step, branch-free
             if d - (n - 1 - j) > limit:
                 return limit + 1
             hp = (hp << _ONE) | _ONE
