@@ -263,7 +263,7 @@ def _dtw(table: np.ndarray, src_codes: np.ndarray, base_codes: np.ndarray | None
         sj, si = 1, n_src
     backtrack = _compiled_backtrack() or _backtrack
     js, is_ = backtrack(d.reshape(-1), sj, si, n_src, n_base, *codes)
-    return Alignment.from_pairs(np.asarray(is_), np.asarray(js), n_base, n_src, mode)
+    return Alignment.from_pairs(np.asarray(is_)[::-1], np.asarray(js)[::-1], n_base, n_src, mode)  # start first
 
 
 def dtw_from_cost(cost: np.ndarray, tie_order: TieOrder = "fusellm", *, mode: str = "dtw_ed") -> Alignment:

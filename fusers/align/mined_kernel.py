@@ -12,6 +12,7 @@ import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,8 @@ def compiled_first_min_ed() -> Callable[..., tuple[np.ndarray, np.ndarray]] | No
     code points) or, for longer queries, the row DP; both stop as soon as the distance can no longer come
     under the limit.
 
-    **Cores**: with ``workers > 1``, threads answer blocks of :data:`BLOCK` queries against the one shared,
+    **Cores**: with ``workers > 1``, threads build the index by ranges (all but its serial core, which numbers
+    the characters in order of appearance) and answer blocks of :data:`BLOCK` queries against the one shared,
     read-only index; the kernels release the GIL and each call has its own scratch, so the answer does not
     depend on the number of threads. ``cache=True`` keeps the compiled code on disk (compiling takes
     seconds, once).
@@ -79,18 +81,63 @@ def compiled_first_min_ed() -> Callable[..., tuple[np.ndarray, np.ndarray]] | No
 
     def first_min_ed(q_chars: np.ndarray, q_starts: np.ndarray, c_chars: np.ndarray, c_starts: np.ndarray,
                      workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        index = mined_numba.build_index(c_chars, c_starts)
         n_q = len(q_starts) - 1
         out = np.empty(n_q, dtype=np.int64)
         exact = np.zeros(n_q, dtype=np.bool_)
         blocks = [(lo, min(lo + BLOCK, n_q)) for lo in range(0, n_q, BLOCK)]
-        workers = max(1, min(int(workers), len(blocks)))
+        workers = max(1, int(workers))
         if workers == 1:
+            index = build_index(mined_numba, c_chars, c_starts, lambda fn, tasks: [fn(t) for t in tasks], 1)
             mined_numba.search_range(q_chars, q_starts, 0, n_q, index, out, exact)
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mined") as pool:
-                list(pool.map(lambda b: mined_numba.search_range(q_chars, q_starts, b[0], b[1], index, out, exact),
-                              blocks))
+            return out, exact
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mined") as pool:
+            index = build_index(mined_numba, c_chars, c_starts, lambda fn, tasks: list(pool.map(fn, tasks)),
+                                4 * workers)
+            list(pool.map(lambda b: mined_numba.search_range(q_chars, q_starts, b[0], b[1], index, out, exact),
+                          blocks))
         return out, exact
 
     return first_min_ed
+
+
+def build_index(kernels: Any, c_chars: np.ndarray, c_starts: np.ndarray,
+                run: Callable[[Callable[[Any], Any], list[Any]], list[Any]], parts: int) -> tuple:
+    """The candidates' index for ``kernels.search_range`` (:mod:`fusers.align.mined_numba`): the serial core,
+    then signatures, per-length counts and table entries over ``parts`` ranges of candidates, and the two
+    stable radix passes that sort the entries by their keys' top bits, each over ``parts`` ranges of entries.
+    ``run(fn, tasks)`` maps ``fn`` over ``tasks`` (in order, or on threads)."""
+    (bucket, s_idx, s_start, s_mask, s_chars, pos_of, len_of, dense, n_alpha, cls,
+     entry_at) = kernels.build_core(c_chars, c_starts)
+    n_c, n_e = len(s_idx), int(entry_at[-1])
+    s_sig = np.zeros((n_c, kernels.SIG_WORDS), dtype=np.uint64)
+    keys = np.empty(n_e, dtype=np.uint64)
+    codes = np.empty(n_e, dtype=np.int32)
+    # candidate ranges of about equal entry counts (the work of build_rows is about proportional to them)
+    cuts = np.searchsorted(entry_at, np.linspace(0, n_e, parts + 1)[1:-1])
+    bounds = [0, *sorted({int(c) for c in cuts} - {0, n_c}), n_c]
+    shares = run(lambda r: kernels.build_rows(r[0], r[1], s_start, s_chars, pos_of, len_of, cls, entry_at, s_sig,
+                                              keys, codes), list(zip(bounds[:-1], bounds[1:], strict=True)))
+    most = np.zeros((len(bucket) - 1, kernels.N_SLOTS), dtype=np.int32)
+    for share in shares:
+        np.maximum(most[: len(share)], share, out=most[: len(share)])
+    top = int(min(max(8, int(np.ceil(np.log2(max(n_e, 2))))), 26))
+    low = top // 2
+    ent_key, ent_code = np.empty_like(keys), np.empty_like(codes)
+    entry_ranges = [(int(a), int(b)) for a, b in zip(np.linspace(0, n_e, parts + 1).astype(np.int64)[:-1],
+                                                     np.linspace(0, n_e, parts + 1).astype(np.int64)[1:], strict=True)]
+    _radix_pass(kernels, keys, codes, ent_key, ent_code, 64 - top, low, run, entry_ranges)
+    _radix_pass(kernels, ent_key, ent_code, keys, codes, 64 - top + low, top - low, run, entry_ranges)
+    return (bucket, s_idx, s_start, s_mask, s_sig, s_chars, pos_of, len_of, dense, n_alpha, cls, most, keys, codes,
+            kernels.entry_starts(keys, top))
+
+
+def _radix_pass(kernels: Any, keys: np.ndarray, codes: np.ndarray, keys_out: np.ndarray, codes_out: np.ndarray,
+                shift: int, bits: int, run: Callable[[Callable[[Any], Any], list[Any]], list[Any]],
+                ranges: list[tuple[int, int]]) -> None:
+    """One stable counting-sort pass by ``bits`` key bits from ``shift`` up: per range a histogram, then each
+    range scatters from its own first slot per digit (digit-major, ranges in order)."""
+    counts = np.array(run(lambda r: kernels.radix_histogram(keys, r[0], r[1], shift, bits), ranges))
+    starts = np.cumsum(counts.sum(axis=0)) - counts.sum(axis=0)  # where each digit starts
+    at = starts[None, :] + np.cumsum(counts, axis=0) - counts  # ... and each range within it
+    run(lambda k: kernels.radix_scatter(keys, codes, ranges[k][0], ranges[k][1], shift, bits, at[k].copy(),
+                                        keys_out, codes_out), list(range(len(ranges))))

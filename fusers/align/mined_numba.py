@@ -3,9 +3,11 @@
 Imported only by :func:`fusers.align.mined_kernel.compiled_first_min_ed` (importing numba costs time that a
 process which never builds a vocabulary map should not pay). Two kernels:
 
-* :func:`build_index` indexes the candidates (the base vocabulary) once: length buckets, dense character
-  ids, 64-bit character masks, character-count signatures, per-length largest character counts, and a
-  table of every candidate string and every string one deletion away from a candidate, by hash.
+* :func:`build_core`, :func:`build_rows`, :func:`radix_histogram` / :func:`radix_scatter` and
+  :func:`entry_starts` index the candidates (the base vocabulary) once: length buckets, dense character ids,
+  64-bit character masks, character-count signatures, per-length largest character counts, and a table of
+  every candidate string and every string one deletion away from a candidate, by hash. All but the core
+  work on ranges, so threads share them.
 * :func:`search_range` answers a range of queries against that index. It holds no shared mutable state
   (each call allocates its own scratch), so threads can answer disjoint ranges at once (``nogil``).
 
@@ -66,23 +68,29 @@ def _key(h: np.uint64, n: np.int64) -> np.uint64:  # pragma: no cover
 
 
 @numba.njit(cache=True, nogil=True)
-def _radix_pass(keys: np.ndarray, codes: np.ndarray, keys_out: np.ndarray, codes_out: np.ndarray, shift: np.int64,
-                bits: np.int64) -> None:  # pragma: no cover
-    """One stable counting-sort pass of ``(keys, codes)`` by the ``bits`` key bits from ``shift`` up."""
-    size = np.int64(1) << bits
-    mask = np.uint64(size - 1)
+def radix_histogram(keys: np.ndarray, lo: np.int64, hi: np.int64, shift: np.int64, bits: np.int64) -> np.ndarray:  # pragma: no cover
+    """Counts of the digit ``(key >> shift) & (2**bits - 1)`` over ``keys[lo:hi]`` (one radix pass, one range)."""
+    mask = np.uint64((np.int64(1) << bits) - 1)
     sh = np.uint64(shift)
-    count = np.zeros(size + 1, dtype=np.int64)
-    for j in range(keys.shape[0]):
-        count[np.int64((keys[j] >> sh) & mask) + 1] += 1
-    for d in range(size):
-        count[d + 1] += count[d]
-    for j in range(keys.shape[0]):
+    count = np.zeros(np.int64(1) << bits, dtype=np.int64)
+    for j in range(lo, hi):
+        count[np.int64((keys[j] >> sh) & mask)] += 1
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
+def radix_scatter(keys: np.ndarray, codes: np.ndarray, lo: np.int64, hi: np.int64, shift: np.int64, bits: np.int64,
+                  at: np.ndarray, keys_out: np.ndarray, codes_out: np.ndarray) -> None:  # pragma: no cover
+    """Move ``keys[lo:hi]`` (and codes) to their digit's next slot, ``at`` holding this range's first slot per digit:
+    ranges in order and each range in order keep the pass stable."""
+    mask = np.uint64((np.int64(1) << bits) - 1)
+    sh = np.uint64(shift)
+    for j in range(lo, hi):
         d = np.int64((keys[j] >> sh) & mask)
-        p = count[d]
+        p = at[d]
         keys_out[p] = keys[j]
         codes_out[p] = codes[j]
-        count[d] += 1
+        at[d] = p + 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -116,21 +124,18 @@ def _within_one(q: np.ndarray, m: np.int64, s_chars: np.ndarray, a: np.int64, n:
 
 
 @numba.njit(cache=True, nogil=True)
-def build_index(c_chars: np.ndarray, c_starts: np.ndarray):  # pragma: no cover
-    """Index the candidates ``c_chars[c_starts[i]:c_starts[i + 1]]`` (code points) for :func:`search_range`.
+def build_core(c_chars: np.ndarray, c_starts: np.ndarray):  # pragma: no cover
+    """The serial part of indexing the candidates ``c_chars[c_starts[i]:c_starts[i + 1]]`` (code points).
 
-    Returns a tuple: ``bucket`` (sorted positions of the length-n candidates are ``bucket[n]:bucket[n + 1]``,
-    by index inside a length); per sorted position ``s_idx`` (the candidate's index), ``s_start`` (where its
-    dense character ids start in ``s_chars``), ``s_mask`` (64-bit character mask) and ``s_sig`` (count
-    signature: per character class, its count, 8 bits each); ``s_chars``; ``pos_of`` (index -> sorted
-    position); ``len_of`` (index -> length); ``dense`` (code point -> dense id, 0 for code points no
+    Returns ``bucket`` (sorted positions of the length-n candidates are ``bucket[n]:bucket[n + 1]``, by index
+    inside a length); per sorted position ``s_idx`` (the candidate's index), ``s_start`` (where its dense
+    character ids start in ``s_chars``) and ``s_mask`` (64-bit character mask); ``s_chars``; ``pos_of`` (index
+    -> sorted position); ``len_of`` (index -> length); ``dense`` (code point -> dense id, 0 for code points no
     candidate has); ``n_alpha`` (the largest dense id); ``cls`` (dense id -> signature class: the ids by
-    frequency, each into the class with the fewest occurrences so far); ``most`` (per length and count
-    slot: the largest count a candidate of that length has); and the entries ``ent_key`` / ``ent_code``
-    sorted by the top bits of the key (``ent_at[t]:ent_at[t + 1]`` holds those whose key starts with
-    ``t``), those of one key in ascending candidate order, ``code = 2 * candidate + kind`` with kind 0 for
-    the candidate itself and kind 1 for a string one deletion away from it. (Two radix passes build this
-    several times faster than a hash table of millions of entries, whose random inserts miss the cache.)
+    frequency, each into the class with the fewest occurrences so far); ``entry_at`` (index -> where its
+    entries start: the candidate itself and each distinct string one deletion away from it). Dense ids are
+    numbered in order of first appearance, which is what makes this part serial; :func:`build_rows` and the
+    radix passes do the rest by ranges.
     """
     n_c = c_starts.shape[0] - 1
     max_cp = 0
@@ -154,6 +159,7 @@ def build_index(c_chars: np.ndarray, c_starts: np.ndarray):  # pragma: no cover
     s_mask = np.empty(n_c, dtype=np.uint64)
     pos_of = np.empty(n_c, dtype=np.int64)
     len_of = np.empty(n_c, dtype=np.int64)
+    entry_at = np.zeros(n_c + 1, dtype=np.int64)
     s_chars = np.empty(c_chars.shape[0], dtype=np.int32)
     dense = np.zeros(max_cp + 1, dtype=np.int32)
     n_alpha = 0
@@ -168,6 +174,7 @@ def build_index(c_chars: np.ndarray, c_starts: np.ndarray):  # pragma: no cover
         pos_of[i] = p
         len_of[i] = n
         mask = _ZERO
+        entries = 1
         for k in range(n):
             t = dense[c_chars[a + k]]
             if t == 0:
@@ -176,9 +183,11 @@ def build_index(c_chars: np.ndarray, c_starts: np.ndarray):  # pragma: no cover
                 dense[c_chars[a + k]] = t
             s_chars[at + k] = t
             mask |= _ONE << (np.uint64(t) & _LOW63)
+            if k == 0 or c_chars[a + k] != c_chars[a + k - 1]:
+                entries += 1  # deleting any character of a run gives the same string
         s_mask[p] = mask
+        entry_at[i + 1] = entry_at[i] + entries
 
-    # count-signature classes
     freq = np.zeros(n_alpha + 1, dtype=np.int64)
     for k in range(c_chars.shape[0]):
         freq[s_chars[k]] += 1
@@ -188,22 +197,37 @@ def build_index(c_chars: np.ndarray, c_starts: np.ndarray):  # pragma: no cover
         lightest = np.argmin(load)
         cls[t] = lightest
         load[lightest] += freq[t]
-    s_sig = np.zeros((n_c, SIG_WORDS), dtype=np.uint64)
-    for p in range(n_c):
-        a = s_start[p]
-        n = c_starts[s_idx[p] + 1] - c_starts[s_idx[p]]
-        if n > SIG_LONGEST:
-            s_sig[p, :] = _GUARD - _H01  # 127 in every lane: never prunes
-            continue
-        for k in range(a, a + n):
-            c = cls[s_chars[k]]
-            s_sig[p, c >> 3] += _ONE << np.uint64(8 * (c & 7))
+    return bucket, s_idx, s_start, s_mask, s_chars, pos_of, len_of, dense, np.int64(n_alpha), cls, entry_at
 
+
+@numba.njit(cache=True, nogil=True)
+def build_rows(lo: np.int64, hi: np.int64, s_start: np.ndarray, s_chars: np.ndarray, pos_of: np.ndarray,
+               len_of: np.ndarray, cls: np.ndarray, entry_at: np.ndarray, s_sig: np.ndarray, keys: np.ndarray,
+               codes: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """For candidates ``lo..hi-1`` (by index): their count signatures into ``s_sig`` (by sorted position) and
+    their entries (the candidate's key, code ``2i``, then each distinct one-deletion key, code ``2i + 1``) into
+    ``keys``/``codes`` from ``entry_at[i]``. Returns this range's share of ``most`` (per length and count slot,
+    the largest count); ranges write disjoint slots, so threads can fill them at once."""
+    max_len = 0
+    for i in range(lo, hi):
+        max_len = max(max_len, len_of[i])
     most = np.zeros((max_len + 1, N_SLOTS), dtype=np.int32)
     scratch = np.zeros(N_SLOTS, dtype=np.int32)
-    for p in range(n_c):
+    pw = np.empty(max_len + 1, dtype=np.uint64)
+    pw[0] = _ONE
+    for k in range(1, max_len + 1):
+        pw[k] = pw[k - 1] * _BASE
+    pre = np.empty(max_len + 1, dtype=np.uint64)
+    for i in range(lo, hi):
+        p = pos_of[i]
         a = s_start[p]
-        n = c_starts[s_idx[p] + 1] - c_starts[s_idx[p]]
+        n = len_of[i]
+        if n > SIG_LONGEST:
+            s_sig[p, :] = _GUARD - _H01  # 127 in every lane: never prunes
+        else:
+            for k in range(a, a + n):
+                c = cls[s_chars[k]]
+                s_sig[p, c >> 3] += _ONE << np.uint64(8 * (c & 7))
         for k in range(a, a + n):
             scratch[min(s_chars[k], N_SLOTS - 1)] += 1
         for k in range(a, a + n):
@@ -211,51 +235,33 @@ def build_index(c_chars: np.ndarray, c_starts: np.ndarray):  # pragma: no cover
             if scratch[t]:
                 most[n, t] = max(most[n, t], scratch[t])
                 scratch[t] = 0
-
-    pw = np.empty(max_len + 1, dtype=np.uint64)
-    pw[0] = _ONE
-    for k in range(1, max_len + 1):
-        pw[k] = pw[k - 1] * _BASE
-    # every candidate (code 2i) and every string one deletion away from it (code 2i + 1), candidates in
-    # ascending order, then stably sorted by the top bits of their keys: entries of one key stay ascending
-    n_entries = n_c + c_chars.shape[0]
-    keys = np.empty(n_entries, dtype=np.uint64)
-    codes = np.empty(n_entries, dtype=np.int32)
-    pre = np.empty(max_len + 1, dtype=np.uint64)
-    used = 0
-    for i in range(n_c):
-        a = s_start[pos_of[i]]
-        n = len_of[i]
         pre[0] = _ZERO
         for k in range(n):
             pre[k + 1] = pre[k] * _BASE + np.uint64(s_chars[a + k] + 1)
-        keys[used] = _key(pre[n], n)
-        codes[used] = 2 * i
-        used += 1
+        e = entry_at[i]
+        keys[e] = _key(pre[n], n)
+        codes[e] = 2 * i
+        e += 1
         for v in range(n):
             if v > 0 and s_chars[a + v] == s_chars[a + v - 1]:
-                continue  # deleting any character of a run gives the same string
-            keys[used] = _key(pre[n] + (pre[v] - pre[v + 1]) * pw[n - 1 - v], n - 1)
-            codes[used] = 2 * i + 1
-            used += 1
-    top = 8
-    while top < 26 and (np.int64(1) << top) < used:
-        top += 1
-    ent_key = np.empty(used, dtype=np.uint64)
-    ent_code = np.empty(used, dtype=np.int32)
-    low = top // 2
-    _radix_pass(keys[:used], codes[:used], ent_key, ent_code, 64 - top, low)
-    _radix_pass(ent_key, ent_code, keys[:used], codes[:used], 64 - top + low, top - low)
-    ent_key[:] = keys[:used]
-    ent_code[:] = codes[:used]
-    ent_at = np.zeros((np.int64(1) << top) + 1, dtype=np.int32)  # entries with top bits t: ent_at[t]:ent_at[t + 1]
+                continue  # the same string as deleting v - 1
+            keys[e] = _key(pre[n] + (pre[v] - pre[v + 1]) * pw[n - 1 - v], n - 1)
+            codes[e] = 2 * i + 1
+            e += 1
+    return most
+
+
+@numba.njit(cache=True, nogil=True)
+def entry_starts(ent_key: np.ndarray, top: np.int64) -> np.ndarray:  # pragma: no cover
+    """``ent_at`` over entries sorted by their keys' top ``top`` bits: those starting with t are
+    ``ent_at[t]:ent_at[t + 1]``."""
+    ent_at = np.zeros((np.int64(1) << top) + 1, dtype=np.int32)
     shift = np.uint64(64 - top)
-    for e in range(used):
+    for e in range(ent_key.shape[0]):
         ent_at[np.int64(ent_key[e] >> shift) + 1] += 1
     for t in range(np.int64(1) << top):
         ent_at[t + 1] += ent_at[t]
-    return (bucket, s_idx, s_start, s_mask, s_sig, s_chars, pos_of, len_of, dense, np.int64(n_alpha), cls, most,
-            ent_key, ent_code, ent_at)
+    return ent_at
 
 
 @numba.njit(cache=True, nogil=True)

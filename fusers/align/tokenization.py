@@ -42,6 +42,19 @@ def pieces_of(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     return table[index].tolist()
 
 
+def _plain_backend(tokenizer: Any) -> Any:
+    """The ``tokenizers`` backend of a fast tokenizer when encoding with it directly gives what
+    ``tokenizer(text)`` gives: no truncation or padding set on it (transformers would switch them off for
+    that call) and its special-token splitting as the tokenizer's. Otherwise None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return None
+    if bool(getattr(backend, "encode_special_tokens", False)) != bool(getattr(tokenizer, "split_special_tokens",
+                                                                              False)):
+        return None
+    return backend
+
+
 @dataclass(frozen=True, eq=False)
 class Tokenization:
     """One tokenization of a text: pieces (``convert_ids_to_tokens``), ids, and what is known of the text.
@@ -77,10 +90,16 @@ class Tokenization:
         """Tokenize ``text``; with a fast tokenizer the character offsets come along."""
         spec = spec or detect_spec(tokenizer)
         want = use_offsets and bool(getattr(tokenizer, "is_fast", False))
-        enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=want)
-        ids = list(enc["input_ids"])
-        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64) if want else None
-        return cls(pieces_of(tokenizer, ids), spec, ids=np.asarray(ids), text=text, offsets=offsets)
+        backend = _plain_backend(tokenizer)
+        if backend is not None:  # what tokenizer(text) would run, without building its Python lists
+            encoding = backend.encode(text, add_special_tokens=add_special_tokens)
+            ids = np.array(encoding.ids, dtype=np.int64)
+            offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2) if want else None
+        else:
+            enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=want)
+            ids = np.asarray(list(enc["input_ids"]), dtype=np.int64)
+            offsets = np.asarray(enc["offset_mapping"], dtype=np.int64) if want else None
+        return cls(pieces_of(tokenizer, ids), spec, ids=ids, text=text, offsets=offsets)
 
     @classmethod
     def from_ids(cls, tokenizer: Any, ids: Sequence[int], *, spec: TokenizerSpec | None = None,

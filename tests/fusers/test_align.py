@@ -787,17 +787,27 @@ def test_compiled_row_mapping_equals_the_numpy_one(seed: int, collision: str) ->
     assert set(status_c[rows].tolist()) <= {MAPPED, EMPTY}
 
 
-def test_distinct_pieces_and_the_piece_table(toks) -> None:
+def test_tokenization_fast_paths_equal_transformers(toks) -> None:
     """Tokenization.distinct codes every position by its piece (ids play no part: a hand-made tokenization may
-    give one id two pieces); pieces_of equals convert_ids_to_tokens, unknown characters included."""
+    give one id two pieces); pieces_of equals convert_ids_to_tokens, unknown characters included; from_text,
+    which encodes with the tokenizers backend directly, gives the ids, offsets and pieces of tokenizer(text),
+    and goes through transformers when the backend has truncation set (which that call would switch off)."""
     from fusers.align.tokenization import pieces_of
 
     tz_ = Tokenization(["b", "a", "b", "c", "a"], TokenizerSpec.of_kind("byte_level"), ids=[7, 7, 8, 9, 7])
     strings, codes = tz_.distinct(str.upper)
     assert strings == ["B", "A", "C"] and codes.tolist() == [0, 1, 0, 2, 1]
+    text = "héllo wörld 日本語 😀\t\n  x <s> " + "def f(x):\n    return x\n" * 3
     for tok in toks.values():
-        text = "héllo wörld 日本語 😀\t\n  x <s> " + "def f(x):\n    return x\n"
-        ids = tok(text, add_special_tokens=True)["input_ids"]
-        assert pieces_of(tok, ids) == tok.convert_ids_to_tokens(ids)
-        assert Tokenization.from_text(tok, text).pieces == tok.convert_ids_to_tokens(
-            tok(text, add_special_tokens=False)["input_ids"])
+        for special in (False, True):
+            enc = tok(text, add_special_tokens=special, return_offsets_mapping=True)
+            got = Tokenization.from_text(tok, text, add_special_tokens=special)
+            assert got.ids.tolist() == list(enc["input_ids"])
+            assert got.offsets.tolist() == [list(o) for o in enc["offset_mapping"]]
+            assert got.pieces == pieces_of(tok, enc["input_ids"]) == tok.convert_ids_to_tokens(enc["input_ids"])
+    tok = toks["bl"]
+    tok.backend_tokenizer.enable_truncation(max_length=3)
+    try:
+        assert len(Tokenization.from_text(tok, text)) == len(tok(text)["input_ids"]) > 3
+    finally:
+        tok.backend_tokenizer.no_truncation()
