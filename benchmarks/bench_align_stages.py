@@ -346,7 +346,7 @@ def main() -> None:
         cpu_hours = fusellm_cpu * MINIPILE_TOKENS * sources / 3600
         ref_days = fusellm_ref * MINIPILE_TOKENS * sources / 3600 / NODE_CORES / 24
         print(f"      {sources} aligned sources: {cpu_hours:.1f} CPU-hours = {cpu_hours / NODE_CORES * 60:.1f} min on "
-              f"the node (the reference pipeline: {ref_days:.0f} days on the node)")
+              f"the node (the reference pipeline: {ref_days:.1f} days on the node)")
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

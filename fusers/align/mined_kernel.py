@@ -20,6 +20,11 @@ import numpy as np
 #: per-task cost (a dispatch and the scratch arrays) stays negligible
 BLOCK = 64
 
+#: the one-deletion table pays for itself from about this many queries on: building it costs about as much as
+#: scanning the buckets for the distance-1 queries of a few thousand source pieces (measured on SmolLM2's
+#: 49k pieces and a 256k base: 5% and 11% slower with it for a 1,536-piece source)
+DELETION_TABLE_QUERIES = 4096
+
 
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity where the platform reports one)."""
@@ -33,23 +38,24 @@ def available_cores() -> int:
 def compiled_first_min_ed() -> Callable[..., tuple[np.ndarray, np.ndarray]] | None:
     """The compiled search for :func:`fusers.align.vocab._nearest_pieces` (None without numba).
 
-    ``kernel(q_chars, q_starts, c_chars, c_starts, workers=1)`` takes queries and candidates as CSR code
-    points (:func:`fusers.align.vocab._code_points`) and returns ``(index, exact)``: per query, the first
-    candidate at the minimal distance, and whether that distance is 0.
+    ``kernel(q_chars, q_starts, c_chars, c_starts, workers=1, deletions=None)`` takes queries and candidates as
+    CSR code points (:func:`fusers.align.vocab._code_points`) and returns ``(index, exact)``: per query, the
+    first candidate at the minimal distance, and whether that distance is 0. ``deletions``: build the
+    one-deletion table (None: from :data:`DELETION_TABLE_QUERIES` queries on).
 
     1. **Index** (once per candidate list, :func:`fusers.align.mined_numba.build_index`): candidates ordered
        by (length, index) into length buckets, their code points renumbered densely (1, 2, ... in order of
        first appearance; 0 for characters only queries have), per candidate a 64-bit character mask and a
        count signature (32 classes of characters balanced by frequency, 8 bits of count each), per length
        the largest count of each character (128 count slots: one per frequent character, the rest share
-       one), and every candidate and every string one deletion away from a candidate by 64-bit polynomial
-       hash (radix-sorted; the entries of one key in ascending candidate order).
-    2. **Distance 0 and 1** (most queries of a real vocabulary): a candidate within one edit of the query
-       equals it, equals one of its deletions, has it as one of its deletions, or shares a deletion with it
-       (a substitution). The entries of the query's key and of its ``m`` deletions' keys hold every such
-       candidate; each hit is verified against the strings (a hash collision costs time, never a wrong
-       answer) and the lowest verified index wins, the first equal candidate before anything else.
-    3. **Distance ≥ 2**, with that floor known. A first upper bound comes from the longest substrings of the
+       one), and every candidate and (with ``deletions``) every string one deletion away from a candidate by
+       64-bit polynomial hash (radix-sorted; the entries of one key in ascending candidate order).
+    2. **Distance 0 and 1**: the first equal candidate comes from the query's key (verified against the
+       strings: a hash collision costs time, never a wrong answer). With the deletion entries, so does
+       distance 1: a candidate within one edit of the query equals one of its deletions, has the query as one
+       of its deletions, or shares a deletion with it (a substitution), so the entries of the query's key and
+       of its ``m`` deletions' keys hold every such candidate; the lowest verified index wins.
+    3. **Distance ≥ 2** (≥ 1 without the deletion entries), with that floor known. A first upper bound comes from the longest substrings of the
        query that are candidates (a length-L one is at distance m - L). **Phase 1** finds the minimal
        distance d* of a query of length m: it visits the lengths m, m-1, m+1, m-2, m+2, ..., each bucket in
        index order, a candidate counting only if it beats the best distance so far, and stops once the
@@ -80,19 +86,21 @@ def compiled_first_min_ed() -> Callable[..., tuple[np.ndarray, np.ndarray]] | No
         return None
 
     def first_min_ed(q_chars: np.ndarray, q_starts: np.ndarray, c_chars: np.ndarray, c_starts: np.ndarray,
-                     workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                     workers: int = 1, deletions: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         n_q = len(q_starts) - 1
+        if deletions is None:
+            deletions = n_q >= DELETION_TABLE_QUERIES
         out = np.empty(n_q, dtype=np.int64)
         exact = np.zeros(n_q, dtype=np.bool_)
         blocks = [(lo, min(lo + BLOCK, n_q)) for lo in range(0, n_q, BLOCK)]
         workers = max(1, int(workers))
         if workers == 1:
-            index = build_index(mined_numba, c_chars, c_starts, lambda fn, tasks: [fn(t) for t in tasks], 1)
+            index = build_index(mined_numba, c_chars, c_starts, lambda fn, tasks: [fn(t) for t in tasks], 1, deletions)
             mined_numba.search_range(q_chars, q_starts, 0, n_q, index, out, exact)
             return out, exact
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mined") as pool:
             index = build_index(mined_numba, c_chars, c_starts, lambda fn, tasks: list(pool.map(fn, tasks)),
-                                4 * workers)
+                                4 * workers, deletions)
             list(pool.map(lambda b: mined_numba.search_range(q_chars, q_starts, b[0], b[1], index, out, exact),
                           blocks))
         return out, exact
@@ -101,13 +109,13 @@ def compiled_first_min_ed() -> Callable[..., tuple[np.ndarray, np.ndarray]] | No
 
 
 def build_index(kernels: Any, c_chars: np.ndarray, c_starts: np.ndarray,
-                run: Callable[[Callable[[Any], Any], list[Any]], list[Any]], parts: int) -> tuple:
+                run: Callable[[Callable[[Any], Any], list[Any]], list[Any]], parts: int, deletions: bool = True) -> tuple:
     """The candidates' index for ``kernels.search_range`` (:mod:`fusers.align.mined_numba`): the serial core,
     then signatures, per-length counts and table entries over ``parts`` ranges of candidates, and the two
     stable radix passes that sort the entries by their keys' top bits, each over ``parts`` ranges of entries.
     ``run(fn, tasks)`` maps ``fn`` over ``tasks`` (in order, or on threads)."""
     (bucket, s_idx, s_start, s_mask, s_chars, pos_of, len_of, dense, n_alpha, cls,
-     entry_at) = kernels.build_core(c_chars, c_starts)
+     entry_at) = kernels.build_core(c_chars, c_starts, deletions)
     n_c, n_e = len(s_idx), int(entry_at[-1])
     s_sig = np.zeros((n_c, kernels.SIG_WORDS), dtype=np.uint64)
     keys = np.empty(n_e, dtype=np.uint64)
@@ -128,7 +136,7 @@ def build_index(kernels: Any, c_chars: np.ndarray, c_starts: np.ndarray,
     _radix_pass(kernels, keys, codes, ent_key, ent_code, 64 - top, low, run, entry_ranges)
     _radix_pass(kernels, ent_key, ent_code, keys, codes, 64 - top + low, top - low, run, entry_ranges)
     return (bucket, s_idx, s_start, s_mask, s_sig, s_chars, pos_of, len_of, dense, n_alpha, cls, most, keys, codes,
-            kernels.entry_starts(keys, top))
+            kernels.entry_starts(keys, top), deletions)
 
 
 def _radix_pass(kernels: Any, keys: np.ndarray, codes: np.ndarray, keys_out: np.ndarray, codes_out: np.ndarray,

@@ -124,7 +124,7 @@ def _within_one(q: np.ndarray, m: np.int64, s_chars: np.ndarray, a: np.int64, n:
 
 
 @numba.njit(cache=True, nogil=True)
-def build_core(c_chars: np.ndarray, c_starts: np.ndarray):  # pragma: no cover
+def build_core(c_chars: np.ndarray, c_starts: np.ndarray, deletions: bool):  # pragma: no cover
     """The serial part of indexing the candidates ``c_chars[c_starts[i]:c_starts[i + 1]]`` (code points).
 
     Returns ``bucket`` (sorted positions of the length-n candidates are ``bucket[n]:bucket[n + 1]``, by index
@@ -133,7 +133,8 @@ def build_core(c_chars: np.ndarray, c_starts: np.ndarray):  # pragma: no cover
     -> sorted position); ``len_of`` (index -> length); ``dense`` (code point -> dense id, 0 for code points no
     candidate has); ``n_alpha`` (the largest dense id); ``cls`` (dense id -> signature class: the ids by
     frequency, each into the class with the fewest occurrences so far); ``entry_at`` (index -> where its
-    entries start: the candidate itself and each distinct string one deletion away from it). Dense ids are
+    entries start: the candidate itself and, with ``deletions``, each distinct string one deletion away from
+    it). Dense ids are
     numbered in order of first appearance, which is what makes this part serial; :func:`build_rows` and the
     radix passes do the rest by ranges.
     """
@@ -183,7 +184,7 @@ def build_core(c_chars: np.ndarray, c_starts: np.ndarray):  # pragma: no cover
                 dense[c_chars[a + k]] = t
             s_chars[at + k] = t
             mask |= _ONE << (np.uint64(t) & _LOW63)
-            if k == 0 or c_chars[a + k] != c_chars[a + k - 1]:
+            if deletions and (k == 0 or c_chars[a + k] != c_chars[a + k - 1]):
                 entries += 1  # deleting any character of a run gives the same string
         s_mask[p] = mask
         entry_at[i + 1] = entry_at[i] + entries
@@ -242,7 +243,7 @@ def build_rows(lo: np.int64, hi: np.int64, s_start: np.ndarray, s_chars: np.ndar
         keys[e] = _key(pre[n], n)
         codes[e] = 2 * i
         e += 1
-        for v in range(n):
+        for v in range(n if e < entry_at[i + 1] else 0):  # no deletion entries were counted: none
             if v > 0 and s_chars[a + v] == s_chars[a + v - 1]:
                 continue  # the same string as deleting v - 1
             keys[e] = _key(pre[n] + (pre[v] - pre[v + 1]) * pw[n - 1 - v], n - 1)
@@ -376,7 +377,7 @@ def search_range(q_chars: np.ndarray, q_starts: np.ndarray, lo: np.int64, hi: np
     """Answer queries ``lo..hi-1``: ``out[q]`` the first candidate at the minimal distance, ``exact[q]``
     whether that distance is 0. Writes nothing else, so disjoint ranges can run in parallel."""
     (bucket, s_idx, s_start, s_mask, s_sig, s_chars, pos_of, len_of, dense, n_alpha, cls, most, ent_key, ent_code,
-     ent_at) = index
+     ent_at, deletions) = index
     top = 0
     while (np.int64(1) << top) < ent_at.shape[0] - 1:
         top += 1
@@ -439,7 +440,7 @@ def search_range(q_chars: np.ndarray, q_starts: np.ndarray, lo: np.int64, hi: np
             out[q] = best
             exact[q] = True
             continue
-        for v in range(m):
+        for v in range(m if deletions else 0):
             if v > 0 and q_ids[v] == q_ids[v - 1]:
                 continue  # the same string as deleting v - 1
             key = _key(pre[m] + (pre[v] - pre[v + 1]) * pw[m - 1 - v], m - 1)
@@ -456,8 +457,8 @@ def search_range(q_chars: np.ndarray, q_starts: np.ndarray, lo: np.int64, hi: np
             out[q] = best
             continue
 
-        # distance >= 2: length buckets and lower bounds
-        floor = 2
+        # distance >= 2 (>= 1 without the deletion entries): length buckets and lower bounds
+        floor = 2 if deletions else 1
         q_mask = _ZERO
         q_sig[:] = _ZERO
         n_q_slots = 0

@@ -40,11 +40,16 @@ def reference(queries: list[str], cands: list[str], dist=edit_distance) -> tuple
     return index, [q in cands for q in queries]
 
 
-@pytest.fixture(params=["compiled", "rapidfuzz"])
+@pytest.fixture(params=["compiled", "compiled+deletions", "rapidfuzz"])
 def path(request, monkeypatch):
-    if request.param == "compiled":
+    """The compiled search without and with its one-deletion table (used from DELETION_TABLE_QUERIES queries
+    on: here from the first), and the rapidfuzz path used without numba."""
+    if request.param.startswith("compiled"):
         pytest.importorskip("numba")
         assert vocab.compiled_first_min_ed() is not None
+        from fusers.align import mined_kernel
+
+        monkeypatch.setattr(mined_kernel, "DELETION_TABLE_QUERIES", 0 if "deletions" in request.param else 10**9)
     else:
         monkeypatch.setattr(vocab, "compiled_first_min_ed", lambda: None)
     return request.param
