@@ -25,6 +25,15 @@ BLOCK = 64
 #: 49k pieces and a 256k base: 5% and 11% slower with it for a 1,536-piece source)
 DELETION_TABLE_QUERIES = 4096
 
+#: below this many query × candidate pairs a whole map takes a few milliseconds, less than starting threads
+#: and splitting the index build costs: ``workers=None`` then means one thread
+THREADS_FROM_PAIRS = 20_000_000
+
+
+def default_workers(n_queries: int, n_candidates: int) -> int:
+    """Threads for ``workers=None``: every core this process may use, or one for a small map."""
+    return available_cores() if n_queries * n_candidates >= THREADS_FROM_PAIRS else 1
+
 
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity where the platform reports one)."""

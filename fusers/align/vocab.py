@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fusers.align.compat import compat_set
-from fusers.align.mined_kernel import available_cores, compiled_first_min_ed
+from fusers.align.mined_kernel import compiled_first_min_ed, default_workers
 from fusers.align.spec import detect_spec
 
 
@@ -64,7 +64,8 @@ def _nearest_pieces(queries: list[str], cands: list[str], workers: int | None = 
     one compiled search over code points does it (:func:`fusers.align.mined_kernel.compiled_first_min_ed`);
     without it, a dict for the exact matches and rapidfuzz in length buckets for the rest
     (:func:`_first_min_ed_buckets`). ``workers``: threads for the compiled search (None: every core this
-    process may use); the answer does not depend on it.
+    process may use, one for a small map: :func:`fusers.align.mined_kernel.default_workers`); the answer
+    does not depend on it.
     """
     if not queries:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
@@ -74,7 +75,8 @@ def _nearest_pieces(queries: list[str], cands: list[str], workers: int | None = 
     if kernel is not None:
         q_chars, q_starts = _code_points(queries)
         c_chars, c_starts = _code_points(cands)
-        return kernel(q_chars, q_starts, c_chars, c_starts, available_cores() if workers is None else workers)
+        return kernel(q_chars, q_starts, c_chars, c_starts,
+                      default_workers(len(queries), len(cands)) if workers is None else workers)
     # first occurrence wins, like the plain loop's list order: build from the back
     first = dict(zip(reversed(cands), range(len(cands) - 1, -1, -1), strict=True))
     index = np.fromiter(map(first.get, queries, itertools.repeat(-1)), dtype=np.int64, count=len(queries))
@@ -171,7 +173,8 @@ def vocab_map(source_vocab: Mapping[str, int] | Sequence[str], base_vocab: Mappi
     a piece map to -1) and base ids ≥ ``base_width`` are not candidates, since the model cannot predict
     them. With ``"q12"`` in ``reference_compat`` the reference's string-keyed dictionary is built too;
     ``ids`` is then read from it, which gives the same array (the value depends only on ``x'``).
-    ``workers``: threads searching (None: every core this process may use); the map does not depend on it.
+    ``workers``: threads searching (None: every core this process may use, one for a small map); the map
+    does not depend on it.
     """
     compat = compat_set(reference_compat)
     src_pieces, src_ids = _as_vocab(source_vocab)
