@@ -48,7 +48,9 @@ class Alignment:
         """Build from aligned pairs (duplicates are merged); every base position must appear."""
         base = np.asarray(base, dtype=np.int64)
         source = np.asarray(source, dtype=np.int64)
-        keys = np.unique(base * max(n_source, 1) + source)
+        keys = base * max(n_source, 1) + source
+        if len(keys) > 1 and not (keys[1:] > keys[:-1]).all():  # already sorted and distinct: a path, in order
+            keys = np.unique(keys)
         b, s = np.divmod(keys, max(n_source, 1))
         counts = np.bincount(b, minlength=n_base)
         if n_base and counts.min() == 0:

@@ -8,6 +8,7 @@ behaviour behind switches (:data:`FUSELLM_REFERENCE`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -58,6 +59,17 @@ def _fallback_ids(base_ids: np.ndarray, current: bool) -> np.ndarray:
     return np.concatenate([base_ids[1:], base_ids[-1:]])
 
 
+def _same_pieces(base: Tokenization, source: Tokenization, at: np.ndarray, js: np.ndarray) -> np.ndarray:
+    """Per pair ``(at[k], js[k])``: whether the source piece, marker replaced by the base's, is the base piece
+    (the string test of :func:`_match_single`), with the marker replaced once per distinct source piece."""
+    replaced: dict[str, str] = {}
+    for piece in map(source.pieces.__getitem__, js.tolist()):
+        if piece not in replaced:
+            replaced[piece] = source.spec.replace_marker(piece, base.spec)
+    return np.fromiter(map(str.__eq__, map(replaced.__getitem__, map(source.pieces.__getitem__, js.tolist())),
+                           map(base.pieces.__getitem__, at.tolist())), dtype=bool, count=len(at))
+
+
 def _match_single(base: Tokenization, source: Tokenization, i: int, j: int, vmap_ids: np.ndarray,
                   vm: VocabMap | None, match: str) -> bool:
     """Whether base position i and its single aligned source position j stand for the same token.
@@ -87,6 +99,123 @@ def _match_single(base: Tokenization, source: Tokenization, i: int, j: int, vmap
         return b_surf == source.surfaces[j]
     role = base.spec.role(bt)
     return role is not None and role == source.spec.role(source.pieces[j])
+
+
+def _rows_numpy(rows: np.ndarray, src_rows: np.ndarray, tids: np.ndarray, tlog: np.ndarray, vmap_ids: np.ndarray,
+                collision: str, out_ids: np.ndarray, out_log: np.ndarray, status: np.ndarray) -> None:
+    """Base rows ``rows`` take source rows ``src_rows``: walk each highest logit first (ties: column order),
+    map the ids through ``vmap_ids`` (dropping -1 ids, -inf/NaN logits and unmapped ids), merge entries of one
+    base id (``"first"`` keeps the first, ``"sum"`` adds their probabilities: logaddexp in walk order), order
+    by value (ties: first walk position), keep ``out_ids.shape[1]``; status MAPPED, or EMPTY if nothing is
+    left. Whole-array numpy; :func:`_compiled_rows` does the same row by row."""
+    k = tids.shape[1]
+    k_out = out_ids.shape[1]
+    ids = tids[src_rows]
+    lg = tlog[src_rows]
+    order = np.argsort(-lg, axis=1, kind="stable")  # the reference walks highest logit first
+    ids = np.take_along_axis(ids, order, axis=1)
+    lg = np.take_along_axis(lg, order, axis=1)
+    valid = (ids >= 0) & (lg > -np.inf)  # -1 ids / -inf logits are padding; NaN is dropped too
+    mapped = np.where(valid, vmap_ids[np.where(ids >= 0, ids, 0)], -1)
+    r_idx = np.repeat(np.arange(len(rows)), k)
+    c_idx = np.tile(np.arange(k), len(rows))
+    m_flat = mapped.reshape(-1)
+    l_flat = lg.reshape(-1)
+    keep = m_flat >= 0
+    r_idx, c_idx, m_flat, l_flat = r_idx[keep], c_idx[keep], m_flat[keep], l_flat[keep]
+    # group entries by (row, base id), each group in walk order
+    srt = np.lexsort((c_idx, m_flat, r_idx))
+    r_idx, c_idx, m_flat, l_flat = r_idx[srt], c_idx[srt], m_flat[srt], l_flat[srt]
+    new_group = np.ones(len(r_idx), dtype=bool)
+    new_group[1:] = (r_idx[1:] != r_idx[:-1]) | (m_flat[1:] != m_flat[:-1])
+    starts = np.flatnonzero(new_group)
+    g_row, g_id, g_col = r_idx[starts], m_flat[starts], c_idx[starts]
+    if len(starts) == 0:
+        g_val = l_flat[:0]
+    elif collision == "first":
+        g_val = l_flat[starts]
+    else:
+        g_val = np.logaddexp.reduceat(l_flat, starts)
+    # order within each row: highest value first, ties in walk order; then truncate to k_out
+    srt = np.lexsort((g_col, -g_val, g_row))
+    g_row, g_id, g_val = g_row[srt], g_id[srt], g_val[srt]
+    row_start = np.searchsorted(g_row, g_row, side="left")
+    rank = np.arange(len(g_row)) - row_start
+    fit = rank < k_out
+    out_ids[rows[g_row[fit]], rank[fit]] = g_id[fit]
+    out_log[rows[g_row[fit]], rank[fit]] = g_val[fit]
+    status[rows] = EMPTY
+    status[rows[np.unique(g_row)]] = MAPPED
+
+
+@functools.cache
+def _compiled_rows() -> Any:
+    """:func:`_rows_numpy` compiled by numba, one row at a time (None without numba): for a 2,048-token chunk
+    the numpy version's sorts of every entry cost more than the rest of the mapping."""
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(cache=True, nogil=True)
+    def logaddexp(x: float, y: float) -> float:  # pragma: no cover
+        if x == y:
+            return x + 0.6931471805599453  # numpy's formula, branch for branch
+        tmp = x - y
+        if tmp > 0:
+            return x + np.log1p(np.exp(-tmp))
+        if tmp <= 0:
+            return y + np.log1p(np.exp(tmp))
+        return tmp
+
+    @numba.njit(cache=True, nogil=True)
+    def map_rows(rows, src_rows, tids, tlog, vmap_ids, first, out_ids, out_log, status):  # pragma: no cover
+        k = tids.shape[1]
+        k_out = out_ids.shape[1]
+        walk = np.empty(k, dtype=np.int64)
+        g_id = np.empty(k, dtype=np.int64)
+        g_val = np.empty(k, dtype=np.float64)
+        g_pos = np.empty(k, dtype=np.int64)
+        for n in range(rows.shape[0]):
+            s = src_rows[n]
+            n_walk = 0  # the entries that can map, in walk order: logit descending, stable (insertion sort)
+            for c in range(k):
+                sid = tids[s, c]
+                if sid < 0 or not tlog[s, c] > -np.inf or vmap_ids[sid] < 0:
+                    continue
+                t = n_walk
+                while t > 0 and tlog[s, walk[t - 1]] < tlog[s, c]:
+                    walk[t] = walk[t - 1]
+                    t -= 1
+                walk[t] = c
+                n_walk += 1
+            n_groups = 0
+            for w in range(n_walk):
+                c = walk[w]
+                target = vmap_ids[tids[s, c]]
+                value = tlog[s, c]
+                g = 0
+                while g < n_groups and g_id[g] != target:
+                    g += 1
+                if g == n_groups:
+                    g_id[g], g_val[g], g_pos[g] = target, value, w
+                    n_groups += 1
+                elif not first:
+                    g_val[g] = logaddexp(g_val[g], value)
+            for g in range(1, n_groups):  # value descending, ties by first walk position
+                gid, gval, gpos = g_id[g], g_val[g], g_pos[g]
+                t = g
+                while t > 0 and (g_val[t - 1] < gval or (g_val[t - 1] == gval and g_pos[t - 1] > gpos)):
+                    g_id[t], g_val[t], g_pos[t] = g_id[t - 1], g_val[t - 1], g_pos[t - 1]
+                    t -= 1
+                g_id[t], g_val[t], g_pos[t] = gid, gval, gpos
+            i = rows[n]
+            for g in range(min(n_groups, k_out)):
+                out_ids[i, g] = g_id[g]
+                out_log[i, g] = g_val[g]
+            status[i] = 0 if n_groups else 2  # MAPPED, EMPTY
+
+    return map_rows
 
 
 def map_distribution(alignment: Alignment, base: Tokenization, source: Tokenization, topk_ids: Any,
@@ -145,16 +274,26 @@ def map_distribution(alignment: Alignment, base: Tokenization, source: Tokenizat
     if k_out < 1:
         raise ValueError("k_out must be at least 1")
 
-    # Decide, per base position, whose distribution it gets.
+    # Decide, per base position, whose distribution it gets. The test every match rule starts with (same
+    # piece, or the vocabulary map gives the base token) is decided for all single positions at once; only
+    # what it leaves open goes through _match_single one by one: under "reference" position 0 (its
+    # first-token case), under "surface" every position it did not accept (surfaces, roles).
     use = np.full(n_base, -1, dtype=np.int64)
     counts = alignment.counts()
-    for i in range(n_base):
-        js = alignment[i]
-        if counts[i] == 1:
-            j = int(js[0])
-            if _match_single(base, source, i, j, vmap_ids, vm, match):
-                use[i] = j
-        elif one_to_many == "last":
+    single = np.flatnonzero(counts == 1)
+    js_single = alignment.indices[alignment.indptr[single]]
+    sid, bid = source.ids[js_single], base.ids[single]
+    known = (sid >= 0) & (sid < len(vmap_ids))
+    accept = (known & (vmap_ids[np.where(known, sid, 0)] == bid)) | _same_pieces(base, source, single, js_single)
+    undecided = (single == 0) if match == "reference" else ~accept
+    decided = accept & ~undecided
+    use[single[decided]] = js_single[decided]
+    for i, j in zip(single[undecided].tolist(), js_single[undecided].tolist(), strict=True):
+        if _match_single(base, source, i, j, vmap_ids, vm, match):
+            use[i] = j
+    if one_to_many == "last":
+        for i in np.flatnonzero(counts > 1).tolist():
+            js = alignment[i]
             b_surf = base.surfaces[i]
             if b_surf and b"".join(source.surfaces[j] for j in js.tolist()) == b_surf:
                 use[i] = int(js[-1])
@@ -165,43 +304,11 @@ def map_distribution(alignment: Alignment, base: Tokenization, source: Tokenizat
 
     rows = np.flatnonzero(use >= 0)
     if len(rows):
-        src_rows = use[rows]
-        ids = tids[src_rows]
-        lg = tlog[src_rows]
-        order = np.argsort(-lg, axis=1, kind="stable")  # the reference walks highest logit first
-        ids = np.take_along_axis(ids, order, axis=1)
-        lg = np.take_along_axis(lg, order, axis=1)
-        valid = (ids >= 0) & (lg > -np.inf)  # -1 ids / -inf logits are padding; NaN is dropped too
-        mapped = np.where(valid, vmap_ids[np.where(ids >= 0, ids, 0)], -1)
-        r_idx = np.repeat(np.arange(len(rows)), k)
-        c_idx = np.tile(np.arange(k), len(rows))
-        m_flat = mapped.reshape(-1)
-        l_flat = lg.reshape(-1)
-        keep = m_flat >= 0
-        r_idx, c_idx, m_flat, l_flat = r_idx[keep], c_idx[keep], m_flat[keep], l_flat[keep]
-        # group entries by (row, base id), each group in walk order
-        srt = np.lexsort((c_idx, m_flat, r_idx))
-        r_idx, c_idx, m_flat, l_flat = r_idx[srt], c_idx[srt], m_flat[srt], l_flat[srt]
-        new_group = np.ones(len(r_idx), dtype=bool)
-        new_group[1:] = (r_idx[1:] != r_idx[:-1]) | (m_flat[1:] != m_flat[:-1])
-        starts = np.flatnonzero(new_group)
-        g_row, g_id, g_col = r_idx[starts], m_flat[starts], c_idx[starts]
-        if len(starts) == 0:
-            g_val = l_flat[:0]
-        elif collision == "first":
-            g_val = l_flat[starts]
+        kernel = _compiled_rows()
+        if kernel is not None:
+            kernel(rows, use[rows], tids, tlog, vmap_ids, collision == "first", out_ids, out_log, status)
         else:
-            g_val = np.logaddexp.reduceat(l_flat, starts)
-        # order within each row: highest value first, ties in walk order; then truncate to k_out
-        srt = np.lexsort((g_col, -g_val, g_row))
-        g_row, g_id, g_val = g_row[srt], g_id[srt], g_val[srt]
-        row_start = np.searchsorted(g_row, g_row, side="left")
-        rank = np.arange(len(g_row)) - row_start
-        fit = rank < k_out
-        out_ids[rows[g_row[fit]], rank[fit]] = g_id[fit]
-        out_log[rows[g_row[fit]], rank[fit]] = g_val[fit]
-        status[rows] = EMPTY
-        status[rows[np.unique(g_row)]] = MAPPED
+            _rows_numpy(rows, use[rows], tids, tlog, vmap_ids, collision, out_ids, out_log, status)
 
     fb_rows = np.flatnonzero(use < 0)
     fb = _fallback_ids(base.ids, current=fallback == "current")

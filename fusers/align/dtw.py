@@ -134,13 +134,28 @@ def _compiled_cumulative() -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.
     """numba-compiled cell loop for :func:`_cumulative` (None when numba is not installed).
 
     The row-wise numpy recurrence above is exact but pays one ufunc call per row; the compiled loop does
-    the same integer arithmetic cell by cell, a few nanoseconds each. ``cache=True`` keeps the compiled
-    code on disk, so only the first process ever compiles it.
+    the same integer arithmetic cell by cell. Cell by cell, each cell waits for its left neighbour (a chain
+    of compare-and-add), so four rows run as a staircase: step c computes row r at column c, row r+1 at
+    c-1, row r+2 at c-2 and row r+3 at c-3, each needing only cells of earlier steps, so the four chains
+    overlap in the processor (about three times faster than one row at a time). ``cache=True`` keeps the
+    compiled code on disk, so only the first process ever compiles it.
     """
     try:
         import numba
     except ImportError:
         return None
+
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def cell(d: np.ndarray, cost: np.ndarray, col_codes: np.ndarray, r: int, c: int) -> None:  # pragma: no cover
+        if c == 0:
+            d[r, 0] = cost[col_codes[0]] + d[r - 1, 0]
+            return
+        best = d[r - 1, c - 1]
+        if d[r - 1, c] < best:
+            best = d[r - 1, c]
+        if d[r, c - 1] < best:
+            best = d[r, c - 1]
+        d[r, c] = cost[col_codes[c]] + best
 
     @numba.njit(cache=True, nogil=True)
     def cumulative(table: np.ndarray, row_codes: np.ndarray, col_codes: np.ndarray) -> np.ndarray:  # pragma: no cover
@@ -151,16 +166,29 @@ def _compiled_cumulative() -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.
         for c in range(cols):
             acc += first[col_codes[c]]
             d[0, c] = acc
-        for r in range(1, rows):
+        r = 1
+        while r + 4 <= rows:
+            c0, c1 = table[row_codes[r]], table[row_codes[r + 1]]
+            c2, c3 = table[row_codes[r + 2]], table[row_codes[r + 3]]
+            for c in range(min(4, cols + 3)):  # the staircase's first steps
+                for k in range(4):
+                    if 0 <= c - k < cols:
+                        cell(d, table[row_codes[r + k]], col_codes, r + k, c - k)
+            for c in range(4, cols):
+                cell(d, c0, col_codes, r, c)
+                cell(d, c1, col_codes, r + 1, c - 1)
+                cell(d, c2, col_codes, r + 2, c - 2)
+                cell(d, c3, col_codes, r + 3, c - 3)
+            for c in range(max(cols, 4), cols + 3):  # and its last ones
+                for k in range(1, 4):
+                    if 0 <= c - k < cols:
+                        cell(d, table[row_codes[r + k]], col_codes, r + k, c - k)
+            r += 4
+        while r < rows:
             cost = table[row_codes[r]]
-            d[r, 0] = cost[col_codes[0]] + d[r - 1, 0]
-            for c in range(1, cols):
-                best = d[r - 1, c - 1]
-                if d[r - 1, c] < best:
-                    best = d[r - 1, c]
-                if d[r, c - 1] < best:
-                    best = d[r, c - 1]
-                d[r, c] = cost[col_codes[c]] + best
+            for c in range(cols):
+                cell(d, cost, col_codes, r, c)
+            r += 1
         return d
 
     return cumulative
@@ -235,7 +263,7 @@ def _dtw(table: np.ndarray, src_codes: np.ndarray, base_codes: np.ndarray | None
         sj, si = 1, n_src
     backtrack = _compiled_backtrack() or _backtrack
     js, is_ = backtrack(d.reshape(-1), sj, si, n_src, n_base, *codes)
-    return Alignment.from_pairs(np.asarray(is_), np.asarray(js), n_base, n_src, mode)
+    return Alignment.from_pairs(np.asarray(is_)[::-1], np.asarray(js)[::-1], n_base, n_src, mode)  # start first
 
 
 def dtw_from_cost(cost: np.ndarray, tie_order: TieOrder = "fusellm", *, mode: str = "dtw_ed") -> Alignment:
@@ -262,12 +290,31 @@ def dtw_from_cost(cost: np.ndarray, tie_order: TieOrder = "fusellm", *, mode: st
 
 def dtw_align(base_strings: Sequence[str], source_strings: Sequence[str], tie_order: TieOrder = "fusellm") -> Alignment:
     """Reference DTW with edit-distance costs between already-normalised strings (e.g. marker-stripped)."""
-    if len(source_strings) <= len(base_strings):
-        table, src_codes, base_codes = _unique_distances(source_strings, base_strings)
-        return _dtw(table, src_codes, base_codes, len(base_strings), tie_order, "dtw_ed")
+    ub, base_codes = _factorize(base_strings)
+    us, src_codes = _factorize(source_strings)
+    return dtw_align_distinct(ub, base_codes, us, src_codes, tie_order)
+
+
+def dtw_align_distinct(base_strings: Sequence[str], base_codes: np.ndarray, source_strings: Sequence[str],
+                       source_codes: np.ndarray, tie_order: TieOrder = "fusellm", mode: str = "dtw_ed") -> Alignment:
+    """:func:`dtw_align` for sequences given as codes into lists of strings (base position i is
+    ``base_strings[base_codes[i]]``): the distances are computed once per pair of listed strings, so callers that
+    know which tokens repeat (equal ids) normalise and compare each distinct piece once."""
+    from rapidfuzz import process
+    from rapidfuzz.distance import Levenshtein
+
+    def distances(rows: Sequence[str], cols: Sequence[str]) -> np.ndarray:
+        workers = -1 if len(rows) * len(cols) > 250_000 else 1  # threads only pay off on large tables
+        return process.cdist(rows, cols, scorer=Levenshtein.distance, workers=workers, dtype=np.int32)
+
+    base_codes, source_codes = np.asarray(base_codes, dtype=np.int64), np.asarray(source_codes, dtype=np.int64)
+    if not len(base_codes) or not len(source_codes):
+        raise ValueError("DTW needs at least one token on each side")
+    if len(source_codes) <= len(base_codes):
+        return _dtw(distances(source_strings, base_strings), source_codes, base_codes, len(base_codes), tie_order, mode)
     # the row loop will run over the base side: build the table in that orientation (no transposed copy)
-    table_t, base_codes, src_codes = _unique_distances(base_strings, source_strings)
-    return _dtw(table_t, src_codes, base_codes, len(base_strings), tie_order, "dtw_ed", transposed=True)
+    return _dtw(distances(base_strings, source_strings), source_codes, base_codes, len(base_codes), tie_order, mode,
+                transposed=True)
 
 
 def banded_dtw(src: Sequence[str], base: Sequence[str], lo: np.ndarray, hi: np.ndarray,

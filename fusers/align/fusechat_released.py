@@ -28,7 +28,7 @@ import numpy as np
 
 from fusers.align.alignment import Alignment
 from fusers.align.distribution import EMPTY, FALLBACK, MAPPED, MappedTopK
-from fusers.align.dtw import dtw_from_cost, edit_distance_matrix
+from fusers.align.dtw import _dtw, edit_distance_matrix
 from fusers.align.vocab import VocabMap
 
 #: (Llama-3 byte-level spelling, Mistral spelling), applied in this order to every piece of both sides.
@@ -55,18 +55,26 @@ def _swapped(piece: str, marker: str, new: str) -> str:
 
 
 def fusechat_dtw_align(pivot: Any, source: Any) -> Alignment:
-    """FuseChat's sequence alignment of two tokenizations of one text (pivot = base), spec §2.3 stage 1."""
-    piv, src = fusechat_pieces(pivot.pieces), fusechat_pieces(source.pieces)
+    """FuseChat's sequence alignment of two tokenizations of one text (pivot = base), spec §2.3 stage 1.
+
+    Costs are computed once per pair of distinct tokens (:meth:`Tokenization.distinct`): the edit distance of
+    the marker-stripped pieces, and, for a pair where either strips to nothing, of the marker-swapped source
+    piece against the raw pivot piece, the only pairs that rule needs.
+    """
+    piv, piv_codes = pivot.distinct(lambda p: fusechat_pieces([p])[0])
+    src, src_codes = source.distinct(lambda p: fusechat_pieces([p])[0])
     pm, sm = pivot.spec.marker, source.spec.marker
     stripped_src, stripped_piv = [_without(p, sm) for p in src], [_without(p, pm) for p in piv]
-    cost = edit_distance_matrix(stripped_src, stripped_piv)  # [source, pivot]
-    empty_src = np.array([not s for s in stripped_src], dtype=bool)
-    empty_piv = np.array([not s for s in stripped_piv], dtype=bool)
-    if empty_src.any() or empty_piv.any():
-        swapped = edit_distance_matrix([_swapped(p, sm, pm) for p in src], piv)
-        either = empty_src[:, None] | empty_piv[None, :]
-        cost = np.where(either, swapped, cost)
-    return dtw_from_cost(cost, tie_order="fusechat", mode="dtw_fusechat")
+    table = edit_distance_matrix(stripped_src, stripped_piv)  # [distinct source, distinct pivot]
+    empty_src = np.flatnonzero([not s for s in stripped_src])
+    empty_piv = np.flatnonzero([not s for s in stripped_piv])
+    if len(empty_src) or len(empty_piv):
+        swapped = [_swapped(p, sm, pm) for p in src]
+        if len(empty_src):
+            table[empty_src, :] = edit_distance_matrix([swapped[u] for u in empty_src.tolist()], piv)
+        if len(empty_piv):
+            table[:, empty_piv] = edit_distance_matrix(swapped, [piv[v] for v in empty_piv.tolist()])
+    return _dtw(table, src_codes, piv_codes, len(piv_codes), "fusechat", "dtw_fusechat")
 
 
 def fusechat_distribution(alignment: Alignment, pivot: Any, source: Any, topk_ids: Any, topk_logits: Any,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -279,12 +280,25 @@ class CoAlignmentCounts:
 
 
 def _id_space(tokenizer: Any) -> int:
-    """Ids a tokenizer can produce: its length or its largest vocabulary id + 1, whichever is larger."""
-    vocab = tokenizer.get_vocab()
-    n = max(vocab.values(), default=-1) + 1
+    """Ids a tokenizer can produce: its length or its largest vocabulary id + 1, whichever is larger.
+
+    Remembered per tokenizer while its length stays the same (``get_vocab`` builds a dict of the whole
+    vocabulary: tens of milliseconds for a real one, on every call)."""
+    length = None
     with contextlib.suppress(TypeError):  # a tokenizer-like object without __len__
-        n = max(n, len(tokenizer))
-    return int(n)
+        length = len(tokenizer)
+    with contextlib.suppress(TypeError):  # not weakly referenceable: nothing remembered
+        known = _ID_SPACES.get(tokenizer)
+        if known is not None and known[0] == length:
+            return known[1]
+    vocab = tokenizer.get_vocab()
+    n = int(max(max(vocab.values(), default=-1) + 1, length or 0))
+    with contextlib.suppress(TypeError):
+        _ID_SPACES[tokenizer] = (length, n)
+    return n
+
+
+_ID_SPACES: weakref.WeakKeyDictionary[Any, tuple[int | None, int]] = weakref.WeakKeyDictionary()
 
 
 def count_corpus(pivot_encoder: Any, source_encoder: Any, chunks: Iterable[Any], mode: str = "offsets", *,

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from fusers.align.alignment import Alignment
-from fusers.align.dtw import TieOrder, banded_dtw, dtw_align, tie_codes
+from fusers.align.dtw import TieOrder, banded_dtw, dtw_align_distinct, tie_codes
 from fusers.align.fusechat_released import fusechat_dtw_align
 from fusers.align.tokenization import Tokenization, map_spans
 
@@ -148,10 +148,11 @@ def align_sequences(base: Tokenization, source: Tokenization, mode: Mode = "offs
         return _overlap_alignment(*_offset_spans(base, source))
     if mode == "dtw_fusechat":  # FuseChat's released DTW (its own piece spellings and cost), for reference_compat
         return fusechat_dtw_align(base, source)
+    if mode == "dtw_ed":
+        return dtw_align_distinct(*base.distinct(base.spec.strip_marker), *source.distinct(source.spec.strip_marker),
+                                  tie_order)
     base_strings = [base.spec.strip_marker(p) for p in base.pieces]
     source_strings = [source.spec.strip_marker(p) for p in source.pieces]
-    if mode == "dtw_ed":
-        return dtw_align(base_strings, source_strings, tie_order)
     if mode == "dtw_ed_banded":
         guide = _overlap_alignment(*_offset_spans(base, source))
         b, s = guide.pairs()

@@ -8,7 +8,9 @@ alignment (:mod:`fusers.align.sequence`) compares. :func:`map_spans` carries spa
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+import itertools
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -16,6 +18,41 @@ from typing import Any
 import numpy as np
 
 from fusers.align.spec import TokenizerSpec, detect_spec
+
+_PIECE_TABLES: weakref.WeakKeyDictionary[Any, np.ndarray] = weakref.WeakKeyDictionary()
+
+
+def pieces_of(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """``tokenizer.convert_ids_to_tokens(ids)``, read from a table of every id's piece built once per tokenizer
+    (and again when its length changes, e.g. after ``add_tokens``): a transformers call per id costs more than
+    aligning the token. Tokenizers that cannot be weakly referenced, and ids outside the table, are converted
+    directly."""
+    n = len(tokenizer)
+    try:
+        table = _PIECE_TABLES.get(tokenizer)
+    except TypeError:  # not weakly referenceable
+        return list(tokenizer.convert_ids_to_tokens(list(ids)))
+    if table is None or len(table) != n:
+        table = np.empty(n, dtype=object)
+        table[:] = tokenizer.convert_ids_to_tokens(list(range(n)))
+        _PIECE_TABLES[tokenizer] = table
+    index = np.asarray(ids, dtype=np.int64)
+    if index.size and (int(index.min()) < 0 or int(index.max()) >= n):
+        return list(tokenizer.convert_ids_to_tokens([int(i) for i in index]))
+    return table[index].tolist()
+
+
+def _plain_backend(tokenizer: Any) -> Any:
+    """The ``tokenizers`` backend of a fast tokenizer when encoding with it directly gives what
+    ``tokenizer(text)`` gives: no truncation or padding set on it (transformers would switch them off for
+    that call) and its special-token splitting as the tokenizer's. Otherwise None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return None
+    if bool(getattr(backend, "encode_special_tokens", False)) != bool(getattr(tokenizer, "split_special_tokens",
+                                                                              False)):
+        return None
+    return backend
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,10 +90,16 @@ class Tokenization:
         """Tokenize ``text``; with a fast tokenizer the character offsets come along."""
         spec = spec or detect_spec(tokenizer)
         want = use_offsets and bool(getattr(tokenizer, "is_fast", False))
-        enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=want)
-        ids = list(enc["input_ids"])
-        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64) if want else None
-        return cls(list(tokenizer.convert_ids_to_tokens(ids)), spec, ids=np.asarray(ids), text=text, offsets=offsets)
+        backend = _plain_backend(tokenizer)
+        if backend is not None:  # what tokenizer(text) would run, without building its Python lists
+            encoding = backend.encode(text, add_special_tokens=add_special_tokens)
+            ids = np.array(encoding.ids, dtype=np.int64)
+            offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2) if want else None
+        else:
+            enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=want)
+            ids = np.asarray(list(enc["input_ids"]), dtype=np.int64)
+            offsets = np.asarray(enc["offset_mapping"], dtype=np.int64) if want else None
+        return cls(pieces_of(tokenizer, ids), spec, ids=ids, text=text, offsets=offsets)
 
     @classmethod
     def from_ids(cls, tokenizer: Any, ids: Sequence[int], *, spec: TokenizerSpec | None = None,
@@ -64,11 +107,19 @@ class Tokenization:
         """Wrap stored ids (no offsets): spans will come from the surfaces."""
         spec = spec or detect_spec(tokenizer)
         ids = [int(i) for i in ids]
-        return cls(list(tokenizer.convert_ids_to_tokens(ids)), spec, ids=np.asarray(ids, dtype=np.int64),
-                   text=text, dummy_prefix=dummy_prefix)
+        return cls(pieces_of(tokenizer, ids), spec, ids=np.asarray(ids, dtype=np.int64), text=text,
+                   dummy_prefix=dummy_prefix)
 
     def __len__(self) -> int:
         return len(self.pieces)
+
+    def distinct(self, normalise: Callable[[str], str] | None = None) -> tuple[list[str], np.ndarray]:
+        """``(strings, codes)`` with ``normalise(pieces[t]) == strings[codes[t]]``, ``normalise`` called once per
+        distinct piece (a 2,048-token text has a few hundred)."""
+        index: dict[str, int] = {}
+        codes = np.fromiter(map(index.setdefault, self.pieces, itertools.count()), dtype=np.int64,
+                            count=len(self.pieces))
+        return (list(index) if normalise is None else [normalise(p) for p in index]), _dense(codes)
 
     @cached_property
     def surfaces(self) -> list[bytes]:
@@ -115,6 +166,17 @@ class Tokenization:
                 starts, ends = map_spans(concat, stream, starts, ends)
             return stream, starts, ends
         return concat, starts, ends
+
+
+def _dense(codes: np.ndarray) -> np.ndarray:
+    """Codes made by ``setdefault(key, running count)`` renumbered 0, 1, 2, ... in order of first appearance
+    (the count also advanced on the keys already seen)."""
+    if not len(codes):
+        return codes
+    first = np.flatnonzero(codes == np.arange(len(codes)))  # where a key got its own position as code
+    renumber = np.zeros(len(codes), dtype=np.int64)
+    renumber[first] = np.arange(len(first))
+    return renumber[codes]
 
 
 def _char_to_byte(text: str) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 :func:`vocab_map` maps every source piece (word marker replaced by the base's) to the base piece equal to
 it, else to the first base piece at the minimum edit distance in vocabulary order. The search is compiled
-by numba (:mod:`fusers.align.mined_kernel`), or done by rapidfuzz in length buckets without it; both equal
+by numba (:mod:`fusers.align.mined_kernel`, on every core), or done by rapidfuzz in length buckets without it; both equal
 the plain O(|Vs|·|Vb|) loop exactly. :func:`surface_vocab_map` then sends every source piece that spells
 exactly the bytes of a base piece to that piece.
 """
@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fusers.align.compat import compat_set
-from fusers.align.mined_kernel import compiled_first_min_ed
+from fusers.align.mined_kernel import compiled_first_min_ed, default_workers
 from fusers.align.spec import detect_spec
 
 
@@ -55,7 +55,7 @@ def _as_vocab(vocab: Mapping[str, int] | Sequence[str]) -> tuple[list[str], np.n
     return pieces, np.arange(len(pieces), dtype=np.int64)
 
 
-def _nearest_pieces(queries: list[str], cands: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _nearest_pieces(queries: list[str], cands: list[str], workers: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
     """``(index, exact)`` per query: the first candidate equal to it if there is one (``exact``), else the
     first candidate at the minimal Levenshtein distance.
 
@@ -63,7 +63,9 @@ def _nearest_pieces(queries: list[str], cands: list[str]) -> tuple[np.ndarray, n
     ``index`` equals ``min(range(len(cands)), key=lambda c: ED(q, cands[c]))`` for every query. With numba,
     one compiled search over code points does it (:func:`fusers.align.mined_kernel.compiled_first_min_ed`);
     without it, a dict for the exact matches and rapidfuzz in length buckets for the rest
-    (:func:`_first_min_ed_buckets`).
+    (:func:`_first_min_ed_buckets`). ``workers``: threads for the compiled search (None: every core this
+    process may use, one for a small map: :func:`fusers.align.mined_kernel.default_workers`); the answer
+    does not depend on it.
     """
     if not queries:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
@@ -73,7 +75,8 @@ def _nearest_pieces(queries: list[str], cands: list[str]) -> tuple[np.ndarray, n
     if kernel is not None:
         q_chars, q_starts = _code_points(queries)
         c_chars, c_starts = _code_points(cands)
-        return kernel(q_chars, q_starts, c_chars, c_starts)
+        return kernel(q_chars, q_starts, c_chars, c_starts,
+                      default_workers(len(queries), len(cands)) if workers is None else workers)
     # first occurrence wins, like the plain loop's list order: build from the back
     first = dict(zip(reversed(cands), range(len(cands) - 1, -1, -1), strict=True))
     index = np.fromiter(map(first.get, queries, itertools.repeat(-1)), dtype=np.int64, count=len(queries))
@@ -154,7 +157,8 @@ def _first_min_ed_buckets(queries: list[str], cands: list[str]) -> np.ndarray:
 
 def vocab_map(source_vocab: Mapping[str, int] | Sequence[str], base_vocab: Mapping[str, int] | Sequence[str], *,
               source_marker: str, base_marker: str, source_width: int | None = None,
-              base_width: int | None = None, reference_compat: str | Iterable[str] | None = None) -> VocabMap:
+              base_width: int | None = None, reference_compat: str | Iterable[str] | None = None,
+              workers: int | None = None) -> VocabMap:
     """The reference MinED vocabulary map (FuseLLM ``vocab_mapping.py``, type ``default``), id → id.
 
     For every source piece ``x``: ``x' = x.replace(source_marker, base_marker)`` (all occurrences; no
@@ -169,6 +173,8 @@ def vocab_map(source_vocab: Mapping[str, int] | Sequence[str], base_vocab: Mappi
     a piece map to -1) and base ids ≥ ``base_width`` are not candidates, since the model cannot predict
     them. With ``"q12"`` in ``reference_compat`` the reference's string-keyed dictionary is built too;
     ``ids`` is then read from it, which gives the same array (the value depends only on ``x'``).
+    ``workers``: threads searching (None: every core this process may use, one for a small map); the map
+    does not depend on it.
     """
     compat = compat_set(reference_compat)
     src_pieces, src_ids = _as_vocab(source_vocab)
@@ -183,7 +189,7 @@ def vocab_map(source_vocab: Mapping[str, int] | Sequence[str], base_vocab: Mappi
 
     key_of = [p.replace(source_marker, base_marker) for p in src_pieces] if source_marker else list(src_pieces)
     keys = dict(zip(reversed(key_of), reversed(src_ids.tolist()), strict=True))
-    pos, exact_src = _nearest_pieces(key_of, base_pieces)
+    pos, exact_src = _nearest_pieces(key_of, base_pieces, workers)
 
     ids = np.full(width, -1, dtype=np.int64)
     exact = np.zeros(width, dtype=bool)
@@ -200,7 +206,7 @@ def vocab_map(source_vocab: Mapping[str, int] | Sequence[str], base_vocab: Mappi
 
 def vocab_map_for_tokenizers(source_tokenizer: Any, base_tokenizer: Any, *, source_width: int | None = None,
                              base_width: int | None = None, order: Literal["id", "dict"] = "id",
-                             reference_compat: str | Iterable[str] | None = None) -> VocabMap:
+                             reference_compat: str | Iterable[str] | None = None, workers: int | None = None) -> VocabMap:
     """:func:`vocab_map` between two transformers tokenizers, markers from their detected specs.
 
     ``order="id"`` scans base candidates in id order (deterministic, and what a slow SentencePiece
@@ -212,7 +218,8 @@ def vocab_map_for_tokenizers(source_tokenizer: Any, base_tokenizer: Any, *, sour
     if order == "id":
         base_vocab = dict(sorted(base_vocab.items(), key=lambda kv: kv[1]))
     return vocab_map(src_vocab, base_vocab, source_marker=src_spec.marker, base_marker=base_spec.marker,
-                     source_width=source_width, base_width=base_width, reference_compat=reference_compat)
+                     source_width=source_width, base_width=base_width, reference_compat=reference_compat,
+                     workers=workers)
 
 
 def surface_vocab_map(vocab: VocabMap, source_tokenizer: Any, target_tokenizer: Any, target_width: int) -> VocabMap:

@@ -750,3 +750,64 @@ def test_compiled_and_numpy_dtw_agree(monkeypatch):
                 m.setattr(dtw, "_compiled_backtrack", lambda: None)
                 fallback = dtw.dtw_align(base, source, tie).to_lists()
             assert compiled == fallback
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("collision", ["first", "sum"])
+def test_compiled_row_mapping_equals_the_numpy_one(seed: int, collision: str) -> None:
+    """The numba row kernel behind map_distribution against the whole-array numpy one, on rows with -1 ids,
+    -inf and NaN logits, tied logits, unmapped ids and many entries colliding on one base id."""
+    from fusers.align.distribution import _compiled_rows, _rows_numpy
+
+    kernel = _compiled_rows()
+    if kernel is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(seed)
+    n_src, k, k_out, n_rows = 40, 10, 6, 60
+    tids = rng.integers(-1, 30, (n_src, k))
+    tlog = np.round(rng.normal(size=(n_src, k)), 1)  # rounded: ties
+    tlog[rng.random((n_src, k)) < 0.1] = -np.inf
+    tlog[rng.random((n_src, k)) < 0.05] = np.nan
+    vmap = rng.integers(-1, 8, 30)  # few base ids: collisions; -1: unmapped
+    rows = np.sort(rng.choice(100, n_rows, replace=False))
+    src_rows = rng.integers(0, n_src, n_rows)
+    outs = []
+    for run in (kernel, None):
+        ids = np.full((100, k_out), -1, dtype=np.int32)
+        log = np.full((100, k_out), -np.inf, dtype=np.float32)
+        status = np.full(100, FALLBACK, dtype=np.int8)
+        if run is None:
+            _rows_numpy(rows, src_rows, tids, tlog, vmap, collision, ids, log, status)
+        else:
+            run(rows, src_rows, tids, tlog, vmap, collision == "first", ids, log, status)
+        outs.append((ids, log, status))
+    (ids_c, log_c, status_c), (ids_n, log_n, status_n) = outs
+    assert np.array_equal(ids_c, ids_n) and np.array_equal(status_c, status_n)
+    assert np.allclose(log_c, log_n, rtol=1e-6, atol=0, equal_nan=False) or np.array_equal(log_c, log_n)
+    assert set(status_c[rows].tolist()) <= {MAPPED, EMPTY}
+
+
+def test_tokenization_fast_paths_equal_transformers(toks) -> None:
+    """Tokenization.distinct codes every position by its piece (ids play no part: a hand-made tokenization may
+    give one id two pieces); pieces_of equals convert_ids_to_tokens, unknown characters included; from_text,
+    which encodes with the tokenizers backend directly, gives the ids, offsets and pieces of tokenizer(text),
+    and goes through transformers when the backend has truncation set (which that call would switch off)."""
+    from fusers.align.tokenization import pieces_of
+
+    tz_ = Tokenization(["b", "a", "b", "c", "a"], TokenizerSpec.of_kind("byte_level"), ids=[7, 7, 8, 9, 7])
+    strings, codes = tz_.distinct(str.upper)
+    assert strings == ["B", "A", "C"] and codes.tolist() == [0, 1, 0, 2, 1]
+    text = "héllo wörld 日本語 😀\t\n  x <s> " + "def f(x):\n    return x\n" * 3
+    for tok in toks.values():
+        for special in (False, True):
+            enc = tok(text, add_special_tokens=special, return_offsets_mapping=True)
+            got = Tokenization.from_text(tok, text, add_special_tokens=special)
+            assert got.ids.tolist() == list(enc["input_ids"])
+            assert got.offsets.tolist() == [list(o) for o in enc["offset_mapping"]]
+            assert got.pieces == pieces_of(tok, enc["input_ids"]) == tok.convert_ids_to_tokens(enc["input_ids"])
+    tok = toks["bl"]
+    tok.backend_tokenizer.enable_truncation(max_length=3)
+    try:
+        assert len(Tokenization.from_text(tok, text)) == len(tok(text)["input_ids"]) > 3
+    finally:
+        tok.backend_tokenizer.no_truncation()
