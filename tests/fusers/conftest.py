@@ -275,13 +275,22 @@ def fuse_and_forget(home: Path, db: Path, args: list[str], capsys: pytest.Captur
     return weights, details
 
 
-def assert_same_weights(one: dict[str, dict], other: dict[str, dict], label: str, tol: float = 1e-4) -> None:
-    """The same models (folders), with the same tensors by name, equal within ``tol`` (float sums in another order)."""
+def assert_same_weights(one: dict[str, dict], other: dict[str, dict], label: str, tol: float = 1e-4,
+                        selected: tuple[str, ...] = ()) -> None:
+    """The same models (folders), with the same tensors by name, equal within ``tol`` (float sums in another order).
+
+    ``selected``: folders made by a merge that *selects* elements (SCE keeps each matrix's top fraction by variance):
+    a difference of 1e-6 in its inputs can move an element across the selection threshold, which changes that one
+    element by a task vector's size. There at most one element in 2,000 per tensor may differ by more than ``tol``."""
     import torch
 
     assert one.keys() == other.keys(), label
     for folder, tensors in one.items():
         assert tensors.keys() == other[folder].keys(), (label, folder)  # tied weights saved once, no wrapper names
         for key, value in tensors.items():
+            if folder in selected:
+                off = ~torch.isclose(value, other[folder][key], atol=tol, rtol=tol)
+                assert int(off.sum()) <= max(1, value.numel() // 2000), (label, folder, key, int(off.sum()))
+                continue
             torch.testing.assert_close(value, other[folder][key], atol=tol, rtol=tol,
                                        msg=lambda m, where=f"{label} {folder} {key}": f"{where}: {m}")

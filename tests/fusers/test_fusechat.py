@@ -134,8 +134,9 @@ def test_bench_run_in_2_processes_matches_one_process(private_home: Path, tmp_pa
     fsdp, fsdp_details = fuse_and_forget(private_home, tmp_path / "fsdp.db",
                                          [*common, "--processes", "2", "--accelerate-config", config], capsys)
     assert (ddp_details["distributed"]["type"], fsdp_details["distributed"]["type"]) == ("MULTI_CPU", "FSDP")
-    assert_same_weights(one, ddp, "ddp")
-    assert_same_weights(one, fsdp, "fsdp")
+    # the pairwise targets within 1e-4; the SCE-merged model ("."): a threshold flip or two allowed
+    assert_same_weights(one, ddp, "ddp", selected=(".",))
+    assert_same_weights(one, fsdp, "fsdp", selected=(".",))
     for details in (ddp_details, fsdp_details):  # the merge ran once, on the main process, with the same weights
         assert details["merge"]["weights_per_matrix"].keys() == one_details["merge"]["weights_per_matrix"].keys()
         assert details["stages"].keys() == one_details["stages"].keys()
@@ -154,7 +155,7 @@ def test_bench_run_under_deepspeed_zero3_matches_one_process(private_home: Path,
     zero3, details = fuse_and_forget(private_home, tmp_path / "zero3.db", [*common, "--accelerate-config", config],
                                      capsys)
     assert (details["distributed"]["type"], details["distributed"]["zero_stage"]) == ("DEEPSPEED", 3)
-    assert_same_weights(one, zero3, "ZeRO-3")
+    assert_same_weights(one, zero3, "ZeRO-3", selected=(".",))
 
 
 def test_each_pairwise_target_trains_on_whole_conversations(private_home: Path, tmp_path: Path, monkeypatch,
