@@ -216,3 +216,16 @@ def test_online_teachers_train_with_uld(private_home: Path, tmp_path: Path) -> N
     assert result.details["effective"]["align"]["vocabulary"] == "teacher"
     assert all(0.0 < x < 2.0 for x in result.details["loss_curves"]["fuse"])
     assert not (private_home / "cache" / "distill").exists()
+
+
+def test_bench_teachers_computes_the_uld_stores_a_run_then_reads(private_home: Path, tmp_path: Path, capsys) -> None:
+    """`bench teachers --set distill_loss=uld` writes the stores a ULD run reads (aligned in the teachers' vocabularies):
+    the run that follows computes no shard."""
+    sets = [x for key, value in TINY.items() for x in ("--set", f"fuser.{key}={value}")]
+    assert bench("teachers", "--fuser", "fusellm", *sets, "--set", "distill_loss=uld") == 0, \
+        capsys.readouterr().err[-2000:]
+    db = tmp_path / "b.db"
+    assert bench("run", "--fuser", "fusellm", *sets, "--set", "fuser.distill_loss=uld", *SUITE, "--db", str(db)) == 0, \
+        capsys.readouterr().err[-2000:]
+    stores = _fused(db)["fused"]["details"]["stores"]
+    assert [(s["kind"], s["computed"]) for s in stores] == [("teacher", 0)] * 3 + [("aligned", 0)] * 2
