@@ -115,8 +115,8 @@ def target_rows(target: Tokenization, source: Tokenization, rows: TeacherRows, v
     position through the vocabulary map (``options.same_end``: only where both tokens end at the same byte).
     Under the corrected fallback (next token), a fallback on the chunk's last row has no next token in the
     chunk and becomes EMPTY (the target's own distribution). Under ``options.vocabulary="teacher"`` a used row keeps
-    the teacher's own entries (ids in its vocabulary), EMPTY only where it has none. ``alignment``: the chunk's alignment when the
-    caller has it already (FuseChat aligns once for its co-alignment statistics and reuses it here).
+    the teacher's own entries (ids in its vocabulary), EMPTY only where it has none. ``alignment``: the chunk's
+    alignment when the caller has it already (FuseChat aligns once for its co-alignment statistics and reuses it here).
     """
     if len(source) != len(rows.tokens) or not np.array_equal(source.ids, rows.tokens):
         raise ValueError("the stored teacher rows were computed from another tokenization of this chunk")
