@@ -30,6 +30,11 @@ on the union of the three domains' training text. ``reference_compat`` takes qui
 q12, q13) or ``"all"``, which also aligns with FuseLLM's MinED DTW (``align=dtw_ed``; an explicit other
 ``align`` is refused) and applies its matching rules (spec §11; docs/reference-compat.md lists every quirk).
 
+``distill_loss=uld`` replaces the soft CE by ULD (Boizard et al. 2024, :mod:`fusers.distill.uld`): the L1 distance
+between the student's and the MinCE-winning teacher's sorted probabilities, the teacher's own top-k at the aligned
+row (no vocabulary map; those aligned rows are stored under their own key), for a cross-tokenizer distillation
+baseline on the same data, stores and loop. It requires ``fusion=min_ce`` and ``teacher_mode`` stored or online.
+
 What a seed changes (``--seed``, ``--seeds``): the order of the training batches; the target starts
 from the pivot's weights and the teachers are deterministic, so nothing else.
 
@@ -109,6 +114,10 @@ class FuseLLM(Fuser):
         fused_logp: Literal["uint8", "float16", "float32"] = Field(
             "uint8", description="teacher_mode=fused: how the fused log-probs are kept (uint8: quantised to 1/16 "
                                  "nat; float16/float32: as computed).")
+        distill_loss: Literal["soft_ce", "uld"] = Field(
+            "soft_ce", description="The (1-lam) term: soft_ce = CE against the fused top-k in the target's "
+                                   "vocabulary (FuseLLM); uld = Universal Logit Distillation against the MinCE "
+                                   "winner's own sorted top-k, no vocabulary map (fusers/distill/uld.py).")
         reference_compat: list[str] | Literal["all"] = Field(
             default_factory=list, description=f"Reference quirks to reproduce: any of {', '.join(QUIRKS)}, or 'all'.")
 
@@ -164,13 +173,26 @@ class FuseLLM(Fuser):
                                  "(without q6), or teacher_mode=stored")
             return self
 
+        @model_validator(mode="after")
+        def _uld_needs_one_teacher_per_row(self) -> FuseLLM.Config:
+            if self.distill_loss == "uld" and self.fusion != "min_ce":
+                raise ValueError(f"distill_loss=uld compares one teacher's sorted distribution, but fusion="
+                                 f"{self.fusion} mixes candidates of different vocabularies in a row; set "
+                                 f"fusion=min_ce")
+            if self.distill_loss == "uld" and self.teacher_mode == "fused":
+                raise ValueError("teacher_mode=fused stores rows mapped into the target's vocabulary, but "
+                                 "distill_loss=uld reads the teachers' own rows; use teacher_mode=stored or online")
+            return self
+
         @model_serializer(mode="wrap")
         def _fused_logp_only_when_fused(self, handler: Any) -> dict[str, Any]:
-            """``fused_logp`` only where it changes the result (teacher_mode=fused), so the fuse hashes of the other
-            modes stay what they were before it existed."""
+            """``fused_logp`` only where it changes the result (teacher_mode=fused), and ``distill_loss`` only when it
+            is not the default, so the fuse hashes of the runs made before they existed stay what they were."""
             data = handler(self)
             if self.teacher_mode != "fused":
                 data.pop("fused_logp", None)
+            if self.distill_loss == "soft_ce":
+                data.pop("distill_loss", None)
             return data
 
         @property
@@ -214,7 +236,8 @@ def effective_settings(cfg: FuseLLM.Config) -> tuple[str, bool, Any]:
     Q1: fallback one-hot on the current token; Q5: the first of colliding top-k entries; Q6: MinCE/AvgCE per
     packed block (whatever ``granularity`` says, as the reference averages even token-level CEs per block);
     Q13: CE per token instead of per UTF-8 byte. ``"all"`` also applies FuseLLM's matching rules (soft MinED
-    match without the same-end check, one-to-many positions fall back).
+    match without the same-end check, one-to-many positions fall back). ``distill_loss=uld`` keeps the teachers'
+    own entries at the aligned rows (``vocabulary="teacher"``, :mod:`fusers.distill.uld`).
     """
     from fusers.distill import AlignOptions
 
@@ -223,7 +246,8 @@ def effective_settings(cfg: FuseLLM.Config) -> tuple[str, bool, Any]:
     options = AlignOptions(mode=cfg.align, fallback="current" if "q1" in compat else "next",
                            collision="first" if "q5" in compat else "sum",
                            match="reference" if everything else "surface",
-                           one_to_many="fallback" if everything else "last", same_end=not everything)
+                           one_to_many="fallback" if everything else "last", same_end=not everything,
+                           vocabulary="teacher" if cfg.distill_loss == "uld" else "target")
     return ("block" if "q6" in compat else cfg.granularity), "q13" in compat, options
 
 
@@ -252,6 +276,7 @@ class _Run:
 
     def run(self) -> FusionResult:
         from fusers import distill as D
+        from fusers.distill.uld import uld_term
         from harness.model import load_hf
         from harness.train import TrainConfig
 
@@ -286,7 +311,8 @@ class _Run:
         start = time.perf_counter()
         model.train()
         model, stats = D.train_with_accelerate(
-            model, corpus, train_cfg, D.fusion_loss(cfg.lam, D.mean_across_processes(accelerator)),
+            model, corpus, train_cfg, D.fusion_loss(cfg.lam, D.mean_across_processes(accelerator),
+                                                    distill=uld_term if cfg.distill_loss == "uld" else None),
             accelerator=accelerator)
         self.ctx.timings["train"] = time.perf_counter() - start
 
@@ -295,6 +321,7 @@ class _Run:
         D.save_trained(accelerator, model, tokenizer, out_dir)
         details = {
             "target": self.pivot.spec,
+            "distill_loss": cfg.distill_loss,
             "candidates": [{"name": n, **r} for n, r in zip(names, report, strict=True)],
             "corpus": {"documents": len(docs), "chunks": len(self.chunks), "target_tokens": int(len(corpus.input_ids)),
                        "blocks": len(corpus), "epochs": round(cfg.steps * cfg.batch_size / len(corpus), 3),

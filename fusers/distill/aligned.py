@@ -77,9 +77,20 @@ class AlignOptions:
     #: released stage 3 (:func:`fusers.align.fusechat_distribution`), which has rules of its own (the
     #: options above except ``mode`` do not apply).
     distribution: Literal["fusebench", "fusechat"] = "fusebench"
+    #: Whose vocabulary a MAPPED row's entries are in. "target": the teacher's entries moved into the target's
+    #: vocabulary through the map (what a loss over the target's ids needs). "teacher": the teacher's own top-k
+    #: at the aligned row as it is, ids in the TEACHER's vocabulary and no entry dropped or merged (ULD compares
+    #: sorted probabilities only, :mod:`fusers.distill.uld`); the sequence alignment, its match test and the
+    #: fallback rows are those of "target".
+    vocabulary: Literal["target", "teacher"] = "target"
 
     def to_dict(self) -> dict[str, str]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The options as store keys and reports hold them; ``vocabulary`` only when it is not the default, so the
+        keys of the stores made before it existed stay valid."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.vocabulary == "target":
+            del out["vocabulary"]
+        return out
 
 
 def identity_rows(rows: TeacherRows, width: int) -> TargetRows:
@@ -103,13 +114,18 @@ def target_rows(target: Tokenization, source: Tokenization, rows: TeacherRows, v
     aligned (``options.mode``) and each target position takes the teacher distribution of its aligned
     position through the vocabulary map (``options.same_end``: only where both tokens end at the same byte).
     Under the corrected fallback (next token), a fallback on the chunk's last row has no next token in the
-    chunk and becomes EMPTY (the target's own distribution). ``alignment``: the chunk's alignment when the
-    caller has it already (FuseChat aligns once for its co-alignment statistics and reuses it here).
+    chunk and becomes EMPTY (the target's own distribution). Under ``options.vocabulary="teacher"`` a used row keeps
+    the teacher's own entries (ids in its vocabulary), EMPTY only where it has none. ``alignment``: the chunk's
+    alignment when the caller has it already (FuseChat aligns once for its co-alignment statistics and reuses it here).
     """
     if len(source) != len(rows.tokens) or not np.array_equal(source.ids, rows.tokens):
         raise ValueError("the stored teacher rows were computed from another tokenization of this chunk")
+    own = options.vocabulary == "teacher"
+    if own and options.distribution != "fusebench":
+        raise ValueError("vocabulary='teacher' keeps the teacher's rows as they are; FuseChat's distribution "
+                         "rules map entries into the target's vocabulary (use distribution='fusebench')")
     if shared_vocab and np.array_equal(target.ids, source.ids):
-        return identity_rows(rows, width)
+        return _teacher_vocabulary_rows(rows) if own else identity_rows(rows, width)
     if vocab is None:
         raise ValueError("a teacher with another tokenization needs a vocabulary map")
     if alignment is None:
@@ -124,6 +140,11 @@ def target_rows(target: Tokenization, source: Tokenization, rows: TeacherRows, v
                                   k_out=rows.topk_ids.shape[1])
     status = mapped.status.copy()
     ids, logp = mapped.ids.astype(np.int32), mapped.logits.astype(np.float16)
+    if own:  # the aligned row's own entries wherever map_distribution used a teacher row (MAPPED or EMPTY)
+        aligned = np.flatnonzero(mapped.source >= 0)
+        ids[aligned] = rows.topk_ids[mapped.source[aligned]]
+        logp[aligned] = rows.topk_logp[mapped.source[aligned]]
+        status[aligned] = np.where((ids[aligned] >= 0).any(axis=1), MAPPED, EMPTY)
     if options.same_end and options.distribution == "fusebench":
         _, _, target_ends = target.byte_spans()
         _, _, source_ends = source.byte_spans()
@@ -144,6 +165,14 @@ def target_rows(target: Tokenization, source: Tokenization, rows: TeacherRows, v
     token_bytes = np.where(used >= 0, rows.token_bytes[np.maximum(used, 0)], 0).astype(np.uint16)
     return TargetRows(ids, logp, status.astype(np.int8), token_ce, token_bytes, rows.nats, rows.n_tokens,
                       rows.n_bytes)
+
+
+def _teacher_vocabulary_rows(rows: TeacherRows) -> TargetRows:
+    """A teacher that tokenizes like the target, under ``vocabulary="teacher"``: every entry kept (none is dropped
+    for lying beyond the target's logit width, as :func:`identity_rows` does)."""
+    status = np.where((rows.topk_ids >= 0).any(axis=1), MAPPED, EMPTY).astype(np.int8)
+    return TargetRows(rows.topk_ids.copy(), rows.topk_logp.copy(), status, rows.token_ce.copy(),
+                      rows.token_bytes.copy(), rows.nats, rows.n_tokens, rows.n_bytes)
 
 
 def self_rows(rows: TeacherRows) -> TargetRows:

@@ -123,8 +123,13 @@ def sparse_soft_ce(logp: Tensor, ids: Tensor, probs: Tensor) -> Tensor:
     return -(probs * logp.gather(-1, ids)).sum(dim=-1)
 
 
-def fusion_loss(lam: float, reduce: Callable[[Tensor], Tensor] | None = None):  # a LossFn
+def fusion_loss(lam: float, reduce: Callable[[Tensor], Tensor] | None = None, *,
+                distill: Callable[[Tensor, dict[str, Tensor]], Tensor] | None = None):  # a LossFn
     """``loss_fn(model, batch)`` for :func:`harness.train.train`: ``λ·CLM + (1-λ)·fusion`` (spec §4).
+
+    ``distill(logp, batch)`` -> [B, L] is the per-row fusion term from the student's log-softmax [B, L, V] and the
+    batch; default :func:`sparse_soft_ce` against ``fuse_ids``/``fuse_probs`` (another, e.g.
+    :func:`fusers.distill.uld.uld_term`, is masked, averaged and logged the same way).
 
     CLM is the usual next-token CE over rows 0..L-2 (row t predicts token t+1); the fusion term averages
     the sparse soft-target CE over all L rows (the teacher's last row predicts the token after the block,
@@ -162,8 +167,9 @@ def fusion_loss(lam: float, reduce: Callable[[Tensor], Tensor] | None = None):  
         logits = model(input_ids=input_ids, attention_mask=batch.get("attention_mask")).logits  # [B, L, V]
         logp = torch.log_softmax(logits.float(), dim=-1)  # [B, L, V]
         token_nll = -logp[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # [B, L-1]
-        clm, fuse = masked_means([(token_nll, None if mask is None else mask[:, :-1]),
-                                  (sparse_soft_ce(logp, batch["fuse_ids"], batch["fuse_probs"]), mask)])
+        term = (sparse_soft_ce(logp, batch["fuse_ids"], batch["fuse_probs"]) if distill is None
+                else distill(logp, batch))
+        clm, fuse = masked_means([(token_nll, None if mask is None else mask[:, :-1]), (term, mask)])
         loss = lam * clm + (1.0 - lam) * fuse
         logged = torch.stack([clm.detach(), fuse.detach()])
         if reduce is not None:
