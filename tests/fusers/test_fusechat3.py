@@ -107,6 +107,22 @@ def test_config_validation(monkeypatch) -> None:
 # --- losses against TRL --------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def trl_trainer_state():
+    """A TRL trainer sets up accelerate's process-wide state (and its environment) its own way: reset both after,
+    so that a later `bench run` in this process prepares its own."""
+    import os
+
+    from accelerate.state import AcceleratorState
+
+    before = dict(os.environ)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    for key in set(os.environ) - set(before):
+        del os.environ[key]
+    os.environ.update(before)
+
+
 def _micro_models():
     from tests.fusers.conftest import bpe_tokenizer, corpus, llama
 
@@ -120,7 +136,7 @@ PREFERENCES = {"prompt": ["def add(a, b):", "Q: 2 + 3 =", "import os", "x = [1,"
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "sigmoid_norm"])
-def test_dpo_loss_matches_trl_dpo_trainer(tmp_path: Path, loss_type: str) -> None:
+def test_dpo_loss_matches_trl_dpo_trainer(tmp_path: Path, loss_type: str, trl_trainer_state) -> None:
     """TRL's DPOTrainer (precomputed reference log-probs from a separate reference model) and ours on the same
     tokenized examples: the same loss, the same reference log-probs."""
     from datasets import Dataset
@@ -154,7 +170,7 @@ def test_dpo_loss_matches_trl_dpo_trainer(tmp_path: Path, loss_type: str) -> Non
     assert logs["dpo"] == pytest.approx(theirs, abs=1e-5) and 0.0 <= logs["reward_accuracy"] <= 1.0
 
 
-def test_sft_loss_matches_trl_sft_trainer_completion_only(tmp_path: Path) -> None:
+def test_sft_loss_matches_trl_sft_trainer_completion_only(tmp_path: Path, trl_trainer_state) -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -301,7 +317,23 @@ def test_bad_configs_exit_2(private_home: Path, tmp_path: Path, reward_model, ca
     code = bench("run", "--fuser", "fusechat3", "--db", db, "--set", 'source_sampling={"zoo:nope": {"top_p": 0.5}}',
                  *SUITE)
     assert code == 2 and "source_sampling names 'zoo:nope'" in capsys.readouterr().err
-    code = bench("run", "--fuser", "fusechat3", "--db", db, *_sets({"prompts": 4, "margin_min": 50, "margin_max": 60}),
+    code = bench("run", "--fuser", "fusechat3", "--db", db, *_sets({"prompts": 4, "sft_steps": 0, "margin_min": 50, "margin_max": 60}),
                  "--set", f'rewards=["reward_model:{reward_model}"]', *SUITE)
     err = capsys.readouterr().err
     assert code == 2 and "no preference pair" in err and "widen margin_min" in err, err[-2000:]
+
+
+def test_bench_run_in_2_processes_matches_one_process(private_home: Path, tmp_path: Path, reward_model,
+                                                     capsys) -> None:
+    """DDP over 2 CPU processes: the main process samples and scores, both train their halves of every batch (the SFT
+    loss divides by the global count of response tokens), and the model is the 1-process one."""
+    from tests.fusers.conftest import assert_same_weights, fuse_and_forget
+
+    common = ["run", "--fuser", "fusechat3", *_sets({"sft_steps": 3}), "--set",
+              f'rewards=["reward_model:{reward_model}"]', *SUITE]
+    one, one_details = fuse_and_forget(private_home, tmp_path / "one.db", common, capsys)
+    two, two_details = fuse_and_forget(private_home, tmp_path / "two.db", [*common, "--processes", "2"], capsys)
+    assert two_details["distributed"]["type"] == "MULTI_CPU" and one_details["pairs"]["pairs"] > 0
+    assert two_details["pairs"] == one_details["pairs"] and two_details["sft"] == one_details["sft"]
+    assert two_details["loss_curves"]["total"] == pytest.approx(one_details["loss_curves"]["total"], abs=1e-4)
+    assert_same_weights(one, two, "ddp")
