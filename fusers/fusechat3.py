@@ -134,8 +134,8 @@ class FuseChat3(Fuser):
         repetition_penalty: float = Field(1.0, gt=0.0, description="transformers' repetition penalty (1: none).")
         source_sampling: dict[str, SamplingOverride] = Field(default_factory=dict, description=(
             "Per-model overrides by spec, e.g. {\"zoo:neox-docs\": {\"temperature\": 0.7, \"top_p\": 0.8}}."))
-        max_new_tokens: int = Field(64, ge=1, description="Longest sampled answer, in the model's tokens.")
-        sample_batch_size: int = Field(16, ge=1, description="Prompts per generate call.")
+        max_new_tokens: int = Field(48, ge=1, description="Longest sampled answer, in the model's tokens.")
+        sample_batch_size: int = Field(32, ge=1, description="Prompts per generate call.")
         sft_fraction: float = Field(0.4, ge=0.0, le=1.0, description="Share of the prompts used for SFT.")
         margin_min: float = Field(0.01, ge=0.0, description="Smallest reward margin of a DPO pair.")
         margin_max: float = Field(1.0, gt=0.0, description="Largest reward margin of a DPO pair.")
@@ -143,8 +143,8 @@ class FuseChat3(Fuser):
         beta: float = Field(0.1, gt=0.0, description="β of DPO / WRPO.")
         length_normalize: bool = Field(False, description="Divide each log-ratio by its response's tokens.")
         wrpo_alpha: float = Field(0.5, ge=0.0, le=1.0, description="WRPO's final weight of the source's answer.")
-        sft_steps: int = Field(40, ge=0, description="SFT steps.")
-        dpo_steps: int = Field(40, ge=0, description="DPO / WRPO steps.")
+        sft_steps: int = Field(20, ge=0, description="SFT steps.")
+        dpo_steps: int = Field(20, ge=0, description="DPO / WRPO steps.")
         batch_size: int = Field(8, ge=1, description="Sequences (SFT) or pairs (DPO) per step.")
         seq_len: int = Field(256, ge=16, description="Longest training sequence (tokens); longer ones are skipped.")
         sft_lr: float | None = Field(None, gt=0.0, description=(

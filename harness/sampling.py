@@ -60,9 +60,10 @@ def sample_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                     input_ids[row, width - len(ids):] = torch.tensor(ids)
                     mask[row, width - len(ids):] = 1
             options: dict[str, Any] = {"stop_strings": stops, "tokenizer": tokenizer} if stops else {}
+            generate: Any = model.generate
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
                 torch.manual_seed(_batch_seed(seed, b))
-                generated = model.generate(
+                generated = generate(
                     input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=True,
                     num_return_sequences=n, temperature=temperature, top_p=top_p, top_k=0,
                     repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, pad_token_id=pad,
