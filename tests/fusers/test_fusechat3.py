@@ -324,16 +324,22 @@ def test_bad_configs_exit_2(private_home: Path, tmp_path: Path, reward_model, ca
 
 
 def test_bench_run_in_2_processes_matches_one_process(private_home: Path, tmp_path: Path, reward_model,
-                                                     capsys) -> None:
-    """DDP over 2 CPU processes: the main process samples and scores, both train their halves of every batch (the SFT
-    loss divides by the global count of response tokens), and the model is the 1-process one."""
-    from tests.fusers.conftest import assert_same_weights, fuse_and_forget
+                                                     monkeypatch, capsys) -> None:
+    """2 CPU processes: DDP, FSDP2 and DeepSpeed ZeRO-3 (--accelerate-config). The main process samples and scores,
+    both train their halves of every batch (the SFT loss divides by the global count of response tokens), the SFT
+    model is gathered and reloaded whole for DPO, and the model is the 1-process one."""
+    from tests.fusers.conftest import assert_same_weights, fuse_and_forget, sharded_on_cpu
 
     common = ["run", "--fuser", "fusechat3", *_sets({"sft_steps": 3}), "--set",
               f'rewards=["reward_model:{reward_model}"]', *SUITE]
     one, one_details = fuse_and_forget(private_home, tmp_path / "one.db", common, capsys)
-    two, two_details = fuse_and_forget(private_home, tmp_path / "two.db", [*common, "--processes", "2"], capsys)
-    assert two_details["distributed"]["type"] == "MULTI_CPU" and one_details["pairs"]["pairs"] > 0
-    assert two_details["pairs"] == one_details["pairs"] and two_details["sft"] == one_details["sft"]
-    assert two_details["loss_curves"]["total"] == pytest.approx(one_details["loss_curves"]["total"], abs=1e-4)
-    assert_same_weights(one, two, "ddp")
+    assert one_details["pairs"]["pairs"] > 0 and one_details["sft"]["items"] > 0
+    runs = {"MULTI_CPU": [*common, "--processes", "2"]}
+    for engine, kind in (("fsdp", "FSDP"), ("zero3", "DEEPSPEED")):
+        runs[kind] = [*common, "--accelerate-config", sharded_on_cpu(monkeypatch, engine)]
+    for kind, args in runs.items():
+        weights, details = fuse_and_forget(private_home, tmp_path / f"{kind}.db", args, capsys)
+        assert details["distributed"]["type"] == kind
+        assert details["pairs"] == one_details["pairs"] and details["sft"] == one_details["sft"]
+        assert details["loss_curves"]["total"] == pytest.approx(one_details["loss_curves"]["total"], abs=1e-4)
+        assert_same_weights(one, weights, kind)
