@@ -35,7 +35,8 @@ architecture and vocabulary fuse alike:
    ``r = β·log πθ/πref``, α rising linearly from 0 to ``wrpo_alpha`` over the DPO steps. UNVERIFIED (the spec
    says WRPO's details are): that the target samples before SFT (FuseBench: the initial target, so its samples are
    cached like the sources'), the α schedule's shape and end value, and the filter: FuseBench keeps a prompt when
-   the target's own (best, worst) margin lies in the window, as DPO's same-source rule.
+   the target's own (best, worst) margin lies in the window, as DPO's same-source rule, and the sources' best
+   answer scores above ``y_l`` (else it is counted in ``source_not_better``).
 
 Losses (:mod:`fusers.distill.preference`) are tested against TRL's ``DPOTrainer`` and ``SFTTrainer``. Training runs
 under ``accelerate`` (``bench run --processes N``); the main process alone samples and scores. Recorded with the
@@ -211,13 +212,18 @@ def split_prompts(n: int, sft_fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[:k].tolist()), sorted(order[k:].tolist())
 
 
+def top_answer(scores: Sequence[Sequence[float]]) -> tuple[int, int, float]:
+    """``(source, sample, score)`` of the highest score of ``scores[source][sample]`` (ties: the earliest)."""
+    flat = [(s, j, float(v)) for s, row in enumerate(scores) for j, v in enumerate(row)]
+    return max(flat, key=lambda t: (t[2], -t[0], -t[1]))
+
+
 def best_answer(scores: Sequence[Sequence[float]]) -> tuple[int, int] | None:
     """``(source, sample)`` of the highest score of ``scores[source][sample]`` (ties: the earliest), or None when
     every answer scores alike (no preference to learn)."""
-    flat = [(s, j, v) for s, row in enumerate(scores) for j, v in enumerate(row)]
-    if len({v for _, _, v in flat}) <= 1:
+    if len({v for row in scores for v in row}) <= 1:
         return None
-    s, j, _ = max(flat, key=lambda t: (t[2], -t[0], -t[1]))
+    s, j, _ = top_answer(scores)
     return s, j
 
 
@@ -327,7 +333,9 @@ class _Run:
         if cfg.dpo_steps and not pref_items:
             raise BenchError(f"fusechat3 has no preference pair for its {cfg.dpo_steps} DPO steps: of "
                              f"{len(dpo_idx)} DPO prompts, {pair_counts['outside_window']} had no pair with a margin in "
-                             f"[{cfg.margin_min}, {cfg.margin_max}] ({pair_counts['source_pairs']})",
+                             f"[{cfg.margin_min}, {cfg.margin_max}] ({pair_counts['source_pairs']})"
+                             + (f", {pair_counts['source_not_better']} had no source answer better than the target's "
+                                "worst" if pair_counts.get("source_not_better") else ""),
                              "widen margin_min / margin_max, give more prompts or samples_per_prompt, or set dpo_steps=0")
 
         stats = {}
@@ -527,7 +535,7 @@ class _Run:
         k = len(names)
         items, per_source = [], dict.fromkeys(names, 0)
         statuses = {"kept": 0, "tied": 0, "below": 0, "above": 0}
-        outside = too_long = 0
+        outside = too_long = source_not_better = 0
         for i in idx:
             own = source_pair(scores[-1][i])
             status = margin_status(own.margin, cfg.margin_min, cfg.margin_max)
@@ -535,7 +543,10 @@ class _Run:
             if status != "kept":
                 outside += 1
                 continue
-            s, j = best_answer([scores[m][i] for m in range(k)]) or (0, 0)
+            s, j, source_score = top_answer([scores[m][i] for m in range(k)])
+            if source_score <= own.chosen_score - own.margin:  # the sources' best is no better than y_l
+                source_not_better += 1
+                continue
             seqs = [self._sequence(prompts[i], a) for a in (samples[s][i][j], samples[-1][i][own.chosen],
                                                            samples[-1][i][own.rejected])]
             if any(q is None for q in seqs):
@@ -545,7 +556,7 @@ class _Run:
             per_source[names[s]] += 1
         return items, {"prompts": len(idx), "pairs": len(items), "outside_window": outside,
                        "skipped_too_long": too_long, "source_pairs": statuses, "pairs_per_source": per_source,
-                       "target_pairs": statuses["kept"]}
+                       "source_not_better": source_not_better}
 
     # --- training -------------------------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from fusers.fusechat3 import (
     margin_status,
     source_pair,
     split_prompts,
+    top_answer,
 )
 from tests.conftest import bench
 
@@ -62,7 +63,7 @@ def test_split_is_seeded_and_sized() -> None:
 def test_best_answer_over_all_sources_and_undecided_prompts() -> None:
     assert best_answer([[0.1, 0.5], [0.9, 0.2]]) == (1, 0)
     assert best_answer([[0.5, 0.9], [0.9, 0.2]]) == (0, 1)  # ties: the earliest source, then sample
-    assert best_answer([[0.0, 0.0], [0.0, 0.0]]) is None
+    assert best_answer([[0.0, 0.0], [0.0, 0.0]]) is None and top_answer([[0.0, 0.0], [0.0, 0.0]]) == (0, 0, 0.0)
 
 
 def test_pairs_come_from_one_source_with_a_margin_in_the_window() -> None:
@@ -305,7 +306,9 @@ def test_bench_run_fusechat3_wrpo(private_home: Path, tmp_path: Path, reward_mod
     assert code == 0, capsys.readouterr().err[-3000:]
     fused = _members(db)["fused"]
     assert fused["preference"] == "wrpo" and fused["samples"]["models"] == 3  # two sources and the target
-    assert fused["pairs"]["pairs"] > 0
+    pairs = fused["pairs"]
+    assert pairs["pairs"] > 0 and sum(pairs["source_pairs"].values()) == 4  # the target's own pair per DPO prompt
+    assert pairs["pairs"] + pairs["outside_window"] + pairs["source_not_better"] + pairs["skipped_too_long"] == 4
     assert fused["loss_curves"]["alpha"] == pytest.approx([0.0, 0.3, 0.6])
 
 
