@@ -30,8 +30,8 @@ architecture and vocabulary fuse alike:
    DPO is length-normalised; FuseBench defaults to plain DPO with β = 0.1. Dropout is off during DPO (TRL's
    default), so the policy starts equal to the reference.
 6. **WRPO** (``preference=wrpo``; Yang et al., https://arxiv.org/abs/2412.03187): the target samples too; per DPO
-   prompt the rejected answer ``y_l`` is the target's worst, and the chosen reward mixes the best answer over all
-   sources ``y_ws`` and the target's own best ``y_wt``: ``-log σ(α·r(y_ws) + (1-α)·r(y_wt) - r(y_l))`` with
+   prompt the rejected answer ``y_l`` is the target's worst, and the chosen reward mixes the best answer over the
+   sources other than the target ``y_ws`` and the target's own best ``y_wt``: ``-log σ(α·r(y_ws) + (1-α)·r(y_wt) - r(y_l))`` with
    ``r = β·log πθ/πref``, α rising linearly from 0 to ``wrpo_alpha`` over the DPO steps. UNVERIFIED (the spec
    says WRPO's details are): that the target samples before SFT (FuseBench: the initial target, so its samples are
    cached like the sources'), the α schedule's shape and end value, and the filter: FuseBench keeps a prompt when
@@ -532,7 +532,10 @@ class _Run:
         """WRPO triples (best source answer, the target's best, the target's worst); ``samples[-1]`` and
         ``scores[-1]`` are the target's own."""
         cfg = self.cfg
-        k = len(names)
+        # y_ws comes from the other models: the target's own answers are y_wt and y_l already
+        others = [m for m, ref in enumerate(self.sources) if ref.content_hash() != self.pivot.content_hash()]
+        if not others:
+            raise BenchError("WRPO needs a source other than the target", "add --sources, or set preference=dpo")
         items, per_source = [], dict.fromkeys(names, 0)
         statuses = {"kept": 0, "tied": 0, "below": 0, "above": 0}
         outside = too_long = source_not_better = 0
@@ -543,7 +546,8 @@ class _Run:
             if status != "kept":
                 outside += 1
                 continue
-            s, j, source_score = top_answer([scores[m][i] for m in range(k)])
+            top, j, source_score = top_answer([scores[m][i] for m in others])
+            s = others[top]
             if source_score <= own.chosen_score - own.margin:  # the sources' best is no better than y_l
                 source_not_better += 1
                 continue
