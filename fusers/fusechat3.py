@@ -335,8 +335,10 @@ class _Run:
                              f"{len(dpo_idx)} DPO prompts, {pair_counts['outside_window']} had no pair with a margin in "
                              f"[{cfg.margin_min}, {cfg.margin_max}] ({pair_counts['source_pairs']})"
                              + (f", {pair_counts['source_not_better']} had no source answer better than the target's "
-                                "worst" if pair_counts.get("source_not_better") else ""),
-                             "widen margin_min / margin_max, give more prompts or samples_per_prompt, or set dpo_steps=0")
+                                "worst" if pair_counts.get("source_not_better") else "")
+                             + f", {pair_counts['skipped_too_long']} were longer than seq_len={cfg.seq_len}",
+                             "widen margin_min / margin_max, give more prompts or samples_per_prompt, raise seq_len, "
+                             "or set dpo_steps=0")
 
         stats = {}
         pad = self.encoder.eos_id

@@ -269,7 +269,9 @@ def _members(db: Path) -> dict[str, dict]:
 def test_bench_run_fusechat3_dpo_and_its_sft_only_control(private_home: Path, tmp_path: Path, reward_model,
                                                          capsys) -> None:
     db = tmp_path / "bench.db"
-    code = bench("run", "--fuser", "fusechat3", "--db", str(db), *_sets(), "--control",
+    code = bench("run", "--fuser", "fusechat3", "--db", str(db), *_sets({"code_samples_per_prompt": 4, "seq_len": 192}),
+                 "--control",
+                 "--set", 'domains=["math", "code"]',
                  "--set", f'rewards=["reward_model:{reward_model}"]',
                  "--set", 'source_sampling={"zoo:neox-docs": {"temperature": 0.7, "top_p": 0.8, '
                           '"repetition_penalty": 1.05}}', *SUITE)
@@ -277,7 +279,9 @@ def test_bench_run_fusechat3_dpo_and_its_sft_only_control(private_home: Path, tm
     members = _members(db)
     fused, control = members["fused"], members["control"]
     names = ["zoo:gpt2-code", "zoo:neox-docs", "zoo:mpt-math"]
-    assert fused["sources"] == names and fused["samples"]["answers"] == 3 * 8 * 3
+    # 4 math prompts answered 3 times, 4 code prompts 4 times (code_samples_per_prompt), by each of 3 sources
+    assert fused["sources"] == names and fused["samples"]["answers"] == 3 * (4 * 3 + 4 * 4)
+    assert fused["samples"]["per_prompt"] == [3, 4]
     assert fused["samples"]["sampling"]["zoo:neox-docs"] == {"temperature": 0.7, "top_p": 0.8,
                                                              "repetition_penalty": 1.05}
     assert fused["prompts"] == {"given": 8, "sft": 4, "dpo": 4, "source": "built-in"}
