@@ -33,10 +33,11 @@ architecture and vocabulary fuse alike:
    prompt the rejected answer ``y_l`` is the target's worst, and the chosen reward mixes the best answer ``y_ws``
    of the sources other than the target and the target's own best ``y_wt``:
    ``-log σ(α·r(y_ws) + (1-α)·r(y_wt) - r(y_l))`` with ``r = β·log πθ/πref``, α rising linearly from 0 to
-   ``wrpo_alpha`` over the DPO steps. UNVERIFIED (the spec says WRPO's details are): that the target samples before SFT (FuseBench: the initial target, so its samples are
-   cached like the sources'), the α schedule's shape and end value, and the filter: FuseBench keeps a prompt when
-   the target's own (best, worst) margin lies in the window, as DPO's same-source rule, and the sources' best
-   answer scores above ``y_l`` (else it is counted in ``source_not_better``).
+   ``wrpo_alpha`` over the DPO steps. UNVERIFIED (the spec says WRPO's details are): that the target samples
+   before SFT (FuseBench: the initial target, so its samples are cached like the sources'), the α schedule's shape
+   and end value, and the filter: FuseBench keeps a prompt when the target's own (best, worst) margin lies in the
+   window, as DPO's same-source rule, and the sources' best answer scores above ``y_l`` (else it is counted in
+   ``source_not_better``).
 
 Losses (:mod:`fusers.distill.preference`) are tested against TRL's ``DPOTrainer`` and ``SFTTrainer``. Training runs
 under ``accelerate`` (``bench run --processes N``); the main process alone samples and scores. Recorded with the

@@ -63,7 +63,8 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
 
 
 def wrpo_loss(policy_source: Tensor, ref_source: Tensor, policy_target: Tensor, ref_target: Tensor,
-              policy_rejected: Tensor, ref_rejected: Tensor, beta: float, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+              policy_rejected: Tensor, ref_rejected: Tensor, beta: float, alpha: float
+              ) -> tuple[Tensor, Tensor, Tensor]:
     """``(loss [B], chosen reward [B], rejected reward [B])`` of WRPO: the chosen reward is
     ``α·r(y_ws) + (1-α)·r(y_wt)``, the weighted mix of the source's and the target's own chosen responses."""
     if not 0.0 <= alpha <= 1.0:

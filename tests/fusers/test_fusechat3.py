@@ -230,7 +230,8 @@ def test_wrpo_is_dpo_at_alpha_zero_and_the_weighted_formula_otherwise() -> None:
     alpha, beta = 0.3, 0.2
     loss, chosen, rejected = wrpo_loss(ps, rs, pt, rt, pl, rl, beta=beta, alpha=alpha)
     for i in range(5):
-        z = alpha * beta * float(ps[i] - rs[i]) + (1 - alpha) * beta * float(pt[i] - rt[i]) - beta * float(pl[i] - rl[i])
+        z = (alpha * beta * float(ps[i] - rs[i]) + (1 - alpha) * beta * float(pt[i] - rt[i])
+             - beta * float(pl[i] - rl[i]))
         assert float(loss[i]) == pytest.approx(math.log1p(math.exp(-z)), rel=1e-5)
     schedule = PreferenceSchedule(0.5, steps=5)
     seen = []
@@ -324,7 +325,8 @@ def test_bad_configs_exit_2(private_home: Path, tmp_path: Path, reward_model, ca
     code = bench("run", "--fuser", "fusechat3", "--db", db, "--set", 'source_sampling={"zoo:nope": {"top_p": 0.5}}',
                  *SUITE)
     assert code == 2 and "source_sampling names 'zoo:nope'" in capsys.readouterr().err
-    code = bench("run", "--fuser", "fusechat3", "--db", db, *_sets({"prompts": 4, "sft_steps": 0, "margin_min": 50, "margin_max": 60}),
+    no_pair = {"prompts": 4, "sft_steps": 0, "margin_min": 50, "margin_max": 60}
+    code = bench("run", "--fuser", "fusechat3", "--db", db, *_sets(no_pair),
                  "--set", f'rewards=["reward_model:{reward_model}"]', *SUITE)
     err = capsys.readouterr().err
     assert code == 2 and "no preference pair" in err and "widen margin_min" in err, err[-2000:]
