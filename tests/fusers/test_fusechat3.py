@@ -352,3 +352,11 @@ def test_bench_run_in_2_processes_matches_one_process(private_home: Path, tmp_pa
         assert details["pairs"] == one_details["pairs"] and details["sft"] == one_details["sft"]
         assert details["loss_curves"]["total"] == pytest.approx(one_details["loss_curves"]["total"], abs=1e-4)
         assert_same_weights(one, weights, kind)
+
+
+def test_wrpo_needs_a_source_other_than_the_target(private_home: Path, tmp_path: Path, reward_model, capsys) -> None:
+    code = bench("run", "--fuser", "fusechat3", "--db", str(tmp_path / "b.db"), *_sets({"prompts": 4}),
+                 "--set", "preference=wrpo", "--set", f'rewards=["reward_model:{reward_model}"]',
+                 "--sources", "zoo:gpt2-code", "--target", "zoo:gpt2-code", *SUITE)
+    err = capsys.readouterr().err
+    assert code == 2 and "WRPO needs a source other than the target" in err, err[-2000:]
