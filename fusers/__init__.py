@@ -7,4 +7,5 @@ BUILTIN: dict[str, str] = {
     "fusellm": "fusers.fusellm:FuseLLM",
     "fusechat": "fusers.fusechat:FuseChat",
     "profuser": "fusers.profuser:ProFuser",
+    "fusechat3": "fusers.fusechat3:FuseChat3",
 }

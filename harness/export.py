@@ -81,7 +81,7 @@ def _write_model(store: Store, run: dict[str, Any], out: Path) -> str:
     if member["model_kind"] == "runtime":
         raise BenchError(f"the fused model of run {run['id']} ({member['model']}) is a runtime model of fuser "
                          f"{run['fuser']}: it has no weights to export",
-                         "export a run of a fuser that makes weights (merge, fusellm, fusechat, profuser), or its "
+                         "export a run of a fuser that makes weights (merge, fusellm, fusechat, profuser, fusechat3), or its "
                          "scores with --format lm-eval")
     folder = Path(member["model_path"] or "")
     record = folder / "fusebench.json"

@@ -86,7 +86,7 @@ def _run_fusion(run: RunSession) -> None:
     with timings.stage("validate"):
         if spec.control and fuser_cls.control_config is None:
             raise BenchError(f"fuser {spec.fuser} has no fusion term to switch off, so no data-only control",
-                             "drop --control (it applies to the training fusers fusellm, fusechat and profuser)")
+                             "drop --control (it applies to the training fusers fusellm, fusechat, profuser and fusechat3)")
         _check_processes(spec, fuser_cls)
         source_specs, target_spec = _source_specs(spec, fuser_cls)
         if spec.log:
@@ -123,7 +123,7 @@ def _check_processes(spec: RunSpec, fuser_cls: type[Fuser]) -> None:
     """A fuser that runs in one process fuses there; ``--processes`` then applies to the evaluations only."""
     if spec.accelerate and not fuser_cls.distributed:
         raise BenchError(f"fuser {spec.fuser} does not train, so it has nothing to launch with an accelerate config",
-                         "drop --accelerate-config (it applies to the training fusers fusellm, fusechat and profuser)")
+                         "drop --accelerate-config (it applies to the training fusers fusellm, fusechat, profuser and fusechat3)")
     if (spec.processes or 1) > 1 and not fuser_cls.distributed:
         console.log(f"fuser {spec.fuser} fuses in one process; the evaluations run in {spec.processes}")
 

@@ -29,7 +29,10 @@ every piece of that except the method-specific orchestration (spec ``fusion-algo
 6. **Training data and the objective** (:mod:`~fusers.distill.corpus`, :func:`fusion_loss`):
    ``λ·CLM + (1-λ)·Σ_v -q_v·log_softmax(z)_v`` over the sparse entries only, both terms from one log-softmax.
 
-7. **Training under accelerate** (:mod:`~fusers.distill.training`): the shared loop of :mod:`harness.train`,
+7. **Preference training** (:mod:`~fusers.distill.preference`, FuseChat-3.0): response-only SFT, DPO and WRPO
+   losses over sequence log-probs, with reference log-probs computed once.
+
+8. **Training under accelerate** (:mod:`~fusers.distill.training`): the shared loop of :mod:`harness.train`,
    with the model, its optimizer and the dataloader prepared by ``accelerate.Accelerator`` (DDP, FSDP2 or
    DeepSpeed, as launched). Each process trains its slice of every global batch and masked means divide by
    the global count of counted rows, so the averaged gradient equals the single-process gradient of the same
@@ -94,6 +97,17 @@ from fusers.distill.fusion import (
     fusion_weights,
     sparse_soft_ce,
 )
+from fusers.distill.preference import (
+    PreferenceCorpus,
+    PreferenceSchedule,
+    ResponseCorpus,
+    dpo_loss,
+    preference_loss,
+    reference_logps,
+    response_ce_loss,
+    sequence_logps,
+    wrpo_loss,
+)
 from fusers.distill.shards import RowView, ShardedStore, ShardSplit, prepared_store, store_key
 from fusers.distill.teachers import (
     ROW_FIELDS,
@@ -132,4 +146,6 @@ __all__ = [
     "teacher_layout", "FUSED_GRANULARITIES", "LOGP_FORMATS", "CandidateRows", "FusedCandidates", "FusedRows",
     "FusedSettings", "ResidentTeacher", "decode_logp", "encode_logp", "ensure_fused_store", "fused_corpus",
     "fused_layout", "fused_rows", "fused_shares", "fused_store_key",
+    "PreferenceCorpus", "PreferenceSchedule", "ResponseCorpus", "dpo_loss", "preference_loss", "reference_logps",
+    "response_ce_loss", "sequence_logps", "wrpo_loss",
 ]

@@ -91,11 +91,14 @@ def distributed_details(accelerator: Accelerator) -> dict[str, Any]:
     return out
 
 
-def train_with_accelerate(model: nn.Module, corpus: FusionCorpus | ScheduledCorpus, cfg: TrainConfig, loss_fn: Any,
+def train_with_accelerate(model: nn.Module, corpus: FusionCorpus | ScheduledCorpus | Any, cfg: TrainConfig, loss_fn: Any,
                           *, accelerator: Accelerator | None = None, progress: str | None = "fusing",
                           on_step: Callable[[int, dict[str, float]], bool | None] | None = None,
                           ) -> tuple[nn.Module, TrainStats]:
     """Train ``model`` on ``corpus`` with :func:`harness.train.train`, scaled by ``accelerate``.
+
+    ``corpus``: a :class:`FusionCorpus`, a :class:`ScheduledCorpus`, or any map-style dataset of ``len`` items
+    whose ``collate(indices)`` builds a batch (:mod:`fusers.distill.preference`'s SFT and preference data).
 
     The loop's AdamW is made from the unwrapped model (its weight-decay groups need the parameters' real
     shapes) and prepared with it and the dataloader in one ``accelerator.prepare``: that wraps the model (DDP:
