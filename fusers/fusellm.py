@@ -111,6 +111,12 @@ class FuseLLM(Fuser):
                                  "nat; float16/float32: as computed).")
         reference_compat: list[str] | Literal["all"] = Field(
             default_factory=list, description=f"Reference quirks to reproduce: any of {', '.join(QUIRKS)}, or 'all'.")
+        distill_loss: Literal["soft_ce", "dskd"] = Field(
+            "soft_ce", description="soft_ce: FuseLLM's CE on the fused top-k rows; dskd: dual-space KD (Zhang et al. "
+                                   "2024) from each other source, teachers run per batch (fusers/distill/dskd.py).")
+        dskd_temperature: float = Field(2.0, gt=0.0, description="distill_loss=dskd: the KD temperature of its KLs.")
+        dskd_projector_lr: float = Field(1e-3, gt=0.0, description="distill_loss=dskd: peak learning rate of the "
+                                                                    "projectors (dropped at save).")
 
         @field_validator("data")
         @classmethod
@@ -164,13 +170,30 @@ class FuseLLM(Fuser):
                                  "(without q6), or teacher_mode=stored")
             return self
 
+        @model_validator(mode="after")
+        def _dskd_runs_its_own_teachers(self) -> FuseLLM.Config:
+            if self.distill_loss == "dskd":
+                if "teacher_mode" in self.model_fields_set and self.teacher_mode != "online":
+                    raise ValueError(f"distill_loss=dskd runs its teachers per batch (it needs their hidden states, "
+                                     f"which no store keeps); drop teacher_mode={self.teacher_mode}")
+                if self.reference_compat:
+                    raise ValueError("reference_compat reproduces FuseLLM's own loss and alignment; drop it with "
+                                     "distill_loss=dskd")
+            return self
+
         @model_serializer(mode="wrap")
         def _fused_logp_only_when_fused(self, handler: Any) -> dict[str, Any]:
-            """``fused_logp`` only where it changes the result (teacher_mode=fused), so the fuse hashes of the other
-            modes stay what they were before it existed."""
+            """``fused_logp`` only where it changes the result (teacher_mode=fused), and ``distill_loss`` and the
+            ``dskd_*`` settings only with DSKD, so the fuse hashes of the other modes stay what they were before
+            these existed."""
             data = handler(self)
             if self.teacher_mode != "fused":
                 data.pop("fused_logp", None)
+            if self.distill_loss == "soft_ce":
+                data.pop("distill_loss", None)
+            if self.distill_loss != "dskd":
+                for name in ("dskd_temperature", "dskd_projector_lr"):
+                    data.pop(name, None)
             return data
 
         @property
@@ -189,8 +212,9 @@ class FuseLLM(Fuser):
         assert isinstance(cfg, FuseLLM.Config)
         if not sources and target is None:
             raise BenchError("fusellm needs sources", "pass --sources A,B (the target defaults to the first)")
-        if cfg.teacher_mode == "online":
-            raise BenchError("teacher_mode=online keeps no teacher stores to compute ahead",
+        if cfg.teacher_mode == "online" or cfg.distill_loss == "dskd":
+            raise BenchError(f"{'distill_loss=dskd' if cfg.distill_loss == 'dskd' else 'teacher_mode=online'} keeps "
+                             "no teacher stores to compute ahead",
                              "drop --set teacher_mode=online (stored is the default, fused the smallest)")
         return _Run(cfg, sources, target, ctx).prepare()
 
@@ -260,6 +284,8 @@ class _Run:
         accelerator = D.make_accelerator()
         model, tokenizer = load_hf(self.pivot, dtype="float32")  # the model trained (its own teacher rows too)
         docs = self._corpus(model, tokenizer)
+        if cfg.distill_loss == "dskd":
+            return self._run_dskd(accelerator, model, tokenizer, docs)
 
         names = [self.pivot.name, *(ref.name for ref in self.others)]
         stores_report: list[dict[str, Any]] = []
@@ -309,6 +335,67 @@ class _Run:
         if stores_report:  # shards computed in this run (0 everywhere: all found, e.g. made by `bench teachers`)
             details["stores"] = stores_report
         return FusionResult(path=out_dir, details=details)
+
+    def _run_dskd(self, accelerator: Any, model: Any, tokenizer: Any, docs: list[str]) -> FusionResult:
+        """Training with the DSKD loss (:mod:`fusers.distill.dskd`): every other source a teacher run per batch,
+        the student trained together with the projectors, saved alone."""
+        import numpy as np
+
+        from fusers import distill as D
+        from fusers.distill import dskd
+        from harness.model import load_hf
+        from harness.train import TrainConfig
+
+        cfg = self.cfg
+        assert isinstance(self.ctx, FuseContext)
+        if not self.others:
+            raise BenchError("distill_loss=dskd distills the other sources into the target, and there is none",
+                             "pass --sources with at least one model besides the target")
+        teachers = []
+        for ref, enc in zip(self.others, self.encoders, strict=True):
+            m, _ = load_hf(ref)
+            _check_context(ref, m, cfg.seq_len)
+            teachers.append(dskd.DSKDTeacher(ref.name, m.eval().requires_grad_(False), enc))
+        ids = [self.target.ids(c) for c in self.chunks]
+        offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])]).astype(np.int64)
+        corpus = dskd.DSKDCorpus(np.concatenate([np.asarray(x, dtype=np.int64) for x in ids]), self.chunks, offsets,
+                                 self.target, [t.encoder for t in teachers], cfg.seq_len, shared=self.shared)
+        try:
+            student = dskd.DualSpaceStudent(model, [t.model for t in teachers])
+        except ValueError as e:
+            raise BenchError(f"distill_loss=dskd cannot project between these models: {e}",
+                             "use sources whose token embeddings have their hidden width") from e
+        train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=self.lr,
+                                warmup_steps=cfg.warmup_steps, seed=self.ctx.seed)
+        start = time.perf_counter()
+        student.train()
+        trained, stats = D.train_with_accelerate(
+            student, corpus, train_cfg,
+            dskd.dskd_loss(cfg.lam, teachers, temperature=cfg.dskd_temperature,
+                           reduce=D.mean_across_processes(accelerator)),
+            accelerator=accelerator, lr_scales={"projectors.": cfg.dskd_projector_lr / self.lr})
+        self.ctx.timings["train"] = time.perf_counter() - start
+
+        out_dir = Path(self.ctx.out_dir)
+        trained.eval()
+        D.save_trained(accelerator, trained, tokenizer, out_dir, part="student")
+        details = D.details_of(stats, cfg.lam, [t.name for t in teachers], np.zeros(len(teachers)))
+        del details["candidate_share"]  # no fusion of candidates: every teacher weighs the same
+        details["loss_curves"].update({k: [round(x, 5) for x in stats.extras.get(k, [])] for k in dskd.TERMS})
+        return FusionResult(path=out_dir, details={
+            "target": self.pivot.spec,
+            "distill_loss": "dskd",
+            "dskd": {"teachers": [t.name for t in teachers], "alignment": "cross-model attention",
+                     "temperature": cfg.dskd_temperature, "projector_lr": cfg.dskd_projector_lr,
+                     "projector_parameters": sum(p.numel() for p in student.projectors.parameters())},
+            "corpus": {"documents": len(docs), "chunks": len(self.chunks), "target_tokens": int(len(corpus.input_ids)),
+                       "blocks": len(corpus), "epochs": round(cfg.steps * cfg.batch_size / len(corpus), 3),
+                       "fingerprint": self.fingerprint},
+            "distributed": D.distributed_details(accelerator),
+            "lr": self.lr,
+            "timings": {k: round(v, 2) for k, v in self.ctx.timings.items()},
+            **details,
+        })
 
     def prepare(self) -> list[PreparedStore]:
         """The teacher stage alone (`bench teachers`): this job's share of every store's shards."""
