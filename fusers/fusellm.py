@@ -30,6 +30,12 @@ on the union of the three domains' training text. ``reference_compat`` takes qui
 q12, q13) or ``"all"``, which also aligns with FuseLLM's MinED DTW (``align=dtw_ed``; an explicit other
 ``align`` is refused) and applies its matching rules (spec §11; docs/reference-compat.md lists every quirk).
 
+``distill_loss=dskd`` replaces the fused soft CE by dual-space knowledge distillation (Zhang et al., EMNLP 2024,
+https://arxiv.org/abs/2406.17328; :mod:`fusers.distill.dskd`): every other source is a teacher, run per batch on
+the blocks' text for its hidden states, aligned by cross-model attention, with trainable projectors that are
+dropped when the target is saved; the loss is ``λ·CLM + (1-λ)·mean over teachers of the DSKD terms``, and the
+fusion settings (top_k, fusion, granularity, temperature, tau, align, teacher_mode) do not apply.
+
 What a seed changes (``--seed``, ``--seeds``): the order of the training batches; the target starts
 from the pivot's weights and the teachers are deterministic, so nothing else.
 

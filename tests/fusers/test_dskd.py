@@ -243,3 +243,33 @@ def test_lambda_one_trains_what_fusellm_control_trains(private_home: Path, tmp_p
         assert moved > 1e-3, key
         tolerance = moved / 50 if key.endswith("attn.c_attn.bias") else 1e-7
         torch.testing.assert_close(weights[1][key], value, rtol=0.0, atol=tolerance, msg=key)
+
+
+def test_adamw_lr_scales_give_the_projectors_their_own_learning_rate() -> None:
+    """The projectors' parameter groups carry ``lr_scale`` and the loop applies it at every step; with no scales
+    AdamW's groups are the usual two."""
+    from torch import nn
+
+    from harness.train import TrainConfig, adamw, train
+
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.student, self.projectors = nn.Linear(2, 2), nn.Linear(2, 2)
+
+    model = Wrapped()
+    cfg = TrainConfig(steps=2, batch_size=1, seq_len=2, lr=1e-3, warmup_steps=0)
+    assert len(adamw(model, cfg).param_groups) == 2
+    optimizer = adamw(model, cfg, {"projectors.": 4.0})
+    scaled = [g for g in optimizer.param_groups if g.get("lr_scale") == 4.0]
+    assert {id(p) for g in scaled for p in g["params"]} == {id(p) for p in model.projectors.parameters()}
+
+    def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        x = batch["input_ids"].float()
+        return (m.projectors(m.student(x)) ** 2).sum(), {}
+
+    train(model, lambda step: {"input_ids": torch.ones(1, 2, dtype=torch.long)}, cfg, loss_fn=loss_fn,
+          progress=None, optimizer=optimizer)
+    last = cfg.lr_at(1)
+    assert all(g["lr"] == pytest.approx(last * g.get("lr_scale", 1.0)) for g in optimizer.param_groups)
+    assert scaled[0]["lr"] == pytest.approx(4 * last)
