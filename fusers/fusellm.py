@@ -36,8 +36,8 @@ the blocks' text for its hidden states, aligned by cross-model attention, with t
 dropped when the target is saved; the loss is ``λ·CLM + (1-λ)·mean over teachers of the DSKD terms``, and the
 fusion settings (top_k, fusion, granularity, temperature, tau, align, teacher_mode) do not apply.
 
-What a seed changes (``--seed``, ``--seeds``): the order of the training batches; the target starts
-from the pivot's weights and the teachers are deterministic, so nothing else.
+What a seed changes (``--seed``, ``--seeds``): the order of the training batches (and, with DSKD, the projectors'
+initial weights); the target starts from the pivot's weights and the teachers are deterministic, so nothing else.
 
 Run::
 
@@ -185,6 +185,7 @@ class FuseLLM(Fuser):
                 if self.reference_compat:
                     raise ValueError("reference_compat reproduces FuseLLM's own loss and alignment; drop it with "
                                      "distill_loss=dskd")
+                self.teacher_mode = "online"  # what it does (and what a re-read of the dumped config accepts)
             return self
 
         @model_serializer(mode="wrap")
@@ -367,7 +368,7 @@ class _Run:
         corpus = dskd.DSKDCorpus(np.concatenate([np.asarray(x, dtype=np.int64) for x in ids]), self.chunks, offsets,
                                  self.target, [t.encoder for t in teachers], cfg.seq_len, shared=self.shared)
         try:
-            student = dskd.DualSpaceStudent(model, [t.model for t in teachers])
+            student = dskd.DualSpaceStudent(model, [t.model for t in teachers], seed=self.ctx.seed)
         except ValueError as e:
             raise BenchError(f"distill_loss=dskd cannot project between these models: {e}",
                              "use sources whose token embeddings have their hidden width") from e

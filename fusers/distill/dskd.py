@@ -32,8 +32,9 @@ What FuseBench chose where the paper has no answer or FuseLLM's pipeline differs
   projectors, and the DSKD term is the mean of the per-teacher terms (no MinCE choice: each teacher's projectors
   need every batch to learn the mapping). The target's own initial model, FuseLLM's candidate 0, is no teacher;
 * **normalisation**: each term is a mean over its own counted rows (the reference sums and divides every term by
-  the student's token count); the std that normalises the teacher's embeddings and states is taken over its real
-  rows (the reference's over the padded batch);
+  the student's token count); the std that normalises the teacher's embeddings and states is taken per block over
+  its real rows (the reference's over the padded batch, which would make a block's loss depend on its batch and
+  the model on the number of processes);
 * **hyper-parameters**: KD temperature 2.0 on both sides of both KLs (the paper's GPT-2 scripts), projectors
   ``Linear`` as in its projector config, trained by the same AdamW and schedule as the student with the
   projectors' own peak learning rate (1e-3, as the paper's), discarded when the model is saved.
@@ -94,10 +95,12 @@ class DualSpaceStudent(nn.Module):
     so that DDP sees one module). :func:`fusers.distill.training.save_trained` with ``part="student"`` saves the
     student alone, an ordinary HF model; the projectors are dropped."""
 
-    def __init__(self, student: nn.Module, teachers: Sequence[nn.Module]):
+    def __init__(self, student: nn.Module, teachers: Sequence[nn.Module], seed: int = 0):
         super().__init__()
         self.student = student
-        self.projectors = nn.ModuleList([Projectors.between(student, t) for t in teachers])
+        with torch.random.fork_rng(devices=[]):  # the projectors' initial weights follow the run's seed alone
+            torch.manual_seed(seed)
+            self.projectors = nn.ModuleList([Projectors.between(student, t) for t in teachers])
 
     def forward(self, input_ids: Tensor, piece: Tensor, counted: Tensor,
                 views: Sequence[TeacherView]) -> tuple[Tensor, list[TermSums]]:
@@ -166,8 +169,14 @@ def forward_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
 
 
 def _normalised(values: Tensor, rows: Tensor) -> Tensor:
-    """``values`` divided by their std over the real ``rows`` (the reference normalises by the batch's std)."""
-    return values / values[rows].std().clamp_min(1e-6) if rows.any() else values
+    """``values`` [B, T, d] divided, per block, by their std over the block's ``rows`` [B, T] (the reference divides
+    by the std of the whole padded batch; per block, a block's terms do not depend on its batch, so that N
+    processes train the model one process trains)."""
+    mask = rows[..., None].to(values.dtype)
+    n = (mask.sum(dim=(1, 2)) * values.shape[-1]).clamp_min(2.0)  # [B] entries counted
+    mean = (values * mask).sum(dim=(1, 2)) / n
+    var = (((values - mean[:, None, None]) ** 2) * mask).sum(dim=(1, 2)) / (n - 1)
+    return values / var.sqrt().clamp_min(1e-6)[:, None, None]
 
 
 def dual_space_terms(s: StudentSide, t: TeacherView, proj: Projectors, *, temperature: float) -> TermSums:

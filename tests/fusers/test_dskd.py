@@ -178,6 +178,7 @@ def test_config_keeps_the_existing_keys_and_refuses_what_dskd_cannot_use() -> No
     assert "distill_loss" not in FuseLLM.Config().model_dump() and "dskd_temperature" not in FuseLLM.Config().model_dump()
     dumped = FuseLLM.Config(distill_loss="dskd").model_dump()
     assert dumped["distill_loss"] == "dskd" and dumped["dskd_temperature"] == 2.0 and dumped["dskd_projector_lr"] == 1e-3
+    assert dumped["teacher_mode"] == "online" and FuseLLM.Config(**dumped).model_dump() == dumped  # as workers re-read it
     for bad in ({"teacher_mode": "stored"}, {"teacher_mode": "fused"}, {"reference_compat": "all"},
                 {"dskd_temperature": 0.0}):
         with pytest.raises(ValueError):
@@ -273,3 +274,20 @@ def test_adamw_lr_scales_give_the_projectors_their_own_learning_rate() -> None:
     last = cfg.lr_at(1)
     assert all(g["lr"] == pytest.approx(last * g.get("lr_scale", 1.0)) for g in optimizer.param_groups)
     assert scaled[0]["lr"] == pytest.approx(4 * last)
+
+
+def test_bench_run_dskd_in_2_processes_matches_one_process(private_home: Path, tmp_path: Path, capsys) -> None:
+    """`--processes 2` (DDP over gloo): the student and its projectors are one prepared module, each process
+    trains its slice of every global batch and the terms divide by the mean count per process, so the model is the
+    1-process one."""
+    from tests.fusers.conftest import assert_same_weights, fuse_and_forget
+
+    sets = [x for key, value in {**TINY, "distill_loss": "dskd"}.items() for x in ("--set", f"fuser.{key}={value}")]
+    common = ["run", "--fuser", "fusellm", *sets, "--suite", "perplexity", "--set", "perplexity.max_docs=2",
+              "--set", "perplexity.max_chars_per_doc=200"]
+    one, one_details = fuse_and_forget(private_home, tmp_path / "one.db", common, capsys)
+    two, two_details = fuse_and_forget(private_home, tmp_path / "two.db", [*common, "--processes", "2"], capsys)
+    assert two_details["distributed"]["type"] == "MULTI_CPU" and two_details["distributed"]["processes"] == 2
+    assert_same_weights(one, two, "ddp")
+    for name in ("clm", "fuse", *TERMS):
+        assert two_details["loss_curves"][name] == pytest.approx(one_details["loss_curves"][name], abs=1e-4), name
