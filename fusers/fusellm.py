@@ -219,9 +219,11 @@ class FuseLLM(Fuser):
         assert isinstance(cfg, FuseLLM.Config)
         if not sources and target is None:
             raise BenchError("fusellm needs sources", "pass --sources A,B (the target defaults to the first)")
-        if cfg.teacher_mode == "online" or cfg.distill_loss == "dskd":
-            raise BenchError(f"{'distill_loss=dskd' if cfg.distill_loss == 'dskd' else 'teacher_mode=online'} keeps "
-                             "no teacher stores to compute ahead",
+        if cfg.distill_loss == "dskd":
+            raise BenchError("distill_loss=dskd runs its teachers per batch and keeps no teacher stores to compute "
+                             "ahead", "run `bench run` directly, or drop --set distill_loss=dskd")
+        if cfg.teacher_mode == "online":
+            raise BenchError("teacher_mode=online keeps no teacher stores to compute ahead",
                              "drop --set teacher_mode=online (stored is the default, fused the smallest)")
         return _Run(cfg, sources, target, ctx).prepare()
 

@@ -291,3 +291,9 @@ def test_bench_run_dskd_in_2_processes_matches_one_process(private_home: Path, t
     assert_same_weights(one, two, "ddp")
     for name in ("clm", "fuse", *TERMS):
         assert two_details["loss_curves"][name] == pytest.approx(one_details["loss_curves"][name], abs=1e-4), name
+
+
+def test_bench_teachers_refuses_dskd(private_home: Path, capsys) -> None:
+    assert bench("teachers", "--fuser", "fusellm", "--set", "distill_loss=dskd") == 2
+    assert "distill_loss=dskd runs its teachers per batch" in capsys.readouterr().err
+    assert not (private_home / "cache" / "distill").exists()
