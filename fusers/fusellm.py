@@ -35,8 +35,14 @@ between the student's and the MinCE-winning teacher's sorted probabilities, the 
 row (no vocabulary map; those aligned rows are stored under their own key), for a cross-tokenizer distillation
 baseline on the same data, stores and loop. It requires ``fusion=min_ce`` and ``teacher_mode`` stored or online.
 
-What a seed changes (``--seed``, ``--seeds``): the order of the training batches; the target starts
-from the pivot's weights and the teachers are deterministic, so nothing else.
+``distill_loss=dskd`` replaces the fused soft CE by dual-space knowledge distillation (Zhang et al., EMNLP 2024,
+https://arxiv.org/abs/2406.17328; :mod:`fusers.distill.dskd`): every other source is a teacher, run per batch on
+the blocks' text for its hidden states, aligned by cross-model attention, with trainable projectors that are
+dropped when the target is saved; the loss is ``λ·CLM + (1-λ)·mean over teachers of the DSKD terms``, and the
+fusion settings (top_k, fusion, granularity, temperature, tau, align, teacher_mode) do not apply.
+
+What a seed changes (``--seed``, ``--seeds``): the order of the training batches (and, with DSKD, the projectors'
+initial weights); the target starts from the pivot's weights and the teachers are deterministic, so nothing else.
 
 Run::
 
@@ -80,8 +86,13 @@ class FuseLLM(Fuser):
     @classmethod
     def control_config(cls, cfg: BaseModel) -> BaseModel:
         """The data-only control (``--control``): the same target, corpus, steps and seed with λ = 1, i.e. plain
-        continued training (the teachers' rows get weight 0)."""
-        return cfg.model_copy(update={"lam": 1.0})
+        continued training (the teachers' rows get weight 0). Whatever the distillation loss, that is the same
+        training, so the control is the soft-CE one (stored teachers): FuseLLM, ULD and DSKD runs of one budget and
+        seed share one control model (one cache key) instead of training it again."""
+        update: dict[str, Any] = {"lam": 1.0, "distill_loss": "soft_ce"}
+        if cfg.distill_loss == "dskd":  # type: ignore[attr-defined]
+            update["teacher_mode"] = "stored"  # DSKD forces online teachers; with λ = 1 no teacher row is read
+        return cfg.model_copy(update=update)
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -114,12 +125,17 @@ class FuseLLM(Fuser):
         fused_logp: Literal["uint8", "float16", "float32"] = Field(
             "uint8", description="teacher_mode=fused: how the fused log-probs are kept (uint8: quantised to 1/16 "
                                  "nat; float16/float32: as computed).")
-        distill_loss: Literal["soft_ce", "uld"] = Field(
+        distill_loss: Literal["soft_ce", "uld", "dskd"] = Field(
             "soft_ce", description="The (1-lam) term: soft_ce = CE against the fused top-k in the target's "
                                    "vocabulary (FuseLLM); uld = Universal Logit Distillation against the MinCE "
-                                   "winner's own sorted top-k, no vocabulary map (fusers/distill/uld.py).")
+                                   "winner's own sorted top-k, no vocabulary map (fusers/distill/uld.py); dskd = "
+                                   "dual-space KD (Zhang et al. 2024) from each other source, teachers run per "
+                                   "batch (fusers/distill/dskd.py).")
         reference_compat: list[str] | Literal["all"] = Field(
             default_factory=list, description=f"Reference quirks to reproduce: any of {', '.join(QUIRKS)}, or 'all'.")
+        dskd_temperature: float = Field(2.0, gt=0.0, description="distill_loss=dskd: the KD temperature of its KLs.")
+        dskd_projector_lr: float = Field(1e-3, gt=0.0, description="distill_loss=dskd: peak learning rate of the "
+                                                                    "projectors (dropped at save).")
 
         @field_validator("data")
         @classmethod
@@ -184,15 +200,31 @@ class FuseLLM(Fuser):
                                  "distill_loss=uld reads the teachers' own rows; use teacher_mode=stored or online")
             return self
 
+        @model_validator(mode="after")
+        def _dskd_runs_its_own_teachers(self) -> FuseLLM.Config:
+            if self.distill_loss == "dskd":
+                if "teacher_mode" in self.model_fields_set and self.teacher_mode != "online":
+                    raise ValueError(f"distill_loss=dskd runs its teachers per batch (it needs their hidden states, "
+                                     f"which no store keeps); drop teacher_mode={self.teacher_mode}")
+                if self.reference_compat:
+                    raise ValueError("reference_compat reproduces FuseLLM's own loss and alignment; drop it with "
+                                     "distill_loss=dskd")
+                self.teacher_mode = "online"  # what it does (and what a re-read of the dumped config accepts)
+            return self
+
         @model_serializer(mode="wrap")
         def _fused_logp_only_when_fused(self, handler: Any) -> dict[str, Any]:
-            """``fused_logp`` only where it changes the result (teacher_mode=fused), and ``distill_loss`` only when it
-            is not the default, so the fuse hashes of the runs made before they existed stay what they were."""
+            """``fused_logp`` only where it changes the result (teacher_mode=fused), and ``distill_loss`` and the
+            ``dskd_*`` settings only with DSKD, so the fuse hashes of the other modes stay what they were before
+            these existed."""
             data = handler(self)
             if self.teacher_mode != "fused":
                 data.pop("fused_logp", None)
             if self.distill_loss == "soft_ce":
                 data.pop("distill_loss", None)
+            if self.distill_loss != "dskd":
+                for name in ("dskd_temperature", "dskd_projector_lr"):
+                    data.pop(name, None)
             return data
 
         @property
@@ -211,6 +243,9 @@ class FuseLLM(Fuser):
         assert isinstance(cfg, FuseLLM.Config)
         if not sources and target is None:
             raise BenchError("fusellm needs sources", "pass --sources A,B (the target defaults to the first)")
+        if cfg.distill_loss == "dskd":
+            raise BenchError("distill_loss=dskd runs its teachers per batch and keeps no teacher stores to compute "
+                             "ahead", "run `bench run` directly, or drop --set distill_loss=dskd")
         if cfg.teacher_mode == "online":
             raise BenchError("teacher_mode=online keeps no teacher stores to compute ahead",
                              "drop --set teacher_mode=online (stored is the default, fused the smallest)")
@@ -285,6 +320,8 @@ class _Run:
         accelerator = D.make_accelerator()
         model, tokenizer = load_hf(self.pivot, dtype="float32")  # the model trained (its own teacher rows too)
         docs = self._corpus(model, tokenizer)
+        if cfg.distill_loss == "dskd":
+            return self._run_dskd(accelerator, model, tokenizer, docs)
 
         names = [self.pivot.name, *(ref.name for ref in self.others)]
         stores_report: list[dict[str, Any]] = []
@@ -336,6 +373,67 @@ class _Run:
         if stores_report:  # shards computed in this run (0 everywhere: all found, e.g. made by `bench teachers`)
             details["stores"] = stores_report
         return FusionResult(path=out_dir, details=details)
+
+    def _run_dskd(self, accelerator: Any, model: Any, tokenizer: Any, docs: list[str]) -> FusionResult:
+        """Training with the DSKD loss (:mod:`fusers.distill.dskd`): every other source a teacher run per batch,
+        the student trained together with the projectors, saved alone."""
+        import numpy as np
+
+        from fusers import distill as D
+        from fusers.distill import dskd
+        from harness.model import load_hf
+        from harness.train import TrainConfig
+
+        cfg = self.cfg
+        assert isinstance(self.ctx, FuseContext)
+        if not self.others:
+            raise BenchError("distill_loss=dskd distills the other sources into the target, and there is none",
+                             "pass --sources with at least one model besides the target")
+        teachers = []
+        for ref, enc in zip(self.others, self.encoders, strict=True):
+            m, _ = load_hf(ref)
+            _check_context(ref, m, cfg.seq_len)
+            teachers.append(dskd.DSKDTeacher(ref.name, m.eval().requires_grad_(False), enc))
+        ids = [self.target.ids(c) for c in self.chunks]
+        offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])]).astype(np.int64)
+        corpus = dskd.DSKDCorpus(np.concatenate([np.asarray(x, dtype=np.int64) for x in ids]), self.chunks, offsets,
+                                 self.target, [t.encoder for t in teachers], cfg.seq_len, shared=self.shared)
+        try:
+            student = dskd.DualSpaceStudent(model, [t.model for t in teachers], seed=self.ctx.seed)
+        except ValueError as e:
+            raise BenchError(f"distill_loss=dskd cannot project between these models: {e}",
+                             "use sources whose token embeddings have their hidden width") from e
+        train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=self.lr,
+                                warmup_steps=cfg.warmup_steps, seed=self.ctx.seed)
+        start = time.perf_counter()
+        student.train()
+        trained, stats = D.train_with_accelerate(
+            student, corpus, train_cfg,
+            dskd.dskd_loss(cfg.lam, teachers, temperature=cfg.dskd_temperature,
+                           reduce=D.mean_across_processes(accelerator)),
+            accelerator=accelerator, lr_scales={"projectors.": cfg.dskd_projector_lr / self.lr})
+        self.ctx.timings["train"] = time.perf_counter() - start
+
+        out_dir = Path(self.ctx.out_dir)
+        trained.eval()
+        D.save_trained(accelerator, trained, tokenizer, out_dir, part="student")
+        details = D.details_of(stats, cfg.lam, [t.name for t in teachers], np.zeros(len(teachers)))
+        del details["candidate_share"]  # no fusion of candidates: every teacher weighs the same
+        details["loss_curves"].update({k: [round(x, 5) for x in stats.extras.get(k, [])] for k in dskd.TERMS})
+        return FusionResult(path=out_dir, details={
+            "target": self.pivot.spec,
+            "distill_loss": "dskd",
+            "dskd": {"teachers": [t.name for t in teachers], "alignment": "cross-model attention",
+                     "temperature": cfg.dskd_temperature, "projector_lr": cfg.dskd_projector_lr,
+                     "projector_parameters": sum(p.numel() for p in student.projectors.parameters())},
+            "corpus": {"documents": len(docs), "chunks": len(self.chunks), "target_tokens": int(len(corpus.input_ids)),
+                       "blocks": len(corpus), "epochs": round(cfg.steps * cfg.batch_size / len(corpus), 3),
+                       "fingerprint": self.fingerprint},
+            "distributed": D.distributed_details(accelerator),
+            "lr": self.lr,
+            "timings": {k: round(v, 2) for k, v in self.ctx.timings.items()},
+            **details,
+        })
 
     def prepare(self) -> list[PreparedStore]:
         """The teacher stage alone (`bench teachers`): this job's share of every store's shards."""

@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -184,7 +184,7 @@ def train(
         for step in range(cfg.steps):
             lr = cfg.lr_at(step)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             batch = _to_device(next_batch(step), device)
             loss, extras = loss_fn(model, batch)
             if not torch.isfinite(loss):
@@ -217,13 +217,26 @@ def train(
     return stats
 
 
-def adamw(model: nn.Module, cfg: TrainConfig):
-    """AdamW with weight decay on weight matrices only, not on biases, norms' gains or 1-d parameters."""
+def adamw(model: nn.Module, cfg: TrainConfig, lr_scales: Mapping[str, float] | None = None):
+    """AdamW with weight decay on weight matrices only, not on biases, norms' gains or 1-d parameters.
+
+    ``lr_scales`` maps a parameter-name prefix (e.g. ``"projectors."``) to a factor on the schedule's learning rate
+    for those parameters (their group's ``lr_scale``, which :func:`train` applies at every step)."""
     import torch
 
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    scales = dict(lr_scales or {})
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def scale_of(name: str) -> float:
+        return next((s for prefix, s in scales.items() if name.startswith(prefix)), 1.0)
+
+    groups = []
+    for scale in sorted({1.0, *scales.values()}):
+        mine = [p for n, p in named if scale_of(n) == scale]
+        extra = {} if scale == 1.0 else {"lr_scale": scale, "lr": cfg.lr * scale}
+        pair = [{"params": [p for p in mine if p.dim() >= 2], "weight_decay": cfg.weight_decay, **extra},
+                {"params": [p for p in mine if p.dim() < 2], "weight_decay": 0.0, **extra}]
+        groups += pair if scale == 1.0 else [g for g in pair if g["params"]]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
 

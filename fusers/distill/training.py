@@ -94,7 +94,7 @@ def distributed_details(accelerator: Accelerator) -> dict[str, Any]:
 def train_with_accelerate(model: nn.Module, corpus: FusionCorpus | ScheduledCorpus | Any, cfg: TrainConfig, loss_fn: Any,
                           *, accelerator: Accelerator | None = None, progress: str | None = "fusing",
                           on_step: Callable[[int, dict[str, float]], bool | None] | None = None,
-                          ) -> tuple[nn.Module, TrainStats]:
+                          lr_scales: Mapping[str, float] | None = None) -> tuple[nn.Module, TrainStats]:
     """Train ``model`` on ``corpus`` with :func:`harness.train.train`, scaled by ``accelerate``.
 
     ``corpus``: a :class:`FusionCorpus`, a :class:`ScheduledCorpus`, or any map-style dataset of ``len`` items
@@ -106,7 +106,7 @@ def train_with_accelerate(model: nn.Module, corpus: FusionCorpus | ScheduledCorp
     DeepSpeed: its engine, which steps inside ``backward``) and the dataloader (each process builds only its
     slice of every global batch of ``cfg.batch_size`` items). Returns the *prepared* model (save it with
     :func:`save_trained`; ``accelerator.unwrap_model`` gives the module) and the loop's stats (logged on every
-    process; the progress bar on the main one only).
+    process; the progress bar on the main one only). ``lr_scales``: see :func:`harness.train.adamw`.
     """
     from harness.train import adamw, train
 
@@ -121,7 +121,7 @@ def train_with_accelerate(model: nn.Module, corpus: FusionCorpus | ScheduledCorp
         sampler = StepBatches(len(corpus), cfg.batch_size, cfg.steps, cfg.seed)
     loader = torch.utils.data.DataLoader(corpus, batch_sampler=sampler, collate_fn=corpus.collate)
     _fill_deepspeed_config(acc, cfg)
-    wrapped, optimizer, loader = acc.prepare(model, adamw(model, cfg), loader)
+    wrapped, optimizer, loader = acc.prepare(model, adamw(model, cfg, lr_scales), loader)
     stats = train(wrapped, iter(loader), cfg, loss_fn=loss_fn, progress=progress if acc.is_main_process else None,
                   on_step=on_step, accelerator=acc, optimizer=optimizer)
     return wrapped, stats
@@ -163,17 +163,21 @@ def main_process_value(accelerator: Accelerator, value: T) -> T:
 
 
 def save_trained(accelerator: Accelerator, model: nn.Module, tokenizer: Any, out_dir: Path, *,
-                 files: Mapping[str, str] | None = None, atomic: bool = False) -> None:
+                 files: Mapping[str, str] | None = None, atomic: bool = False, part: str | None = None) -> None:
     """Write the trained ``model`` (as :func:`train_with_accelerate` returned it) and ``tokenizer`` to ``out_dir``
     as an ordinary Hugging Face folder, plus ``files`` (name -> text); ``atomic``: through a scratch folder
     renamed at the end (:func:`harness.atomic.atomic_dir`), for caches that other runs read.
 
     Every process must call it: gathering the full weights of a sharded model (FSDP, ZeRO-3) is collective. The
-    main process alone writes; the others wait until it has.
+    main process alone writes; the others wait until it has. ``part``: save only that submodule of the trained
+    module (e.g. ``"student"``, trained wrapped together with extra heads that are not part of the model).
     """
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         module = accelerator.unwrap_model(model)
+        if part is not None:
+            module = getattr(module, part)
+            state = {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
         state = _without_tied_copies(module, state)
         if atomic:
             from harness.atomic import atomic_dir

@@ -147,7 +147,10 @@ def test_teacher_vocabulary_rows_keep_the_aligned_rows_own_entries(micro_models,
 def test_config_refuses_what_uld_cannot_do_and_keeps_existing_keys(private_home: Path, capsys) -> None:
     assert "distill_loss" not in FuseLLM.Config().model_dump(mode="json")  # fuse hashes of earlier runs unchanged
     assert FuseLLM.Config(distill_loss="uld").model_dump(mode="json")["distill_loss"] == "uld"
-    assert FuseLLM.control_config(FuseLLM.Config(distill_loss="uld")).distill_loss == "uld"
+    # the control (λ = 1) is plain continued training whatever the loss: one control model (one key) for all three
+    plain = FuseLLM.control_config(FuseLLM.Config()).model_dump(mode="json")
+    for loss in ("uld", "dskd"):
+        assert FuseLLM.control_config(FuseLLM.Config(distill_loss=loss)).model_dump(mode="json") == plain, loss
     assert bench("run", "--fuser", "fusellm", "--set", "distill_loss=uld", "--set", "fusion=avg_ce") == 2
     err = capsys.readouterr().err
     assert "fusion=avg_ce mixes candidates of different vocabularies" in err and "set fusion=min_ce" in err
