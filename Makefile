@@ -9,7 +9,7 @@ BENCH := $(VENV)/bin/bench
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.fusebench-installed
 
-.PHONY: install demo test typecheck lint regress table7 venv-vllm claims
+.PHONY: install demo test typecheck lint regress table7 methods venv-vllm claims
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -99,6 +99,21 @@ table7: install
 	$(BENCH) run --config configs/table7_merge.yaml
 	$(BENCH) run --config configs/table7_fusellm.yaml
 	$(BENCH) leaderboard --suite perplexity
+
+# The fusion families side by side (issue 20): FuseLLM, ULD, DSKD (cross-tokenizer distillation on FuseLLM's
+# pipeline), FuseChat (pairwise + SCE) and FuseChat-3.0 (SFT + DPO on the sources' sampled answers), each with its
+# control (λ = 1, or SFT only), one budget (150 steps x 8 sequences, configs/methods/*.yaml), the same sources,
+# target, seeds and suites; then the leaderboard (seed means ± 95% CI) and the paired comparisons over the seeds.
+METHODS_DB ?= results/methods.db
+METHODS_SEEDS ?= 0,1,2
+METHODS := fusellm uld dskd fusechat fusechat3
+methods: install
+	$(BENCH) zoo build --only gpt2-code,neox-docs,mpt-math
+	for m in $(METHODS); do $(BENCH) run --config configs/methods/$$m.yaml --seeds $(METHODS_SEEDS) --db $(METHODS_DB) || exit $$?; done
+	$(BENCH) leaderboard --suite perplexity --suite bbh-mini --db $(METHODS_DB)
+	for m in $(METHODS); do $(BENCH) compare control@methods-$$m fused@methods-$$m --suite perplexity --db $(METHODS_DB) || exit $$?; done
+	for m in uld dskd fusechat fusechat3; do \
+		$(BENCH) compare fused@methods-fusellm fused@methods-$$m --suite perplexity --db $(METHODS_DB) || exit $$?; done
 
 # The README's claims, re-measured over 3 seeds with the data-only control (about 40 minutes on 2 cores), each
 # stated with a paired confidence interval and p-value (`bench compare`). CLAIMS_DB holds every run.

@@ -434,7 +434,8 @@ class _Run:
                              for i in idx]
                     group_seed = int(hashlib.sha256(f"{self.ctx.seed}:{completion}:{n}".encode()).hexdigest()[:12], 16)
                     answers = sample_responses(model, tok, texts, stop, n=n, max_new_tokens=cfg.max_new_tokens,
-                                               seed=group_seed, batch_size=cfg.sample_batch_size, **sampling)
+                                               seed=group_seed, batch_size=cfg.sample_batch_size,
+                                               progress=f"fusechat3 sampling {ref.name} (x{n})", **sampling)
                     for i, a in zip(idx, answers, strict=True):
                         out[i] = a
         with atomic_file(cached) as partial:

@@ -29,11 +29,13 @@ def cut_at_stops(text: str, stop: Sequence[str]) -> str:
 
 def sample_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                      stop: Sequence[str], *, n: int, temperature: float, top_p: float, repetition_penalty: float,
-                     max_new_tokens: int, seed: int, batch_size: int = 8) -> list[list[str]]:
+                     max_new_tokens: int, seed: int, batch_size: int = 8, progress: str | None = None
+                     ) -> list[list[str]]:
     """``n`` sampled answers to each prompt: ``out[i][j]`` is the j-th answer to ``prompts[i]``.
 
     Prompts are left-padded into batches of ``batch_size``, and a prompt longer than the context less
-    ``max_new_tokens`` keeps its last tokens (as lm-eval's HFLM does).
+    ``max_new_tokens`` keeps its last tokens (as lm-eval's HFLM does). ``progress``: the label of a progress bar
+    over the batches, on stderr (None: no bar).
     """
     import torch
 
@@ -50,7 +52,15 @@ def sample_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     was_training = model.training
     model.eval()
     try:
-        for b, first in enumerate(range(0, len(encoded), batch_size)):
+        starts: Any = range(0, len(encoded), batch_size)
+        if progress is not None:
+            import sys
+
+            from rich.console import Console
+            from rich.progress import track
+
+            starts = track(starts, description=progress, console=Console(file=sys.stderr), transient=False)
+        for b, first in enumerate(starts):
             group = encoded[first:first + batch_size]
             width = max(len(ids) for ids in group)
             input_ids = torch.full((len(group), width), pad, dtype=torch.long)

@@ -96,7 +96,7 @@ def test_attention_stays_within_a_piece() -> None:
     student, teacher = _sides()
     proj = Projectors(3, 3, 4, 4)
     student.counted = torch.tensor([[True, False, False, False, False]])  # piece 0's first row only
-    before = float(dual_space_terms(student, teacher, proj, temperature=2.0).t2s_ce)
+    before = float(dual_space_terms(student, teacher, proj, temperature=2.0).t2s_ce.detach())
     teacher.hidden[0, 3] = teacher.hidden[0, 3].flip(0)
     after = dual_space_terms(student, teacher, proj, temperature=2.0)
     assert float(after.t2s_ce) == pytest.approx(before, rel=1e-5) and int(after.student_rows) == 1
