@@ -332,26 +332,40 @@ def test_bad_configs_exit_2(private_home: Path, tmp_path: Path, reward_model, ca
     assert code == 2 and "no preference pair" in err and "widen margin_min" in err, err[-2000:]
 
 
-def test_bench_run_in_2_processes_matches_one_process(private_home: Path, tmp_path: Path, reward_model,
-                                                     monkeypatch, capsys) -> None:
-    """2 CPU processes: DDP, FSDP2 and DeepSpeed ZeRO-3 (--accelerate-config). The main process samples and scores,
-    both train their halves of every batch (the SFT loss divides by the global count of response tokens), the SFT
-    model is gathered and reloaded whole for DPO, and the model is the 1-process one."""
+def _in_2_processes_matches_one_process(home: Path, tmp_path: Path, reward_model: Path, monkeypatch, capsys,
+                                        engines: dict[str, str | None]) -> None:
+    """2 CPU processes per engine (``kind -> accelerate config engine``, None: plain `--processes 2`, DDP). The main
+    process samples and scores, both train their halves of every batch (the SFT loss divides by the global count of
+    response tokens), the SFT model is gathered and reloaded whole for DPO, and the model is the 1-process one."""
     from tests.fusers.conftest import assert_same_weights, fuse_and_forget, sharded_on_cpu
 
     common = ["run", "--fuser", "fusechat3", *_sets({"sft_steps": 3}), "--set",
               f'rewards=["reward_model:{reward_model}"]', *SUITE]
-    one, one_details = fuse_and_forget(private_home, tmp_path / "one.db", common, capsys)
+    one, one_details = fuse_and_forget(home, tmp_path / "one.db", common, capsys)
     assert one_details["pairs"]["pairs"] > 0 and one_details["sft"]["items"] > 0
-    runs = {"MULTI_CPU": [*common, "--processes", "2"]}
-    for engine, kind in (("fsdp", "FSDP"), ("zero3", "DEEPSPEED")):
-        runs[kind] = [*common, "--accelerate-config", sharded_on_cpu(monkeypatch, engine)]
+    runs = {kind: [*common, *(["--processes", "2"] if engine is None else
+                              ["--accelerate-config", sharded_on_cpu(monkeypatch, engine)])]
+            for kind, engine in engines.items()}
     for kind, args in runs.items():
-        weights, details = fuse_and_forget(private_home, tmp_path / f"{kind}.db", args, capsys)
+        weights, details = fuse_and_forget(home, tmp_path / f"{kind}.db", args, capsys)
         assert details["distributed"]["type"] == kind
         assert details["pairs"] == one_details["pairs"] and details["sft"] == one_details["sft"]
         assert details["loss_curves"]["total"] == pytest.approx(one_details["loss_curves"]["total"], abs=1e-4)
         assert_same_weights(one, weights, kind)
+
+
+def test_bench_run_in_2_processes_matches_one_process(private_home: Path, tmp_path: Path, reward_model,
+                                                     monkeypatch, capsys) -> None:
+    """DDP (`--processes 2`) and FSDP2 (`--accelerate-config`) train the 1-process model."""
+    _in_2_processes_matches_one_process(private_home, tmp_path, reward_model, monkeypatch, capsys,
+                                        {"MULTI_CPU": None, "FSDP": "fsdp"})
+
+
+def test_bench_run_under_deepspeed_zero3_matches_one_process(private_home: Path, tmp_path: Path, reward_model,
+                                                            monkeypatch, capsys) -> None:
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install deepspeed)")
+    _in_2_processes_matches_one_process(private_home, tmp_path, reward_model, monkeypatch, capsys,
+                                        {"DEEPSPEED": "zero3"})
 
 
 def test_wrpo_needs_a_source_other_than_the_target(private_home: Path, tmp_path: Path, reward_model, capsys) -> None:
