@@ -516,6 +516,28 @@ _SPEC_HELP = ("use one of: math, math_steps, code, reward_model:/path/to/model, 
               "judge:URL")
 
 
+def check_reward_specs(specs: Sequence[str]) -> list[str]:
+    """``specs`` when each names a known reward (a config validator's check: ValueError otherwise)."""
+    if not specs:
+        raise ValueError("rewards must name at least one reward")
+    for spec in specs:
+        name = spec.partition(":")[0].strip().lower().replace("-", "_")
+        if name not in REWARD_NAMES:
+            raise ValueError(f"unknown reward {spec!r}; use {', '.join(REWARD_NAMES)}")
+    return list(specs)
+
+
+def check_code_opt_in(specs: Sequence[str], allow_code_exec: bool) -> None:
+    """The ``code`` reward runs model-written code: refused (ValueError) unless ``allow_code_exec`` or
+    ``BENCH_ALLOW_CODE_EXEC=1`` opts in, as for the humaneval suite."""
+    import os
+
+    code = any(s.partition(":")[0].strip().lower() == "code" for s in specs)
+    if code and not (allow_code_exec or os.environ.get("BENCH_ALLOW_CODE_EXEC") == "1"):
+        raise ValueError("the code reward runs model-written code: set allow_code_exec=true "
+                         "(or BENCH_ALLOW_CODE_EXEC=1), as for the humaneval suite")
+
+
 def make_reward(spec: str, **options: Any) -> Reward:
     """The reward a spec names: ``math``, ``code``, ``reward_model:/path/to/model``, ``judge``.
 

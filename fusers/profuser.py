@@ -124,15 +124,9 @@ class ProFuser(Fuser):
         @field_validator("rewards")
         @classmethod
         def _known_rewards(cls, specs: list[str]) -> list[str]:
-            from fusers._rewards import REWARD_NAMES
+            from fusers._rewards import check_reward_specs
 
-            if not specs:
-                raise ValueError("rewards must name at least one reward")
-            for spec in specs:
-                name = spec.partition(":")[0].strip().lower().replace("-", "_")
-                if name not in REWARD_NAMES:
-                    raise ValueError(f"unknown reward {spec!r}; use {', '.join(REWARD_NAMES)}")
-            return specs
+            return check_reward_specs(specs)
 
         @field_validator("data")
         @classmethod
@@ -144,12 +138,9 @@ class ProFuser(Fuser):
 
         @model_validator(mode="after")
         def _code_needs_opt_in(self) -> ProFuser.Config:
-            import os
+            from fusers._rewards import check_code_opt_in
 
-            code = any(s.partition(":")[0].strip().lower() == "code" for s in self.rewards)
-            if code and not (self.allow_code_exec or os.environ.get("BENCH_ALLOW_CODE_EXEC") == "1"):
-                raise ValueError("the code reward runs model-written code: set allow_code_exec=true "
-                                 "(or BENCH_ALLOW_CODE_EXEC=1), as for the humaneval suite")
+            check_code_opt_in(self.rewards, self.allow_code_exec)
             return self
 
         @model_validator(mode="after")
