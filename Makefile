@@ -106,13 +106,13 @@ table7: install
 # target, seeds and suites; then the leaderboard (seed means ± 95% CI) and the paired comparisons over the seeds.
 METHODS_DB ?= results/methods.db
 METHODS_SEEDS ?= 0,1,2
-METHODS := fusellm uld dskd fusechat fusechat3
+METHODS := fusellm uld dskd fusechat fusechat3 fusechat3-wrpo
 methods: install
 	$(BENCH) zoo build --only gpt2-code,neox-docs,mpt-math
 	for m in $(METHODS); do $(BENCH) run --config configs/methods/$$m.yaml --seeds $(METHODS_SEEDS) --db $(METHODS_DB) || exit $$?; done
 	$(BENCH) leaderboard --suite perplexity --suite bbh-mini --db $(METHODS_DB)
 	for m in $(METHODS); do $(BENCH) compare control@methods-$$m fused@methods-$$m --suite perplexity --db $(METHODS_DB) || exit $$?; done
-	for m in uld dskd fusechat fusechat3; do \
+	for m in uld dskd fusechat fusechat3 fusechat3-wrpo; do \
 		$(BENCH) compare fused@methods-fusellm fused@methods-$$m --suite perplexity --db $(METHODS_DB) || exit $$?; done
 
 # The README's claims, re-measured over 3 seeds with the data-only control (about 40 minutes on 2 cores), each

@@ -114,7 +114,8 @@ class FuseChat3(Fuser):
         """The SFT-only control (``--control``): the same target, prompts, samples, seed and total steps, SFT on the
         best answer of every prompt (the DPO prompts too), no preference step."""
         steps = cfg.sft_steps + cfg.dpo_steps  # type: ignore[attr-defined]
-        return cfg.model_copy(update={"sft_fraction": 1.0, "sft_steps": steps, "dpo_steps": 0})
+        # no preference step, so DPO's and WRPO's runs share one control (one cache key)
+        return cfg.model_copy(update={"sft_fraction": 1.0, "sft_steps": steps, "dpo_steps": 0, "preference": "dpo"})
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")

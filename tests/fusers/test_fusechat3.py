@@ -100,6 +100,8 @@ def test_config_validation(monkeypatch) -> None:
             FuseChat3.Config(**bad)
     control = FuseChat3.control_config(FuseChat3.Config(sft_steps=3, dpo_steps=5))
     assert (control.sft_fraction, control.sft_steps, control.dpo_steps) == (1.0, 8, 0)
+    wrpo = FuseChat3.control_config(FuseChat3.Config(sft_steps=3, dpo_steps=5, preference="wrpo"))
+    assert wrpo.model_dump(mode="json") == control.model_dump(mode="json")  # one SFT-only control for both
     import fusers.fusechat3
 
     assert "bench run --fuser fusechat3" in fusers.fusechat3.__doc__ and "UNVERIFIED" in fusers.fusechat3.__doc__

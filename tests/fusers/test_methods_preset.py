@@ -53,6 +53,8 @@ def test_every_method_has_one_budget_and_the_same_sources_target_seeds_and_suite
     assert {stem: s.name for stem, s in specs.items()} == {stem: f"methods-{stem}" for stem in specs}
     losses = {stem: s.fuser_config.distill_loss for stem, s in specs.items() if s.fuser == "fusellm"}
     assert losses == {"fusellm": "soft_ce", "uld": "uld", "dskd": "dskd"}
+    preferences = {stem: s.fuser_config.preference for stem, s in specs.items() if s.fuser == "fusechat3"}
+    assert preferences == {"fusechat3": "dpo", "fusechat3-wrpo": "wrpo"}
 
 
 def test_the_preset_runs_on_the_micro_zoo_and_compares_each_method_with_its_control(private_home: Path, tmp_path: Path,
@@ -87,4 +89,5 @@ def test_the_preset_runs_on_the_micro_zoo_and_compares_each_method_with_its_cont
         "select r.name, m.path from runs r join run_models rm on rm.run_id = r.id join models m on m.id = rm.model_id "
         "where rm.role = 'control' and r.name like 'methods-%@seed0'")}
     assert paths["methods-fusellm@seed0"] == paths["methods-uld@seed0"] == paths["methods-dskd@seed0"]
-    assert len(set(paths.values())) == 3  # and FuseChat's and FuseChat-3.0's controls are their own
+    assert paths["methods-fusechat3@seed0"] == paths["methods-fusechat3-wrpo@seed0"]  # SFT only, for DPO and WRPO
+    assert len(set(paths.values())) == 3  # and FuseChat's control is its own
